@@ -1,0 +1,1 @@
+"""ipsecsa.crypto"""
