@@ -1,0 +1,538 @@
+"""ESP (RFC 4303): framing, padding, sequence numbers and replay around the per-SA crypto step.
+
+The cryptographic step (``EspTransform.seal``/``open`` from :mod:`ipsecsa.crypto.transforms`) is
+kept apart from everything here — headers, padding, sequence numbers, replay, lifetimes, policy —
+because a NIC (``ipsecsa.ndis``) or a native batch engine can take its place: the SA calls
+``self._seal`` / ``self._open``, which are the transform's bound methods unless swapped.
+
+Outbound (RFC 4303 §3.3): sequence number assignment (never cycling, §3.3.3), padding to the
+cipher's alignment (§2.4), optional TFC padding in tunnel mode (§2.4, §2.7), next header, IV and
+ICV from the transform; transport mode inserts ESP after the IP header (IPv6: after the
+extension headers that precede it, §3.1.1); tunnel mode builds a new outer header.
+
+Inbound (RFC 4303 §3.4): reassembly of fragments first (§3.4.1), SPI check, anti-replay check
+*before* the ICV and window update *after* it (§3.4.3), ICV/decryption, padding check (§2.4),
+next header 59 dummy packets discarded (§2.6), and the inner packet checked against the SA's
+selectors (RFC 4301 §5.2).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+from ipsecsa.crypto.transforms import make_esp_transform
+from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.sa import IvSource, SecurityAssociation
+from ipsecsa.datapath.state import SaState
+from ipsecsa.errors import DropReason, MalformedPacket
+from ipsecsa.packet.checksum import ones_sum, pseudo_header_sum
+from ipsecsa.packet.ecn import ecn_decapsulate
+from ipsecsa.packet.flow import flow_of
+from ipsecsa.packet.fragment import Reassembler
+from ipsecsa.packet.ipv6 import parse_ipv6_chain
+from ipsecsa.packet.natt import UdpKind, classify_udp_payload
+
+# --- specification constants -------------------------------------------------------------
+PROTO_IPIP = 4         # IPv4 inner packet (tunnel mode next header)
+PROTO_IPV6 = 41        # IPv6 inner packet
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ESP = 50
+PROTO_NONE = 59        # RFC 4303 §2.6 dummy packet
+PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite carry ports first
+ESP_HEADER_LEN = 8
+MAX_IPV4_LEN = 0xFFFF
+
+# --- precomputed tables -------------------------------------------------------------------
+_V4W = struct.Struct("!BBHHHBBHHHHH")
+_U32 = struct.Struct("!I").pack
+_SPI_SEQ = struct.Struct("!II")
+_H = struct.Struct("!H")
+_PORTS = struct.Struct("!HH")
+_UDP = struct.Struct("!HHHH")
+_V6FIRST = struct.Struct("!IHBB")
+
+#: RFC 4303 §2.4 default padding: bytes 1, 2, 3, ... ; index = pad length.
+PAD = [bytes(range(1, n + 1)) for n in range(256)]
+#: Trailer (padding ‖ pad length ‖ next header) by ``pad_len << 8 | next_header`` for the pad
+#: lengths block alignment can need (0..15), so the hot path does one list index.
+_TRAILER = [PAD[p] + bytes((p, nh)) for p in range(16) for nh in range(256)]
+
+_new = tuple.__new__
+_monotonic = time.monotonic
+_MATURE = SaState.MATURE
+
+
+def _fold(s: int) -> int:
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
+class EspSA(SecurityAssociation):
+    """An ESP SA (RFC 4303): transport or tunnel mode, IPv4 or IPv6, optionally in UDP."""
+
+    PROTOCOL = "esp"
+
+    # ----------------------------------------------------------------- per-SA preparation
+    def _build(self, iv_source: IvSource | None) -> None:
+        c = self.config
+        key = c.encryption_key.bytes if c.encryption_key is not None else b""
+        ikey = c.integrity_key.bytes if c.integrity_key is not None else None
+        integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
+        self.transform = t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
+                                                iv_source=iv_source)
+        #: The crypto step; a NIC model or native engine may replace these two.
+        self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
+        self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open
+        self._ivlen = t.iv_len
+        self._icvlen = t.icv_len
+        self._block = t.block_size
+        self._bmask = t.block_size - 1
+        self._check_blocks = t.block_size > 4
+        self._overhead = ESP_HEADER_LEN + t.iv_len + t.icv_len
+        self._min_esp = ESP_HEADER_LEN + t.iv_len + max(t.block_size, 4) + t.icv_len
+        self._spi_b = _U32(c.spi)
+        self._selectors = tuple(c.selectors)
+        self._tfc = c.tfc_padding if c.mode == "tunnel" else 0
+        encap = c.encapsulation
+        self._encap = encap
+        self._sport = encap.sport if encap else 0
+        self._dport = encap.dport if encap else 0
+        self._v6 = c.src.version == 6
+        src, dst = c.src.packed, c.dst.packed
+        outer_proto = PROTO_UDP if encap else PROTO_ESP
+        dscp = None if c.dscp == "copy" else c.dscp
+        self._src, self._dst, self._ttl, self._dscp = src, dst, c.ttl, dscp
+        self._df_fixed = None if c.df == "copy" else (0x4000 if c.df == "set" else 0)
+        # Outer IPv4 header: the checksum contribution of everything constant, once per SA.
+        self._o4proto = outer_proto
+        self._o4words = struct.unpack("!HHHH", src + dst) if not self._v6 else ()
+        self._o4sum = (0x45 << 8) + (c.ttl << 8) + outer_proto + sum(self._o4words)
+        self._outer_extra = 20 + (8 if encap else 0)
+        self._ident = 0
+        self._reasm: Reassembler | None = None
+
+    def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
+        if self.mode == "tunnel":
+            return self._out_tunnel, self._in_any
+        return self._out_transport, self._in_any
+
+    # ----------------------------------------------------------------- shared pieces
+    def _encrypt(self, payload: bytes, next_header: int) -> tuple[int, bytes]:
+        """Pad, number and seal ``payload``: returns (seq, ESP header ‖ IV ‖ ciphertext ‖ ICV)."""
+        n = len(payload) + 2
+        pad = -n & self._bmask
+        seq = self._seq + 1
+        self._seq = seq
+        esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
+        iv, body = self._seal(esp_hdr, seq, payload + _TRAILER[pad << 8 | next_header])
+        return seq, b"".join((esp_hdr, iv, body))
+
+    def _selectors_ok(self, version: int, src: bytes, dst: bytes, proto: int,
+                      l4: bytes | memoryview, l4_off: int) -> bool:
+        sport = dport = 0
+        if proto in PORT_PROTOCOLS and len(l4) >= l4_off + 4:
+            sport, dport = _PORTS.unpack_from(l4, l4_off)
+        for sel in self._selectors:
+            if sel.matches(version, src, dst, proto, sport, dport):
+                return True
+        return False
+
+    def _inner_selectors_ok(self, inner: bytes) -> bool:
+        f = flow_of(inner)
+        for sel in self._selectors:
+            if sel.matches(f.version, f.src, f.dst, f.protocol, f.sport, f.dport):
+                return True
+        return False
+
+    # ----------------------------------------------------------------- outbound: transport
+    def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
+        """Transport mode: ESP between the IP header (and IPv6 extension headers) and the
+        upper-layer payload."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        try:
+            vihl, tos, tlen, ident, ff, ttl, proto, _c, s1, s2, d1, d2 = _V4W.unpack_from(pkt)
+        except struct.error:
+            return self._drop(DropReason.TRUNCATED)
+        if vihl != 0x45:
+            if vihl >> 4 == 6:
+                return self._out_transport6(pkt, now)
+            if vihl >> 4 != 4 or vihl & 15 < 5:
+                return self._drop(DropReason.MALFORMED)
+        if self._v6:
+            return self._drop(DropReason.WRONG_PROTOCOL)
+        ihl = (vihl & 15) << 2
+        if tlen > len(pkt) or tlen < ihl:
+            return self._drop(DropReason.MALFORMED)
+        if ff & 0x3FFF:  # transport mode applies to whole datagrams only (RFC 4303 §3.3)
+            return self._drop(DropReason.MALFORMED)
+        if self._selectors and not self._selectors_ok(4, pkt[12:16], pkt[16:20], proto, pkt, ihl):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        plen = tlen - ihl
+        pad = -(plen + 2) & self._bmask
+        seq = self._seq + 1
+        self._seq = seq
+        esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
+        iv, body = self._seal(esp_hdr, seq, pkt[ihl:tlen] + _TRAILER[pad << 8 | proto])
+        new_len = ihl + self._overhead + plen + 2 + pad
+        if self._encap is not None:
+            new_len += 8
+            out_proto = PROTO_UDP
+        else:
+            out_proto = PROTO_ESP
+        if new_len > MAX_IPV4_LEN:
+            self._sent(seq, 0, now, b"")
+            return self._drop(DropReason.TOO_BIG)
+        s = (vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + out_proto + s1 + s2 + d1 + d2
+        if ihl > 20:
+            s += ones_sum(pkt[20:ihl])
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        hdr = _V4W.pack(vihl, tos, new_len, ident, ff, ttl, out_proto, ~s & 0xFFFF,
+                        s1, s2, d1, d2)
+        if ihl > 20:
+            hdr += pkt[20:ihl]
+        if self._encap is not None:
+            hdr += _UDP.pack(self._sport, self._dport, new_len - ihl, 0)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + tlen
+        if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
+            self._post_send(seq, now)
+        return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+
+    def _out_transport6(self, pkt: bytes, now: float | None) -> Result:
+        if not self._v6:
+            return self._drop(DropReason.WRONG_PROTOCOL)
+        try:
+            ch = parse_ipv6_chain(pkt, stop_at_ipsec=False)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        if ch.fragment is not None:
+            return self._drop(DropReason.MALFORMED)
+        end = 40 + ch.payload_length
+        ins, nh_off = ch.insert_offset, ch.insert_nh_offset
+        next_header = pkt[nh_off]
+        if self._selectors and not self._selectors_ok(6, ch.src, ch.dst, ch.upper_protocol,
+                                                      pkt[:end], ch.upper_offset):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        seq, esp = self._encrypt(pkt[ins:end], next_header)
+        head = bytearray(pkt[:ins])
+        if self._encap is not None:
+            esp = _udp6(ch.src, ch.dst, self._sport, self._dport, esp)
+            head[nh_off] = PROTO_UDP
+        else:
+            head[nh_off] = PROTO_ESP
+        plen = ins - 40 + len(esp)
+        if plen > 0xFFFF:
+            self._sent(seq, 0, now, b"")
+            return self._drop(DropReason.TOO_BIG)
+        _H.pack_into(head, 4, plen)
+        return self._sent(seq, end, now, bytes(head) + esp)
+
+    # ----------------------------------------------------------------- outbound: tunnel
+    def _out_tunnel(self, pkt: bytes, now: float | None = None) -> Result:
+        """Tunnel mode: the whole inner packet (IPv4 or IPv6) becomes the ESP payload."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        n = len(pkt)
+        if n < 20:
+            return self._drop(DropReason.TRUNCATED)
+        first = pkt[0]
+        if first >> 4 == 4:
+            if first & 15 < 5:
+                return self._drop(DropReason.MALFORMED)
+            ilen = pkt[2] << 8 | pkt[3]
+            if ilen > n or ilen < (first & 15) << 2:
+                return self._drop(DropReason.MALFORMED)
+            tos = pkt[1]
+            ff = (pkt[6] & 0x40) << 8 if self._df_fixed is None else self._df_fixed
+            flow = 0
+            next_header = PROTO_IPIP
+        elif first >> 4 == 6:
+            if n < 40:
+                return self._drop(DropReason.TRUNCATED)
+            ilen = 40 + (pkt[4] << 8 | pkt[5])
+            if ilen > n:
+                return self._drop(DropReason.MALFORMED)
+            tos = (first & 15) << 4 | pkt[1] >> 4
+            flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
+            ff = 0x4000 if self._df_fixed is None else self._df_fixed
+            next_header = PROTO_IPV6
+        else:
+            return self._drop(DropReason.MALFORMED)
+        inner = pkt if ilen == n else pkt[:ilen]
+        if self._selectors:
+            try:
+                ok = self._inner_selectors_ok(inner)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            if not ok:
+                return self._drop(DropReason.SELECTOR_MISMATCH)
+        plen = ilen
+        if plen < self._tfc:  # RFC 4303 §2.4: TFC padding after the inner packet
+            inner = inner + bytes(self._tfc - plen)
+            plen = self._tfc
+        pad = -(plen + 2) & self._bmask
+        seq = self._seq + 1
+        self._seq = seq
+        esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
+        iv, body = self._seal(esp_hdr, seq, inner + _TRAILER[pad << 8 | next_header])
+        elen = self._overhead + plen + 2 + pad
+        if self._dscp is not None:
+            tos = (self._dscp << 2) | (tos & 3)
+        if self._v6:
+            if self._encap is not None:
+                udp = _udp6(self._src, self._dst, self._sport, self._dport,
+                            b"".join((esp_hdr, iv, body)))
+                return self._sent(seq, ilen, now, _V6FIRST.pack(
+                    (6 << 28) | (tos << 20) | flow, elen + 8, PROTO_UDP, self._ttl)
+                    + self._src + self._dst + udp)
+            hdr = _V6FIRST.pack((6 << 28) | (tos << 20) | flow, elen, PROTO_ESP, self._ttl)
+            return self._sent(seq, ilen, now, b"".join((hdr, self._src, self._dst, esp_hdr,
+                                                         iv, body)))
+        total = elen + self._outer_extra
+        if total > MAX_IPV4_LEN:
+            self._sent(seq, 0, now, b"")
+            return self._drop(DropReason.TOO_BIG)
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        s = self._o4sum + tos + total + ident + ff
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        hdr = _V4W.pack(0x45, tos, total, ident, ff, self._ttl, self._o4proto, ~s & 0xFFFF,
+                        *self._o4words)
+        if self._encap is not None:
+            hdr += _UDP.pack(self._sport, self._dport, elen + 8, 0)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + ilen
+        if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
+            self._post_send(seq, now)
+        return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+
+    def _sent(self, seq: int, nbytes: int, now: float | None, out: bytes) -> Result:
+        """Account for a sent packet (the less hot paths) and wrap it in a Result."""
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + nbytes
+        if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
+            self._post_send(seq, now)
+        return _new(Result, (out, None))
+
+    def _post_send(self, seq: int, now: float | None) -> None:
+        if self.packets >= self._pmark or self.bytes >= self._bmark:
+            self._lifetime_crossed(now)
+        if seq >= self._seq_max:
+            self._exhausted(now)
+
+    # ----------------------------------------------------------------- inbound
+    def _in_any(self, pkt: bytes, now: float | None = None) -> Result:
+        """Inbound, any family/mode: outer header → (UDP) → ESP → inner packet."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        try:
+            vihl, tos, tlen, _id, ff, _ttl, proto, _c, s1, s2, d1, d2 = _V4W.unpack_from(pkt)
+        except struct.error:
+            return self._drop(DropReason.TRUNCATED)
+        version = vihl >> 4
+        if version == 4 and not self._v6:
+            ihl = (vihl & 15) << 2
+            if ihl < 20 or tlen < ihl or tlen > len(pkt):
+                return self._drop(DropReason.MALFORMED)
+            if ff & 0x3FFF:
+                return self._reassemble(pkt, now)
+            outer_ecn = tos & 3
+            off = ihl
+            end = tlen
+        elif version == 6 and self._v6:
+            try:
+                ch = parse_ipv6_chain(pkt, stop_at_ipsec=True)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            if ch.fragment is not None:
+                return self._reassemble(pkt, now)
+            proto = ch.upper_protocol
+            off = ch.upper_offset
+            end = 40 + ch.payload_length
+            outer_ecn = ch.traffic_class & 3
+        else:
+            return self._drop(DropReason.WRONG_PROTOCOL if version in (4, 6)
+                              else DropReason.MALFORMED)
+        esp_off = off
+        if self._encap is not None:
+            if proto != PROTO_UDP:
+                return self._drop(DropReason.WRONG_PROTOCOL)
+            if end - off < 8:
+                return self._drop(DropReason.TRUNCATED)
+            ulen = pkt[off + 4] << 8 | pkt[off + 5]
+            if ulen < 8 or off + ulen > end:
+                return self._drop(DropReason.BAD_UDP)
+            end = off + ulen
+            kind = classify_udp_payload(pkt[off + 8:end])
+            if kind is not UdpKind.ESP:
+                return self._drop(DropReason.NATT_KEEPALIVE if kind is UdpKind.KEEPALIVE
+                                  else DropReason.NON_ESP_MARKER if kind is UdpKind.IKE
+                                  else DropReason.TRUNCATED)
+            esp_off = off + 8
+        elif proto != PROTO_ESP:
+            return self._drop(DropReason.WRONG_PROTOCOL)
+        # --- ESP proper
+        if end - esp_off < self._min_esp:
+            return self._drop(DropReason.TRUNCATED)
+        spi, seq_lo = _SPI_SEQ.unpack_from(pkt, esp_off)
+        if spi != self.spi:
+            return self._drop(DropReason.BAD_SPI)
+        seq = self._replay.check(seq_lo)
+        if seq is None:
+            return self._drop(DropReason.REPLAY)
+        ct_off = esp_off + ESP_HEADER_LEN + self._ivlen
+        if self._check_blocks and (end - ct_off - self._icvlen) % self._block:
+            return self._drop(DropReason.BAD_LENGTH)
+        plain = self._open(pkt[esp_off:esp_off + ESP_HEADER_LEN],
+                           seq, pkt[esp_off + ESP_HEADER_LEN:ct_off], pkt[ct_off:end])
+        if plain is None:
+            return self._drop(DropReason.ICV_FAILURE)
+        if not self._replay.commit(seq):
+            return self._drop(DropReason.REPLAY)
+        padlen = plain[-2]
+        next_header = plain[-1]
+        dlen = len(plain) - 2 - padlen
+        if dlen < 0 or plain[dlen:-2] != PAD[padlen]:
+            return self._drop(DropReason.BAD_PADDING)
+        if next_header == PROTO_NONE:
+            return self._drop(DropReason.DUMMY_PACKET)
+        if self.mode == "tunnel":
+            return self._deliver_tunnel(plain, dlen, next_header, outer_ecn, now)
+        # --- transport: rebuild the packet around the payload
+        payload = plain[:dlen]
+        if version == 4:
+            new_len = off + dlen
+            s = _fold((vihl << 8) + tos + new_len + _id + ff + (_ttl << 8) + next_header
+                      + s1 + s2 + d1 + d2 + (ones_sum(pkt[20:off]) if off > 20 else 0))
+            hdr = _V4W.pack(vihl, tos, new_len, _id, ff, _ttl, next_header, ~s & 0xFFFF,
+                            s1, s2, d1, d2)
+            if off > 20:
+                hdr += pkt[20:off]
+            src, dst = pkt[12:16], pkt[16:20]
+        else:
+            head = bytearray(pkt[:off])
+            nh_off = ch.headers[-1][1] if ch.headers else 6
+            head[nh_off] = next_header
+            _H.pack_into(head, 4, off - 40 + dlen)
+            hdr = bytes(head)
+            src, dst = ch.src, ch.dst
+        if self._encap is not None and next_header in (PROTO_TCP, PROTO_UDP):
+            # RFC 3948 §3.1.2: a NAT changed the addresses the transport checksum covered.
+            payload = _fix_l4_checksum(src, dst, next_header, payload)
+        if self._selectors and not self._selectors_ok(version, src, dst, next_header,
+                                                      payload, 0):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + len(hdr) + dlen
+        if p >= self._pmark or b >= self._bmark:
+            self._lifetime_crossed(now)
+        return _new(Result, (hdr + payload, None))
+
+    def _deliver_tunnel(self, plain: bytes, dlen: int, next_header: int, outer_ecn: int,
+                        now: float | None) -> Result:
+        if next_header == PROTO_IPIP:
+            if dlen < 20 or plain[0] >> 4 != 4 or plain[0] & 15 < 5:
+                return self._drop(DropReason.BAD_INNER)
+            ilen = plain[2] << 8 | plain[3]
+            if ilen > dlen or ilen < (plain[0] & 15) << 2:
+                return self._drop(DropReason.BAD_INNER)
+            inner = plain[:ilen]
+            inner_ecn = plain[1] & 3
+        elif next_header == PROTO_IPV6:
+            if dlen < 40 or plain[0] >> 4 != 6:
+                return self._drop(DropReason.BAD_INNER)
+            ilen = 40 + (plain[4] << 8 | plain[5])
+            if ilen > dlen:
+                return self._drop(DropReason.BAD_INNER)
+            inner = plain[:ilen]
+            inner_ecn = (plain[1] >> 4) & 3
+        else:
+            return self._drop(DropReason.BAD_INNER)
+        if outer_ecn != inner_ecn:
+            ecn = ecn_decapsulate(outer_ecn, inner_ecn)
+            if ecn is None:
+                return self._drop(DropReason.ECN_DROP)
+            if ecn != inner_ecn:
+                inner = _set_ecn(inner, ecn)
+        if self._selectors:
+            try:
+                ok = self._inner_selectors_ok(inner)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            if not ok:
+                return self._drop(DropReason.SELECTOR_MISMATCH)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + ilen
+        if p >= self._pmark or b >= self._bmark:
+            self._lifetime_crossed(now)
+        return _new(Result, (inner, None))
+
+    def _reassemble(self, pkt: bytes, now: float | None) -> Result:
+        """RFC 4303 §3.4.1: fragments are reassembled before ESP processing."""
+        if self._reasm is None:
+            self._reasm = Reassembler()
+        whole, reason = self._reasm.feed(pkt, _monotonic() if now is None else now)
+        if reason is not None:
+            return self._drop(reason)
+        if whole is None:
+            return HELD
+        return self._in_any(whole, now)
+
+
+#: The verdict for a fragment held until its datagram is complete: neither delivered nor dropped.
+HELD = Result(None, None)
+
+
+def _udp6(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    """ESP-in-UDP over IPv6: the checksum is mandatory (RFC 8200 §8.1; RFC 3948 is IPv4-only)."""
+    length = len(payload) + 8
+    s = pseudo_header_sum(src, dst, PROTO_UDP, length) + sport + dport + length
+    c = ~_fold(ones_sum(payload, s)) & 0xFFFF
+    return _UDP.pack(sport, dport, length, c or 0xFFFF) + payload
+
+
+def _fix_l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes) -> bytes:
+    """Recompute a TCP/UDP checksum over the addresses the packet now carries."""
+    off = 16 if proto == PROTO_TCP else 6
+    if len(segment) < off + 2:
+        return segment
+    if proto == PROTO_UDP and len(src) == 4 and segment[6:8] == b"\x00\x00":
+        return segment  # IPv4 UDP without checksum stays without
+    seg = bytearray(segment)
+    seg[off:off + 2] = b"\x00\x00"
+    s = ones_sum(seg, pseudo_header_sum(src, dst, proto, len(seg)))
+    c = ~_fold(s) & 0xFFFF
+    if proto == PROTO_UDP and c == 0:
+        c = 0xFFFF
+    _H.pack_into(seg, off, c)
+    return bytes(seg)
+
+
+def _set_ecn(inner: bytes, ecn: int) -> bytes:
+    """Write ``ecn`` into an inner packet's ECN field (fixing the IPv4 header checksum)."""
+    buf = bytearray(inner)
+    if buf[0] >> 4 == 4:
+        old = buf[0] << 8 | buf[1]
+        buf[1] = (buf[1] & 0xFC) | ecn
+        new = buf[0] << 8 | buf[1]
+        csum = buf[10] << 8 | buf[11]
+        # RFC 1624 incremental update: HC' = ~(~HC + ~m + m')
+        s = _fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new)
+        _H.pack_into(buf, 10, ~s & 0xFFFF)
+    else:
+        buf[1] = (buf[1] & 0xCF) | (ecn << 4)
+    return bytes(buf)
+
+
+__all__ = ["DROPPED", "HELD", "PAD", "EspSA"]

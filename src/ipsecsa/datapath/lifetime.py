@@ -1,0 +1,123 @@
+"""Soft and hard lifetimes (RFC 4301 §4.4.2.1) folded into thresholds checked once per packet.
+
+The per-packet cost must be two integer comparisons, so the limits are folded into "marks": the
+next packet count and byte count at which *something* happens (a soft event or the hard end).
+Only when a mark is crossed does :meth:`LifetimeMarks.crossed` do the slow work of finding out
+what happened. Time limits are deadlines measured from the moment the SA was installed.
+
+Semantics (ours; RFC 4301 leaves the exact edge open):
+* packets: a hard limit of N lets exactly N packets through; the (N+1)-th is refused;
+* bytes: the packet that reaches or crosses the hard byte limit is still carried, then the SA is
+  dead (as Linux XFRM does) — refusing it would make the limit depend on packet sizes;
+* seconds: traffic at or after ``installed + hard`` is refused; a soft event fires at
+  ``installed + soft``, on the first packet or timer call at or after it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ipsecsa.datapath.events import LifetimeKind
+
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One set of limits; None means no limit in that dimension."""
+
+    bytes: int | None = None
+    packets: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def of(cls, obj: object) -> Limits:
+        """Accept any object with bytes/packets/seconds attributes (the config's Lifetime)."""
+        if obj is None:
+            return cls()
+        return cls(getattr(obj, "bytes", None), getattr(obj, "packets", None),
+                   getattr(obj, "seconds", None))
+
+
+def _lim(value: float | None) -> float:
+    return INF if value is None else value
+
+
+class LifetimeMarks:
+    """Tracks which soft/hard limits have fired and the next thresholds to watch."""
+
+    __slots__ = (
+        "byte_mark",
+        "hard",
+        "hard_deadline",
+        "hard_fired",
+        "installed",
+        "packet_mark",
+        "soft",
+        "soft_deadline",
+        "soft_fired",
+    )
+
+    def __init__(self, soft: Limits, hard: Limits, installed: float) -> None:
+        self.soft = soft
+        self.hard = hard
+        self.installed = installed
+        self.soft_fired: LifetimeKind | None = None
+        self.hard_fired: LifetimeKind | None = None
+        self.soft_deadline = installed + _lim(soft.seconds)
+        self.hard_deadline = installed + _lim(hard.seconds)
+        self.packet_mark = INF
+        self.byte_mark = INF
+        self._recompute()
+
+    @property
+    def timed(self) -> bool:
+        """Whether any time limit exists (only then does the data path need a clock)."""
+        return self.soft_deadline != INF or self.hard_deadline != INF
+
+    def _recompute(self) -> None:
+        soft_p = INF if self.soft_fired else _lim(self.soft.packets)
+        soft_b = INF if self.soft_fired else _lim(self.soft.bytes)
+        self.packet_mark = min(soft_p, _lim(self.hard.packets))
+        self.byte_mark = min(soft_b, _lim(self.hard.bytes))
+
+    def crossed(self, packets: int, nbytes: int, now: float | None
+                ) -> tuple[LifetimeKind | None, LifetimeKind | None]:
+        """Called when a mark may have been crossed; returns (soft_now, hard_now): the kinds
+        that fired *on this call* (None when nothing new fired)."""
+        soft_now = hard_now = None
+        if self.hard_fired is None:
+            hard = self.hard
+            if hard.packets is not None and packets >= hard.packets:
+                hard_now = LifetimeKind.PACKETS
+            elif hard.bytes is not None and nbytes >= hard.bytes:
+                hard_now = LifetimeKind.BYTES
+            elif now is not None and now >= self.hard_deadline:
+                hard_now = LifetimeKind.SECONDS
+            if hard_now is not None:
+                self.hard_fired = hard_now
+        if self.soft_fired is None and self.hard_fired is None:
+            soft = self.soft
+            if soft.packets is not None and packets >= soft.packets:
+                soft_now = LifetimeKind.PACKETS
+            elif soft.bytes is not None and nbytes >= soft.bytes:
+                soft_now = LifetimeKind.BYTES
+            elif now is not None and now >= self.soft_deadline:
+                soft_now = LifetimeKind.SECONDS
+            if soft_now is not None:
+                self.soft_fired = soft_now
+        self._recompute()
+        return soft_now, hard_now
+
+    def next_deadline(self) -> float | None:
+        """The next clock value at which a time limit fires, or None."""
+        if self.hard_fired is not None:
+            return None
+        t = self.hard_deadline if self.soft_fired else min(self.soft_deadline, self.hard_deadline)
+        return None if t == INF else t
+
+    def remaining(self) -> dict[str, float | None]:
+        """Seconds left to the soft and hard deadlines (for listings)."""
+        return {"soft": None if self.soft_deadline == INF else self.soft_deadline,
+                "hard": None if self.hard_deadline == INF else self.hard_deadline}

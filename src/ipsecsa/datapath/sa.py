@@ -1,0 +1,296 @@
+"""The security association: state, counters, lifetimes and events shared by ESP and AH.
+
+``SecurityAssociation`` is the public object (``ipsecsa.SecurityAssociation``). It is built from a
+validated :class:`~ipsecsa.config.SaConfig`; ``from_dict`` returns the ESP or AH subclass, whose
+per-packet code lives in :mod:`ipsecsa.datapath.esp` and :mod:`ipsecsa.datapath.ah`.
+
+Everything that can be derived per SA is derived once, in the constructor (practice 3): the crypto
+step, header templates, lengths, lookup keys, the replay window, lifetime thresholds. The
+per-packet ``protect``/``unprotect`` are bound at construction to the function for this SA's
+protocol, mode and family, so a packet call does no dispatching.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ipsecsa.datapath.events import (
+    HardLifetimeExpired,
+    LifetimeKind,
+    SaEvent,
+    SequenceNumberExhausted,
+    SoftLifetimeExpired,
+)
+from ipsecsa.datapath.lifetime import INF, LifetimeMarks, Limits
+from ipsecsa.datapath.replay import ReplayWindow
+from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.state import USABLE, SaState, SaTrigger, next_state
+from ipsecsa.errors import DropReason
+
+log = logging.getLogger("ipsecsa.sa")
+
+MAX_SEQ_32 = 0xFFFFFFFF
+MAX_SEQ_64 = 0xFFFFFFFFFFFFFFFF
+
+#: Implementation cap on events queued per SA before the oldest are discarded (a consumer that
+#: never drains must not grow memory without bound).
+MAX_QUEUED_EVENTS = 1024
+
+IvSource = Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SaCounters:
+    """A snapshot of an SA's counters. ``drops`` lists only reasons that occurred."""
+
+    packets: int
+    bytes: int
+    drops: dict[DropReason, int]
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+
+class SecurityAssociation:
+    """One IPsec SA (one direction, or both for offline tools when ``direction`` is unset).
+
+    Use :meth:`from_dict` (the format of ``sa-format.md``) or :meth:`from_config`.
+    ``protect(packet, now=None)`` and ``unprotect(packet, now=None)`` take one whole IP packet
+    and return a :class:`~ipsecsa.datapath.result.Result`; they never raise for bad packets.
+    """
+
+    #: The protocol this class implements ("esp" or "ah"); set by subclasses.
+    PROTOCOL = ""
+
+    def __init__(self, config: Any, *, now: float | None = None,
+                 iv_source: IvSource | None = None) -> None:
+        if config.protocol != self.PROTOCOL:
+            raise TypeError(f"{type(self).__name__} cannot carry a {config.protocol} SA")
+        self.config = config
+        self.spi: int = config.spi
+        self.mode: str = config.mode
+        self.direction: str | None = config.direction
+        self.esn: bool = config.esn
+        self._timed = False
+        self.state = SaState.LARVAL
+        self.packets = 0
+        self.bytes = 0
+        self._drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        self._events: deque[SaEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
+        self._seq_max = MAX_SEQ_64 if config.esn else MAX_SEQ_32
+        #: Outbound: the last sequence number used (the next packet gets _seq + 1).
+        self._seq: int = config.seq
+        self._replay = ReplayWindow(config.replay_window, config.esn, top=config.seq)
+        installed = time.monotonic() if now is None else now
+        self._life = LifetimeMarks(Limits.of(config.soft), Limits.of(config.hard), installed)
+        self._timed = self._life.timed
+        self._refresh_marks()
+        self._build(iv_source)
+        self.state = next_state(self.state, SaTrigger.INSTALL)
+        if self.direction == "outbound" and self._seq >= self._seq_max:
+            self._exhausted(now)
+        self._bind()
+
+    @property
+    def state(self) -> SaState:
+        """The life-cycle state (see :mod:`ipsecsa.datapath.state`)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: SaState) -> None:
+        self._state = value
+        # The per-packet code tests this one flag; everything unusual takes the slow gate.
+        self._slow = self._timed or value is not SaState.MATURE
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, config: Any, *, now: float | None = None,
+                    iv_source: IvSource | None = None) -> SecurityAssociation:
+        """Build the ESP or AH SA a validated :class:`SaConfig` describes.
+
+        ``iv_source(seq) -> bytes`` replaces IV generation; it exists for known-answer tests and
+        must never be used for traffic (a repeated IV under GCM/CTR/ChaCha20 is catastrophic).
+        """
+        if config.protocol == "esp":
+            from ipsecsa.datapath.esp import EspSA
+
+            return EspSA(config, now=now, iv_source=iv_source)
+        from ipsecsa.datapath.ah import AhSA
+
+        return AhSA(config, now=now, iv_source=iv_source)
+
+    @classmethod
+    def from_dict(cls, obj: dict, *, now: float | None = None,
+                  iv_source: IvSource | None = None) -> SecurityAssociation:
+        """Build an SA from one object of the SA description format (``sa-format.md``).
+
+        Raises :class:`~ipsecsa.errors.ConfigError` naming the offending field."""
+        from ipsecsa.config import parse_sa
+
+        return cls.from_config(parse_sa(obj), now=now, iv_source=iv_source)
+
+    def to_dict(self) -> dict:
+        """The SA in the description format, with ``seq`` at its current value so that a saved
+        SA resumes where it stopped (outbound: last number used; inbound: window top)."""
+        obj = self.config.to_dict()
+        obj["seq"] = self.seq
+        return obj
+
+    def _build(self, iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        """Bind ``protect``/``unprotect`` to this SA's per-packet functions."""
+        out_fn, in_fn = self._select_paths()
+        if self.direction == "inbound":
+            out_fn = self._refuse
+        elif self.direction == "outbound":
+            in_fn = self._refuse
+        # Instance attributes shadow the documented methods below: no dispatch per packet.
+        self.protect = out_fn  # type: ignore[method-assign]
+        self.unprotect = in_fn  # type: ignore[method-assign]
+
+    def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ----------------------------------------------------------------- the packet API
+    def protect(self, packet: bytes, now: float | None = None) -> Result:
+        """Apply this SA to one outbound IP packet. Bound per SA in the constructor."""
+        raise NotImplementedError  # pragma: no cover - replaced per instance
+
+    def unprotect(self, packet: bytes, now: float | None = None) -> Result:
+        """Verify and remove this SA's protection from one inbound IP packet (for a
+        UDP-encapsulated SA, the outer IP/UDP/ESP packet). Bound per SA in the constructor."""
+        raise NotImplementedError  # pragma: no cover - replaced per instance
+
+    def protect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
+        """``protect`` over a batch, in order (sequence numbers follow the batch order)."""
+        fn = self.protect
+        return [fn(p, now) for p in packets]
+
+    def unprotect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
+        """``unprotect`` over a batch, in order."""
+        fn = self.unprotect
+        return [fn(p, now) for p in packets]
+
+    def _refuse(self, packet: bytes, now: float | None = None) -> Result:
+        return self._drop(DropReason.SA_UNUSABLE)
+
+    # ----------------------------------------------------------------- accounting
+    def _drop(self, reason: DropReason) -> Result:
+        self._drops[reason] += 1
+        return DROPPED[reason]
+
+    def _refresh_marks(self) -> None:
+        life = self._life
+        self._pmark = life.packet_mark
+        self._bmark = life.byte_mark
+        deadline = life.next_deadline()
+        self._tmark = INF if deadline is None else deadline
+
+    def _gate(self, now: float | None) -> tuple[DropReason | None, float | None]:
+        """The slow gate run before a packet when ``_slow`` is set: fires due lifetimes and
+        returns (reason to refuse or None, the clock value used)."""
+        if self._timed and now is None:
+            now = time.monotonic()
+        return self._check_usable(now), now
+
+    def _check_usable(self, now: float | None) -> DropReason | None:
+        """Slow path run when the SA is not mature or a deadline passed: the reason to refuse
+        the packet, or None to carry it."""
+        if self._timed and now is not None and now >= self._tmark:
+            self._lifetime_crossed(now)
+        if self.state in USABLE:
+            return None
+        if self._life.hard_fired is not None:
+            return DropReason.EXPIRED
+        if self._seq >= self._seq_max:
+            return DropReason.SEQ_EXHAUSTED
+        return DropReason.SA_UNUSABLE
+
+    def _lifetime_crossed(self, now: float | None) -> None:
+        soft, hard = self._life.crossed(self.packets, self.bytes, now)
+        at = now if now is not None else time.monotonic()
+        if soft is not None:
+            self._event(SoftLifetimeExpired(self.spi, at, soft))
+            if self.state is SaState.MATURE:
+                self.state = next_state(self.state, SaTrigger.SOFT_EXPIRE)
+        if hard is not None:
+            self._event(HardLifetimeExpired(self.spi, at, hard))
+            if self.state in USABLE:
+                self.state = next_state(self.state, SaTrigger.HARD_EXPIRE)
+        self._refresh_marks()
+
+    def _exhausted(self, now: float | None) -> None:
+        at = now if now is not None else time.monotonic()
+        self._event(SequenceNumberExhausted(self.spi, at, self._seq))
+        if self.state in USABLE:
+            self.state = next_state(self.state, SaTrigger.EXHAUST)
+
+    def _event(self, event: SaEvent) -> None:
+        log.info("SA 0x%08x: %s", self.spi, type(event).__name__)
+        self._events.append(event)
+
+    # ----------------------------------------------------------------- owner API
+    @property
+    def seq(self) -> int:
+        """Outbound: the last sequence number used. Inbound: the highest one received."""
+        if self.direction == "inbound":
+            return self._replay.top
+        if self.direction == "outbound":
+            return self._seq
+        return max(self._seq, self._replay.top)
+
+    @property
+    def usable(self) -> bool:
+        return self.state in USABLE
+
+    @property
+    def counters(self) -> SaCounters:
+        return SaCounters(self.packets, self.bytes,
+                          {r: n for r, n in self._drops.items() if n})
+
+    def drain_events(self) -> list[SaEvent]:
+        """Return and forget the queued events, oldest first."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def next_timer(self) -> float | None:
+        """The clock value at which :meth:`handle_timer` has work to do, or None."""
+        if self.state not in USABLE:
+            return None
+        return self._life.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire time-based lifetime events due at ``now`` (no traffic needed)."""
+        if self.state in USABLE and now >= self._tmark:
+            self._lifetime_crossed(now)
+
+    def delete(self) -> None:
+        """End the SA: every later packet is dropped as SA_UNUSABLE."""
+        if self.state is not SaState.DEAD:
+            self.state = next_state(self.state, SaTrigger.DELETE)
+
+    def describe(self) -> str:
+        """A one-line description with no key material."""
+        c = self.config
+        algs = "+".join(a.name for a in (getattr(c, "encryption", None),
+                                          getattr(c, "integrity", None))
+                        if a is not None and a.name != "none")
+        encap = " udp-encap" if getattr(c, "encapsulation", None) else ""
+        return (f"spi=0x{self.spi:08x} {self.PROTOCOL} {self.mode}{encap} "
+                f"{self.direction or 'both'} {c.src}->{c.dst} {algs} esn={self.esn} "
+                f"state={self.state.value}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+__all__ = ["LifetimeKind", "SaCounters", "SecurityAssociation"]

@@ -1,0 +1,95 @@
+"""Outer headers for tunnel mode and UDP encapsulation, prepared once per SA.
+
+The outer IPv4 header's checksum is computed from a sum precomputed at SA install time (addresses,
+TTL, protocol) plus the few words that change per packet (TOS, length, identification, flags), so
+no header is ever re-parsed or summed byte by byte on the per-packet path.
+
+Tunnel-mode header rules (RFC 4301 §5.1.2, RFC 6040):
+* DSCP: copied from the inner header (default) or set to a fixed value;
+* ECN: RFC 6040 *normal mode* on encapsulation — the outer ECN field is a copy of the inner one;
+  on decapsulation :func:`ipsecsa.packet.ecn.ecn_decapsulate` combines them;
+* DF (IPv4 outer): copied from an IPv4 inner header, or forced set/clear. For an IPv6 inner packet
+  "copy" sets DF, since IPv6 is never fragmented en route (our choice, as Linux does);
+* TTL / hop limit: a per-SA constant (default 64); the inner TTL is not touched here (forwarding
+  decrements it, not IPsec);
+* IPv6 flow label: copied from an IPv6 inner header, 0 for IPv4 inner (RFC 6437 allows either).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ipsecsa.packet.ipv4 import DF
+
+_V4W = struct.Struct("!BBHHHBBHHHHH")
+_V6FIRST = struct.Struct("!IHBB")
+_UDP = struct.Struct("!HHHH")
+
+
+def _words(addr: bytes) -> int:
+    """Sum of the 16-bit words of an address (for checksums)."""
+    return sum(struct.unpack(f"!{len(addr) // 2}H", addr))
+
+
+class OuterV4:
+    """The outer IPv4 header of one SA."""
+
+    __slots__ = (
+        "_const",
+        "_d1",
+        "_d2",
+        "_ident",
+        "_s1",
+        "_s2",
+        "df_mode",
+        "dscp",
+        "dst",
+        "proto",
+        "src",
+        "ttl",
+    )
+
+    def __init__(self, src: bytes, dst: bytes, proto: int, ttl: int, dscp: int | None,
+                 df_mode: str) -> None:
+        self.src, self.dst, self.proto, self.ttl = src, dst, proto, ttl
+        self.dscp = dscp
+        self.df_mode = df_mode
+        self._s1, self._s2 = struct.unpack("!HH", src)
+        self._d1, self._d2 = struct.unpack("!HH", dst)
+        self._const = (0x45 << 8) + (ttl << 8) + proto + _words(src) + _words(dst)
+        self._ident = 0
+
+    def build(self, payload_len: int, inner_tos: int, inner_df: bool) -> bytes:
+        """The 20-byte header for ``payload_len`` bytes of payload."""
+        tos = inner_tos if self.dscp is None else (self.dscp << 2) | (inner_tos & 3)
+        mode = self.df_mode
+        ff = DF if (mode == "set" or (mode == "copy" and inner_df)) else 0
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        total = payload_len + 20
+        s = self._const + tos + total + ident + ff
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        return _V4W.pack(0x45, tos, total, ident, ff, self.ttl, self.proto, ~s & 0xFFFF,
+                         self._s1, self._s2, self._d1, self._d2)
+
+
+class OuterV6:
+    """The outer IPv6 header of one SA."""
+
+    __slots__ = ("_tail", "dscp", "dst", "proto", "src", "ttl")
+
+    def __init__(self, src: bytes, dst: bytes, proto: int, ttl: int, dscp: int | None) -> None:
+        self.src, self.dst, self.proto, self.ttl = src, dst, proto, ttl
+        self.dscp = dscp
+        self._tail = src + dst
+
+    def build(self, payload_len: int, inner_tc: int, flow_label: int) -> bytes:
+        tc = inner_tc if self.dscp is None else (self.dscp << 2) | (inner_tc & 3)
+        return _V6FIRST.pack((6 << 28) | (tc << 20) | flow_label, payload_len, self.proto,
+                             self.ttl) + self._tail
+
+
+def udp_header(sport: int, dport: int, payload_len: int) -> bytes:
+    """UDP header for ESP-in-UDP over IPv4 with a zero checksum (RFC 3948 §2.1: the checksum
+    SHOULD be zero; the ESP ICV protects the payload)."""
+    return _UDP.pack(sport, dport, payload_len + 8, 0)
