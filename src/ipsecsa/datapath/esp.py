@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ipsecsa.crypto.transforms import make_esp_transform
 from ipsecsa.datapath.result import DROPPED, Result
@@ -33,6 +34,7 @@ from ipsecsa.packet.flow import flow_of
 from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.packet.natt import UdpKind, classify_udp_payload
+from ipsecsa.packet.udp import build_udp
 
 # --- specification constants -------------------------------------------------------------
 PROTO_IPIP = 4         # IPv4 inner packet (tunnel mode next header)
@@ -68,6 +70,15 @@ _MATURE = SaState.MATURE
 def _fold(s: int) -> int:
     s = (s & 0xFFFF) + (s >> 16)
     return (s & 0xFFFF) + (s >> 16)
+
+
+class NicStep(Protocol):
+    """The crypto step done by a NIC (the NDIS offload division of labour, reference A.1)."""
+
+    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes: ...
+
+    def open(self, packet: bytes, esp_off: int, ct_off: int, end: int, seq: int
+             ) -> bytes | None: ...
 
 
 class EspSA(SecurityAssociation):
@@ -113,6 +124,12 @@ class EspSA(SecurityAssociation):
         self._outer_extra = 20 + (8 if encap else 0)
         self._ident = 0
         self._reasm: Reassembler | None = None
+        #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software.
+        #: ``send(header, esp_header, plaintext) -> wire bytes`` gets the packet with headers,
+        #: padding and sequence number in place; ``open(packet, esp_off, ct_off, end, seq) ->
+        #: plaintext | None`` verifies and decrypts. Only IPv4 paths consult it: NDIS IPsec
+        #: offload v1 is IPv4-only, and binding refuses IPv6 SAs.
+        self._nic: NicStep | None = None
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":
@@ -178,7 +195,7 @@ class EspSA(SecurityAssociation):
         seq = self._seq + 1
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
-        iv, body = self._seal(esp_hdr, seq, pkt[ihl:tlen] + _TRAILER[pad << 8 | proto])
+        plain = pkt[ihl:tlen] + _TRAILER[pad << 8 | proto]
         new_len = ihl + self._overhead + plen + 2 + pad
         if self._encap is not None:
             new_len += 8
@@ -203,7 +220,10 @@ class EspSA(SecurityAssociation):
         self.bytes = b = self.bytes + tlen
         if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
             self._post_send(seq, now)
-        return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+        if self._nic is None:
+            iv, body = self._seal(esp_hdr, seq, plain)
+            return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+        return _new(Result, (self._nic.send(hdr, esp_hdr, plain), None))
 
     def _out_transport6(self, pkt: bytes, now: float | None) -> Result:
         if not self._v6:
@@ -223,7 +243,10 @@ class EspSA(SecurityAssociation):
         seq, esp = self._encrypt(pkt[ins:end], next_header)
         head = bytearray(pkt[:ins])
         if self._encap is not None:
-            esp = _udp6(ch.src, ch.dst, self._sport, self._dport, esp)
+            if len(esp) + 8 > 0xFFFF:
+                self._sent(seq, 0, now, b"")
+                return self._drop(DropReason.TOO_BIG)
+            esp = build_udp(ch.src, ch.dst, self._sport, self._dport, esp)
             head[nh_off] = PROTO_UDP
         else:
             head[nh_off] = PROTO_ESP
@@ -283,13 +306,17 @@ class EspSA(SecurityAssociation):
         seq = self._seq + 1
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
-        iv, body = self._seal(esp_hdr, seq, inner + _TRAILER[pad << 8 | next_header])
+        plain = inner + _TRAILER[pad << 8 | next_header]
         elen = self._overhead + plen + 2 + pad
         if self._dscp is not None:
             tos = (self._dscp << 2) | (tos & 3)
         if self._v6:
+            if elen + 8 > 0xFFFF:
+                self._sent(seq, 0, now, b"")
+                return self._drop(DropReason.TOO_BIG)
+            iv, body = self._seal(esp_hdr, seq, plain)
             if self._encap is not None:
-                udp = _udp6(self._src, self._dst, self._sport, self._dport,
+                udp = build_udp(self._src, self._dst, self._sport, self._dport,
                             b"".join((esp_hdr, iv, body)))
                 return self._sent(seq, ilen, now, _V6FIRST.pack(
                     (6 << 28) | (tos << 20) | flow, elen + 8, PROTO_UDP, self._ttl)
@@ -313,7 +340,10 @@ class EspSA(SecurityAssociation):
         self.bytes = b = self.bytes + ilen
         if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
             self._post_send(seq, now)
-        return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+        if self._nic is None:
+            iv, body = self._seal(esp_hdr, seq, plain)
+            return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
+        return _new(Result, (self._nic.send(hdr, esp_hdr, plain), None))
 
     def _sent(self, seq: int, nbytes: int, now: float | None, out: bytes) -> Result:
         """Account for a sent packet (the less hot paths) and wrap it in a Result."""
@@ -394,8 +424,11 @@ class EspSA(SecurityAssociation):
         ct_off = esp_off + ESP_HEADER_LEN + self._ivlen
         if self._check_blocks and (end - ct_off - self._icvlen) % self._block:
             return self._drop(DropReason.BAD_LENGTH)
-        plain = self._open(pkt[esp_off:esp_off + ESP_HEADER_LEN],
-                           seq, pkt[esp_off + ESP_HEADER_LEN:ct_off], pkt[ct_off:end])
+        if self._nic is None:
+            plain = self._open(pkt[esp_off:esp_off + ESP_HEADER_LEN],
+                               seq, pkt[esp_off + ESP_HEADER_LEN:ct_off], pkt[ct_off:end])
+        else:
+            plain = self._nic.open(pkt, esp_off, ct_off, end, seq)
         if plain is None:
             return self._drop(DropReason.ICV_FAILURE)
         if not self._replay.commit(seq):
@@ -492,14 +525,6 @@ class EspSA(SecurityAssociation):
 
 #: The verdict for a fragment held until its datagram is complete: neither delivered nor dropped.
 HELD = Result(None, None)
-
-
-def _udp6(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
-    """ESP-in-UDP over IPv6: the checksum is mandatory (RFC 8200 §8.1; RFC 3948 is IPv4-only)."""
-    length = len(payload) + 8
-    s = pseudo_header_sum(src, dst, PROTO_UDP, length) + sport + dport + length
-    c = ~_fold(ones_sum(payload, s)) & 0xFFFF
-    return _UDP.pack(sport, dport, length, c or 0xFFFF) + payload
 
 
 def _fix_l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes) -> bytes:
