@@ -138,6 +138,19 @@ def test_same_spi_other_destination_is_fine(tmp_path: Path) -> None:
     assert len(load_sa_file(write(tmp_path / "o.json", json.dumps({"sas": [SA_IN, other]})))) == 2
 
 
+def test_same_identity_both_directions_is_fine(tmp_path: Path) -> None:
+    # A loopback file: the outbound and inbound halves of one SA share SPI and destination.
+    out = {**SA_IN, "direction": "outbound"}
+    assert len(load_sa_file(write(tmp_path / "l.json", json.dumps({"sas": [SA_IN, out]})))) == 2
+
+
+def test_undirected_sa_clashes_with_either_direction(tmp_path: Path) -> None:
+    both = {k: v for k, v in SA_IN.items() if k != "direction"}
+    with pytest.raises(ConfigError) as info:
+        load_sa_file(write(tmp_path / "u.json", json.dumps({"sas": [SA_IN, both]})))
+    assert info.value.field == "sas[1].spi"
+
+
 @pytest.mark.parametrize(("text", "field"), [
     ('{"sas": [}', ""),
     ('{"sas": []', ""),

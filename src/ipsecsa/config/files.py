@@ -89,17 +89,20 @@ def load_sa_file(path: str | os.PathLike[str]) -> list[SaConfig]:
     if not isinstance(sas, list):
         raise ConfigError("sas", f"{name}: must be a list of SA objects")
     configs: list[SaConfig] = []
-    seen: dict[tuple[str, int, Any], int] = {}
+    # An SA is identified by (protocol, SPI, destination) within one direction; an outbound
+    # and an inbound SA may share them (a loopback test file), an undirected SA clashes with both.
+    seen: dict[tuple[str, int, Any], list[tuple[int, str | None]]] = {}
     for i, item in enumerate(sas):
         try:
             cfg = parse_sa(item)
         except ConfigError as exc:
             raise _with_file(exc, name, f"sas[{i}]") from None
         ident = (cfg.protocol, cfg.spi, cfg.dst)
-        if ident in seen:
-            raise ConfigError(f"sas[{i}].spi", f"{name}: same protocol, SPI and dst as "
-                                               f"sas[{seen[ident]}]")
-        seen[ident] = i
+        for j, direction in seen.get(ident, ()):
+            if direction is None or cfg.direction is None or direction == cfg.direction:
+                raise ConfigError(f"sas[{i}].spi", f"{name}: same protocol, SPI, dst and "
+                                                   f"direction as sas[{j}]")
+        seen.setdefault(ident, []).append((i, cfg.direction))
         configs.append(cfg)
     return configs
 
