@@ -1,0 +1,485 @@
+"""AH (RFC 4302): header insertion, mutable-field zeroing, sequence numbers and replay around the
+per-SA ICV computation.
+
+The cryptographic step (``AhIntegrity.compute``/``verify`` from :mod:`ipsecsa.crypto.transforms`)
+is kept apart from everything here, as for ESP: the SA calls ``self._compute`` / ``self._verify``,
+the transform's bound methods. With ESN the transform appends the 32 high bits of the sequence
+number after the data it is given (RFC 4302 §2.5.1, §3.3.3.2.2); the data path passes the full
+64-bit number and never appends them itself.
+
+Header layout (RFC 4302 §2): Next Header, Payload Length (AH length in 32-bit words minus 2),
+Reserved (zero), SPI, Sequence Number, ICV. The ICV field is padded so that the AH length is a
+multiple of 4 bytes under an IPv4 header and 8 bytes under IPv6 (§2.6, §3.3.3.2.1), with no more
+padding than that. Every length is fixed per SA (the integrity algorithm fixes the ICV length and
+the SA's address family the alignment), so it is computed once, and an inbound AH whose length
+field differs is malformed for this SA.
+
+What the ICV covers (§3.3.3): the IP header and the extension headers before AH with the mutable
+fields zeroed and the mutable-but-predictable ones set to their values at the destination
+(:func:`~ipsecsa.packet.ipv4.ipv4_ah_zero_mutable`,
+:func:`~ipsecsa.packet.ipv6.ipv6_ah_zero_mutable`), with total/payload length and protocol/next header already at their post-AH values; the AH header
+with the ICV zeroed (explicit padding included as transmitted); everything after AH. Corners:
+
+* IPv4 loose/strict source route (§3.3.3.1.1.1): the destination address is "mutable but
+  predictable"; the sender enters the final destination (the route's last address) into the ICV,
+  as the receiver sees it. ``ipv4_ah_zero_mutable`` zeroes the option but leaves the address, so
+  the prediction is made here (outbound only: inbound the address already is the final one).
+* IPv6 options whose "may change en route" bit is set have their data zeroed wherever the header
+  carrying them sits (RFC 8200 §4.2, RFC 4302 §3.3.3.1.2.2), including a Destination Options
+  header after AH in transport mode. (scapy 2.x zeroes only the headers before AH, and so, as
+  far as we know, does Linux's ah6; they agree with us whenever the options after AH are
+  immutable, e.g. PadN, Home Address, Tunnel Encapsulation Limit, but not for an option with
+  the bit set there, e.g. IOAM, RFC 9486.)
+* Reserved (§2.3): sent as zero; on receipt covered by the ICV and otherwise ignored.
+* Fragments (§3.4.1): reassembled before AH processing (``_reassemble``, as ESP).
+* Implicit packet padding (§3.3.3.2.2): none of the MACs offered (HMAC, AES-XCBC, AES-CMAC)
+  needs the ICV input to be a multiple of a block; each pads internally per its own RFC.
+
+Outbound (§3.3): transport mode inserts AH after the IPv4 header and its options, or after the
+IPv6 extension headers that precede it (``insert_offset`` of the chain, §3.1.1); tunnel mode builds
+the outer header of :mod:`ipsecsa.datapath.tunnel` with protocol 51 and covers the whole inner
+packet (inner header included, all of it immutable for AH). Inbound (§3.4): SPI, AH length,
+replay check before the ICV, constant-time ICV verification, window update after it, then the IP
+header rebuilt around the payload (transport) or the inner packet delivered with RFC 6040 ECN
+decapsulation (tunnel), and the result checked against the SA's selectors.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from ipsecsa.crypto.transforms import make_ah_integrity
+from ipsecsa.datapath.esp import HELD, EspSA
+from ipsecsa.datapath.result import Result
+from ipsecsa.datapath.sa import IvSource, SecurityAssociation
+from ipsecsa.datapath.tunnel import OuterV4, OuterV6
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.packet.checksum import ones_sum
+from ipsecsa.packet.fragment import Reassembler
+from ipsecsa.packet.ipv4 import OPT_EOL, OPT_LSRR, OPT_NOP, OPT_SSRR, ipv4_ah_zero_mutable
+from ipsecsa.packet.ipv6 import (
+    MAX_EXTENSION_HEADERS,
+    OPT_MAY_CHANGE,
+    OPT_PAD1,
+    ipv6_ah_zero_mutable,
+    parse_ipv6_chain,
+)
+
+# --- specification constants -------------------------------------------------------------
+PROTO_IPIP = 4         # IPv4 inner packet (tunnel mode next header)
+PROTO_IPV6 = 41        # IPv6 inner packet
+PROTO_AH = 51
+PROTO_DSTOPTS = 60     # IPv6 Destination Options (may follow AH in transport mode)
+#: RFC 4302 §2: Next Header, Payload Length, Reserved, SPI, Sequence Number.
+AH_FIXED_LEN = 12
+#: RFC 4302 §2.6 / §3.3.3.2.1: the AH length is a multiple of 32 bits (IPv4) or 64 bits (IPv6).
+AH_ALIGN_V4 = 4
+AH_ALIGN_V6 = 8
+MAX_IPV4_LEN = 0xFFFF
+MAX_IPV6_PAYLOAD = 0xFFFF
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+
+# --- precomputed tables -------------------------------------------------------------------
+_V4W = struct.Struct("!BBHHHBBHHHHH")
+_AH_HEAD = struct.Struct("!BBHII")
+_H = struct.Struct("!H")
+
+_new = tuple.__new__
+
+
+def _fold(s: int) -> int:
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
+def _zero_v4_fixed(hdr: bytes) -> bytes:
+    """A 20-byte IPv4 header (no options) as AH covers it: TOS, flags+offset, TTL and checksum
+    zeroed (RFC 4302 §3.3.3.1.1.1). The fast path of :func:`ipv4_ah_zero_mutable`."""
+    return b"".join((hdr[0:1], b"\x00", hdr[2:6], b"\x00\x00\x00", hdr[9:10], b"\x00\x00",
+                     hdr[12:20]))
+
+
+def _zero_v6_fixed(hdr: bytes | bytearray) -> bytes:
+    """A 40-byte IPv6 header with no extension headers before AH as AH covers it: traffic class,
+    flow label and hop limit zeroed (RFC 4302 §3.3.3.1.2). The fast path of
+    :func:`ipv6_ah_zero_mutable`."""
+    return b"".join((bytes((hdr[0] & 0xF0, 0, 0, 0)), hdr[4:7], b"\x00", hdr[8:40]))
+
+
+def _source_route_final(options: bytes) -> bytes | None:
+    """The final destination of an IPv4 loose/strict source route among ``options`` (already
+    validated by :func:`ipv4_ah_zero_mutable`), or None. RFC 4302 §3.3.3.1.1.1: with source
+    routing the destination address is predictable and the ICV takes its value at the final
+    destination, the last address of the route."""
+    i, n = 0, len(options)
+    while i < n:
+        kind = options[i]
+        if kind == OPT_EOL:
+            return None
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        length = options[i + 1]
+        if kind in (OPT_LSRR, OPT_SSRR) and length >= 7:
+            return options[i + length - 4:i + length]
+        i += length
+    return None
+
+
+def _after_ah(buf: bytes, start: int, end: int, nh: int) -> tuple[bytes | None, int, int]:
+    """Walk the Destination Options headers that follow AH in ``buf[start:end]``.
+
+    Returns ``(covered, protocol, offset)``: ``covered`` is ``buf[start:end]`` with the data of
+    options that may change en route zeroed (RFC 8200 §4.2, RFC 4302 §3.3.3.1.2.2), or None when
+    no Destination Options header follows (the bytes are covered as they are); ``protocol`` and
+    ``offset`` (relative to ``start``) locate the upper-layer header, for selector checks.
+    Raises :class:`MalformedPacket` for a header or option that does not fit.
+    """
+    if nh != PROTO_DSTOPTS:
+        return None, nh, 0
+    out = bytearray(buf[start:end])
+    n = len(out)
+    off = 0
+    walked = 0
+    while nh == PROTO_DSTOPTS:
+        walked += 1
+        if walked > MAX_EXTENSION_HEADERS:
+            raise MalformedPacket(DropReason.MALFORMED, "too many IPv6 extension headers")
+        if off + 8 > n:
+            raise MalformedPacket(DropReason.TRUNCATED, "destination options beyond payload")
+        stop = off + (out[off + 1] + 1) * 8
+        if stop > n:
+            raise MalformedPacket(DropReason.TRUNCATED, "destination options beyond payload")
+        i = off + 2
+        while i < stop:
+            kind = out[i]
+            if kind == OPT_PAD1:
+                i += 1
+                continue
+            if i + 1 >= stop:
+                raise MalformedPacket(DropReason.MALFORMED, "IPv6 option without length octet")
+            opt_end = i + 2 + out[i + 1]
+            if opt_end > stop:
+                raise MalformedPacket(DropReason.MALFORMED, "IPv6 option overruns its header")
+            if kind & OPT_MAY_CHANGE:
+                out[i + 2:opt_end] = bytes(opt_end - i - 2)
+            i = opt_end
+        nh = out[off]
+        off = stop
+    return bytes(out), nh, off
+
+
+def _inner_info(pkt: bytes) -> tuple[int, int, bool, int, int] | DropReason:
+    """Tunnel-mode view of the packet to protect: ``(length, tos, df, flow label, next header)``
+    or the reason to drop it (the same rules as ``EspSA._out_tunnel``)."""
+    n = len(pkt)
+    if n < IPV4_HEADER_LEN:
+        return DropReason.TRUNCATED
+    first = pkt[0]
+    version = first >> 4
+    if version == 4:
+        if first & 15 < 5:
+            return DropReason.MALFORMED
+        ilen = pkt[2] << 8 | pkt[3]
+        if ilen > n or ilen < (first & 15) << 2:
+            return DropReason.MALFORMED
+        return ilen, pkt[1], bool(pkt[6] & 0x40), 0, PROTO_IPIP
+    if version == 6:
+        if n < IPV6_HEADER_LEN:
+            return DropReason.TRUNCATED
+        ilen = IPV6_HEADER_LEN + (pkt[4] << 8 | pkt[5])
+        if ilen > n:
+            return DropReason.MALFORMED
+        tc = (first & 15) << 4 | pkt[1] >> 4
+        flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
+        return ilen, tc, True, flow, PROTO_IPV6
+    return DropReason.MALFORMED
+
+
+class AhSA(SecurityAssociation):
+    """An AH SA (RFC 4302): transport or tunnel mode, IPv4 or IPv6 outer header."""
+
+    PROTOCOL = "ah"
+
+    # Helpers identical for ESP and AH: selector checks, tunnel-mode delivery (inner validation,
+    # RFC 6040 ECN, selectors, accounting) and reassembly (which re-enters ``self._in_any``).
+    # They use only SecurityAssociation state plus ``_selectors``/``_reasm``, which _build sets,
+    # and belong in the base class; until they move there they are shared, not copied.
+    _selectors_ok: Callable[..., bool] = EspSA._selectors_ok
+    _inner_selectors_ok: Callable[..., bool] = EspSA._inner_selectors_ok
+    _deliver_tunnel: Callable[..., Result] = EspSA._deliver_tunnel
+    _reassemble: Callable[..., Result] = EspSA._reassemble
+
+    # ----------------------------------------------------------------- per-SA preparation
+    def _build(self, iv_source: IvSource | None) -> None:
+        c = self.config
+        integ = c.integrity
+        if integ is None or integ.name == "none" or c.integrity_key is None:
+            raise ConfigError("integrity.algorithm", "AH requires an integrity algorithm")
+        self.integrity = ai = make_ah_integrity(integ, c.integrity_key.bytes, esn=c.esn,
+                                                iv_source=iv_source)
+        #: The crypto step; a NIC model or native engine may replace these two.
+        self._compute: Callable[[bytes, int], bytes] = ai.compute
+        self._verify: Callable[[bytes, int, bytes], bool] = ai.verify
+        self._v6 = c.src.version == 6
+        icv = ai.icv_len
+        align = AH_ALIGN_V6 if self._v6 else AH_ALIGN_V4
+        ahlen = AH_FIXED_LEN + icv + (-(AH_FIXED_LEN + icv) % align)
+        self._ahlen = ahlen
+        #: RFC 4302 §2.2: the Payload Length field, AH length in 32-bit words minus 2.
+        self._plen_field = ahlen // 4 - 2
+        self._icv_end = AH_FIXED_LEN + icv
+        #: Explicit ICV padding as sent (§3.3.3.2.1: content is the sender's choice; zeros).
+        self._pad = bytes(ahlen - AH_FIXED_LEN - icv)
+        #: The ICV field (padding included) as it enters the sender's computation.
+        self._zero_field = bytes(ahlen - AH_FIXED_LEN)
+        #: The ICV alone zeroed, for the receiver (padding enters as received).
+        self._zero_icv = bytes(icv)
+        self._selectors = tuple(c.selectors)
+        src, dst = c.src.packed, c.dst.packed
+        dscp = None if c.dscp == "copy" else c.dscp
+        self._outer4 = OuterV4(src, dst, PROTO_AH, c.ttl, dscp, c.df) if not self._v6 else None
+        self._outer6 = OuterV6(src, dst, PROTO_AH, c.ttl, dscp) if self._v6 else None
+        self._reasm: Reassembler | None = None
+
+    def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
+        if self.mode == "tunnel":
+            return self._out_tunnel, self._in_any
+        return self._out_transport, self._in_any
+
+    # ----------------------------------------------------------------- shared pieces
+    def _sign(self, covered_head: bytes, head: bytes, next_header: int, payload: bytes,
+              covered_payload: bytes, nbytes: int, now: float | None) -> Result:
+        """Number the packet, compute the ICV and assemble ``head ‖ AH ‖ payload``.
+
+        ``covered_head``/``covered_payload`` are ``head``/``payload`` as the ICV covers them.
+        Called only once nothing can refuse the packet any more, so a sequence number is never
+        consumed by a drop."""
+        seq = self._seq + 1
+        self._seq = seq
+        ah = _AH_HEAD.pack(next_header, self._plen_field, 0, self.spi, seq & 0xFFFFFFFF)
+        icv = self._compute(b"".join((covered_head, ah, self._zero_field, covered_payload)), seq)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + nbytes
+        if p >= self._pmark or b >= self._bmark:
+            self._lifetime_crossed(now)
+        if seq >= self._seq_max:
+            self._exhausted(now)
+        return _new(Result, (b"".join((head, ah, icv, self._pad, payload)), None))
+
+    # ----------------------------------------------------------------- outbound: transport
+    def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
+        """Transport mode: AH between the IP header (and IPv6 extension headers) and the
+        upper-layer payload."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        try:
+            vihl, tos, tlen, ident, ff, ttl, proto, _c, s1, s2, d1, d2 = _V4W.unpack_from(pkt)
+        except struct.error:
+            return self._drop(DropReason.TRUNCATED)
+        if vihl != 0x45:
+            if vihl >> 4 == 6:
+                return self._out_transport6(pkt, now)
+            if vihl >> 4 != 4 or vihl & 15 < 5:
+                return self._drop(DropReason.MALFORMED)
+        if self._v6:
+            return self._drop(DropReason.WRONG_PROTOCOL)
+        ihl = (vihl & 15) << 2
+        if tlen > len(pkt) or tlen < ihl:
+            return self._drop(DropReason.MALFORMED)
+        if ff & 0x3FFF:  # AH applies to whole datagrams only (RFC 4302 §3.3.4)
+            return self._drop(DropReason.MALFORMED)
+        if self._selectors and not self._selectors_ok(4, pkt[12:16], pkt[16:20], proto, pkt, ihl):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        if self._seq >= self._seq_max:
+            return self._drop(DropReason.SEQ_EXHAUSTED)
+        new_len = tlen + self._ahlen
+        if new_len > MAX_IPV4_LEN:
+            return self._drop(DropReason.TOO_BIG)
+        s = (vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + PROTO_AH + s1 + s2 + d1 + d2
+        if ihl > IPV4_HEADER_LEN:
+            s += ones_sum(pkt[20:ihl])
+        hdr = _V4W.pack(vihl, tos, new_len, ident, ff, ttl, PROTO_AH, ~_fold(s) & 0xFFFF,
+                        s1, s2, d1, d2)
+        if ihl == IPV4_HEADER_LEN:
+            covered = _V4W.pack(vihl, 0, new_len, ident, 0, 0, PROTO_AH, 0, s1, s2, d1, d2)
+        else:
+            options = pkt[20:ihl]
+            hdr += options
+            try:
+                covered = ipv4_ah_zero_mutable(hdr)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            final = _source_route_final(options)
+            if final is not None:
+                covered = covered[:16] + final + covered[20:]
+        payload = pkt[ihl:tlen]
+        return self._sign(covered, hdr, proto, payload, payload, tlen, now)
+
+    def _out_transport6(self, pkt: bytes, now: float | None) -> Result:
+        if not self._v6:
+            return self._drop(DropReason.WRONG_PROTOCOL)
+        try:
+            ch = parse_ipv6_chain(pkt, stop_at_ipsec=False)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        if ch.fragment is not None:
+            return self._drop(DropReason.MALFORMED)
+        end = IPV6_HEADER_LEN + ch.payload_length
+        ins, nh_off = ch.insert_offset, ch.insert_nh_offset
+        next_header = pkt[nh_off]
+        if self._selectors and not self._selectors_ok(6, ch.src, ch.dst, ch.upper_protocol,
+                                                      pkt[:end], ch.upper_offset):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        if self._seq >= self._seq_max:
+            return self._drop(DropReason.SEQ_EXHAUSTED)
+        plen = ch.payload_length + self._ahlen
+        if plen > MAX_IPV6_PAYLOAD:
+            return self._drop(DropReason.TOO_BIG)
+        head = bytearray(pkt[:ins])
+        head[nh_off] = PROTO_AH
+        _H.pack_into(head, 4, plen)
+        payload = pkt[ins:end]
+        try:
+            covered = (_zero_v6_fixed(head) if ins == IPV6_HEADER_LEN
+                       else ipv6_ah_zero_mutable(head, ins))
+            covered_payload, _, _ = _after_ah(pkt, ins, end, next_header)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        return self._sign(covered, bytes(head), next_header, payload,
+                          payload if covered_payload is None else covered_payload, end, now)
+
+    # ----------------------------------------------------------------- outbound: tunnel
+    def _out_tunnel(self, pkt: bytes, now: float | None = None) -> Result:
+        """Tunnel mode: a new outer header, AH, then the whole inner packet (IPv4 or IPv6)."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        info = _inner_info(pkt)
+        if isinstance(info, DropReason):
+            return self._drop(info)
+        ilen, tos, df, flow, next_header = info
+        inner = pkt if ilen == len(pkt) else pkt[:ilen]
+        if self._selectors:
+            try:
+                ok = self._inner_selectors_ok(inner)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            if not ok:
+                return self._drop(DropReason.SELECTOR_MISMATCH)
+        if self._seq >= self._seq_max:
+            return self._drop(DropReason.SEQ_EXHAUSTED)
+        body = self._ahlen + ilen
+        if self._outer4 is not None:
+            if body + IPV4_HEADER_LEN > MAX_IPV4_LEN:
+                return self._drop(DropReason.TOO_BIG)
+            hdr = self._outer4.build(body, tos, df)
+            covered = _zero_v4_fixed(hdr)
+        else:
+            if body > MAX_IPV6_PAYLOAD:
+                return self._drop(DropReason.TOO_BIG)
+            hdr = self._outer6.build(body, tos, flow)  # type: ignore[union-attr]
+            covered = _zero_v6_fixed(hdr)
+        return self._sign(covered, hdr, next_header, inner, inner, ilen, now)
+
+    # ----------------------------------------------------------------- inbound
+    def _in_any(self, pkt: bytes, now: float | None = None) -> Result:
+        """Inbound, any family/mode: IP header (+ extension headers) → AH → payload."""
+        if self._slow:
+            reason, now = self._gate(now)
+            if reason is not None:
+                return self._drop(reason)
+        try:
+            vihl, tos, tlen, _id, ff, _ttl, proto, _c, s1, s2, d1, d2 = _V4W.unpack_from(pkt)
+        except struct.error:
+            return self._drop(DropReason.TRUNCATED)
+        version = vihl >> 4
+        try:
+            if version == 4 and not self._v6:
+                off = (vihl & 15) << 2
+                if off < IPV4_HEADER_LEN or tlen < off or tlen > len(pkt):
+                    return self._drop(DropReason.MALFORMED)
+                if ff & 0x3FFF:
+                    return self._reassemble(pkt, now)
+                if proto != PROTO_AH:
+                    return self._drop(DropReason.WRONG_PROTOCOL)
+                end = tlen
+                outer_ecn = tos & 3
+                covered = (_zero_v4_fixed(pkt) if off == IPV4_HEADER_LEN
+                           else ipv4_ah_zero_mutable(pkt[:off]))
+            elif version == 6 and self._v6:
+                ch = parse_ipv6_chain(pkt, stop_at_ipsec=True)
+                if ch.fragment is not None:
+                    return self._reassemble(pkt, now)
+                if ch.upper_protocol != PROTO_AH:
+                    return self._drop(DropReason.WRONG_PROTOCOL)
+                off = ch.upper_offset
+                end = IPV6_HEADER_LEN + ch.payload_length
+                outer_ecn = ch.traffic_class & 3
+                covered = (_zero_v6_fixed(pkt) if off == IPV6_HEADER_LEN
+                           else ipv6_ah_zero_mutable(pkt, off))
+            else:
+                return self._drop(DropReason.WRONG_PROTOCOL if version in (4, 6)
+                                  else DropReason.MALFORMED)
+            # --- AH proper
+            if end - off < AH_FIXED_LEN:
+                return self._drop(DropReason.TRUNCATED)
+            next_header, plen_field, _reserved, spi, seq_lo = _AH_HEAD.unpack_from(pkt, off)
+            if spi != self.spi:
+                return self._drop(DropReason.BAD_SPI)
+            ahlen = self._ahlen
+            if plen_field != self._plen_field:
+                return self._drop(DropReason.MALFORMED)
+            data_off = off + ahlen
+            if data_off > end:
+                return self._drop(DropReason.TRUNCATED)
+            seq = self._replay.check(seq_lo)
+            if seq is None:
+                return self._drop(DropReason.REPLAY)
+            covered_payload, upper, upper_off = _after_ah(pkt, data_off, end, next_header)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        icv_end = off + self._icv_end
+        data = b"".join((covered, pkt[off:off + AH_FIXED_LEN], self._zero_icv,
+                         pkt[icv_end:data_off],
+                         pkt[data_off:end] if covered_payload is None else covered_payload))
+        if not self._verify(data, seq, pkt[off + AH_FIXED_LEN:icv_end]):
+            return self._drop(DropReason.ICV_FAILURE)
+        if not self._replay.commit(seq):
+            return self._drop(DropReason.REPLAY)
+        dlen = end - data_off
+        if self.mode == "tunnel":
+            return self._deliver_tunnel(pkt[data_off:end], dlen, next_header, outer_ecn, now)
+        # --- transport: rebuild the IP header around the payload
+        payload = pkt[data_off:end]
+        if version == 4:
+            new_len = off + dlen
+            s = _fold((vihl << 8) + tos + new_len + _id + ff + (_ttl << 8) + next_header
+                      + s1 + s2 + d1 + d2 + (ones_sum(pkt[20:off]) if off > 20 else 0))
+            hdr = _V4W.pack(vihl, tos, new_len, _id, ff, _ttl, next_header, ~s & 0xFFFF,
+                            s1, s2, d1, d2)
+            if off > IPV4_HEADER_LEN:
+                hdr += pkt[20:off]
+            src, dst = pkt[12:16], pkt[16:20]
+        else:
+            head = bytearray(pkt[:off])
+            head[ch.headers[-1][1] if ch.headers else 6] = next_header
+            _H.pack_into(head, 4, off - IPV6_HEADER_LEN + dlen)
+            hdr = bytes(head)
+            src, dst = ch.src, ch.dst
+        if self._selectors and not self._selectors_ok(version, src, dst, upper, payload,
+                                                      upper_off):
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + len(hdr) + dlen
+        if p >= self._pmark or b >= self._bmark:
+            self._lifetime_crossed(now)
+        return _new(Result, (hdr + payload, None))
+
+
+__all__ = ["AH_FIXED_LEN", "HELD", "AhSA"]
