@@ -1,0 +1,625 @@
+"""Reading and writing capture files: classic pcap and pcapng, with no dependencies.
+
+This is an edge module (``shared/ARCHITECTURE.md``): the sans-IO core takes and returns IP
+packets as ``bytes``, and this module turns capture files into those packets and back.
+
+* :class:`PcapWriter` writes classic pcap (magic ``0xa1b2c3d4``, version 2.4, or the
+  nanosecond magic ``0xa1b23c4d`` on request) with link type RAW (101: every record starts at the
+  IP header) by default, or ETHERNET (1) with one fixed, locally administered synthetic Ethernet
+  header, for tools that want a MAC layer.
+* :func:`read_packets` / :class:`PcapReader` read classic pcap (both byte orders, microsecond and
+  nanosecond magic) and pcapng (section header, interface description, enhanced, simple and the
+  obsolete packet block; several interfaces and sections, both byte orders), and yield the IP
+  packet of every frame: Ethernet (with any stack of 802.1Q / 802.1ad VLAN tags), Linux cooked
+  SLL and SLL2, RAW, IPv4/IPv6 link types, and NULL/LOOP loopback are unwrapped.
+
+Frames that carry no IP packet (ARP, an unknown link type, a capture truncated by the snap length)
+are not errors: they are skipped and counted in :attr:`PcapReader.skipped` under a reason, and a
+summary is logged. A file that is not a capture, or is truncated or corrupt, raises
+:class:`PcapError` naming the byte offset of the bad record. Every length read from the file is
+bounded before anything is allocated from it, so a hostile file cannot make the reader allocate
+more than :data:`MAX_RECORD_BYTES` / :data:`MAX_BLOCK_BYTES` at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator
+from types import TracebackType
+from typing import IO, BinaryIO, NamedTuple, Self
+
+from ipsecsa.errors import ConfigError, IpsecsaError
+
+log = logging.getLogger("ipsecsa.io.pcap")
+
+# --- Specification constants -------------------------------------------------------------------
+# Classic pcap: https://www.tcpdump.org/manpages/pcap-savefile.5.html, draft-ietf-opsawg-pcap.
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAP_VERSION = (2, 4)
+PCAP_FILE_HEADER = "IHHiIII"  # magic, major, minor, thiszone, sigfigs, snaplen, linktype
+PCAP_RECORD_HEADER = "IIII"  # ts_sec, ts_frac (us or ns), caplen, origlen
+
+# pcapng: draft-ietf-opsawg-pcapng.
+PCAPNG_SHB = 0x0A0D0D0A  # section header block (a palindrome: the same in both byte orders)
+PCAPNG_IDB = 0x00000001  # interface description block
+PCAPNG_OPB = 0x00000002  # packet block (obsolete, still written by old tools)
+PCAPNG_SPB = 0x00000003  # simple packet block
+PCAPNG_EPB = 0x00000006  # enhanced packet block
+PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+PCAPNG_OPT_ENDOFOPT = 0
+PCAPNG_OPT_IF_TSRESOL = 9
+PCAPNG_OPT_IF_TSOFFSET = 14
+#: Default timestamp resolution of a pcapng interface without ``if_tsresol``: microseconds.
+PCAPNG_DEFAULT_TSRESOL = 6
+
+# Link types (https://www.tcpdump.org/linktypes.html).
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the *capturing host's* byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # starts at the IP header (v4 or v6 by the version nibble)
+LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family in network byte order
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+#: 802.1Q C-tag, 802.1ad S-tag, and the pre-standard 0x9100 Q-in-Q tag.
+ETHERTYPE_VLAN_TAGS = frozenset({0x8100, 0x88A8, 0x9100})
+#: Ethernet II type values start at 0x0600; smaller values are 802.3 lengths (LLC frames).
+ETHERTYPE_MIN = 0x0600
+ETHERNET_HEADER_LEN = 14
+VLAN_TAG_LEN = 4
+SLL_HEADER_LEN = 16  # protocol type at offset 14
+SLL2_HEADER_LEN = 20  # protocol type at offset 0
+LOOPBACK_HEADER_LEN = 4
+#: Address-family values of IPv4 and IPv6 in NULL/LOOP headers (AF_INET6 differs per OS:
+#: 10 Linux, 24 NetBSD/OpenBSD, 28 FreeBSD/DragonFly, 30 macOS, 23 Windows).
+AF_INET_VALUES = frozenset({2})
+AF_INET6_VALUES = frozenset({10, 23, 24, 28, 30})
+IPV4_MIN_HEADER = 20
+IPV6_HEADER_LEN = 40
+
+# --- Implementation constants ------------------------------------------------------------------
+#: Largest packet record accepted (libpcap's MAXIMUM_SNAPLEN); a larger length means corruption.
+MAX_RECORD_BYTES = 262144
+#: Largest pcapng block accepted (libpcap's MAX_BLOCKSIZE, 16 MiB).
+MAX_BLOCK_BYTES = 16 * 1024 * 1024
+#: Interfaces per pcapng section (a corrupt file must not grow the table without bound).
+MAX_INTERFACES = 65536
+#: Snap length written into pcap headers by :class:`PcapWriter`.
+DEFAULT_SNAPLEN = MAX_RECORD_BYTES
+#: The synthetic Ethernet header of ETHERNET files: locally administered unicast MACs.
+SYNTHETIC_DST_MAC = bytes.fromhex("020000000002")
+SYNTHETIC_SRC_MAC = bytes.fromhex("020000000001")
+
+#: Reasons under which :attr:`PcapReader.skipped` counts frames it does not yield.
+SKIP_UNSUPPORTED_LINKTYPE = "unsupported_linktype"
+SKIP_NON_IP = "non_ip"
+SKIP_TRUNCATED_CAPTURE = "truncated_capture"
+
+
+class PcapError(IpsecsaError):
+    """A capture file is not pcap/pcapng, or is truncated or corrupt.
+
+    ``offset`` is the byte offset in the file of the header, record or block that is bad (it is
+    also in the message), so a hex editor or ``editcap`` can be pointed at it.
+    """
+
+    def __init__(self, offset: int, message: str) -> None:
+        self.offset = offset
+        self.reason = message
+        super().__init__(f"at offset {offset}: {message}")
+
+
+class Packet(NamedTuple):
+    """One frame read from a capture.
+
+    ``ts`` is seconds since the epoch (``None`` for pcapng simple packet blocks, which carry no
+    timestamp), ``linktype`` the frame's link type, ``data`` the whole captured frame, and ``ip``
+    the IP packet in it (trailing link-layer padding, such as Ethernet's 60-byte minimum, removed
+    using the IP length field).
+    """
+
+    ts: float | None
+    linktype: int
+    data: bytes
+    ip: bytes
+
+
+# ============================================================================ link layers
+def _ip_version(buf: bytes | memoryview, offset: int) -> int:
+    return buf[offset] >> 4 if len(buf) > offset else 0
+
+
+def _trim_ip(frame: bytes, offset: int) -> bytes | None:
+    """The IP packet at ``offset`` of ``frame``, cut to its IP length; None if not IP."""
+    version = _ip_version(frame, offset)
+    avail = len(frame) - offset
+    if version == 4:
+        if avail < IPV4_MIN_HEADER:
+            return None
+        total = int.from_bytes(frame[offset + 2:offset + 4], "big")
+    elif version == 6:
+        if avail < IPV6_HEADER_LEN:
+            return None
+        payload = int.from_bytes(frame[offset + 4:offset + 6], "big")
+        # Payload length 0 is a jumbogram (RFC 2675) or a TSO artefact: keep everything.
+        total = IPV6_HEADER_LEN + payload if payload else avail
+    else:
+        return None
+    # A length field larger than the frame (TSO/GRO captures report 0 or a wrong length) keeps
+    # the frame as captured; the data path judges it.
+    if 0 < total <= avail:
+        return frame[offset:offset + total]
+    return frame[offset:]
+
+
+def _ethertype_ip(frame: bytes, ethertype: int, offset: int) -> bytes | None:
+    if ethertype == ETHERTYPE_IPV4 and _ip_version(frame, offset) == 4:
+        return _trim_ip(frame, offset)
+    if ethertype == ETHERTYPE_IPV6 and _ip_version(frame, offset) == 6:
+        return _trim_ip(frame, offset)
+    return None
+
+
+def _strip_ethernet(frame: bytes) -> bytes | None:
+    if len(frame) < ETHERNET_HEADER_LEN:
+        return None
+    offset = 12
+    ethertype = int.from_bytes(frame[offset:offset + 2], "big")
+    offset += 2
+    while ethertype in ETHERTYPE_VLAN_TAGS:
+        if len(frame) < offset + VLAN_TAG_LEN:
+            return None
+        ethertype = int.from_bytes(frame[offset + 2:offset + 4], "big")
+        offset += VLAN_TAG_LEN
+    if ethertype < ETHERTYPE_MIN:
+        return None  # 802.3 length field: an LLC frame, never IP in practice
+    return _ethertype_ip(frame, ethertype, offset)
+
+
+def _strip_sll(frame: bytes) -> bytes | None:
+    if len(frame) < SLL_HEADER_LEN:
+        return None
+    return _ethertype_ip(frame, int.from_bytes(frame[14:16], "big"), SLL_HEADER_LEN)
+
+
+def _strip_sll2(frame: bytes) -> bytes | None:
+    if len(frame) < SLL2_HEADER_LEN:
+        return None
+    return _ethertype_ip(frame, int.from_bytes(frame[0:2], "big"), SLL2_HEADER_LEN)
+
+
+def _strip_loopback(frame: bytes) -> bytes | None:
+    # NULL stores the family in the capturing host's byte order, which the file does not record;
+    # LOOP uses network order. Accept either order for both, and let the version nibble decide.
+    if len(frame) < LOOPBACK_HEADER_LEN:
+        return None
+    families = {int.from_bytes(frame[:4], "big"), int.from_bytes(frame[:4], "little")}
+    version = _ip_version(frame, LOOPBACK_HEADER_LEN)
+    if version == 4 and families & AF_INET_VALUES:
+        return _trim_ip(frame, LOOPBACK_HEADER_LEN)
+    if version == 6 and families & AF_INET6_VALUES:
+        return _trim_ip(frame, LOOPBACK_HEADER_LEN)
+    return None
+
+
+def _strip_raw(frame: bytes) -> bytes | None:
+    return _trim_ip(frame, 0)
+
+
+def _strip_ipv4(frame: bytes) -> bytes | None:
+    return _trim_ip(frame, 0) if _ip_version(frame, 0) == 4 else None
+
+
+def _strip_ipv6(frame: bytes) -> bytes | None:
+    return _trim_ip(frame, 0) if _ip_version(frame, 0) == 6 else None
+
+
+_STRIPPERS = {
+    LINKTYPE_NULL: _strip_loopback,
+    LINKTYPE_ETHERNET: _strip_ethernet,
+    LINKTYPE_RAW: _strip_raw,
+    LINKTYPE_LOOP: _strip_loopback,
+    LINKTYPE_LINUX_SLL: _strip_sll,
+    LINKTYPE_IPV4: _strip_ipv4,
+    LINKTYPE_IPV6: _strip_ipv6,
+    LINKTYPE_LINUX_SLL2: _strip_sll2,
+}
+
+#: Link types :func:`read_packets` unwraps to IP.
+SUPPORTED_LINKTYPES = frozenset(_STRIPPERS)
+
+
+def ip_of_frame(linktype: int, frame: bytes) -> bytes | None:
+    """The IP packet inside one link-layer ``frame``, or None (unsupported link type, not IP)."""
+    strip = _STRIPPERS.get(linktype)
+    return None if strip is None else strip(bytes(frame))
+
+
+# ============================================================================ reader
+class _Interface(NamedTuple):
+    linktype: int
+    snaplen: int
+    ts_unit: float  # seconds per timestamp tick
+    ts_offset: int  # seconds added to every timestamp
+
+
+class PcapReader:
+    """Iterate over the IP packets of a pcap or pcapng file (see the module docstring).
+
+    ``source`` is a path or a binary file object opened for reading. Use as an iterator (once)
+    and, for a path, as a context manager or call :meth:`close`. After (or during) iteration
+    :attr:`skipped` counts the frames not yielded by reason (``"non_ip"``,
+    ``"unsupported_linktype"``, ``"truncated_capture"``) and :attr:`skipped_linktypes` counts
+    the unsupported link types seen. :attr:`format` is ``"pcap"`` or ``"pcapng"``.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            self._file: IO[bytes] = open(source, "rb")  # noqa: SIM115 - closed in close()
+            self._owned = True
+        else:
+            self._file = source
+            self._owned = False
+        self.skipped: Counter[str] = Counter()
+        self.skipped_linktypes: Counter[int] = Counter()
+        self.format = ""
+        self._offset = 0
+        self._started = False
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _read(self, n: int, what: str, start: int) -> bytes:
+        """Exactly ``n`` bytes, or PcapError naming ``start`` (the record's offset)."""
+        data = self._file.read(n)
+        if len(data) != n:
+            raise PcapError(start, f"truncated {what}: needed {n} bytes, file has "
+                                   f"{len(data)} more")
+        self._offset += n
+        return data
+
+    def _read_or_eof(self, n: int, what: str) -> bytes | None:
+        """``n`` bytes, or None at a clean end of file (zero bytes left)."""
+        start = self._offset
+        data = self._file.read(n)
+        if not data:
+            return None
+        if len(data) != n:
+            raise PcapError(start, f"truncated {what}: needed {n} bytes, file has "
+                                   f"{len(data)} more")
+        self._offset += n
+        return data
+
+    def _frame(self, iface: _Interface, ts: float | None, data: bytes,
+               origlen: int) -> Packet | None:
+        strip = _STRIPPERS.get(iface.linktype)
+        if strip is None:
+            self.skipped[SKIP_UNSUPPORTED_LINKTYPE] += 1
+            self.skipped_linktypes[iface.linktype] += 1
+            return None
+        if len(data) < origlen:
+            # Cut by the snap length: the IP packet is incomplete and cannot be verified.
+            self.skipped[SKIP_TRUNCATED_CAPTURE] += 1
+            return None
+        ip = strip(data)
+        if ip is None:
+            self.skipped[SKIP_NON_IP] += 1
+            return None
+        return Packet(ts, iface.linktype, data, ip)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[Packet]:
+        if self._started:
+            raise ValueError("a PcapReader can be iterated only once")
+        self._started = True
+        try:
+            head = self._read_or_eof(4, "file header")
+            if head is None:
+                raise PcapError(0, "empty file: not a pcap or pcapng capture")
+            if int.from_bytes(head, "little") == PCAPNG_SHB:
+                self.format = "pcapng"
+                yield from self._pcapng(head)
+            else:
+                self.format = "pcap"
+                yield from self._pcap(head)
+        finally:
+            if sum(self.skipped.values()):
+                log.info("capture: skipped %s", dict(self.skipped))
+
+    def _pcap(self, head: bytes) -> Iterator[Packet]:
+        for order in ("<", ">"):
+            (magic,) = struct.unpack(order + "I", head)
+            if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+                break
+        else:
+            raise PcapError(0, f"not a pcap or pcapng file (magic 0x{head.hex()})")
+        tick = 1e-9 if magic == PCAP_MAGIC_NS else 1e-6
+        file_header = struct.Struct(order + PCAP_FILE_HEADER)
+        rest = self._read(file_header.size - 4, "pcap file header", 0)
+        hdr = file_header.unpack(head + rest)
+        major, _minor, _zone, _sigfigs, snaplen, linktype_field = hdr[1:]
+        if major != PCAP_VERSION[0]:
+            raise PcapError(4, f"unsupported pcap version {major}.{_minor}")
+        # The upper bits of the link-type field carry FCS information (pcap-savefile(5)).
+        iface = _Interface(linktype_field & 0x0FFFFFFF, snaplen, tick, 0)
+        rec = struct.Struct(order + PCAP_RECORD_HEADER)
+        while True:
+            start = self._offset
+            raw = self._read_or_eof(rec.size, "record header")
+            if raw is None:
+                return
+            ts_sec, ts_frac, caplen, origlen = rec.unpack(raw)
+            if caplen > MAX_RECORD_BYTES:
+                raise PcapError(start, f"record claims {caplen} captured bytes, more than the "
+                                       f"{MAX_RECORD_BYTES}-byte limit (corrupt file?)")
+            data = self._read(caplen, "packet record", start)
+            pkt = self._frame(iface, ts_sec + ts_frac * tick, data, origlen)
+            if pkt is not None:
+                yield pkt
+
+    def _pcapng(self, first: bytes) -> Iterator[Packet]:
+        pending: bytes | None = first
+        order = "<"
+        interfaces: list[_Interface] = []
+        seen_shb = False
+        while True:
+            start = self._offset - (4 if pending is not None else 0)
+            if pending is None:
+                pending = self._read_or_eof(4, "block header")
+                if pending is None:
+                    return
+            raw_type, pending = pending, None
+            block_type_le = int.from_bytes(raw_type, "little")
+            if block_type_le == PCAPNG_SHB:
+                # The byte order of a section is only known from its byte-order magic, which
+                # follows the block length: read both before interpreting the length.
+                head = self._read(8, "section header block", start)
+                bom_le = int.from_bytes(head[4:8], "little")
+                if bom_le == PCAPNG_BYTE_ORDER_MAGIC:
+                    order = "<"
+                elif int.from_bytes(head[4:8], "big") == PCAPNG_BYTE_ORDER_MAGIC:
+                    order = ">"
+                else:
+                    raise PcapError(start, "section header block with a bad byte-order magic")
+                (total,) = struct.unpack(order + "I", head[:4])
+                body = self._block_body(total, 12, start, "section header block")
+                if len(body) < 12:
+                    raise PcapError(start, "section header block too short")
+                (major,) = struct.unpack(order + "H", body[:2])
+                if major != 1:
+                    raise PcapError(start, f"unsupported pcapng version {major}")
+                interfaces = []
+                seen_shb = True
+                continue
+            if not seen_shb:
+                raise PcapError(start, "pcapng block before the first section header")
+            (block_type,) = struct.unpack(order + "I", raw_type)
+            (total,) = struct.unpack(order + "I", self._read(4, "block header", start))
+            body = self._block_body(total, 8, start, f"block type 0x{block_type:08x}")
+            if block_type == PCAPNG_IDB:
+                if len(interfaces) >= MAX_INTERFACES:
+                    raise PcapError(start, f"more than {MAX_INTERFACES} interfaces in a section")
+                interfaces.append(self._interface(body, order, start))
+            elif block_type in (PCAPNG_EPB, PCAPNG_OPB):
+                pkt = self._packet_block(block_type, body, order, interfaces, start)
+                if pkt is not None:
+                    yield pkt
+            elif block_type == PCAPNG_SPB:
+                if not interfaces:
+                    raise PcapError(start, "simple packet block without an interface")
+                if len(body) < 4:
+                    raise PcapError(start, "simple packet block too short")
+                (origlen,) = struct.unpack(order + "I", body[:4])
+                iface = interfaces[0]
+                caplen = min(origlen, len(body) - 4)
+                if iface.snaplen:
+                    caplen = min(caplen, iface.snaplen)
+                pkt = self._frame(iface, None, body[4:4 + caplen], origlen)
+                if pkt is not None:
+                    yield pkt
+            # Other blocks (name resolution, statistics, decryption secrets, custom) carry no
+            # packets; they were length-checked and are skipped.
+
+    def _block_body(self, total: int, consumed: int, start: int, what: str) -> bytes:
+        """Read the rest of a block whose total length is ``total`` (``consumed`` bytes of it
+        already read); check the trailing length copy. Returns the body between the header and
+        the trailing length."""
+        if total < consumed + 4 or total % 4:
+            raise PcapError(start, f"{what} has an invalid length {total}")
+        if total > MAX_BLOCK_BYTES:
+            raise PcapError(start, f"{what} claims {total} bytes, more than the "
+                                   f"{MAX_BLOCK_BYTES}-byte limit (corrupt file?)")
+        rest = self._read(total - consumed, what, start)
+        trailer = rest[-4:]
+        if trailer not in (total.to_bytes(4, "little"), total.to_bytes(4, "big")):
+            raise PcapError(start, f"{what}: trailing length does not match the leading "
+                                   f"length {total} (corrupt file?)")
+        return rest[:-4]
+
+    def _interface(self, body: bytes, order: str, start: int) -> _Interface:
+        if len(body) < 8:
+            raise PcapError(start, "interface description block too short")
+        linktype, _reserved, snaplen = struct.unpack(order + "HHI", body[:8])
+        resol, offset_s = PCAPNG_DEFAULT_TSRESOL, 0
+        pos = 8
+        while pos + 4 <= len(body):
+            code, length = struct.unpack(order + "HH", body[pos:pos + 4])
+            pos += 4
+            if code == PCAPNG_OPT_ENDOFOPT:
+                break
+            if pos + length > len(body):
+                raise PcapError(start, f"interface option {code} runs past its block")
+            value = body[pos:pos + length]
+            if code == PCAPNG_OPT_IF_TSRESOL and length >= 1:
+                resol = value[0]
+            elif code == PCAPNG_OPT_IF_TSOFFSET and length >= 8:
+                (offset_s,) = struct.unpack(order + "q", value[:8])
+            pos += (length + 3) & ~3
+        exponent = resol & 0x7F
+        unit = 2.0 ** -exponent if resol & 0x80 else 10.0 ** -exponent
+        return _Interface(linktype, snaplen, unit, offset_s)
+
+    def _packet_block(self, block_type: int, body: bytes, order: str,
+                      interfaces: list[_Interface], start: int) -> Packet | None:
+        if len(body) < 20:
+            raise PcapError(start, "packet block too short")
+        if block_type == PCAPNG_EPB:
+            if_id, ts_hi, ts_lo, caplen, origlen = struct.unpack(order + "IIIII", body[:20])
+        else:
+            if_id, _drops, ts_hi, ts_lo, caplen, origlen = struct.unpack(order + "HHIIII",
+                                                                        body[:20])
+        if if_id >= len(interfaces):
+            raise PcapError(start, f"packet block names interface {if_id}, but the section "
+                                   f"describes {len(interfaces)}")
+        if caplen > len(body) - 20:
+            raise PcapError(start, f"packet block claims {caplen} captured bytes but holds "
+                                   f"{len(body) - 20}")
+        iface = interfaces[if_id]
+        ts = ((ts_hi << 32) | ts_lo) * iface.ts_unit + iface.ts_offset
+        return self._frame(iface, ts, body[20:20 + caplen], origlen)
+
+
+def read_packets(source: str | os.PathLike[str] | BinaryIO, *,
+                 skipped: Counter[str] | dict[str, int] | None = None) -> Iterator[Packet]:
+    """Yield a :class:`Packet` for every IP frame of a pcap or pcapng file.
+
+    Frames without an IP packet are skipped; pass a dict/Counter as ``skipped`` to receive the
+    counts by reason (filled in as the iteration proceeds). Raises :class:`PcapError` (with the
+    offset) for a file that is not a capture, or is truncated or corrupt.
+    """
+    with PcapReader(source) as reader:
+        try:
+            yield from reader
+        finally:
+            if skipped is not None:
+                for reason, n in reader.skipped.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+
+
+# ============================================================================ writer
+WRITER_LINKTYPES = (LINKTYPE_RAW, LINKTYPE_ETHERNET)
+
+
+class PcapWriter:
+    """Write IP packets to a classic pcap file (see the module docstring).
+
+    ``PcapWriter(path_or_file, linktype=LINKTYPE_RAW, *, nanosecond=False, snaplen=...)``.
+    ``write(packet, ts=None)`` appends one IP packet (``ts`` in seconds since the epoch; now if
+    None). With ``LINKTYPE_ETHERNET`` each packet gets the fixed synthetic header
+    ``02:00:00:00:00:01 -> 02:00:00:00:00:02`` with the ethertype of its IP version. A path is
+    opened (and truncated) here and closed by :meth:`close` / the ``with`` block; a file object
+    passed in is flushed but left open.
+    """
+
+    def __init__(self, target: str | os.PathLike[str] | BinaryIO,
+                 linktype: int = LINKTYPE_RAW, *, nanosecond: bool = False,
+                 snaplen: int = DEFAULT_SNAPLEN) -> None:
+        if linktype not in WRITER_LINKTYPES:
+            raise ConfigError("linktype", f"{linktype} is not writable; use LINKTYPE_RAW "
+                                          f"({LINKTYPE_RAW}) or LINKTYPE_ETHERNET "
+                                          f"({LINKTYPE_ETHERNET})")
+        if not isinstance(snaplen, int) or not 1 <= snaplen <= MAX_RECORD_BYTES:
+            raise ConfigError("snaplen", f"must be an integer from 1 to {MAX_RECORD_BYTES}")
+        self.linktype = linktype
+        self.snaplen = snaplen
+        self._frac = 10**9 if nanosecond else 10**6
+        if isinstance(target, (str, os.PathLike)):
+            self._file: IO[bytes] = open(target, "wb")  # noqa: SIM115 - closed in close()
+            self._owned = True
+        else:
+            self._file = target
+            self._owned = False
+        self._closed = False
+        self.count = 0
+        magic = PCAP_MAGIC_NS if nanosecond else PCAP_MAGIC_US
+        self._file.write(struct.pack("<" + PCAP_FILE_HEADER, magic, *PCAP_VERSION, 0, 0,
+                                     snaplen, linktype))
+
+    def write(self, packet: bytes | bytearray | memoryview, ts: float | None = None) -> None:
+        """Append one IP packet (RAW) or its synthetic Ethernet frame (ETHERNET)."""
+        if self._closed:
+            raise ValueError("PcapWriter is closed")
+        packet = bytes(packet)
+        version = _ip_version(packet, 0)
+        if version not in (4, 6):
+            raise ConfigError("packet", f"not an IPv4 or IPv6 packet (version nibble "
+                                        f"{version})")
+        if self.linktype == LINKTYPE_ETHERNET:
+            ethertype = ETHERTYPE_IPV4 if version == 4 else ETHERTYPE_IPV6
+            frame = SYNTHETIC_DST_MAC + SYNTHETIC_SRC_MAC + ethertype.to_bytes(2, "big") + packet
+        else:
+            frame = packet
+        if len(frame) > self.snaplen:
+            raise ConfigError("packet", f"{len(frame)}-byte frame exceeds the snap length "
+                                        f"{self.snaplen}")
+        if ts is None:
+            ts = time.time()
+        if not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+            raise ConfigError("ts", "must be a finite, non-negative number of seconds")
+        sec = int(ts)
+        frac = round((ts - sec) * self._frac)
+        if frac >= self._frac:
+            sec, frac = sec + 1, frac - self._frac
+        if sec > 0xFFFFFFFF:
+            raise ConfigError("ts", "does not fit the 32-bit seconds field of pcap")
+        header = struct.pack("<" + PCAP_RECORD_HEADER, sec, frac, len(frame), len(frame))
+        self._file.write(header + frame)
+        self.count += 1
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owned:
+            self._file.close()
+        else:
+            self._file.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+__all__ = [
+    "LINKTYPE_ETHERNET",
+    "LINKTYPE_IPV4",
+    "LINKTYPE_IPV6",
+    "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2",
+    "LINKTYPE_LOOP",
+    "LINKTYPE_NULL",
+    "LINKTYPE_RAW",
+    "MAX_BLOCK_BYTES",
+    "MAX_RECORD_BYTES",
+    "SUPPORTED_LINKTYPES",
+    "Packet",
+    "PcapError",
+    "PcapReader",
+    "PcapWriter",
+    "ip_of_frame",
+    "read_packets",
+]
