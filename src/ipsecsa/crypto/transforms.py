@@ -450,7 +450,13 @@ class AhIntegrity:
 
     ``icv_len`` is the algorithm's ICV length; alignment padding of the AH ICV field (RFC 4302
     §2.6, 4 bytes for IPv4, 8 for IPv6) is the packet layer's business.
+
+    ``icv_off`` (where the ICV field starts in ``data``) is passed by the packet layer for the
+    algorithms whose ICV field carries an input (AES-GMAC's IV, see :class:`_AhGmacIntegrity`);
+    the MACs ignore it. ``iv_len`` is the size of that input at the start of the field (0 here).
     """
+
+    iv_len = 0
 
     def __init__(self, integ: IntegrityAlgorithm, key: bytes, esn: bool) -> None:
         self.algorithm = integ.name
@@ -461,14 +467,62 @@ class AhIntegrity:
     def __repr__(self) -> str:
         return f"<AhIntegrity {self.algorithm} icv_len={self.icv_len} (key hidden)>"
 
-    def compute(self, data: bytes, seq: int) -> bytes:
+    def compute(self, data: bytes, seq: int, icv_off: int = 0) -> bytes:
         if self._esn:
             return self._mac.digest(data, (seq >> 32).to_bytes(4, "big"))
         return self._mac.digest(data)
 
-    def verify(self, data: bytes, seq: int, icv: bytes) -> bool:
+    def verify(self, data: bytes, seq: int, icv: bytes, icv_off: int = 0) -> bool:
         """Constant-time comparison of ``icv`` with the computed ICV."""
         return _hmac.compare_digest(self.compute(data, seq), icv)
+
+
+class _AhGmacIntegrity(AhIntegrity):
+    """RFC 4543 §4 AUTH_AES_GMAC: the AH ICV field is IV (8) ‖ GMAC tag (16), ``icv_len`` 24.
+
+    Nonce = salt ‖ IV (§3.2), IV = the 64-bit sequence number or ``iv_source(seq)`` (§3.1),
+    full untruncated tag (§3.4). AAD = the AH ICV input of RFC 4302 §3.3.3 (``data``: mutable
+    fields zeroed, everything after AH, seq-high appended with ESN) with the IV *in place* at the
+    start of the ICV field and only the tag (and the sender's padding) zeroed: "the IV is included
+    in the additional authenticated data" (§7). GCM plaintext empty. ``icv_off`` is required.
+    """
+
+    iv_len = 8
+
+    def __init__(
+        self, integ: IntegrityAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None
+    ) -> None:
+        self.algorithm = integ.name
+        self.icv_len = self.iv_len + integ.icv_len
+        self._esn = esn
+        n = integ.salt_len
+        aead = AESGCM(bytes(key[:-n]))
+        self._salt = bytes(key[-n:])
+        self._encrypt = aead.encrypt
+        self._decrypt = aead.decrypt
+        self._iv_of = _PACK_Q if iv_source is None else _checked_iv_source(iv_source, self.iv_len)
+
+    def _aad(self, data: bytes, seq: int, iv: bytes, icv_off: int) -> bytes:
+        mv = memoryview(data)
+        if self._esn:
+            return b"".join((mv[:icv_off], iv, mv[icv_off + 8:], (seq >> 32).to_bytes(4, "big")))
+        return b"".join((mv[:icv_off], iv, mv[icv_off + 8:]))
+
+    def compute(self, data: bytes, seq: int, icv_off: int) -> bytes:  # type: ignore[override]
+        """The ICV field content, IV ‖ tag; ``data`` holds zeros at ``icv_off``."""
+        iv = self._iv_of(seq)
+        return iv + self._encrypt(self._salt + iv, b"", self._aad(data, seq, iv, icv_off))
+
+    def verify(self, data: bytes, seq: int, icv: bytes, icv_off: int) -> bool:  # type: ignore[override]
+        """``icv`` is the received IV ‖ tag; the tag is checked by AESGCM (constant time)."""
+        if len(icv) != self.icv_len:
+            return False
+        iv = bytes(icv[:8])
+        try:
+            self._decrypt(self._salt + iv, bytes(icv[8:]), self._aad(data, seq, iv, icv_off))
+        except InvalidTag:
+            return False
+        return True
 
 
 def make_ah_integrity(
@@ -484,16 +538,13 @@ def make_ah_integrity(
     signature: whether seq-high enters the ICV is a property of the SA, and ``compute(data, seq)``
     cannot know it otherwise. It is required on purpose: a silent default would make ESN AH SAs
     compute a wrong ICV.
-    ``iv_source`` is accepted for the future AES-GMAC support and ignored by the MACs.
-    AES-GMAC in AH (RFC 4543 §3.5) is not supported yet and raises :class:`ConfigError`.
+    ``iv_source`` is used by AES-GMAC (RFC 4543 §4) only and ignored by the MACs.
     """
     if integ.name == "none":
         raise ConfigError("integrity.algorithm", "AH requires an integrity algorithm")
-    if integ.name == "aes-gmac":
-        raise ConfigError(
-            "integrity.algorithm", "aes-gmac in AH (RFC 4543 §3.5) is not yet supported"
-        )
     check_key(integ, key, _INTEG_KEY)
+    if integ.name == "aes-gmac":
+        return _AhGmacIntegrity(integ, key, esn, iv_source)
     return AhIntegrity(integ, key, esn)
 
 

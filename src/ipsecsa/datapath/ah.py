@@ -33,7 +33,11 @@ with the ICV zeroed (explicit padding included as transmitted); everything after
 * Reserved (§2.3): sent as zero; on receipt covered by the ICV and otherwise ignored.
 * Fragments (§3.4.1): reassembled before AH processing (``_reassemble``, as ESP).
 * Implicit packet padding (§3.3.3.2.2): none of the MACs offered (HMAC, AES-XCBC, AES-CMAC)
-  needs the ICV input to be a multiple of a block; each pads internally per its own RFC.
+  needs the ICV input to be a multiple of a block; each pads internally per its own RFC, and so
+  does AES-GMAC (GHASH).
+* AES-GMAC (RFC 4543 §4): the ICV field is IV ‖ tag (24 bytes: no padding under IPv4, 4 bytes
+  under IPv6, errata EID 3643). The IV is an input and stays in the ICV computation; only the
+  tag is zeroed. The transform places it, given the field's offset in the covered data.
 
 Outbound (§3.3): transport mode inserts AH after the IPv4 header and its options, or after the
 IPv6 extension headers that precede it (``insert_offset`` of the chain, §3.1.1); tunnel mode builds
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from ipsecsa.crypto.transforms import make_ah_integrity
 from ipsecsa.datapath.esp import HELD, EspSA
@@ -220,9 +225,11 @@ class AhSA(SecurityAssociation):
             raise ConfigError("integrity.algorithm", "AH requires an integrity algorithm")
         self.integrity = ai = make_ah_integrity(integ, c.integrity_key.bytes, esn=c.esn,
                                                 iv_source=iv_source)
-        #: The crypto step; a NIC model or native engine may replace these two.
-        self._compute: Callable[[bytes, int], bytes] = ai.compute
-        self._verify: Callable[[bytes, int, bytes], bool] = ai.verify
+        #: The crypto step; a NIC model or native engine may replace these two. Called with
+        #: the offset of the ICV field in the data as last argument (AES-GMAC carries its IV
+        #: there, RFC 4543 §4: IV ‖ tag; the MACs ignore it).
+        self._compute: Callable[[bytes, int, int], bytes] = ai.compute
+        self._verify: Callable[[bytes, int, bytes, int], bool] = ai.verify
         self._v6 = c.src.version == 6
         icv = ai.icv_len
         align = AH_ALIGN_V6 if self._v6 else AH_ALIGN_V4
@@ -243,6 +250,10 @@ class AhSA(SecurityAssociation):
         self._outer4 = OuterV4(src, dst, PROTO_AH, c.ttl, dscp, c.df) if not self._v6 else None
         self._outer6 = OuterV6(src, dst, PROTO_AH, c.ttl, dscp) if self._v6 else None
         self._reasm: Reassembler | None = None
+        #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software:
+        #: ``send(head, ah_header_with_zero_icv, payload) -> wire bytes`` and
+        #: ``verify(packet, seq, covered, icv) -> bool``. IPv4 only (NDIS offload v1).
+        self._nic: Any = None
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":
@@ -260,14 +271,19 @@ class AhSA(SecurityAssociation):
         seq = self._seq + 1
         self._seq = seq
         ah = _AH_HEAD.pack(next_header, self._plen_field, 0, self.spi, seq & 0xFFFFFFFF)
-        icv = self._compute(b"".join((covered_head, ah, self._zero_field, covered_payload)), seq)
+        if self._nic is None:
+            icv = self._compute(b"".join((covered_head, ah, self._zero_field, covered_payload)),
+                                seq, len(covered_head) + AH_FIXED_LEN)
+            out = b"".join((head, ah, icv, self._pad, payload))
+        else:
+            out = self._nic.send(head, ah + self._zero_field, payload)
         self.packets = p = self.packets + 1
         self.bytes = b = self.bytes + nbytes
         if p >= self._pmark or b >= self._bmark:
             self._lifetime_crossed(now)
         if seq >= self._seq_max:
             self._exhausted(now)
-        return _new(Result, (b"".join((head, ah, icv, self._pad, payload)), None))
+        return _new(Result, (out, None))
 
     # ----------------------------------------------------------------- outbound: transport
     def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
@@ -448,7 +464,9 @@ class AhSA(SecurityAssociation):
         data = b"".join((covered, pkt[off:off + AH_FIXED_LEN], self._zero_icv,
                          pkt[icv_end:data_off],
                          pkt[data_off:end] if covered_payload is None else covered_payload))
-        if not self._verify(data, seq, pkt[off + AH_FIXED_LEN:icv_end]):
+        if not (self._verify(data, seq, pkt[off + AH_FIXED_LEN:icv_end],
+                             len(covered) + AH_FIXED_LEN) if self._nic is None
+                else self._nic.verify(pkt, seq, data, pkt[off + AH_FIXED_LEN:icv_end])):
             return self._drop(DropReason.ICV_FAILURE)
         if not self._replay.commit(seq):
             return self._drop(DropReason.REPLAY)
