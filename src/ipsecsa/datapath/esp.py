@@ -43,6 +43,8 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_ESP = 50
 PROTO_NONE = 59        # RFC 4303 §2.6 dummy packet
+#: IPv6 extension headers that can sit between ESP and the upper layer in transport mode.
+_V6_EXT_AFTER_ESP = frozenset({0, 43, 44, 60})
 PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite carry ports first
 ESP_HEADER_LEN = 8
 MAX_IPV4_LEN = 0xFFFF
@@ -203,7 +205,7 @@ class EspSA(SecurityAssociation):
         else:
             out_proto = PROTO_ESP
         if new_len > MAX_IPV4_LEN:
-            self._sent(seq, 0, now, b"")
+            self._unsent(seq, now)
             return self._drop(DropReason.TOO_BIG)
         s = (vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + out_proto + s1 + s2 + d1 + d2
         if ihl > 20:
@@ -244,7 +246,7 @@ class EspSA(SecurityAssociation):
         head = bytearray(pkt[:ins])
         if self._encap is not None:
             if len(esp) + 8 > 0xFFFF:
-                self._sent(seq, 0, now, b"")
+                self._unsent(seq, now)
                 return self._drop(DropReason.TOO_BIG)
             esp = build_udp(ch.src, ch.dst, self._sport, self._dport, esp)
             head[nh_off] = PROTO_UDP
@@ -252,7 +254,7 @@ class EspSA(SecurityAssociation):
             head[nh_off] = PROTO_ESP
         plen = ins - 40 + len(esp)
         if plen > 0xFFFF:
-            self._sent(seq, 0, now, b"")
+            self._unsent(seq, now)
             return self._drop(DropReason.TOO_BIG)
         _H.pack_into(head, 4, plen)
         return self._sent(seq, end, now, bytes(head) + esp)
@@ -311,8 +313,8 @@ class EspSA(SecurityAssociation):
         if self._dscp is not None:
             tos = (self._dscp << 2) | (tos & 3)
         if self._v6:
-            if elen + 8 > 0xFFFF:
-                self._sent(seq, 0, now, b"")
+            if elen + (8 if self._encap is not None else 0) > 0xFFFF:
+                self._unsent(seq, now)
                 return self._drop(DropReason.TOO_BIG)
             iv, body = self._seal(esp_hdr, seq, plain)
             if self._encap is not None:
@@ -326,7 +328,7 @@ class EspSA(SecurityAssociation):
                                                          iv, body)))
         total = elen + self._outer_extra
         if total > MAX_IPV4_LEN:
-            self._sent(seq, 0, now, b"")
+            self._unsent(seq, now)
             return self._drop(DropReason.TOO_BIG)
         self._ident = ident = (self._ident + 1) & 0xFFFF
         s = self._o4sum + tos + total + ident + ff
@@ -352,6 +354,12 @@ class EspSA(SecurityAssociation):
         if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
             self._post_send(seq, now)
         return _new(Result, (out, None))
+
+    def _unsent(self, seq: int, now: float | None) -> None:
+        """A sequence number was used but its packet is dropped (TOO_BIG): not a carried
+        packet, so not counted as one, but the number is gone, so exhaustion still counts."""
+        if seq >= self._seq_max:
+            self._exhausted(now)
 
     def _post_send(self, seq: int, now: float | None) -> None:
         if self.packets >= self._pmark or self.bytes >= self._bmark:
@@ -460,11 +468,20 @@ class EspSA(SecurityAssociation):
             _H.pack_into(head, 4, off - 40 + dlen)
             hdr = bytes(head)
             src, dst = ch.src, ch.dst
-        if self._encap is not None and next_header in (PROTO_TCP, PROTO_UDP):
+        upper, l4_off = next_header, 0
+        if version == 6 and next_header in _V6_EXT_AFTER_ESP:
+            # RFC 4303 §3.1.1: destination options may follow ESP; the selectors and the
+            # checksum fix-up concern the upper layer behind them.
+            try:
+                upper_ch = parse_ipv6_chain(hdr + payload, stop_at_ipsec=False)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            upper, l4_off = upper_ch.upper_protocol, upper_ch.upper_offset - len(hdr)
+        if self._encap is not None and upper in (PROTO_TCP, PROTO_UDP):
             # RFC 3948 §3.1.2: a NAT changed the addresses the transport checksum covered.
-            payload = _fix_l4_checksum(src, dst, next_header, payload)
-        if self._selectors and not self._selectors_ok(version, src, dst, next_header,
-                                                      payload, 0):
+            payload = payload[:l4_off] + _fix_l4_checksum(src, dst, upper, payload[l4_off:])
+        if self._selectors and not self._selectors_ok(version, src, dst, upper,
+                                                      payload, l4_off):
             return self._drop(DropReason.SELECTOR_MISMATCH)
         self.packets = p = self.packets + 1
         self.bytes = b = self.bytes + len(hdr) + dlen
