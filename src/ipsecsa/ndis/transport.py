@@ -1,0 +1,461 @@
+"""The transport half of NDIS IPsec task offload v1: push ipsecsa SAs to a (model) NIC.
+
+:class:`OffloadTransport` does what reference A.1/A.3/A.7 give the Windows transport: it builds
+the OID_TCP_TASK_IPSEC_ADD_SA (or ADD_UDPESP_SA) buffers for an outbound/inbound SA pair, issues
+them to a miniport's ``oid_request``, checks the statuses, keeps the UDP-ESP parser entries
+reference-counted, and binds each SA's crypto step to the NIC (``sa._nic``). Headers, padding,
+sequence numbers, replay and policy checks stay in the SA (:mod:`ipsecsa.datapath.esp`,
+:mod:`ipsecsa.datapath.ah`): only the crypto step moves.
+
+Choices of ours (not Windows behaviour):
+
+* **Filter.** From the SA's traffic selectors, each SA in its own direction: no selector gives an
+  all-zero (wildcard) filter; one IPv4 selector gives SrcAddr/SrcMask, DestAddr/DestMask
+  (network prefix and mask; an absent prefix is 0/0), Protocol and ports; several selectors cannot
+  be expressed by one v1 filter and are refused unless ``filter=`` is given. ``filter=`` is a
+  :class:`~ipsecsa.selectors.Selector` as seen by the *outbound* SA; the inbound request gets it
+  with source and destination (addresses and ports) swapped.
+* **Tunnel addresses** are the SA's outer ``src``/``dst`` for tunnel-mode SAs, zero otherwise.
+* **Key material** in the miniport's ``keymat_order`` (F.1: confidentiality key then integrity
+  key by default); ``algoRounds`` is 0.
+* **UDP-ESP.** ESP SAs with UDP encapsulation use ADD_UDPESP_SA with the entry
+  (OFFLOAD_IPSEC_UDPESP_ENCAPTYPE_OTHER, the inbound SA's ``encapsulation.dport``). The first
+  inbound SA on a port passes a NULL entry handle and remembers the one returned; later ones pass
+  it. :meth:`OffloadTransport.remove` names the entry in DELETE_UDPESP_SA when the last inbound
+  SA using it goes (A.7), NULL otherwise. Outbound requests carry the same entry description and
+  a NULL handle (the miniport ignores both).
+* **What cannot be offloaded under v1** raises :class:`NotOffloadableError` (a ConfigError naming
+  the field) and nothing is sent to the NIC: IPv6, ESN, algorithms other than DES/3DES/NULL and
+  HMAC-MD5-96/HMAC-SHA1-96, ESP without integrity (it would need an AH entry in the same SA:
+  ipsecsa SAs are single-protocol, so bundles are not built here), AH with UDP encapsulation,
+  and SAs of the wrong direction. There is no silent software fallback at offload time.
+* **Failures.** A status other than SUCCESS raises :class:`OffloadError` carrying the
+  :class:`~ipsecsa.ndis.constants.NdisStatus`; when the inbound ADD fails the outbound SA
+  already added is deleted again (and the error still raised).
+* **Receive results.** CryptoDone = 1 with CRYPTO_SUCCESS: the NIC's plaintext is used. CryptoDone
+  = 1 with any other status: the packet is refused (the SA counts it as ICV_FAILURE). CryptoDone
+  = 0: the SA's own software transform does the step (the NIC did not process the packet).
+* **Send results.** If the NIC hands a packet back unprocessed (its handle vanished in a race
+  with :meth:`remove`), the step does the crypto in software so no half-built packet leaves.
+* **SaDeleteReq** is honoured at once: the inbound SA it arrived on and its paired outbound SA are
+  removed from the NIC (two DELETE requests, A.10); both SAs carry on in software.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Protocol
+
+from ipsecsa.datapath.ah import AhSA
+from ipsecsa.datapath.esp import EspSA
+from ipsecsa.datapath.sa import SecurityAssociation
+from ipsecsa.errors import ConfigError, IpsecsaError
+from ipsecsa.ndis.constants import (
+    CryptoStatus,
+    NdisStatus,
+    OffloadConf,
+    OffloadIntegrity,
+    OffloadOperation,
+    OffloadSaFlags,
+    Oid,
+    UdpEncapType,
+)
+from ipsecsa.ndis.structs import (
+    AddSa,
+    AddUdpEspSa,
+    AlgoInfo,
+    DeleteSa,
+    DeleteUdpEspSa,
+    NblInfoReceive,
+    UdpEspEncapTypeEntry,
+    encode_add_sa,
+    encode_add_udpesp_sa,
+    encode_delete_sa,
+    encode_delete_udpesp_sa,
+)
+from ipsecsa.ndis.structs import (
+    SecurityAssociation as OffloadSecurityAssociation,
+)
+from ipsecsa.packet.ipv4 import ipv4_ah_zero_mutable
+from ipsecsa.selectors import Selector
+
+__all__ = [
+    "MiniportLike",
+    "NotOffloadableError",
+    "OffloadError",
+    "OffloadTransport",
+    "build_add_request",
+]
+
+# --- specification constants -------------------------------------------------------------
+#: A.5: v1 algorithm identifiers and their RFC key lengths, by ipsecsa canonical name.
+V1_CONF: dict[str, tuple[OffloadConf, int]] = {
+    "null": (OffloadConf.NONE, 0),
+    "des-cbc": (OffloadConf.DES, 8),
+    "3des-cbc": (OffloadConf.THREE_DES, 24),
+}
+V1_INTEGRITY: dict[str, tuple[OffloadIntegrity, int]] = {
+    "hmac-md5-96": (OffloadIntegrity.MD5, 16),
+    "hmac-sha1-96": (OffloadIntegrity.SHA, 20),
+}
+_OFFLOAD_HANDLE_OFFSET = 168  # offsetof(OFFLOAD_IPSEC_ADD_SA{,_UDPESP}, OffloadHandle), x64
+_ENTRY_HANDLE_OFFSET = 184  # offsetof(OFFLOAD_IPSEC_ADD_UDPESP_SA, EncapTypeEntryOffldHandle)
+_HANDLE = struct.Struct("<Q")
+_ANY = IPv4Address(0)
+
+
+class MiniportLike(Protocol):
+    """What the transport needs from a miniport (``ipsecsa.ndis.Miniport`` or a real driver)."""
+
+    def oid_request(self, oid: int, buffer: bytes) -> tuple[int, bytes]: ...
+
+    def send(self, packet: bytes, offload_handle: int) -> bytes: ...
+
+    def receive(self, packet: bytes) -> tuple[bytes, NblInfoReceive]: ...
+
+
+class OffloadError(IpsecsaError):
+    """An OID request failed; ``status`` is the NDIS_STATUS the miniport completed it with."""
+
+    def __init__(self, oid: Oid, status: int, message: str = "") -> None:
+        try:
+            self.status: NdisStatus | int = NdisStatus(status)
+        except ValueError:
+            self.status = status
+        self.oid = oid
+        name = self.status.name if isinstance(self.status, NdisStatus) else f"0x{status:08X}"
+        super().__init__(f"{oid.name} failed with NDIS_STATUS_{name}"
+                         + (f": {message}" if message else ""))
+
+
+class NotOffloadableError(ConfigError):
+    """The SA uses something NDIS IPsec offload v1 cannot carry; ``field`` names it."""
+
+
+# --- building the requests ---------------------------------------------------------------------
+
+
+def _v1_algorithms(sa: SecurityAssociation, which: str) -> tuple[OffloadSecurityAssociation,
+                                                                 bytes, bytes]:
+    """The SecAssoc entry for ``sa`` and its (conf key, integrity key); refuses non-v1 SAs."""
+    c = sa.config
+    if not isinstance(sa, (EspSA, AhSA)):
+        raise NotOffloadableError(f"{which}", f"{type(sa).__name__} is not an ESP or AH SA")
+    if c.src.version != 4 or c.dst.version != 4:
+        raise NotOffloadableError(f"{which}.src", "IPv6 SAs cannot be offloaded (offload v1 "
+                                  "is IPv4-only)")
+    if c.esn:
+        raise NotOffloadableError(f"{which}.esn", "extended sequence numbers cannot be offloaded "
+                                  "under offload v1")
+    integ_name = c.integrity.name if c.integrity is not None else "none"
+    if integ_name not in V1_INTEGRITY:
+        if integ_name == "none":
+            raise NotOffloadableError(f"{which}.integrity.algorithm",
+                                      "an SA without integrity needs AH in the same offloaded "
+                                      "SA (A.1); ESP+AH bundles are not offloaded by ipsecsa")
+        raise NotOffloadableError(f"{which}.integrity.algorithm",
+                                  f"{integ_name} is not an offload v1 algorithm (hmac-md5-96, "
+                                  "hmac-sha1-96)")
+    integ_id, integ_len = V1_INTEGRITY[integ_name]
+    ikey = c.integrity_key.bytes if c.integrity_key is not None else b""
+    if isinstance(sa, AhSA):
+        if c.encapsulation is not None:
+            raise NotOffloadableError(f"{which}.encapsulation", "AH cannot be UDP-encapsulated")
+        entry = OffloadSecurityAssociation(
+            Operation=OffloadOperation.AUTHENTICATE, SPI=c.spi,
+            IntegrityAlgo=AlgoInfo(integ_id, integ_len, 0))
+        return entry, b"", ikey
+    enc_name = c.encryption.name if c.encryption is not None else "null"
+    if enc_name not in V1_CONF:
+        raise NotOffloadableError(f"{which}.encryption.algorithm",
+                                  f"{enc_name} is not an offload v1 algorithm (des-cbc, "
+                                  "3des-cbc, null)")
+    conf_id, conf_len = V1_CONF[enc_name]
+    ckey = c.encryption_key.bytes if c.encryption_key is not None else b""
+    entry = OffloadSecurityAssociation(
+        Operation=OffloadOperation.ENCRYPT, SPI=c.spi,
+        IntegrityAlgo=AlgoInfo(integ_id, integ_len, 0), ConfAlgo=AlgoInfo(conf_id, conf_len, 0))
+    return entry, ckey, ikey
+
+
+def _prefix(net: Any) -> tuple[IPv4Address, IPv4Address]:
+    if net is None:
+        return _ANY, _ANY
+    if not isinstance(net, IPv4Network):
+        raise NotOffloadableError("selectors", "IPv6 selectors cannot be offloaded")
+    return net.network_address, net.netmask
+
+
+def _filter_of(sa: SecurityAssociation, which: str, given: Selector | None, swap: bool
+               ) -> tuple[IPv4Address, IPv4Address, IPv4Address, IPv4Address, int, int, int]:
+    """(SrcAddr, SrcMask, DestAddr, DestMask, Protocol, SrcPort, DestPort) for one request."""
+    if given is not None:
+        sel: Selector | None = given
+        if swap:
+            sel = Selector(src=given.dst, dst=given.src, protocol=given.protocol,
+                           sport=given.dport, dport=given.sport)
+    else:
+        sels = sa.config.selectors
+        if len(sels) > 1:
+            raise NotOffloadableError(f"{which}.selectors", "several selectors cannot be "
+                                      "expressed by one offload v1 filter; pass filter=")
+        sel = sels[0] if sels else None
+    if sel is None:
+        return _ANY, _ANY, _ANY, _ANY, 0, 0, 0
+    src, smask = _prefix(sel.src)
+    dst, dmask = _prefix(sel.dst)
+    return src, smask, dst, dmask, sel.protocol, sel.sport, sel.dport
+
+
+def build_add_request(sa: SecurityAssociation, *, inbound: bool,
+                      keymat_order: str = "conf-first", filter: Selector | None = None,
+                      entry_handle: int = 0) -> tuple[Oid, bytes]:
+    """The OID and buffer a Windows-style transport issues to offload ``sa`` (module docs).
+
+    ``filter`` is as seen by the outbound SA (swapped here for ``inbound``). ``entry_handle`` is
+    the parser entry handle for an inbound UDP-ESP SA (0: NULL, find-or-create).
+    """
+    which = "inbound" if inbound else "outbound"
+    entry, ckey, ikey = _v1_algorithms(sa, which)
+    keymat = ckey + ikey if keymat_order == "conf-first" else ikey + ckey
+    src, smask, dst, dmask, proto, sport, dport = _filter_of(sa, which, filter, inbound)
+    c = sa.config
+    tun_src, tun_dst = (c.src, c.dst) if c.mode == "tunnel" else (_ANY, _ANY)
+    flags = OffloadSaFlags.INBOUND_SA if inbound else OffloadSaFlags.OUTBOUND_SA
+    sas = (entry, OffloadSecurityAssociation(), OffloadSecurityAssociation())
+    if c.encapsulation is None:
+        req = AddSa(SrcAddr=src, SrcMask=smask, DestAddr=dst, DestMask=dmask, Protocol=proto,
+                    SrcPort=sport, DestPort=dport, SrcTunnelAddr=tun_src, DestTunnelAddr=tun_dst,
+                    Flags=int(flags), NumSAs=1, SecAssoc=sas, KeyLen=len(keymat), KeyMat=keymat)
+        return Oid.TCP_TASK_IPSEC_ADD_SA, encode_add_sa(req)
+    udp = AddUdpEspSa(
+        SrcAddr=src, SrcMask=smask, DstAddr=dst, DstMask=dmask, Protocol=proto, SrcPort=sport,
+        DstPort=dport, SrcTunnelAddr=tun_src, DstTunnelAddr=tun_dst, Flags=int(flags), NumSAs=1,
+        SecAssoc=sas,
+        EncapTypeEntry=UdpEspEncapTypeEntry(int(UdpEncapType.OTHER), c.encapsulation.dport),
+        EncapTypeEntryOffldHandle=entry_handle if inbound else 0,
+        KeyLen=len(keymat), KeyMat=keymat)
+    return Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, encode_add_udpesp_sa(udp)
+
+
+# --- the crypto steps bound to the SAs ---------------------------------------------------------
+
+
+class _EspNicStep:
+    """``EspSA._nic``: the ESP crypto step done by the miniport (``NicStep`` of esp.py)."""
+
+    __slots__ = ("_handle", "_icv_len", "_mp", "_owner", "_sa", "_zero_icv", "_zero_iv")
+
+    def __init__(self, owner: OffloadTransport, sa: EspSA, handle: int) -> None:
+        self._owner = owner
+        self._mp = owner.miniport
+        self._sa = sa
+        self._handle = handle
+        self._zero_iv = bytes(sa._ivlen)
+        self._icv_len = sa._icvlen
+        self._zero_icv = bytes(sa._icvlen)
+
+    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes:
+        prepared = b"".join((header, esp_header, self._zero_iv, plaintext, self._zero_icv))
+        out = self._mp.send(prepared, self._handle)
+        if out is prepared or out == prepared:  # unprocessed: handle gone (race with remove)
+            seq = int.from_bytes(esp_header[4:8], "big")
+            iv, body = self._sa.transform.seal(esp_header, seq, plaintext)
+            return b"".join((header, esp_header, iv, body))
+        return out
+
+    def open(self, packet: bytes, esp_off: int, ct_off: int, end: int, seq: int) -> bytes | None:
+        out, info = self._mp.receive(packet)
+        if info.SaDeleteReq:
+            self._owner._delete_requested(self._handle)
+        if info.CryptoDone:
+            if info.CryptoStatus == CryptoStatus.SUCCESS:
+                return out[ct_off:end - self._icv_len]
+            return None
+        return self._sa.transform.open(packet[esp_off:esp_off + 8], seq,
+                                       packet[esp_off + 8:ct_off], packet[ct_off:end])
+
+
+class _AhNicStep:
+    """``AhSA._nic``: the AH ICV computed / verified by the miniport."""
+
+    __slots__ = ("_handle", "_icv_len", "_mp", "_owner", "_sa")
+
+    def __init__(self, owner: OffloadTransport, sa: AhSA, handle: int) -> None:
+        self._owner = owner
+        self._mp = owner.miniport
+        self._sa = sa
+        self._handle = handle
+        self._icv_len = sa.integrity.icv_len
+
+    def send(self, head: bytes, ah_header: bytes, payload: bytes) -> bytes:
+        prepared = b"".join((head, ah_header, payload))
+        out = self._mp.send(prepared, self._handle)
+        if out is prepared or out == prepared:  # unprocessed: compute the ICV in software
+            seq = int.from_bytes(ah_header[8:12], "big")
+            covered = ipv4_ah_zero_mutable(head) + ah_header + payload
+            icv = self._sa.integrity.compute(covered, seq, len(head) + 12)
+            return b"".join((head, ah_header[:12], icv, ah_header[12 + len(icv):], payload))
+        return out
+
+    def verify(self, packet: bytes, seq: int, covered: bytes, icv: bytes) -> bool:
+        _out, info = self._mp.receive(packet)
+        if info.SaDeleteReq:
+            self._owner._delete_requested(self._handle)
+        if info.CryptoDone:
+            return bool(info.CryptoStatus == CryptoStatus.SUCCESS)
+        return bool(self._sa.integrity.verify(covered, seq, icv))
+
+
+# --- the transport -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Bound:
+    sa: SecurityAssociation
+    inbound: bool
+    udp: bool
+    #: (encap type, port) of the parser entry an inbound UDP-ESP SA uses.
+    entry_key: tuple[int, int] | None
+    peer: int  # the paired SA's handle (0 once it is gone)
+
+
+class OffloadTransport:
+    """Offloads ipsecsa SA pairs to a miniport and binds their crypto step to it."""
+
+    def __init__(self, miniport: MiniportLike, *, keymat_order: str | None = None) -> None:
+        self.miniport = miniport
+        self.keymat_order: str = str(keymat_order or getattr(miniport, "keymat_order",
+                                                             "conf-first"))
+        self._lock = threading.RLock()
+        self._bound: dict[int, _Bound] = {}
+        #: (encap type, port) -> [entry handle, number of inbound SAs using it]
+        self._entries: dict[tuple[int, int], list[int]] = {}
+        #: Handles removed because the NIC asked (SaDeleteReq), in order.
+        self.delete_requests_honoured: list[int] = []
+
+    @property
+    def handles(self) -> tuple[int, ...]:
+        return tuple(sorted(self._bound))
+
+    def offload(self, sa_out: SecurityAssociation, sa_in: SecurityAssociation, *,
+                filter: Selector | None = None) -> tuple[int, int]:
+        """Add the pair to the NIC (outbound first) and bind both; returns (out, in) handles.
+
+        Raises :class:`NotOffloadableError` before any request when either SA cannot be carried
+        by offload v1, and :class:`OffloadError` (with the NDIS_STATUS) when the NIC refuses.
+        """
+        if sa_out.direction != "outbound":
+            raise NotOffloadableError("outbound.direction", "sa_out must be an outbound SA")
+        if sa_in.direction != "inbound":
+            raise NotOffloadableError("inbound.direction", "sa_in must be an inbound SA")
+        for sa in (sa_out, sa_in):
+            if getattr(sa, "_nic", None) is not None:
+                raise NotOffloadableError("", f"SA 0x{sa.spi:08x} is already offloaded")
+        with self._lock:
+            # Build both requests first: a non-offloadable SA raises before anything is sent.
+            oid_out, buf_out = build_add_request(sa_out, inbound=False,
+                                                 keymat_order=self.keymat_order, filter=filter)
+            encap = sa_in.config.encapsulation
+            entry_key = None if encap is None else (int(UdpEncapType.OTHER), encap.dport)
+            known = self._entries.get(entry_key) if entry_key is not None else None
+            oid_in, buf_in = build_add_request(sa_in, inbound=True,
+                                               keymat_order=self.keymat_order, filter=filter,
+                                               entry_handle=known[0] if known else 0)
+            h_out, _ = self._add(oid_out, buf_out)
+            try:
+                h_in, entry_handle = self._add(oid_in, buf_in)
+            except OffloadError:
+                self._delete_on_nic(h_out, udp=oid_out == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA,
+                                    entry_handle=0)
+                raise
+            if entry_key is not None:
+                if known:
+                    known[1] += 1
+                else:
+                    self._entries[entry_key] = [entry_handle, 1]
+            self._bound[h_out] = _Bound(sa_out, False, _encap_of(sa_out), None, h_in)
+            self._bound[h_in] = _Bound(sa_in, True, entry_key is not None, entry_key, h_out)
+            self._bind(sa_out, h_out)
+            self._bind(sa_in, h_in)
+            return h_out, h_in
+
+    def remove(self, handles: Iterable[int]) -> None:
+        """Delete these SAs from the NIC and unbind them (they carry on in software).
+
+        Every handle is processed; the first failure is raised afterwards as OffloadError.
+        """
+        first: OffloadError | None = None
+        with self._lock:
+            handles = list(handles)
+            unknown = [h for h in handles if h not in self._bound]
+            if unknown:
+                raise KeyError(f"handles {unknown} are not offloaded by this transport")
+            for handle in handles:
+                b = self._bound.pop(handle)
+                b.sa._nic = None  # type: ignore[attr-defined]
+                peer = self._bound.get(b.peer)
+                if peer is not None:
+                    peer.peer = 0
+                entry_handle = 0
+                if b.entry_key is not None:
+                    ref = self._entries[b.entry_key]
+                    ref[1] -= 1
+                    if ref[1] == 0:
+                        entry_handle = ref[0]
+                        del self._entries[b.entry_key]
+                try:
+                    self._delete_on_nic(handle, udp=b.udp, entry_handle=entry_handle)
+                except OffloadError as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
+
+    # ---------------------------------------------------------------- internals
+    def _add(self, oid: Oid, buf: bytes) -> tuple[int, int]:
+        status, out = self.miniport.oid_request(oid, buf)
+        if status != NdisStatus.SUCCESS:
+            raise OffloadError(oid, status)
+        handle = _HANDLE.unpack_from(out, _OFFLOAD_HANDLE_OFFSET)[0]
+        entry = 0
+        if oid == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA:
+            entry = _HANDLE.unpack_from(out, _ENTRY_HANDLE_OFFSET)[0]
+        if handle == 0:
+            raise OffloadError(oid, status, "the miniport returned a NULL OffloadHandle")
+        return handle, entry
+
+    def _delete_on_nic(self, handle: int, *, udp: bool, entry_handle: int) -> None:
+        if udp:
+            oid = Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA
+            buf = encode_delete_udpesp_sa(DeleteUdpEspSa(handle, entry_handle))
+        else:
+            oid = Oid.TCP_TASK_IPSEC_DELETE_SA
+            buf = encode_delete_sa(DeleteSa(handle))
+        status, _ = self.miniport.oid_request(oid, buf)
+        if status != NdisStatus.SUCCESS:
+            raise OffloadError(oid, status)
+
+    def _bind(self, sa: SecurityAssociation, handle: int) -> None:
+        if isinstance(sa, EspSA):
+            sa._nic = _EspNicStep(self, sa, handle)
+        else:
+            assert isinstance(sa, AhSA)
+            sa._nic = _AhNicStep(self, sa, handle)
+
+    def _delete_requested(self, handle: int) -> None:
+        """SaDeleteReq on the inbound SA ``handle``: delete it and its paired outbound SA."""
+        with self._lock:
+            b = self._bound.get(handle)
+            if b is None:
+                return
+            pair = [handle] + ([b.peer] if b.peer in self._bound else [])
+            self.delete_requests_honoured.extend(pair)
+            self.remove(pair)
+
+
+def _encap_of(sa: SecurityAssociation) -> bool:
+    return sa.config.encapsulation is not None
