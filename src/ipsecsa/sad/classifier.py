@@ -1,0 +1,471 @@
+"""Outbound classifier of the SA database: which installed filter covers a packet.
+
+Filters
+-------
+A :class:`Filter` is the traffic filter of an NDIS ``OFFLOAD_IPSEC_ADD_SA`` request (reference
+§A.3): ``SrcAddr/SrcMask, DestAddr/DestMask, Protocol, SrcPort, DestPort``. A zero *field* is a
+wildcard for that field only: ``src == 0`` is any source whatever the mask, protocol 0 any
+protocol, port 0 any port. A non-zero address matches a packet when
+``(pkt & mask) == (addr & mask)``. Masks are raw integers and may be non-contiguous.
+
+Addresses are integers holding the address's numeric value (``int(IPv4Address("10.0.0.1"))``,
+i.e. the network-order bytes read big-endian); converting from the NDIS structure is the codec's
+job (reference §F.12).
+
+**Our choice, not Windows'**: the reference leaves a non-zero address with a zero mask open. We
+treat it as a *host* match (all-ones mask), because "any" is already expressed by address 0.
+
+Most specific filter wins
+-------------------------
+Specificity is the tuple, compared lexicographically (bigger is more specific)::
+
+    (popcount(effective src mask) + popcount(effective dst mask),
+     1 if any port is specified else 0,
+     1 if the protocol is specified else 0,
+     1 if the destination port is specified else 0,
+     1 if the source port is specified else 0)
+
+The first three components are the XFRM policy priority strongSwan computes for its policies
+(``kernel_netlink_ipsec.c: get_priority``: fewer prefix bits = lower priority, then "has a port
+selector", then "has a protocol"); the last two refine it into an order on filters, preferring a
+destination port (the service an outbound packet is for) over a source port. The effective mask
+of a wildcard address is 0 and of a non-zero address with mask 0 is all-ones (see above), so a
+wildcard contributes no bits. IPv4 and IPv6 filters are never compared: a packet only meets
+filters of its own version.
+
+**Ties** (equal specificity, which includes exact duplicates) go to the filter added first, i.e.
+the lowest handle. Handles are allocated from a counter starting at 1 and never reused, so the
+resulting order (specificity descending, then handle ascending) is total and deterministic.
+
+Lookup: tuple-space search
+--------------------------
+Filters are grouped by *shape* (Srinivasan, Suri, Varghese, "Packet classification using tuple
+space search", SIGCOMM 1999): version, effective src and dst masks, and which of protocol, sport
+and dport are specified. All filters of a shape share one specificity, and within a shape a packet
+has exactly one candidate key. A lookup packs the packet once into one integer, the *word* ``src ‖
+dst ‖ protocol (8 bits) ‖ sport (16) ‖ dport (16)``, and a shape's key is ``word & shape mask``:
+one AND per shape, and the key is a single int (one object to compare on a hit, and fewer bytes per
+filter than a tuple). Each shape is one dict from that key to a *bucket*: the flat tuple
+``(handle1, value1, handle2, value2, ...)`` of the filters with that key, handles ascending (only
+exact duplicates share a bucket). Shapes of one version are sorted into *tiers* of equal
+specificity, most specific first. A lookup probes tier after tier and returns at the first tier
+that has a hit (within a tier the lowest handle wins). Its cost is at most one dict probe per
+distinct shape, independent of the number of filters. Adding or removing a shape rebuilds the
+(short) tier tuple, so a workload with very many distinct non-contiguous masks is slow to update
+and to look up in; prefix masks in practice give a few dozen shapes at most.
+
+Concurrency
+-----------
+Writers (:meth:`Classifier.add`, :meth:`~Classifier.remove`, :meth:`~Classifier.replace`) are
+serialised by a :class:`threading.Lock`. Every change a reader can observe is published by a
+single reference store: one ``table[key] = bucket`` (a new bucket tuple; buckets are never mutated)
+or one assignment of a new tier tuple (tier tuples are rebuilt, never mutated, and a new shape's
+table is filled before its tier tuple is published). A reader therefore never sees a torn
+bucket or a half-built shape list.
+
+A lookup probes several tables, though, and could straddle two writes (probe a specific shape
+before an add, a general one after a remove, and report "no filter" although one matched at every
+instant). To make every lookup linearizable, writers also bump a sequence counter to odd before
+the change and to even after it (a seqlock). A lookup reads the counter, probes, and re-reads
+it: if it was odd or has moved, the lookup is repeated under the writers' lock. Readers take no
+lock in the common case, and writers never copy a table (copy-on-write of a shape's table would
+make each add O(filters in the shape), quadratic when installing a million SAs).
+
+This relies on CPython executing each dict store/probe and attribute store/load atomically and in
+program order, which holds under the GIL; the free-threaded build keeps dict operations atomic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ipsecsa.errors import ConfigError
+from ipsecsa.selectors import MAX_PORT, MAX_PROTOCOL, Selector
+
+T = TypeVar("T")
+
+# Specification constants: address widths of IPv4 and IPv6.
+_WIDTH = {4: 32, 6: 128}
+_ALL_ONES = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
+
+#: ``(address bits, any port, protocol, dport, sport)``: see the module docstring.
+Specificity = tuple[int, int, int, int, int]
+
+# A shape: (version, effective src mask, effective dst mask, protocol specified, sport specified,
+# dport specified).
+_Shape = tuple[int, int, int, bool, bool, bool]
+
+# Layout of the packed word: ... src | dst | protocol (8) | sport (16) | dport (16).
+_DST_SHIFT = 40
+_SRC_SHIFT = {4: 40 + 32, 6: 40 + 128}
+
+
+def _pack(version: int, src: int, dst: int, protocol: int, sport: int, dport: int) -> int:
+    return ((src << _SRC_SHIFT[version]) | (dst << _DST_SHIFT) | (protocol << 32) | (sport << 16)
+            | dport)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _effective_mask(addr: int, mask: int, version: int) -> int:
+    if addr == 0:
+        return 0  # address 0: any address, whatever the mask
+    if mask == 0:
+        return _ALL_ONES[version]  # our CHOICE: non-zero address with mask 0 is a host
+    return mask
+
+
+def _parse_prefix(text: str | None, version: int, field: str) -> tuple[int, int]:
+    """A prefix string (or a bare address, a host) as the NDIS (address, mask) pair."""
+    if text is None:
+        return 0, 0
+    if not isinstance(text, str):
+        raise ConfigError(field, 'must be a prefix string such as "10.0.0.0/8", or None')
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ConfigError(field, f"not a valid address prefix ({exc})") from None
+    if net.version != version:
+        raise ConfigError(field, f"is an IPv{net.version} prefix in an IPv{version} filter")
+    if net.prefixlen == 0:
+        return 0, 0
+    addr, mask = int(net.network_address), int(net.netmask)
+    if addr == 0:
+        # Address 0 is the wildcard, so a prefix of the all-zero network ("0.0.0.0/8") is written
+        # with a host bit set outside the mask; only ``addr & mask`` takes part in matching.
+        if net.prefixlen == _WIDTH[version]:
+            raise ConfigError(field, "the unspecified address cannot be selected: "
+                                     "address 0 means any address")
+        addr = 1
+    return addr, mask
+
+
+def _format_addr(version: int, addr: int, mask: int) -> str:
+    if addr == 0:
+        return "*"
+    emask = _effective_mask(addr, mask, version)
+    width = _WIDTH[version]
+    plen = emask.bit_count()
+    ip = ipaddress.ip_address(addr) if version == 4 else ipaddress.IPv6Address(addr)
+    if emask == ((1 << plen) - 1) << (width - plen):
+        return f"{ip}/{plen}"
+    netmask = ipaddress.ip_address(emask) if version == 4 else ipaddress.IPv6Address(emask)
+    return f"{ip}&{netmask}"
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One NDIS IPsec filter (reference §A.3): the traffic an outbound SA covers.
+
+    The raw form mirrors the NDIS fields: ``Filter(4, src, src_mask, dst, dst_mask, protocol,
+    sport, dport)`` with integer addresses and masks (32-bit for IPv4, 128-bit for IPv6). Zero
+    fields are wildcards; a non-zero address with mask 0 is a host match (our choice, see the
+    module docstring); masks may be non-contiguous. :meth:`v4` and :meth:`v6` build one from
+    prefix strings.
+    """
+
+    version: int
+    src: int
+    src_mask: int
+    dst: int
+    dst_mask: int
+    protocol: int = 0
+    sport: int = 0
+    dport: int = 0
+
+    def __post_init__(self) -> None:
+        if self.version not in _ALL_ONES:
+            raise ConfigError("version", "must be 4 or 6")
+        top = _ALL_ONES[self.version]
+        for name in ("src", "src_mask", "dst", "dst_mask"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value <= top:
+                raise ConfigError(name, f"must be an integer between 0 and {top:#x}")
+        for name, maximum in (("protocol", MAX_PROTOCOL), ("sport", MAX_PORT),
+                              ("dport", MAX_PORT)):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value <= maximum:
+                raise ConfigError(name, f"must be an integer between 0 (any) and {maximum}")
+
+    @classmethod
+    def v4(cls, src: str | None = None, dst: str | None = None, protocol: int = 0,
+           sport: int = 0, dport: int = 0) -> Filter:
+        """An IPv4 filter from prefixes (``"10.0.0.0/8"``, a bare address for a host, ``None``
+        or a ``/0`` prefix for any). Prefixes are strict: host bits set are an error."""
+        s, sm = _parse_prefix(src, 4, "src")
+        d, dm = _parse_prefix(dst, 4, "dst")
+        return cls(4, s, sm, d, dm, protocol, sport, dport)
+
+    @classmethod
+    def v6(cls, src: str | None = None, dst: str | None = None, protocol: int = 0,
+           sport: int = 0, dport: int = 0) -> Filter:
+        """An IPv6 filter from prefixes; as :meth:`v4`."""
+        s, sm = _parse_prefix(src, 6, "src")
+        d, dm = _parse_prefix(dst, 6, "dst")
+        return cls(6, s, sm, d, dm, protocol, sport, dport)
+
+    @classmethod
+    def from_selector(cls, selector: Selector, version: int | None = None) -> Filter:
+        """The filter of a :class:`~ipsecsa.selectors.Selector`. A selector without prefixes
+        matches both families; ``version`` then says which one this filter is for."""
+        sel_version = selector.version
+        if version is None:
+            if not sel_version:
+                raise ConfigError("version", "the selector names no prefix: give the version")
+            version = sel_version
+        elif sel_version and version != sel_version:
+            raise ConfigError("version", f"the selector is IPv{sel_version}")
+        if version not in _WIDTH:
+            raise ConfigError("version", "must be 4 or 6")
+        src = _parse_prefix(None if selector.src is None else str(selector.src), version, "src")
+        dst = _parse_prefix(None if selector.dst is None else str(selector.dst), version, "dst")
+        return cls(version, *src, *dst, selector.protocol, selector.sport, selector.dport)
+
+    @property
+    def effective_src_mask(self) -> int:
+        """The mask matching uses: 0 for a wildcard source, all-ones for mask 0 (our choice)."""
+        return _effective_mask(self.src, self.src_mask, self.version)
+
+    @property
+    def effective_dst_mask(self) -> int:
+        """As :attr:`effective_src_mask`, for the destination."""
+        return _effective_mask(self.dst, self.dst_mask, self.version)
+
+    @property
+    def specificity(self) -> Specificity:
+        """``(address bits, any port, protocol, dport, sport)``; bigger is more specific."""
+        bits = self.effective_src_mask.bit_count() + self.effective_dst_mask.bit_count()
+        return (bits, int(bool(self.sport or self.dport)), int(bool(self.protocol)),
+                int(bool(self.dport)), int(bool(self.sport)))
+
+    def matches(self, version: int, src: int, dst: int, protocol: int, sport: int,
+                dport: int) -> bool:
+        """Whether a packet (integer addresses) falls within this filter."""
+        if version != self.version:
+            return False
+        if self.protocol and protocol != self.protocol:
+            return False
+        if self.sport and sport != self.sport:
+            return False
+        if self.dport and dport != self.dport:
+            return False
+        smask = self.effective_src_mask
+        if src & smask != self.src & smask:
+            return False
+        dmask = self.effective_dst_mask
+        return dst & dmask == self.dst & dmask
+
+    def _shape_and_key(self) -> tuple[_Shape, int]:
+        sm = self.effective_src_mask
+        dm = self.effective_dst_mask
+        shape = (self.version, sm, dm, bool(self.protocol), bool(self.sport), bool(self.dport))
+        key = _pack(self.version, self.src, self.dst, self.protocol, self.sport, self.dport)
+        return shape, key & _shape_mask(shape)
+
+    def __str__(self) -> str:
+        src = _format_addr(self.version, self.src, self.src_mask)
+        dst = _format_addr(self.version, self.dst, self.dst_mask)
+        return (f"IPv{self.version} {src} -> {dst} proto {self.protocol or '*'} "
+                f"sport {self.sport or '*'} dport {self.dport or '*'}")
+
+
+def _shape_mask(shape: _Shape) -> int:
+    version, sm, dm, proto, sport, dport = shape
+    return _pack(version, sm, dm, 0xFF if proto else 0, 0xFFFF if sport else 0,
+                 0xFFFF if dport else 0)
+
+
+def _specificity_of_shape(shape: _Shape) -> Specificity:
+    _, sm, dm, proto, sport, dport = shape
+    return (sm.bit_count() + dm.bit_count(), int(sport or dport), int(proto), int(dport),
+            int(sport))
+
+
+def _position(bucket: tuple[Any, ...], handle: int) -> int:
+    """Index of ``handle`` in a bucket (handles sit at even positions; values are never compared,
+    so a value whose ``==`` is odd cannot confuse it)."""
+    for i in range(0, len(bucket), 2):
+        if bucket[i] == handle:
+            return i
+    raise AssertionError(f"handle {handle} missing from its bucket")
+
+
+class _Group:
+    """The filters of one shape: ``table`` maps a key (packed word & shape mask) to a bucket
+    ``(handle1, value1, handle2, value2, ...)``, handles ascending; ``probe`` is what a lookup
+    unpacks: ``(table.get, shape mask)``."""
+
+    __slots__ = ("probe", "specificity", "table")
+
+    def __init__(self, shape: _Shape) -> None:
+        self.table: dict[int, tuple[Any, ...]] = {}
+        self.probe = (self.table.get, _shape_mask(shape))
+        self.specificity = _specificity_of_shape(shape)
+
+
+class Classifier(Generic[T]):
+    """Outbound SA classifier: filters → values, most specific filter wins.
+
+    ``add`` returns a handle (a positive int, never reused); ``lookup`` returns the value of the
+    best matching filter or ``None``. See the module docstring for the specificity order, the
+    tie-break (lowest handle) and the thread-safety model (lock-free linearizable lookups,
+    serialised writers).
+    """
+
+    __slots__ = ("_filters", "_groups", "_lock", "_next_handle", "_seq", "_tiers4", "_tiers6")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0  # seqlock: odd while a writer is changing something readers can see
+        # Published tiers per version: a tuple (most specific first) of tuples of probes.
+        self._tiers4: tuple[tuple[tuple[Any, ...], ...], ...] = ()
+        self._tiers6: tuple[tuple[tuple[Any, ...], ...], ...] = ()
+        self._groups: dict[_Shape, _Group] = {}
+        self._filters: dict[int, Filter] = {}
+        self._next_handle = 1
+
+    def __len__(self) -> int:
+        return len(self._filters)
+
+    def __contains__(self, handle: object) -> bool:
+        return handle in self._filters
+
+    @property
+    def shape_count(self) -> int:
+        """Number of distinct shapes, i.e. the most dict probes a lookup can make."""
+        return len(self._groups)
+
+    def filter_of(self, handle: int) -> Filter:
+        """The filter installed under ``handle`` (KeyError if none)."""
+        return self._filters[handle]
+
+    # -- lookup ---------------------------------------------------------------------------------
+
+    def lookup(self, version: int, src: int, dst: int, protocol: int, sport: int,
+               dport: int) -> T | None:
+        """The value of the most specific filter matching the packet, or ``None``.
+
+        Addresses are integers of the packet's version; a packet without ports (not TCP, UDP,
+        SCTP...) passes 0, which only port wildcards match. Arguments are not validated, this is
+        the per-packet path: fields out of range (an address wider than the version, a protocol
+        above 255, a port above 65535) give an unspecified answer.
+        """
+        seq = self._seq
+        if version == 4:
+            tiers = self._tiers4
+            word = (src << 72) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
+        elif version == 6:
+            tiers = self._tiers6
+            word = (src << 168) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
+        else:
+            raise ConfigError("version", "must be 4 or 6")
+        found = None
+        for tier in tiers:
+            for get, mask in tier:
+                bucket = get(word & mask)
+                if bucket is not None and (found is None or bucket[0] < found[0]):
+                    found = bucket
+            if found is not None:
+                break
+        if seq == self._seq and not seq & 1:
+            return None if found is None else found[1]
+        # A writer ran alongside: look again with writers held off. While we hold the lock the
+        # counter is even and still, so the nested lookup cannot come back here.
+        with self._lock:
+            return self.lookup(version, src, dst, protocol, sport, dport)
+
+    # -- writers --------------------------------------------------------------------------------
+
+    def add(self, filter: Filter, value: T) -> int:
+        """Install ``filter`` with ``value``; return its handle."""
+        if not isinstance(filter, Filter):
+            raise ConfigError("filter", "must be a Filter")
+        shape, key = filter._shape_and_key()
+        with self._lock:
+            handle = self._next_handle
+            self._next_handle = handle + 1
+            self._seq += 1
+            try:
+                group = self._groups.get(shape)
+                if group is None:
+                    group = _Group(shape)
+                    group.table[key] = (handle, value)
+                    self._groups[shape] = group
+                    self._publish(shape[0])
+                else:
+                    old = group.table.get(key)
+                    # Handles only grow, so appending keeps the bucket sorted.
+                    group.table[key] = (handle, value) if old is None else old + (handle, value)
+                self._filters[handle] = filter
+            finally:
+                self._seq += 1
+        return handle
+
+    def remove(self, handle: int) -> T:
+        """Uninstall the filter ``handle``; return its value. KeyError for an unknown handle."""
+        with self._lock:
+            filter = self._filters[handle]
+            shape, key = filter._shape_and_key()
+            group = self._groups[shape]
+            bucket = group.table[key]
+            i = _position(bucket, handle)
+            value: T = bucket[i + 1]
+            rest = bucket[:i] + bucket[i + 2:]
+            self._seq += 1
+            try:
+                del self._filters[handle]
+                if rest:
+                    group.table[key] = rest
+                else:
+                    del group.table[key]
+                    if not group.table:
+                        del self._groups[shape]
+                        self._publish(shape[0])
+            finally:
+                self._seq += 1
+        return value
+
+    def replace(self, handle: int, value: T) -> T:
+        """Give the filter ``handle`` a new value in one step; return the old value.
+
+        A lookup sees either the old value or the new one, never anything in between (swap an
+        SA pair by passing the pair as one value). KeyError for an unknown handle.
+        """
+        with self._lock:
+            shape, key = self._filters[handle]._shape_and_key()
+            table = self._groups[shape].table
+            bucket = table[key]
+            i = _position(bucket, handle)
+            old: T = bucket[i + 1]
+            new = bucket[:i + 1] + (value,) + bucket[i + 2:]
+            self._seq += 1
+            try:
+                table[key] = new
+            finally:
+                self._seq += 1
+        return old
+
+    def _publish(self, version: int) -> None:
+        """Rebuild the tier tuple of ``version`` from the groups and publish it (lock held)."""
+        groups = sorted((g for s, g in self._groups.items() if s[0] == version),
+                        key=lambda g: g.specificity, reverse=True)
+        tiers: list[tuple[tuple[Any, ...], ...]] = []
+        i = 0
+        while i < len(groups):
+            j = i + 1
+            while j < len(groups) and groups[j].specificity == groups[i].specificity:
+                j += 1
+            tiers.append(tuple(g.probe for g in groups[i:j]))
+            i = j
+        if version == 4:
+            self._tiers4 = tuple(tiers)
+        else:
+            self._tiers6 = tuple(tiers)
+
+
+__all__ = ["Classifier", "Filter", "Specificity"]
