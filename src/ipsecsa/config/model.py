@@ -173,7 +173,7 @@ def _combined_mode(alg: EncryptionAlgorithm) -> bool:
     return bool(alg.aead) or alg.kind == "gmac"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SaConfig:
     """One security association, validated (see the module docstring).
 

@@ -52,16 +52,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from ipsecsa.crypto.transforms import make_ah_integrity
-from ipsecsa.datapath.esp import HELD, EspSA
-from ipsecsa.datapath.result import Result
+from ipsecsa.datapath.result import HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.tunnel import OuterV4, OuterV6
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum
-from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv4 import OPT_EOL, OPT_LSRR, OPT_NOP, OPT_SSRR, ipv4_ah_zero_mutable
 from ipsecsa.packet.ipv6 import (
     MAX_EXTENSION_HEADERS,
@@ -208,14 +205,22 @@ class AhSA(SecurityAssociation):
 
     PROTOCOL = "ah"
 
-    # Helpers identical for ESP and AH: selector checks, tunnel-mode delivery (inner validation,
-    # RFC 6040 ECN, selectors, accounting) and reassembly (which re-enters ``self._in_any``).
-    # They use only SecurityAssociation state plus ``_selectors``/``_reasm``, which _build sets,
-    # and belong in the base class; until they move there they are shared, not copied.
-    _selectors_ok: Callable[..., bool] = EspSA._selectors_ok
-    _inner_selectors_ok: Callable[..., bool] = EspSA._inner_selectors_ok
-    _deliver_tunnel: Callable[..., Result] = EspSA._deliver_tunnel
-    _reassemble: Callable[..., Result] = EspSA._reassemble
+    __slots__ = (
+        "_ahlen",
+        "_compute",
+        "_icv_end",
+        "_outer4",
+        "_outer6",
+        "_pad",
+        "_plen_field",
+        "_v6",
+        "_verify",
+        "_zero_field",
+        "_zero_icv",
+        "integrity",
+        "protect",
+        "unprotect",
+    )
 
     # ----------------------------------------------------------------- per-SA preparation
     def _build(self, iv_source: IvSource | None) -> None:
@@ -244,16 +249,10 @@ class AhSA(SecurityAssociation):
         self._zero_field = bytes(ahlen - AH_FIXED_LEN)
         #: The ICV alone zeroed, for the receiver (padding enters as received).
         self._zero_icv = bytes(icv)
-        self._selectors = tuple(c.selectors)
         src, dst = c.src.packed, c.dst.packed
         dscp = None if c.dscp == "copy" else c.dscp
         self._outer4 = OuterV4(src, dst, PROTO_AH, c.ttl, dscp, c.df) if not self._v6 else None
         self._outer6 = OuterV6(src, dst, PROTO_AH, c.ttl, dscp) if self._v6 else None
-        self._reasm: Reassembler | None = None
-        #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software:
-        #: ``send(head, ah_header_with_zero_icv, payload) -> wire bytes`` and
-        #: ``verify(packet, seq, covered, icv) -> bool``. IPv4 only (NDIS offload v1).
-        self._nic: Any = None
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":

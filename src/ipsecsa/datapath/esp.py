@@ -24,14 +24,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ipsecsa.crypto.transforms import make_esp_transform
-from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.state import SaState
 from ipsecsa.errors import DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum, pseudo_header_sum
-from ipsecsa.packet.ecn import ecn_decapsulate
-from ipsecsa.packet.flow import flow_of
-from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.packet.natt import UdpKind, classify_udp_payload
 from ipsecsa.packet.udp import build_udp
@@ -51,6 +48,8 @@ MAX_IPV4_LEN = 0xFFFF
 
 # --- precomputed tables -------------------------------------------------------------------
 _V4W = struct.Struct("!BBHHHBBHHHHH")
+#: An outer IPv4 header whose addresses are one pre-packed 8-byte field.
+_V4OUT = struct.Struct("!BBHHHBBH8s")
 _U32 = struct.Struct("!I").pack
 _SPI_SEQ = struct.Struct("!II")
 _H = struct.Struct("!H")
@@ -88,6 +87,37 @@ class EspSA(SecurityAssociation):
 
     PROTOCOL = "esp"
 
+    __slots__ = (
+        "_block",
+        "_bmask",
+        "_check_blocks",
+        "_df_fixed",
+        "_dport",
+        "_dscp",
+        "_dst",
+        "_encap",
+        "_icvlen",
+        "_ident",
+        "_ivlen",
+        "_min_esp",
+        "_o4addr",
+        "_o4proto",
+        "_o4sum",
+        "_open",
+        "_outer_extra",
+        "_overhead",
+        "_seal",
+        "_spi_b",
+        "_sport",
+        "_src",
+        "_tfc",
+        "_ttl",
+        "_v6",
+        "protect",
+        "transform",
+        "unprotect",
+    )
+
     # ----------------------------------------------------------------- per-SA preparation
     def _build(self, iv_source: IvSource | None) -> None:
         c = self.config
@@ -107,7 +137,6 @@ class EspSA(SecurityAssociation):
         self._overhead = ESP_HEADER_LEN + t.iv_len + t.icv_len
         self._min_esp = ESP_HEADER_LEN + t.iv_len + max(t.block_size, 4) + t.icv_len
         self._spi_b = _U32(c.spi)
-        self._selectors = tuple(c.selectors)
         self._tfc = c.tfc_padding if c.mode == "tunnel" else 0
         encap = c.encapsulation
         self._encap = encap
@@ -121,17 +150,11 @@ class EspSA(SecurityAssociation):
         self._df_fixed = None if c.df == "copy" else (0x4000 if c.df == "set" else 0)
         # Outer IPv4 header: the checksum contribution of everything constant, once per SA.
         self._o4proto = outer_proto
-        self._o4words = struct.unpack("!HHHH", src + dst) if not self._v6 else ()
-        self._o4sum = (0x45 << 8) + (c.ttl << 8) + outer_proto + sum(self._o4words)
+        self._o4addr = src + dst
+        self._o4sum = (0x45 << 8) + (c.ttl << 8) + outer_proto + (
+            sum(struct.unpack("!HHHH", src + dst)) if not self._v6 else 0)
         self._outer_extra = 20 + (8 if encap else 0)
         self._ident = 0
-        self._reasm: Reassembler | None = None
-        #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software.
-        #: ``send(header, esp_header, plaintext) -> wire bytes`` gets the packet with headers,
-        #: padding and sequence number in place; ``open(packet, esp_off, ct_off, end, seq) ->
-        #: plaintext | None`` verifies and decrypts. Only IPv4 paths consult it: NDIS IPsec
-        #: offload v1 is IPv4-only, and binding refuses IPv6 SAs.
-        self._nic: NicStep | None = None
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":
@@ -148,23 +171,6 @@ class EspSA(SecurityAssociation):
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
         iv, body = self._seal(esp_hdr, seq, payload + _TRAILER[pad << 8 | next_header])
         return seq, b"".join((esp_hdr, iv, body))
-
-    def _selectors_ok(self, version: int, src: bytes, dst: bytes, proto: int,
-                      l4: bytes | memoryview, l4_off: int) -> bool:
-        sport = dport = 0
-        if proto in PORT_PROTOCOLS and len(l4) >= l4_off + 4:
-            sport, dport = _PORTS.unpack_from(l4, l4_off)
-        for sel in self._selectors:
-            if sel.matches(version, src, dst, proto, sport, dport):
-                return True
-        return False
-
-    def _inner_selectors_ok(self, inner: bytes) -> bool:
-        f = flow_of(inner)
-        for sel in self._selectors:
-            if sel.matches(f.version, f.src, f.dst, f.protocol, f.sport, f.dport):
-                return True
-        return False
 
     # ----------------------------------------------------------------- outbound: transport
     def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
@@ -334,8 +340,8 @@ class EspSA(SecurityAssociation):
         s = self._o4sum + tos + total + ident + ff
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
-        hdr = _V4W.pack(0x45, tos, total, ident, ff, self._ttl, self._o4proto, ~s & 0xFFFF,
-                        *self._o4words)
+        hdr = _V4OUT.pack(0x45, tos, total, ident, ff, self._ttl, self._o4proto, ~s & 0xFFFF,
+                          self._o4addr)
         if self._encap is not None:
             hdr += _UDP.pack(self._sport, self._dport, elen + 8, 0)
         self.packets = p = self.packets + 1
@@ -489,61 +495,6 @@ class EspSA(SecurityAssociation):
             self._lifetime_crossed(now)
         return _new(Result, (hdr + payload, None))
 
-    def _deliver_tunnel(self, plain: bytes, dlen: int, next_header: int, outer_ecn: int,
-                        now: float | None) -> Result:
-        if next_header == PROTO_IPIP:
-            if dlen < 20 or plain[0] >> 4 != 4 or plain[0] & 15 < 5:
-                return self._drop(DropReason.BAD_INNER)
-            ilen = plain[2] << 8 | plain[3]
-            if ilen > dlen or ilen < (plain[0] & 15) << 2:
-                return self._drop(DropReason.BAD_INNER)
-            inner = plain[:ilen]
-            inner_ecn = plain[1] & 3
-        elif next_header == PROTO_IPV6:
-            if dlen < 40 or plain[0] >> 4 != 6:
-                return self._drop(DropReason.BAD_INNER)
-            ilen = 40 + (plain[4] << 8 | plain[5])
-            if ilen > dlen:
-                return self._drop(DropReason.BAD_INNER)
-            inner = plain[:ilen]
-            inner_ecn = (plain[1] >> 4) & 3
-        else:
-            return self._drop(DropReason.BAD_INNER)
-        if outer_ecn != inner_ecn:
-            ecn = ecn_decapsulate(outer_ecn, inner_ecn)
-            if ecn is None:
-                return self._drop(DropReason.ECN_DROP)
-            if ecn != inner_ecn:
-                inner = _set_ecn(inner, ecn)
-        if self._selectors:
-            try:
-                ok = self._inner_selectors_ok(inner)
-            except MalformedPacket as exc:
-                return self._drop(exc.reason)
-            if not ok:
-                return self._drop(DropReason.SELECTOR_MISMATCH)
-        self.packets = p = self.packets + 1
-        self.bytes = b = self.bytes + ilen
-        if p >= self._pmark or b >= self._bmark:
-            self._lifetime_crossed(now)
-        return _new(Result, (inner, None))
-
-    def _reassemble(self, pkt: bytes, now: float | None) -> Result:
-        """RFC 4303 §3.4.1: fragments are reassembled before ESP processing."""
-        if self._reasm is None:
-            self._reasm = Reassembler()
-        whole, reason = self._reasm.feed(pkt, _monotonic() if now is None else now)
-        if reason is not None:
-            return self._drop(reason)
-        if whole is None:
-            return HELD
-        return self._in_any(whole, now)
-
-
-#: The verdict for a fragment held until its datagram is complete: neither delivered nor dropped.
-HELD = Result(None, None)
-
-
 def _fix_l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes) -> bytes:
     """Recompute a TCP/UDP checksum over the addresses the packet now carries."""
     off = 16 if proto == PROTO_TCP else 6
@@ -561,20 +512,4 @@ def _fix_l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes) -> byte
     return bytes(seg)
 
 
-def _set_ecn(inner: bytes, ecn: int) -> bytes:
-    """Write ``ecn`` into an inner packet's ECN field (fixing the IPv4 header checksum)."""
-    buf = bytearray(inner)
-    if buf[0] >> 4 == 4:
-        old = buf[0] << 8 | buf[1]
-        buf[1] = (buf[1] & 0xFC) | ecn
-        new = buf[0] << 8 | buf[1]
-        csum = buf[10] << 8 | buf[11]
-        # RFC 1624 incremental update: HC' = ~(~HC + ~m + m')
-        s = _fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new)
-        _H.pack_into(buf, 10, ~s & 0xFFFF)
-    else:
-        buf[1] = (buf[1] & 0xCF) | (ecn << 4)
-    return bytes(buf)
-
-
-__all__ = ["DROPPED", "HELD", "PAD", "EspSA"]
+__all__ = ["DROPPED", "HELD", "PAD", "EspSA", "NicStep"]

@@ -35,9 +35,14 @@ class Limits:
     def of(cls, obj: object) -> Limits:
         """Accept any object with bytes/packets/seconds attributes (the config's Lifetime)."""
         if obj is None:
-            return cls()
-        return cls(getattr(obj, "bytes", None), getattr(obj, "packets", None),
-                   getattr(obj, "seconds", None))
+            return NO_LIMITS
+        limits = cls(getattr(obj, "bytes", None), getattr(obj, "packets", None),
+                     getattr(obj, "seconds", None))
+        return NO_LIMITS if limits == NO_LIMITS else limits
+
+
+#: The shared "no limit at all" (most SAs): immutable, so one object serves every SA.
+NO_LIMITS = Limits()
 
 
 def _lim(value: float | None) -> float:
@@ -121,3 +126,24 @@ class LifetimeMarks:
         """Seconds left to the soft and hard deadlines (for listings)."""
         return {"soft": None if self.soft_deadline == INF else self.soft_deadline,
                 "hard": None if self.hard_deadline == INF else self.hard_deadline}
+
+
+class _Unlimited(LifetimeMarks):
+    """The marks of an SA with no limits at all, shared by every such SA: its thresholds are
+    infinite, so ``crossed`` is never called and nothing in it ever changes."""
+
+    __slots__ = ()
+
+    def crossed(self, packets: int, nbytes: int, now: float | None
+                ) -> tuple[LifetimeKind | None, LifetimeKind | None]:
+        return None, None
+
+
+UNLIMITED = _Unlimited(NO_LIMITS, NO_LIMITS, 0.0)
+
+
+def lifetime_marks(soft: Limits, hard: Limits, installed: float) -> LifetimeMarks:
+    """The marks for an SA: the shared :data:`UNLIMITED` when it has no limits at all."""
+    if soft is NO_LIMITS and hard is NO_LIMITS:
+        return UNLIMITED
+    return LifetimeMarks(soft, hard, installed)

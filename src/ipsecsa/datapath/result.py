@@ -46,3 +46,7 @@ DROPPED: dict[DropReason, Result] = {reason: Result(None, reason) for reason in 
 def delivered(packet: bytes) -> Result:
     """A delivered packet (the fast constructor used on the per-packet path)."""
     return tuple.__new__(Result, (packet, None))
+
+
+#: The verdict for a fragment held until its datagram is complete: neither delivered nor dropped.
+HELD = Result(None, None)

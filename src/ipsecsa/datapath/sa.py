@@ -13,6 +13,7 @@ protocol, mode and family, so a packet call does no dispatching.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -26,11 +27,14 @@ from ipsecsa.datapath.events import (
     SequenceNumberExhausted,
     SoftLifetimeExpired,
 )
-from ipsecsa.datapath.lifetime import INF, LifetimeMarks, Limits
+from ipsecsa.datapath.lifetime import INF, Limits, lifetime_marks
 from ipsecsa.datapath.replay import ReplayWindow
-from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.state import USABLE, SaState, SaTrigger, next_state
-from ipsecsa.errors import DropReason
+from ipsecsa.errors import DropReason, MalformedPacket
+from ipsecsa.packet.ecn import ecn_decapsulate, set_ecn
+from ipsecsa.packet.flow import flow_of
+from ipsecsa.packet.fragment import Reassembler
 
 log = logging.getLogger("ipsecsa.sa")
 
@@ -42,6 +46,13 @@ MAX_SEQ_64 = 0xFFFFFFFFFFFFFFFF
 MAX_QUEUED_EVENTS = 1024
 
 IvSource = Callable[[int], bytes]
+
+PROTO_IPIP = 4    # tunnel mode: an IPv4 inner packet
+PROTO_IPV6 = 41   # tunnel mode: an IPv6 inner packet
+#: Upper-layer protocols whose first four bytes are the source and destination ports.
+PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite
+_PORTS = struct.Struct("!HH")
+_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,34 @@ class SecurityAssociation:
     #: The protocol this class implements ("esp" or "ah"); set by subclasses.
     PROTOCOL = ""
 
+    # Slotted to keep an installed SA small (the SA database holds millions); subclasses add
+    # their own per-SA fields and the ``protect``/``unprotect`` slots that shadow the methods.
+    __slots__ = (
+        "__weakref__",
+        "_bmark",
+        "_drops",
+        "_events",
+        "_life",
+        "_nic",
+        "_pmark",
+        "_reasm",
+        "_replay",
+        "_selectors",
+        "_seq",
+        "_seq_max",
+        "_slow",
+        "_state",
+        "_timed",
+        "_tmark",
+        "bytes",
+        "config",
+        "direction",
+        "esn",
+        "mode",
+        "packets",
+        "spi",
+    )
+
     def __init__(self, config: Any, *, now: float | None = None,
                  iv_source: IvSource | None = None) -> None:
         if config.protocol != self.PROTOCOL:
@@ -81,14 +120,23 @@ class SecurityAssociation:
         self.state = SaState.LARVAL
         self.packets = 0
         self.bytes = 0
-        self._drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
-        self._events: deque[SaEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
+        # Only reasons that occur get an entry, and the event queue exists once an event does:
+        # most SAs never drop a packet or expire, and each empty container costs memory.
+        self._drops: dict[DropReason, int] = {}
+        self._events: deque[SaEvent] | None = None
         self._seq_max = MAX_SEQ_64 if config.esn else MAX_SEQ_32
         #: Outbound: the last sequence number used (the next packet gets _seq + 1).
         self._seq: int = config.seq
-        self._replay = ReplayWindow(config.replay_window, config.esn, top=config.seq)
+        #: Inbound anti-replay; an outbound-only SA has none.
+        self._replay: ReplayWindow | None = (
+            None if config.direction == "outbound"
+            else ReplayWindow(config.replay_window, config.esn, top=config.seq))
+        self._selectors: tuple[Any, ...] = tuple(config.selectors)
+        self._reasm: Reassembler | None = None
+        #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software.
+        self._nic: Any = None
         installed = time.monotonic() if now is None else now
-        self._life = LifetimeMarks(Limits.of(config.soft), Limits.of(config.hard), installed)
+        self._life = lifetime_marks(Limits.of(config.soft), Limits.of(config.hard), installed)
         self._timed = self._life.timed
         self._refresh_marks()
         self._build(iv_source)
@@ -184,7 +232,8 @@ class SecurityAssociation:
 
     # ----------------------------------------------------------------- accounting
     def _drop(self, reason: DropReason) -> Result:
-        self._drops[reason] += 1
+        d = self._drops
+        d[reason] = d.get(reason, 0) + 1
         return DROPPED[reason]
 
     def _refresh_marks(self) -> None:
@@ -235,16 +284,18 @@ class SecurityAssociation:
 
     def _event(self, event: SaEvent) -> None:
         log.info("SA 0x%08x: %s", self.spi, type(event).__name__)
+        if self._events is None:
+            self._events = deque(maxlen=MAX_QUEUED_EVENTS)
         self._events.append(event)
 
     # ----------------------------------------------------------------- owner API
     @property
     def seq(self) -> int:
         """Outbound: the last sequence number used. Inbound: the highest one received."""
+        if self._replay is None:
+            return self._seq
         if self.direction == "inbound":
             return self._replay.top
-        if self.direction == "outbound":
-            return self._seq
         return max(self._seq, self._replay.top)
 
     @property
@@ -253,11 +304,12 @@ class SecurityAssociation:
 
     @property
     def counters(self) -> SaCounters:
-        return SaCounters(self.packets, self.bytes,
-                          {r: n for r, n in self._drops.items() if n})
+        return SaCounters(self.packets, self.bytes, dict(self._drops))
 
     def drain_events(self) -> list[SaEvent]:
         """Return and forget the queued events, oldest first."""
+        if not self._events:
+            return []
         events = list(self._events)
         self._events.clear()
         return events
@@ -277,6 +329,80 @@ class SecurityAssociation:
         """End the SA: every later packet is dropped as SA_UNUSABLE."""
         if self.state is not SaState.DEAD:
             self.state = next_state(self.state, SaTrigger.DELETE)
+
+    # ----------------------------------------------------------------- shared by ESP and AH
+    def _selectors_ok(self, version: int, src: bytes, dst: bytes, proto: int,
+                      l4: bytes | memoryview, l4_off: int) -> bool:
+        """Whether (src, dst, proto, ports at ``l4[l4_off:]``) is inside the SA's selectors."""
+        sport = dport = 0
+        if proto in PORT_PROTOCOLS and len(l4) >= l4_off + 4:
+            sport, dport = _PORTS.unpack_from(l4, l4_off)
+        for sel in self._selectors:
+            if sel.matches(version, src, dst, proto, sport, dport):
+                return True
+        return False
+
+    def _inner_selectors_ok(self, inner: bytes) -> bool:
+        """Selector check of a whole (inner) packet; raises MalformedPacket if it won't parse."""
+        f = flow_of(inner)
+        for sel in self._selectors:
+            if sel.matches(f.version, f.src, f.dst, f.protocol, f.sport, f.dport):
+                return True
+        return False
+
+    def _deliver_tunnel(self, plain: bytes, dlen: int, next_header: int, outer_ecn: int,
+                        now: float | None) -> Result:
+        """Tunnel mode, inbound: validate the inner packet in ``plain[:dlen]`` (anything after
+        its IP length is TFC padding, RFC 4303 §2.4), combine ECN (RFC 6040 §4.2), check the
+        selectors (RFC 4301 §5.2) and account for it."""
+        if next_header == PROTO_IPIP:
+            if dlen < 20 or plain[0] >> 4 != 4 or plain[0] & 15 < 5:
+                return self._drop(DropReason.BAD_INNER)
+            ilen = plain[2] << 8 | plain[3]
+            if ilen > dlen or ilen < (plain[0] & 15) << 2:
+                return self._drop(DropReason.BAD_INNER)
+            inner = plain[:ilen]
+            inner_ecn = plain[1] & 3
+        elif next_header == PROTO_IPV6:
+            if dlen < 40 or plain[0] >> 4 != 6:
+                return self._drop(DropReason.BAD_INNER)
+            ilen = 40 + (plain[4] << 8 | plain[5])
+            if ilen > dlen:
+                return self._drop(DropReason.BAD_INNER)
+            inner = plain[:ilen]
+            inner_ecn = (plain[1] >> 4) & 3
+        else:
+            return self._drop(DropReason.BAD_INNER)
+        if outer_ecn != inner_ecn:
+            ecn = ecn_decapsulate(outer_ecn, inner_ecn)
+            if ecn is None:
+                return self._drop(DropReason.ECN_DROP)
+            if ecn != inner_ecn:
+                inner = set_ecn(inner, ecn)
+        if self._selectors:
+            try:
+                ok = self._inner_selectors_ok(inner)
+            except MalformedPacket as exc:
+                return self._drop(exc.reason)
+            if not ok:
+                return self._drop(DropReason.SELECTOR_MISMATCH)
+        self.packets = p = self.packets + 1
+        self.bytes = b = self.bytes + ilen
+        if p >= self._pmark or b >= self._bmark:
+            self._lifetime_crossed(now)
+        return _new(Result, (inner, None))
+
+    def _reassemble(self, pkt: bytes, now: float | None) -> Result:
+        """RFC 4303 §3.4.1 / RFC 4302 §3.4.1: fragments are reassembled before IPsec
+        processing; the whole datagram then re-enters ``unprotect``."""
+        if self._reasm is None:
+            self._reasm = Reassembler()
+        whole, reason = self._reasm.feed(pkt, time.monotonic() if now is None else now)
+        if reason is not None:
+            return self._drop(reason)
+        if whole is None:
+            return HELD
+        return self.unprotect(whole, now)
 
     def describe(self) -> str:
         """A one-line description with no key material."""

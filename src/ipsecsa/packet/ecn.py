@@ -51,3 +51,22 @@ def ecn_decapsulate(outer_ecn: int, inner_ecn: int) -> int | None:
 
 
 __all__ = ["CE", "ECT0", "ECT1", "NOT_ECT", "ecn_decapsulate", "ecn_encapsulate"]
+
+
+def set_ecn(packet: bytes, ecn: int) -> bytes:
+    """``packet`` (IPv4 or IPv6) with its ECN field set to ``ecn``; an IPv4 header checksum is
+    updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m')), so nothing else is re-summed."""
+    buf = bytearray(packet)
+    if buf[0] >> 4 == 4:
+        old = buf[0] << 8 | buf[1]
+        buf[1] = (buf[1] & 0xFC) | ecn
+        new = buf[0] << 8 | buf[1]
+        csum = buf[10] << 8 | buf[11]
+        s = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        c = ~s & 0xFFFF
+        buf[10], buf[11] = c >> 8, c & 0xFF
+    else:
+        buf[1] = (buf[1] & 0xCF) | (ecn << 4)
+    return bytes(buf)

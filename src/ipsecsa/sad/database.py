@@ -1,0 +1,481 @@
+"""The SA database (SAD): where both front doors (NDIS OIDs, the SA-context API) install SAs and
+where the data path finds them.
+
+* **Inbound** lookup is one dict probe on ``(SPI, IPsec protocol, destination address)`` — the
+  triple RFC 4301 §4.1 identifies an SA by, and the NDIS rule that SPIs are unique per
+  (destination, protocol) (reference A.1).
+* **Outbound** classification matches a packet's (src, dst, protocol, sport, dport) against
+  NDIS-style filters (a zero field is a wildcard) with the tuple-space classifier of
+  :mod:`ipsecsa.sad.classifier`: most specific filter wins, ties to the oldest.
+* **Bundles** of one or two SAs: outbound order is the order the NDIS ``SecAssoc`` array gives —
+  ESP (ENCRYPT) first, then AH (AUTHENTICATE) — so the wire packet is ``[IP][AH][ESP]...``;
+  inbound processing peels them in the reverse order.
+* **Atomic updates**: writers are serialised by a lock; every change a lookup can observe is one
+  reference store (a dict item, a classifier bucket), and multi-key changes are ordered so that
+  a concurrent lookup sees the old state or the new one, never a half-built entry: inner keys are
+  published before the outermost one on add and withdrawn after it on delete.
+
+The per-packet entry points :meth:`SaDatabase.outbound` and :meth:`SaDatabase.inbound` never raise
+for packet contents; what no SA is known for is counted in the database's own drop counters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsecsa.datapath.esp import HELD
+from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.sa import SecurityAssociation
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
+from ipsecsa.packet.fragment import Reassembler, is_fragment
+from ipsecsa.packet.ipv6 import parse_ipv6_chain
+from ipsecsa.packet.natt import NATT_PORT, NON_ESP_MARKER
+from ipsecsa.sad.classifier import Classifier, Filter
+
+PROTO_ESP = 50
+PROTO_AH = 51
+PROTO_UDP = 17
+_PROTO_NUMBER = {"esp": PROTO_ESP, "ah": PROTO_AH}
+_U32 = struct.Struct("!I")
+# IPv4 fixed header with both addresses as integers: ver/ihl, total length, flags/fragment
+# offset, protocol, source, destination.
+_V4 = struct.Struct("!BxHxxHxBxxII")
+_PORTS = struct.Struct("!HH")
+_V6_FLAG = 1 << 40
+
+
+class SadError(ConfigError):
+    """An SA database operation was refused (duplicate SPI, unknown handle, bad bundle)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """One or two SAs applied together, in outbound order: ESP first, then AH (reference A.3).
+
+    In a two-SA bundle AH protects the packet ESP produced, so it is a transport-mode SA between
+    the same two addresses as the ESP SA (the hosts, or the tunnel endpoints when the ESP SA is
+    in tunnel mode): the wire packet is ``[IP][AH][ESP]...`` (reference A.1). UDP encapsulation
+    is refused in a two-SA bundle: AH covers the addresses a NAT rewrites, and NDIS defines no
+    UDP-ESP subtype with AH (reference A.7)."""
+
+    sas: tuple[SecurityAssociation, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sas) not in (1, 2):
+            raise SadError("bundle", f"a bundle holds 1 or 2 SAs, not {len(self.sas)}")
+        if len(self.sas) == 2:
+            esp, ah = self.sas
+            if (esp.PROTOCOL, ah.PROTOCOL) != ("esp", "ah"):
+                raise SadError("bundle", "a two-SA bundle is ESP then AH (the only combination "
+                                         "NDIS IPsec offload defines)")
+            if esp.direction != ah.direction:
+                raise SadError("bundle", "the SAs of a bundle go the same direction")
+            if ah.mode != "transport":
+                raise SadError("bundle", "the AH SA of a bundle is in transport mode: it "
+                                         "authenticates the packet ESP built ([IP][AH][ESP])")
+            if (esp.config.src, esp.config.dst) != (ah.config.src, ah.config.dst):
+                raise SadError("bundle", "the AH SA of a bundle runs between the same addresses "
+                                         "as the ESP SA (its tunnel endpoints in tunnel mode)")
+            if esp.config.encapsulation is not None:
+                raise SadError("bundle", "UDP encapsulation cannot be bundled with AH")
+
+    @classmethod
+    def of(cls, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation]) -> Bundle:
+        if isinstance(sas, Bundle):
+            return sas
+        if isinstance(sas, SecurityAssociation):
+            return cls((sas,))
+        return cls(tuple(sas))
+
+    @property
+    def outermost(self) -> SecurityAssociation:
+        """The SA whose header is outermost on the wire (the last one applied outbound)."""
+        return self.sas[-1]
+
+    def __repr__(self) -> str:
+        return "Bundle(" + " + ".join(f"{sa.PROTOCOL}:0x{sa.spi:08x}" for sa in self.sas) + ")"
+
+
+@dataclass(slots=True)
+class _Installed:
+    direction: str
+    bundle: Bundle
+    filter_handles: tuple[int, ...] = ()
+    keys: tuple[int, ...] = ()
+    encap_ports: tuple[int, ...] = ()
+
+
+def _inbound_key(spi: int, protocol: int, dst: bytes) -> int:
+    """The inbound index key of (SPI, protocol, destination address bytes): one int,
+    ``dst ‖ v6 flag ‖ protocol (8) ‖ SPI (32)`` (one object to hash and compare per lookup)."""
+    key = int.from_bytes(dst, "big") << 41 | protocol << 32 | spi
+    return key | _V6_FLAG if len(dst) == 16 else key
+
+
+def _key(sa: SecurityAssociation) -> int:
+    return _inbound_key(sa.spi, _PROTO_NUMBER[sa.PROTOCOL], sa.config.dst.packed)
+
+
+def _describe_key(key: int) -> str:
+    spi, proto = key & 0xFFFFFFFF, key >> 32 & 0xFF
+    dst = key >> 41
+    addr = ipaddress.IPv6Address(dst) if key & _V6_FLAG else ipaddress.IPv4Address(dst)
+    return f"SPI 0x{spi:08x}, protocol {proto} and destination {addr}"
+
+
+def _all_ones(version: int) -> int:
+    return (1 << (32 if version == 4 else 128)) - 1
+
+
+def filters_for(bundle: Bundle) -> list[Filter]:
+    """The outbound filters a bundle covers, from its first SA's selectors (the traffic before
+    any IPsec header is added).
+
+    * **Transport mode**: the packets are the hosts' own, so every filter is between the SA's
+      two addresses; a selector adds its protocol and ports. A selector whose prefix leaves out
+      one of the hosts can match no packet of this SA and is skipped (all skipped: SadError).
+    * **Tunnel mode**: a selector's prefixes select inner addresses; a selector without prefixes
+      matches both families (one filter each). No selectors: everything (one filter per family).
+    """
+    sa = bundle.sas[0]
+    src, dst = sa.config.src, sa.config.dst
+    sels = sa.config.selectors
+    out: list[Filter] = []
+    if sa.mode == "transport":
+        version, ones = src.version, _all_ones(src.version)
+        if not sels:
+            return [Filter(version, int(src), ones, int(dst), ones, 0, 0, 0)]
+        for sel in sels:
+            if (sel.src is not None and src not in sel.src) or \
+                    (sel.dst is not None and dst not in sel.dst):
+                continue
+            out.append(Filter(version, int(src), ones, int(dst), ones, sel.protocol, sel.sport,
+                              sel.dport))
+        if not out:
+            raise SadError("selectors", f"no selector of transport SA 0x{sa.spi:08x} covers its "
+                                        f"own addresses {src} -> {dst}")
+        return out
+    if not sels:
+        return [Filter(4, 0, 0, 0, 0), Filter(6, 0, 0, 0, 0)]
+    for sel in sels:
+        versions = (sel.version,) if sel.version else (4, 6)
+        out.extend(Filter.from_selector(sel, v) for v in versions)
+    return out
+
+
+@dataclass
+class SadCounters:
+    """Drops the database counts itself: packets for which no SA is known."""
+
+    drops: dict[DropReason, int] = field(default_factory=dict)
+
+
+def _check_direction(bundle: Bundle, direction: str) -> None:
+    for sa in bundle.sas:
+        if sa.direction != direction:
+            raise SadError("direction", f"SA 0x{sa.spi:08x} is "
+                                        f"{sa.direction or 'not directed'}, not {direction}")
+
+
+class SaDatabase:
+    """The SA database. Thread-safe: lookups and the per-packet entry points may run in any
+    number of threads alongside writers (which are serialised)."""
+
+    def __init__(self, *, reassembly: Reassembler | None = None) -> None:
+        self._lock = threading.Lock()
+        # Inbound: key (see _inbound_key) -> the SA of a one-SA bundle, or (SA, bundle, index)
+        # for an SA of a two-SA bundle.
+        self._inbound: dict[int, Any] = {}
+        self._outbound: Classifier[Bundle] = Classifier()
+        self._installed: dict[int, _Installed] = {}
+        self._handles = itertools.count(1)
+        self._encap_ports: dict[int, int] = {}  # port -> number of inbound SAs using it
+        self._reasm = reassembly or Reassembler()
+        self._reasm_lock = threading.Lock()
+        self._drops: dict[DropReason, int] = {}
+        self._drops_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- installing
+    def add_outbound(self, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation],
+                     filters: Iterable[Filter] | None = None) -> int:
+        """Install an outbound bundle for ``filters`` (default: :func:`filters_for` it).
+        Returns a handle for :meth:`delete` / :meth:`replace`."""
+        bundle = Bundle.of(sas)
+        _check_direction(bundle, "outbound")
+        flts = list(filters) if filters is not None else filters_for(bundle)
+        if not flts:
+            raise SadError("filters", "an outbound bundle needs at least one filter")
+        for f in flts:
+            if not isinstance(f, Filter):
+                raise SadError("filters", f"not a Filter: {f!r}")
+        with self._lock:
+            # Each filter is its own classifier entry; a lookup sees each one fully installed.
+            fh = tuple(self._outbound.add(f, bundle) for f in flts)
+            handle = next(self._handles)
+            self._installed[handle] = _Installed("outbound", bundle, filter_handles=fh)
+        return handle
+
+    def add_inbound(self, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation]
+                    ) -> int:
+        """Install an inbound bundle, found by (SPI, protocol, destination) of each of its SAs.
+        A key already installed is refused (SPIs are unique per destination and protocol) and
+        nothing changes."""
+        bundle = Bundle.of(sas)
+        _check_direction(bundle, "inbound")
+        keys = tuple(_key(sa) for sa in bundle.sas)
+        if len(set(keys)) != len(keys):
+            raise SadError("spi", "the SAs of one bundle need distinct SPIs")
+        ports = _encap_ports(bundle)
+        with self._lock:
+            for k in keys:
+                if k in self._inbound:
+                    raise SadError("spi", f"an inbound SA with {_describe_key(k)} is already "
+                                          "installed")
+            self._publish_inbound(bundle, keys)
+            self._count_ports(ports, 1)
+            handle = next(self._handles)
+            self._installed[handle] = _Installed("inbound", bundle, keys=keys, encap_ports=ports)
+        return handle
+
+    def _publish_inbound(self, bundle: Bundle, keys: tuple[int, ...]) -> None:
+        """Publish a bundle's keys, inner SAs first (index 0 = ESP), the outermost last: a
+        concurrent lookup finds the bundle only once every part of it is in place (lock held)."""
+        if len(keys) == 1:
+            self._inbound[keys[0]] = bundle.sas[0]
+        else:
+            for i, k in enumerate(keys):
+                self._inbound[k] = (bundle.sas[i], bundle, i)
+
+    def _count_ports(self, ports: tuple[int, ...], step: int) -> None:
+        # Ports are added before the keys that need them go live and removed after (lock held).
+        for p in ports:
+            left = self._encap_ports.get(p, 0) + step
+            if left:
+                self._encap_ports[p] = left
+            else:
+                del self._encap_ports[p]
+
+    def delete(self, handle: int) -> Bundle:
+        """Remove what ``handle`` installed; returns its bundle."""
+        with self._lock:
+            inst = self._installed.pop(handle, None)
+            if inst is None:
+                raise SadError("handle", f"no SA database entry with handle {handle}")
+            for fh in inst.filter_handles:
+                self._outbound.remove(fh)
+            for k in reversed(inst.keys):  # outermost first: no lookup lands on a half bundle
+                del self._inbound[k]
+            self._count_ports(inst.encap_ports, -1)
+        return inst.bundle
+
+    def replace(self, handle: int,
+                sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation]) -> Bundle:
+        """Swap the bundle behind ``handle`` atomically (a rekey): lookups see the old bundle or
+        the new one. Outbound, the entry keeps its filters. Inbound, the new SAs' keys are
+        published (inner first) before the old ones are withdrawn (outermost first), so packets
+        on either SPI are found throughout and no lookup finds half a bundle. Returns the old
+        bundle; on error nothing changes."""
+        new = Bundle.of(sas)
+        with self._lock:
+            inst = self._installed.get(handle)
+            if inst is None:
+                raise SadError("handle", f"no SA database entry with handle {handle}")
+            _check_direction(new, inst.direction)
+            if inst.direction == "outbound":
+                for fh in inst.filter_handles:
+                    self._outbound.replace(fh, new)
+            else:
+                keys = tuple(_key(sa) for sa in new.sas)
+                if len(set(keys)) != len(keys):
+                    raise SadError("spi", "the SAs of one bundle need distinct SPIs")
+                for k in keys:
+                    if k in self._inbound and k not in inst.keys:
+                        raise SadError("spi", f"an inbound SA with {_describe_key(k)} is "
+                                              "already installed")
+                ports = _encap_ports(new)
+                self._count_ports(ports, 1)
+                self._publish_inbound(new, keys)
+                for k in reversed(inst.keys):
+                    if k not in keys:
+                        del self._inbound[k]
+                self._count_ports(inst.encap_ports, -1)
+                inst.keys, inst.encap_ports = keys, ports
+            old = inst.bundle
+            inst.bundle = new
+        return old
+
+    # ----------------------------------------------------------------- lookups
+    def lookup_inbound(self, spi: int, protocol: int,
+                       dst: bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+                       ) -> SecurityAssociation | None:
+        """The inbound SA for (SPI, IP protocol number, destination address), O(1). The
+        destination is its 4 or 16 network-order bytes (or an ipaddress object)."""
+        if type(dst) is not bytes:
+            dst = dst.packed  # type: ignore[union-attr]
+        key = int.from_bytes(dst, "big") << 41 | protocol << 32 | spi
+        hit = self._inbound.get(key | _V6_FLAG if len(dst) == 16 else key)
+        if type(hit) is tuple:
+            return hit[0]
+        return hit
+
+    def lookup_bundle(self, spi: int, protocol: int, dst: bytes) -> tuple[Bundle, int] | None:
+        """The installed inbound bundle an SA key belongs to and the SA's index in it."""
+        hit = self._inbound.get(_inbound_key(spi, protocol, dst))
+        if hit is None:
+            return None
+        if type(hit) is tuple:
+            return hit[1], hit[2]
+        return Bundle((hit,)), 0
+
+    def classify(self, packet: bytes) -> Bundle | None:
+        """The outbound bundle whose filter covers ``packet`` (None: no policy).
+        Raises MalformedPacket for packets that do not parse."""
+        if len(packet) >= 24 and packet[0] == 0x45:
+            # IPv4 without options (the common case), parsed here; everything else by flow_of.
+            _, tlen, frag, proto, src, dst = _V4.unpack_from(packet)
+            if 24 <= tlen <= len(packet):
+                if proto in PORTED_PROTOCOLS and not frag & 0x1FFF:
+                    sport, dport = _PORTS.unpack_from(packet, 20)
+                else:
+                    sport = dport = 0
+                return self._outbound.lookup(4, src, dst, proto, sport, dport)
+        f = flow_of(packet)
+        return self._outbound.lookup(f.version, int.from_bytes(f.src, "big"),
+                                     int.from_bytes(f.dst, "big"), f.protocol, f.sport, f.dport)
+
+    def __len__(self) -> int:
+        return len(self._installed)
+
+    def __iter__(self) -> Iterator[tuple[int, str, Bundle]]:
+        for handle, inst in list(self._installed.items()):
+            yield handle, inst.direction, inst.bundle
+
+    @property
+    def drops(self) -> dict[DropReason, int]:
+        """Packets dropped before any SA was known, by reason."""
+        with self._drops_lock:
+            return dict(self._drops)
+
+    def _drop(self, reason: DropReason) -> Result:
+        with self._drops_lock:  # a read-modify-write: two threads must not lose a count
+            self._drops[reason] = self._drops.get(reason, 0) + 1
+        return DROPPED[reason]
+
+    # ----------------------------------------------------------------- the data path
+    def outbound(self, packet: bytes, now: float | None = None) -> Result:
+        """Classify ``packet`` and apply its bundle (ESP, then AH). Unmatched → NO_POLICY."""
+        try:
+            bundle = self.classify(packet)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        if bundle is None:
+            return self._drop(DropReason.NO_POLICY)
+        sas = bundle.sas
+        result = sas[0].protect(packet, now)
+        if len(sas) == 2 and result[0] is not None:
+            result = sas[1].protect(result[0], now)
+        return result
+
+    def inbound(self, packet: bytes, now: float | None = None) -> Result:
+        """Find the SA of an arriving IPsec packet by its outermost SPI and remove the bundle's
+        protection (AH, then ESP). Fragments are reassembled first (RFC 4303 §3.4.1)."""
+        try:
+            hit = self._locate(packet)
+        except MalformedPacket as exc:
+            return self._drop(exc.reason)
+        if type(hit) is DropReason:
+            return self._drop(hit)
+        if hit is None:  # a fragment
+            with self._reasm_lock:
+                whole, reason = self._reasm.feed(packet,
+                                                 time.monotonic() if now is None else now)
+            if reason is not None:
+                return self._drop(reason)
+            if whole is None:
+                return HELD
+            return self.inbound(whole, now)
+        if type(hit) is not tuple:  # the SA of a one-SA bundle
+            return hit.unprotect(packet, now)
+        sa, bundle, index = hit
+        # Peel from the outermost SA inwards; a lone inner SA of a bundle (index 0 of 2) means
+        # the outer protection is missing: refuse, the policy requires both (counted by the
+        # database: the SA never saw the packet).
+        if index != 1:
+            return self._drop(DropReason.SELECTOR_MISMATCH)
+        result = sa.unprotect(packet, now)
+        if result[0] is not None:
+            # The inner SA checks the SPI of what AH covered (BAD_SPI if it is not its own).
+            result = bundle.sas[0].unprotect(result[0], now)
+        return result
+
+    def _locate(self, packet: bytes) -> Any:
+        """The index entry of the packet's outermost IPsec header; None for a fragment that
+        must be reassembled first; a DropReason when no SA applies."""
+        n = len(packet)
+        if n < 20:
+            return DropReason.TRUNCATED
+        version = packet[0] >> 4
+        if version == 4:
+            vihl, tlen, ff, proto, _src, dst = _V4.unpack_from(packet)
+            ihl = (vihl & 15) << 2
+            if ihl < 20 or tlen < ihl:
+                return DropReason.MALFORMED
+            if tlen > n:
+                return DropReason.TRUNCATED
+            if ff & 0x3FFF:
+                return None
+            off, end, v6 = ihl, tlen, 0
+        elif version == 6:
+            ch = parse_ipv6_chain(packet, stop_at_ipsec=True)
+            if ch.fragment is not None:
+                return None
+            proto, off, end = ch.upper_protocol, ch.upper_offset, 40 + ch.payload_length
+            dst, v6 = int.from_bytes(ch.dst, "big"), _V6_FLAG
+        else:
+            return DropReason.MALFORMED
+        if proto == PROTO_ESP:
+            if end - off < 8:
+                return DropReason.TRUNCATED
+        elif proto == PROTO_AH:
+            if end - off < 12:
+                return DropReason.TRUNCATED
+            off += 4
+        elif proto == PROTO_UDP:
+            if end - off < 8:
+                return DropReason.TRUNCATED
+            dport = packet[off + 2] << 8 | packet[off + 3]
+            if dport != NATT_PORT and dport not in self._encap_ports:
+                return DropReason.WRONG_PROTOCOL
+            # RFC 3948 §2 on the payload (read in place: no copy of it).
+            off += 8
+            size = end - off
+            if size == 1:
+                return DropReason.NATT_KEEPALIVE if packet[off] == 0xFF else DropReason.TRUNCATED
+            if size >= 4 and packet[off:off + 4] == NON_ESP_MARKER:
+                return DropReason.NON_ESP_MARKER
+            if size < 8:
+                return DropReason.TRUNCATED
+            proto = PROTO_ESP
+        else:
+            return DropReason.WRONG_PROTOCOL
+        spi = _U32.unpack_from(packet, off)[0]
+        hit = self._inbound.get(dst << 41 | v6 | proto << 32 | spi)
+        if hit is None:
+            return DropReason.BAD_SPI
+        return hit
+
+
+def _encap_ports(bundle: Bundle) -> tuple[int, ...]:
+    return tuple(sa.config.encapsulation.dport for sa in bundle.sas
+                 if sa.config.encapsulation is not None)
+
+
+__all__ = ["Bundle", "SaDatabase", "SadCounters", "SadError", "filters_for", "is_fragment"]
