@@ -31,7 +31,7 @@ class ConfigError(IpsecsaError, ValueError):
         self.reason = message
         super().__init__(f"{field}: {message}")
 
-    def at(self, prefix: str) -> "ConfigError":
+    def at(self, prefix: str) -> ConfigError:
         """Return a copy of this error with ``prefix`` prepended to the field path."""
         field = f"{prefix}.{self.field}" if self.field else prefix
         err = type(self).__new__(type(self))
@@ -60,7 +60,7 @@ class MalformedPacket(Exception):
 
     __slots__ = ("reason",)
 
-    def __init__(self, reason: "DropReason", detail: str = "") -> None:
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
 
@@ -111,6 +111,8 @@ class DropReason(enum.Enum):
     NON_ESP_MARKER = "non_esp_marker"
     #: Bad UDP length or checksum on a UDP-encapsulated ESP packet.
     BAD_UDP = "bad_udp"
+    #: The outer IPv4 header checksum does not verify (RFC 791): corrupted in transit.
+    BAD_CHECKSUM = "bad_checksum"
     #: Packet too big for the path after encapsulation, with DF set.
     TOO_BIG = "too_big"
     #: The SA is administratively not usable (deleted, or direction does not allow the operation).

@@ -23,6 +23,7 @@ from ipsecsa.datapath.result import Result
 from ipsecsa.datapath.state import SaState
 from ipsecsa.errors import DropReason
 from ipsecsa.packet.checksum import internet_checksum
+from ipsecsa.packet.udp import udp_checksum
 
 HELD = Result(None, None)
 ESP = 50
@@ -558,6 +559,10 @@ def test_46_ipv6_transport_mode_through_an_address_rewrite(l4: str, dest_opts: b
     pkt = bytes(head / layer / Raw(b"v6 payload"))
     prot = bytearray(out.protect(pkt).packet)
     prot[8:24] = ipaddress.IPv6Address("2001:db8:aaaa::5").packed
+    # The rewriting box also fixes the outer UDP checksum, which covers the addresses over IPv6
+    # (RFC 8200 §8.1); the receiver verifies it.
+    prot[46:48] = udp_checksum(bytes(prot[8:24]), bytes(prot[24:40]), bytes(prot[40:])).to_bytes(
+        2, "big")
     res = inb.unprotect(bytes(prot))
     assert res.ok
     got = IPv6(res.packet)
@@ -807,3 +812,39 @@ def test_80_keys_never_shown(kw: dict, caplog: pytest.LogCaptureFixture) -> None
     assert exported["encryption"]["key"] == kw["encryption"]["key"]
     if "integrity" in kw:
         assert exported["integrity"]["key"] == kw["integrity"]["key"]
+
+
+# ================================================================ outer header checks
+
+
+@pytest.mark.parametrize("protocol", ["esp", "ah"])
+def test_80_bad_outer_ipv4_checksum_is_dropped(protocol: str) -> None:
+    """RFC 1122 §3.2.1.2: a datagram whose header checksum fails is discarded, before any
+    IPsec processing (so it can neither consume nor probe the replay window)."""
+    if protocol == "esp":
+        out, inb = pair()
+    else:
+        cfg = {"spi": 0x2001, "protocol": "ah", "src": V4[0], "dst": V4[1],
+               "integrity": {"algorithm": "hmac-sha256-128", "key": "11" * 32}}
+        out = SecurityAssociation.from_dict(dict(cfg, direction="outbound"))
+        inb = SecurityAssociation.from_dict(dict(cfg, direction="inbound"))
+    pkt = v4(b"checksum")
+    wire = bytearray(out.protect(pkt).packet)
+    wire[8] -= 1  # a TTL decrement without the checksum update a router owes
+    assert inb.unprotect(bytes(wire)).drop is DropReason.BAD_CHECKSUM
+    fix_v4_checksum(wire)
+    assert inb.unprotect(bytes(wire)).packet is not None
+
+
+def test_81_ipv6_esp_in_udp_checksum_is_verified() -> None:
+    """RFC 8200 §8.1: over IPv6 a zero or wrong UDP checksum is discarded (RFC 3948's zero
+    checksum is an IPv4 allowance)."""
+    out, inb = pair(src=V6[0], dst=V6[1], encapsulation=ENCAP)
+    wire = out.protect(bytes(IPv6(src=V6[0], dst=V6[1]) / UDP(sport=1, dport=2) / b"x")).packet
+    zero = bytearray(wire)
+    zero[46:48] = b"\0\0"
+    assert inb.unprotect(bytes(zero)).drop is DropReason.BAD_UDP
+    wrong = bytearray(wire)
+    wrong[47] ^= 1
+    assert inb.unprotect(bytes(wrong)).drop is DropReason.BAD_UDP
+    assert inb.unprotect(wire).ok

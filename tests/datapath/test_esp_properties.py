@@ -240,7 +240,7 @@ _HEADER_REASONS = frozenset({
     DropReason.TRUNCATED, DropReason.MALFORMED, DropReason.WRONG_PROTOCOL, DropReason.BAD_SPI,
     DropReason.ICV_FAILURE, DropReason.BAD_LENGTH, DropReason.BAD_UDP, DropReason.REPLAY,
     DropReason.NATT_KEEPALIVE, DropReason.NON_ESP_MARKER, DropReason.FRAGMENT,
-    DropReason.ECN_DROP,
+    DropReason.ECN_DROP, DropReason.BAD_CHECKSUM,  # IPv4 header checksum (RFC 1122 §3.2.1.2)
 })
 
 
@@ -364,7 +364,9 @@ def check_flip(params: SaParams, inb: SecurityAssociation, original: bytes, prot
                             DropReason.NON_ESP_MARKER}, (res, bit)
         return inb
     if lay.spi[0] <= byte < lay.spi[1]:
-        assert res.drop is DropReason.BAD_SPI, (res, bit)
+        # Over IPv6 the UDP checksum covers the SPI and is checked first.
+        assert res.drop is DropReason.BAD_SPI or (v6_udp and res.drop is DropReason.BAD_UDP), (
+            res, bit)
         return inb
     allowed = {DropReason.ICV_FAILURE}
     if v6_udp:
@@ -376,7 +378,7 @@ def check_flip(params: SaParams, inb: SecurityAssociation, original: bytes, prot
         seq_lo = int.from_bytes(flip(protected, bit)[lay.seq[0]:lay.seq[1]], "big")
         probe = params.inbound()
         if probe._replay.check(seq_lo) is None:
-            allowed = {DropReason.REPLAY}
+            allowed = {DropReason.REPLAY} | ({DropReason.BAD_UDP} if v6_udp else set())
     assert res.drop in allowed, (res, bit, lay)
     assert inb.seq == expected_top
     return inb

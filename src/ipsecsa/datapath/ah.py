@@ -59,7 +59,14 @@ from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.tunnel import OuterV4, OuterV6
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum
-from ipsecsa.packet.ipv4 import OPT_EOL, OPT_LSRR, OPT_NOP, OPT_SSRR, ipv4_ah_zero_mutable
+from ipsecsa.packet.ipv4 import (
+    OPT_EOL,
+    OPT_LSRR,
+    OPT_NOP,
+    OPT_SSRR,
+    header_checksum_ok,
+    ipv4_ah_zero_mutable,
+)
 from ipsecsa.packet.ipv6 import (
     MAX_EXTENSION_HEADERS,
     OPT_MAY_CHANGE,
@@ -419,6 +426,8 @@ class AhSA(SecurityAssociation):
                 off = (vihl & 15) << 2
                 if off < IPV4_HEADER_LEN or tlen < off or tlen > len(pkt):
                     return self._drop(DropReason.MALFORMED)
+                if not header_checksum_ok(pkt, off):
+                    return self._drop(DropReason.BAD_CHECKSUM)
                 if ff & 0x3FFF:
                     return self._reassemble(pkt, now)
                 if proto != PROTO_AH:

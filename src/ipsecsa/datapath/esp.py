@@ -31,7 +31,7 @@ from ipsecsa.errors import DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum, pseudo_header_sum
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.packet.natt import UdpKind, classify_udp_payload
-from ipsecsa.packet.udp import build_udp
+from ipsecsa.packet.udp import build_udp, udp_checksum
 
 # --- specification constants -------------------------------------------------------------
 PROTO_IPIP = 4         # IPv4 inner packet (tunnel mode next header)
@@ -200,19 +200,18 @@ class EspSA(SecurityAssociation):
             return self._drop(DropReason.SELECTOR_MISMATCH)
         plen = tlen - ihl
         pad = -(plen + 2) & self._bmask
-        seq = self._seq + 1
-        self._seq = seq
-        esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
-        plain = pkt[ihl:tlen] + _TRAILER[pad << 8 | proto]
         new_len = ihl + self._overhead + plen + 2 + pad
         if self._encap is not None:
             new_len += 8
             out_proto = PROTO_UDP
         else:
             out_proto = PROTO_ESP
-        if new_len > MAX_IPV4_LEN:
-            self._unsent(seq, now)
+        if new_len > MAX_IPV4_LEN:  # decided before a sequence number is spent
             return self._drop(DropReason.TOO_BIG)
+        seq = self._seq + 1
+        self._seq = seq
+        esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
+        plain = pkt[ihl:tlen] + _TRAILER[pad << 8 | proto]
         s = (vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + out_proto + s1 + s2 + d1 + d2
         if ihl > 20:
             s += ones_sum(pkt[20:ihl])
@@ -248,21 +247,19 @@ class EspSA(SecurityAssociation):
         if self._selectors and not self._selectors_ok(6, ch.src, ch.dst, ch.upper_protocol,
                                                       pkt[:end], ch.upper_offset):
             return self._drop(DropReason.SELECTOR_MISMATCH)
+        dlen = end - ins
+        esp_len = self._overhead + dlen + 2 + (-(dlen + 2) & self._bmask)
+        udp_len = 8 if self._encap is not None else 0
+        if ins - 40 + udp_len + esp_len > 0xFFFF:  # decided before a sequence number is spent
+            return self._drop(DropReason.TOO_BIG)
         seq, esp = self._encrypt(pkt[ins:end], next_header)
         head = bytearray(pkt[:ins])
         if self._encap is not None:
-            if len(esp) + 8 > 0xFFFF:
-                self._unsent(seq, now)
-                return self._drop(DropReason.TOO_BIG)
             esp = build_udp(ch.src, ch.dst, self._sport, self._dport, esp)
             head[nh_off] = PROTO_UDP
         else:
             head[nh_off] = PROTO_ESP
-        plen = ins - 40 + len(esp)
-        if plen > 0xFFFF:
-            self._unsent(seq, now)
-            return self._drop(DropReason.TOO_BIG)
-        _H.pack_into(head, 4, plen)
+        _H.pack_into(head, 4, ins - 40 + len(esp))
         return self._sent(seq, end, now, bytes(head) + esp)
 
     # ----------------------------------------------------------------- outbound: tunnel
@@ -311,17 +308,20 @@ class EspSA(SecurityAssociation):
             inner = inner + bytes(self._tfc - plen)
             plen = self._tfc
         pad = -(plen + 2) & self._bmask
+        elen = self._overhead + plen + 2 + pad
+        # Lengths are decided before a sequence number is spent.
+        if self._v6:
+            if elen + (8 if self._encap is not None else 0) > 0xFFFF:
+                return self._drop(DropReason.TOO_BIG)
+        elif elen + self._outer_extra > MAX_IPV4_LEN:
+            return self._drop(DropReason.TOO_BIG)
         seq = self._seq + 1
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
         plain = inner + _TRAILER[pad << 8 | next_header]
-        elen = self._overhead + plen + 2 + pad
         if self._dscp is not None:
             tos = (self._dscp << 2) | (tos & 3)
         if self._v6:
-            if elen + (8 if self._encap is not None else 0) > 0xFFFF:
-                self._unsent(seq, now)
-                return self._drop(DropReason.TOO_BIG)
             iv, body = self._seal(esp_hdr, seq, plain)
             if self._encap is not None:
                 udp = build_udp(self._src, self._dst, self._sport, self._dport,
@@ -333,9 +333,6 @@ class EspSA(SecurityAssociation):
             return self._sent(seq, ilen, now, b"".join((hdr, self._src, self._dst, esp_hdr,
                                                          iv, body)))
         total = elen + self._outer_extra
-        if total > MAX_IPV4_LEN:
-            self._unsent(seq, now)
-            return self._drop(DropReason.TOO_BIG)
         self._ident = ident = (self._ident + 1) & 0xFFFF
         s = self._o4sum + tos + total + ident + ff
         s = (s & 0xFFFF) + (s >> 16)
@@ -361,12 +358,6 @@ class EspSA(SecurityAssociation):
             self._post_send(seq, now)
         return _new(Result, (out, None))
 
-    def _unsent(self, seq: int, now: float | None) -> None:
-        """A sequence number was used but its packet is dropped (TOO_BIG): not a carried
-        packet, so not counted as one, but the number is gone, so exhaustion still counts."""
-        if seq >= self._seq_max:
-            self._exhausted(now)
-
     def _post_send(self, seq: int, now: float | None) -> None:
         if self.packets >= self._pmark or self.bytes >= self._bmark:
             self._lifetime_crossed(now)
@@ -389,6 +380,12 @@ class EspSA(SecurityAssociation):
             ihl = (vihl & 15) << 2
             if ihl < 20 or tlen < ihl or tlen > len(pkt):
                 return self._drop(DropReason.MALFORMED)
+            # The header checksum, from the fields already unpacked (sums to 0xFFFF if good).
+            s = ((vihl << 8) + tos + tlen + _id + ff + (_ttl << 8) + proto + _c
+                 + s1 + s2 + d1 + d2 + (ones_sum(pkt[20:ihl]) if ihl > 20 else 0))
+            s = (s & 0xFFFF) + (s >> 16)
+            if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
+                return self._drop(DropReason.BAD_CHECKSUM)
             if ff & 0x3FFF:
                 return self._reassemble(pkt, now)
             outer_ecn = tos & 3
@@ -418,6 +415,11 @@ class EspSA(SecurityAssociation):
             if ulen < 8 or off + ulen > end:
                 return self._drop(DropReason.BAD_UDP)
             end = off + ulen
+            if version == 6 and (pkt[off + 6:off + 8] == b"\x00\x00" or udp_checksum(
+                    ch.src, ch.dst, pkt[off:end]) != (pkt[off + 6] << 8 | pkt[off + 7])):
+                # RFC 8200 §8.1: over IPv6 the UDP checksum is mandatory and a zero one is
+                # discarded. (Over IPv4 RFC 3948 §2.1 sends zero and the ICV protects.)
+                return self._drop(DropReason.BAD_UDP)
             kind = classify_udp_payload(pkt[off + 8:end])
             if kind is not UdpKind.ESP:
                 return self._drop(DropReason.NATT_KEEPALIVE if kind is UdpKind.KEEPALIVE

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
-from ipsecsa.packet.checksum import internet_checksum
+from ipsecsa.packet.checksum import internet_checksum, ones_sum
 
 # --- specification constants: IANA "Assigned Internet Protocol Numbers" -------------------------
 ICMP = 1
@@ -265,3 +265,9 @@ __all__ = [
     "parse_ipv4",
     "verify_ipv4_checksum",
 ]
+
+
+def header_checksum_ok(packet: bytes | bytearray | memoryview, header_length: int) -> bool:
+    """Whether the IPv4 header ``packet[:header_length]`` sums to 0xFFFF (RFC 791/1071): the
+    receive-side check, cheaper than recomputing and comparing the checksum field."""
+    return ones_sum(packet[:header_length]) == 0xFFFF

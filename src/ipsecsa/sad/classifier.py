@@ -296,35 +296,105 @@ def _position(bucket: tuple[Any, ...], handle: int) -> int:
 
 
 class _Group:
-    """The filters of one shape: ``table`` maps a key (packed word & shape mask) to a bucket
-    ``(handle1, value1, handle2, value2, ...)``, handles ascending; ``probe`` is what a lookup
-    unpacks: ``(table.get, shape mask)``."""
+    """The filters of one shape, under keys ``packed word & shape mask``.
 
-    __slots__ = ("probe", "specificity", "table")
+    ``values`` maps a key to the value of the oldest filter with that key: the only table a lookup
+    reads (one probe, and the value comes straight out of it). ``handles`` maps the key to that
+    filter's handle, or, when exact duplicates share the key, to the bucket ``(handle1, value1,
+    handle2, value2, ...)``, handles ascending; writers and the tie-break between shapes of equal
+    specificity read it."""
+
+    __slots__ = ("handles", "mask", "pmask", "ports", "specificity", "values")
 
     def __init__(self, shape: _Shape) -> None:
-        self.table: dict[int, tuple[Any, ...]] = {}
-        self.probe = (self.table.get, _shape_mask(shape))
+        self.values: dict[int, Any] = {}
+        self.handles: dict[int, int | tuple[Any, ...]] = {}
+        self.mask = _shape_mask(shape)
+        #: The protocol/ports part of the mask, and the number of keys per such part (pruning).
+        self.pmask = self.mask & _PORTS_PART
+        self.ports: dict[int, int] = {}
         self.specificity = _specificity_of_shape(shape)
+
+    def prunes(self) -> bool:
+        """Whether lookups check the protocol/ports part before probing this shape's table."""
+        return bool(self.pmask) and len(self.ports) <= PRUNE_MAX
+
+    def add_key(self, key: int, handle: int, value: Any) -> bool:
+        """Insert a new key; True if pruning just stopped paying (republish)."""
+        part = key & self.pmask
+        n = self.ports.get(part, 0) + 1
+        self.ports[part] = n  # before the key goes live: a reader never prunes a live key
+        self.handles[key] = handle
+        self.values[key] = value
+        return n == 1 and len(self.ports) == PRUNE_MAX + 1
+
+    def remove_key(self, key: int) -> tuple[Any, bool]:
+        """Delete a key; its value, and True if pruning just started paying (republish)."""
+        value = self.values.pop(key)
+        del self.handles[key]
+        part = key & self.pmask
+        n = self.ports[part] - 1
+        if n:
+            self.ports[part] = n
+            return value, False
+        del self.ports[part]
+        return value, bool(self.pmask) and len(self.ports) == PRUNE_MAX
+
+
+# A probe as a lookup unpacks it: (ports.get or None, ports mask, values.get, shape mask, tier).
+# The first is None when the shape is not pruned. ``tier`` is None when the shape is alone in its
+# tier (a hit is the answer); otherwise it lists the tier's shapes as (values.get, handles.get,
+# mask), for the tie-break.
+_Probe = tuple[Any, int, Any, int, "tuple[tuple[Any, Any, int], ...] | None"]
+
+#: The protocol/ports bits of a packed word.
+_PORTS_PART = (1 << 40) - 1
+#: Shapes with protocol or ports are pruned while they have at most this many distinct
+#: protocol/ports combinations (their count table then stays small enough to stay in cache).
+PRUNE_MAX = 4096
+
+
+def _resolve(tier: tuple[tuple[Any, Any, int], ...], word: int) -> Any:
+    """The value of the lowest-handle filter matching ``word`` among shapes of one tier (called
+    only once one of them hit). May return None if a writer runs alongside: the caller's sequence
+    check catches that."""
+    best_handle: int | None = None
+    best = None
+    for vget, hget, mask in tier:
+        key = word & mask
+        handle = hget(key)
+        if handle is None:
+            continue
+        if type(handle) is tuple:
+            value = handle[1]
+            handle = handle[0]
+        else:
+            value = vget(key)
+        if best_handle is None or handle < best_handle:
+            best_handle, best = handle, value
+    return best
 
 
 class Classifier(Generic[T]):
     """Outbound SA classifier: filters → values, most specific filter wins.
 
     ``add`` returns a handle (a positive int, never reused); ``lookup`` returns the value of the
-    best matching filter or ``None``. See the module docstring for the specificity order, the
-    tie-break (lowest handle) and the thread-safety model (lock-free linearizable lookups,
-    serialised writers).
+    best matching filter or ``None`` (so values may not be ``None``). See the module docstring for
+    the specificity order, the tie-break (lowest handle) and the thread-safety model (lock-free
+    linearizable lookups, serialised writers).
     """
 
-    __slots__ = ("_filters", "_groups", "_lock", "_next_handle", "_seq", "_tiers4", "_tiers6")
+    __slots__ = ("_begun", "_ended", "_filters", "_groups", "_lock", "_next_handle", "_probes4",
+                 "_probes6")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seq = 0  # seqlock: odd while a writer is changing something readers can see
-        # Published tiers per version: a tuple (most specific first) of tuples of probes.
-        self._tiers4: tuple[tuple[tuple[Any, ...], ...], ...] = ()
-        self._tiers6: tuple[tuple[tuple[Any, ...], ...], ...] = ()
+        # Writes begun and writes ended (see "Concurrency" in the module docstring).
+        self._begun = 0
+        self._ended = 0
+        # Published probes per version, most specific shape first.
+        self._probes4: tuple[_Probe, ...] = ()
+        self._probes6: tuple[_Probe, ...] = ()
         self._groups: dict[_Shape, _Group] = {}
         self._filters: dict[int, Filter] = {}
         self._next_handle = 1
@@ -355,55 +425,65 @@ class Classifier(Generic[T]):
         the per-packet path: fields out of range (an address wider than the version, a protocol
         above 255, a port above 65535) give an unspecified answer.
         """
-        seq = self._seq
+        ended = self._ended
         if version == 4:
-            tiers = self._tiers4
+            probes = self._probes4
             word = (src << 72) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
         elif version == 6:
-            tiers = self._tiers6
+            probes = self._probes6
             word = (src << 168) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
         else:
             raise ConfigError("version", "must be 4 or 6")
-        found = None
-        for tier in tiers:
-            for get, mask in tier:
-                bucket = get(word & mask)
-                if bucket is not None and (found is None or bucket[0] < found[0]):
-                    found = bucket
-            if found is not None:
+        value = None
+        for pget, pmask, get, mask, tier in probes:
+            if pget is not None and pget(word & pmask) is None:
+                continue  # no filter of this shape has the packet's protocol and ports
+            value = get(word & mask)
+            if value is not None:
+                if tier is not None:
+                    value = _resolve(tier, word)
                 break
-        if seq == self._seq and not seq & 1:
-            return None if found is None else found[1]
-        # A writer ran alongside: look again with writers held off. While we hold the lock the
-        # counter is even and still, so the nested lookup cannot come back here.
+        if self._begun == ended:  # no write began since the last one before we started ended
+            return value
+        # A writer ran alongside: look again with writers held off. While we hold the lock no
+        # write is in progress, so the nested lookup cannot come back here.
         with self._lock:
             return self.lookup(version, src, dst, protocol, sport, dport)
 
     # -- writers --------------------------------------------------------------------------------
 
     def add(self, filter: Filter, value: T) -> int:
-        """Install ``filter`` with ``value``; return its handle."""
+        """Install ``filter`` with ``value`` (not None); return its handle."""
         if not isinstance(filter, Filter):
             raise ConfigError("filter", "must be a Filter")
+        if value is None:
+            raise ConfigError("value", "must not be None (a lookup's None means no filter)")
         shape, key = filter._shape_and_key()
         with self._lock:
             handle = self._next_handle
             self._next_handle = handle + 1
-            self._seq += 1
+            self._begun += 1
             try:
                 group = self._groups.get(shape)
                 if group is None:
                     group = _Group(shape)
-                    group.table[key] = (handle, value)
+                    group.add_key(key, handle, value)
                     self._groups[shape] = group
                     self._publish(shape[0])
                 else:
-                    old = group.table.get(key)
-                    # Handles only grow, so appending keeps the bucket sorted.
-                    group.table[key] = (handle, value) if old is None else old + (handle, value)
+                    old = group.handles.get(key)
+                    if old is None:
+                        if group.add_key(key, handle, value):
+                            self._publish(shape[0])
+                    else:
+                        # An exact duplicate: the older filter keeps the key's value; handles
+                        # only grow, so appending keeps the bucket sorted.
+                        if type(old) is int:
+                            old = (old, group.values[key])
+                        group.handles[key] = old + (handle, value)
                 self._filters[handle] = filter
             finally:
-                self._seq += 1
+                self._ended += 1
         return handle
 
     def remove(self, handle: int) -> T:
@@ -412,60 +492,78 @@ class Classifier(Generic[T]):
             filter = self._filters[handle]
             shape, key = filter._shape_and_key()
             group = self._groups[shape]
-            bucket = group.table[key]
-            i = _position(bucket, handle)
-            value: T = bucket[i + 1]
-            rest = bucket[:i] + bucket[i + 2:]
-            self._seq += 1
+            entry = group.handles[key]
+            value: T
+            self._begun += 1
             try:
                 del self._filters[handle]
-                if rest:
-                    group.table[key] = rest
-                else:
-                    del group.table[key]
-                    if not group.table:
+                if type(entry) is int:
+                    value, republish = group.remove_key(key)
+                    if not group.values:
                         del self._groups[shape]
+                        republish = True
+                    if republish:
                         self._publish(shape[0])
+                else:
+                    assert isinstance(entry, tuple)
+                    i = _position(entry, handle)
+                    value = entry[i + 1]
+                    rest = entry[:i] + entry[i + 2:]
+                    group.handles[key] = rest[0] if len(rest) == 2 else rest
+                    if i == 0:
+                        group.values[key] = rest[1]
             finally:
-                self._seq += 1
+                self._ended += 1
         return value
 
     def replace(self, handle: int, value: T) -> T:
-        """Give the filter ``handle`` a new value in one step; return the old value.
+        """Give the filter ``handle`` a new value (not None) in one step; return the old value.
 
         A lookup sees either the old value or the new one, never anything in between (swap an
         SA pair by passing the pair as one value). KeyError for an unknown handle.
         """
+        if value is None:
+            raise ConfigError("value", "must not be None (a lookup's None means no filter)")
         with self._lock:
             shape, key = self._filters[handle]._shape_and_key()
-            table = self._groups[shape].table
-            bucket = table[key]
-            i = _position(bucket, handle)
-            old: T = bucket[i + 1]
-            new = bucket[:i + 1] + (value,) + bucket[i + 2:]
-            self._seq += 1
+            group = self._groups[shape]
+            entry = group.handles[key]
+            old: T
+            self._begun += 1
             try:
-                table[key] = new
+                if type(entry) is int:
+                    old = group.values[key]
+                    group.values[key] = value
+                else:
+                    assert isinstance(entry, tuple)
+                    i = _position(entry, handle)
+                    old = entry[i + 1]
+                    group.handles[key] = entry[:i + 1] + (value,) + entry[i + 2:]
+                    if i == 0:
+                        group.values[key] = value
             finally:
-                self._seq += 1
+                self._ended += 1
         return old
 
     def _publish(self, version: int) -> None:
-        """Rebuild the tier tuple of ``version`` from the groups and publish it (lock held)."""
+        """Rebuild the probe tuple of ``version`` from the groups and publish it (lock held)."""
         groups = sorted((g for s, g in self._groups.items() if s[0] == version),
                         key=lambda g: g.specificity, reverse=True)
-        tiers: list[tuple[tuple[Any, ...], ...]] = []
+        probes: list[_Probe] = []
         i = 0
         while i < len(groups):
             j = i + 1
             while j < len(groups) and groups[j].specificity == groups[i].specificity:
                 j += 1
-            tiers.append(tuple(g.probe for g in groups[i:j]))
+            tier = None if j == i + 1 else tuple((g.values.get, g.handles.get, g.mask)
+                                                 for g in groups[i:j])
+            probes.extend((g.ports.get if g.prunes() else None, g.pmask, g.values.get, g.mask,
+                           tier) for g in groups[i:j])
             i = j
         if version == 4:
-            self._tiers4 = tuple(tiers)
+            self._probes4 = tuple(probes)
         else:
-            self._tiers6 = tuple(tiers)
+            self._probes6 = tuple(probes)
 
 
 __all__ = ["Classifier", "Filter", "Specificity"]
