@@ -44,32 +44,45 @@ space search", SIGCOMM 1999): version, effective src and dst masks, and which of
 and dport are specified. All filters of a shape share one specificity, and within a shape a packet
 has exactly one candidate key. A lookup packs the packet once into one integer, the *word* ``src ‖
 dst ‖ protocol (8 bits) ‖ sport (16) ‖ dport (16)``, and a shape's key is ``word & shape mask``:
-one AND per shape, and the key is a single int (one object to compare on a hit, and fewer bytes per
-filter than a tuple). Each shape is one dict from that key to a *bucket*: the flat tuple
-``(handle1, value1, handle2, value2, ...)`` of the filters with that key, handles ascending (only
-exact duplicates share a bucket). Shapes of one version are sorted into *tiers* of equal
-specificity, most specific first. A lookup probes tier after tier and returns at the first tier
-that has a hit (within a tier the lowest handle wins). Its cost is at most one dict probe per
-distinct shape, independent of the number of filters. Adding or removing a shape rebuilds the
-(short) tier tuple, so a workload with very many distinct non-contiguous masks is slow to update
-and to look up in; prefix masks in practice give a few dozen shapes at most.
+one AND per shape, and the key is a single int (one object to compare on a hit).
+
+Each shape keeps two dicts on that key. ``values`` maps it straight to the value of the oldest
+filter with the key; it is the only table a lookup reads, so a hit costs one probe and no further
+object (cache misses, not bytecodes, are what a lookup in a million filters pays for). ``handles``
+maps the key to that filter's handle, or, for exact duplicates, to the bucket ``(handle1, value1,
+handle2, ...)``, handles ascending; writers use it, and lookups only for a tie-break (below).
+
+Shapes of one version are ordered most specific first; shapes of equal specificity form a *tier*.
+A lookup probes shape after shape and stops at the first hit. A shape alone in its tier answers
+directly; if its tier has other shapes, the whole tier is probed through ``handles`` and the
+lowest handle wins. The cost is at most one dict probe per distinct shape, independent of the
+number of filters. Adding or removing a shape rebuilds the (short) probe tuple, so a workload
+with very many distinct non-contiguous masks is slow to update and to look up in; prefix masks in
+practice give a few dozen shapes at most.
+
+**Pruning** (the "pruned tuple space" idea of the same paper): a shape that specifies the
+protocol or ports also counts its keys per protocol/ports part (``ports``), and while it has at
+most :data:`PRUNE_MAX` distinct parts a lookup checks the packet's part there first, in a small
+dict that stays in cache, and skips the shape's big table when no filter has it. A host-to-host
+"TCP port 443" shape is then not probed for a UDP packet to port 53.
 
 Concurrency
 -----------
 Writers (:meth:`Classifier.add`, :meth:`~Classifier.remove`, :meth:`~Classifier.replace`) are
-serialised by a :class:`threading.Lock`. Every change a reader can observe is published by a
-single reference store: one ``table[key] = bucket`` (a new bucket tuple; buckets are never mutated)
-or one assignment of a new tier tuple (tier tuples are rebuilt, never mutated, and a new shape's
-table is filled before its tier tuple is published). A reader therefore never sees a torn
-bucket or a half-built shape list.
+serialised by a :class:`threading.Lock`. Every change a reader can observe is a single reference
+store: one dict item, or one assignment of a new probe tuple (rebuilt, never mutated, and a new
+shape's tables are filled before its probe is published). A reader never sees a torn bucket or a
+half-built shape list.
 
 A lookup probes several tables, though, and could straddle two writes (probe a specific shape
 before an add, a general one after a remove, and report "no filter" although one matched at every
-instant). To make every lookup linearizable, writers also bump a sequence counter to odd before
-the change and to even after it (a seqlock). A lookup reads the counter, probes, and re-reads
-it: if it was odd or has moved, the lookup is repeated under the writers' lock. Readers take no
-lock in the common case, and writers never copy a table (copy-on-write of a shape's table would
-make each add O(filters in the shape), quadratic when installing a million SAs).
+instant). To make every lookup linearizable, writers count the writes they begin (``_begun``,
+bumped before the change) and end (``_ended``, after it). A lookup reads ``_ended`` first,
+probes, then compares ``_begun`` with it: equal means no write was in progress when it started
+and none began since, so it saw one state; otherwise it looks again under the writers' lock. That
+is one compare on the hot path; readers take no lock in the common case, and writers never copy a
+table (copy-on-write of a shape's table would make each add O(filters in the shape), quadratic
+when installing a million SAs).
 
 This relies on CPython executing each dict store/probe and attribute store/load atomically and in
 program order, which holds under the GIL; the free-threaded build keeps dict operations atomic.
