@@ -124,6 +124,10 @@ class EspTransform:
     ``block_size``.
     """
 
+    # Slotted: one transform per installed SA. ``seal``/``open`` are slots of each subclass
+    # (the specialised per-SA functions), shadowing the documenting methods below.
+    __slots__ = ("algorithm", "block_size", "icv_len", "iv_len")
+
     iv_len: int
     icv_len: int
     block_size: int
@@ -203,6 +207,8 @@ def _aead_open(decrypt: Callable[..., bytes], salt: bytes, esn: bool) -> Callabl
 class _AeadTransform(EspTransform):
     """RFC 4106 AES-GCM, RFC 4309 AES-CCM, RFC 7634 ChaCha20-Poly1305: nonce = salt ‖ IV."""
 
+    __slots__ = ("_aes", "_decrypt", "_drop", "_encrypt", "_esn", "_iv_of", "_n", "_salt", "open", "seal")
+
     def __init__(self, enc: EncryptionAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
@@ -268,6 +274,9 @@ class _GmacTransform(EspTransform):
     output = plaintext ‖ 16-byte tag.
     """
 
+    __slots__ = ("_decrypt", "_encrypt", "_esn", "_iv_of", "_salt", "open", "seal")
+
+
     def __init__(self, enc: EncryptionAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
@@ -306,6 +315,9 @@ class _EncryptThenMac(EspTransform):
     ICV = MAC(ESP header ‖ IV ‖ ciphertext [‖ seq-high]) truncated (RFC 4303 §2.8, §3.3.2.1).
     With integrity ``none`` the ICV is empty (encryption-only ESP) and ``open`` cannot fail.
     """
+
+    __slots__ = ("_cipher_alg", "_esn", "_iv_of", "_kind", "_mac", "_mode", "_nonce", "open", "seal")
+
 
     def __init__(
         self,
