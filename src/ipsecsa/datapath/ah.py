@@ -388,12 +388,9 @@ class AhSA(SecurityAssociation):
         ilen, tos, df, flow, next_header = info
         inner = pkt if ilen == len(pkt) else pkt[:ilen]
         if self._selectors:
-            try:
-                ok = self._inner_selectors_ok(inner)
-            except MalformedPacket as exc:
-                return self._drop(exc.reason)
-            if not ok:
-                return self._drop(DropReason.SELECTOR_MISMATCH)
+            refused = self._inner_policy(inner)
+            if refused is not None:
+                return self._drop(refused)
         if self._seq >= self._seq_max:
             return self._drop(DropReason.SEQ_EXHAUSTED)
         body = self._ahlen + ilen

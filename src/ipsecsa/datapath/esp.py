@@ -297,12 +297,9 @@ class EspSA(SecurityAssociation):
             return self._drop(DropReason.MALFORMED)
         inner = pkt if ilen == n else pkt[:ilen]
         if self._selectors:
-            try:
-                ok = self._inner_selectors_ok(inner)
-            except MalformedPacket as exc:
-                return self._drop(exc.reason)
-            if not ok:
-                return self._drop(DropReason.SELECTOR_MISMATCH)
+            refused = self._inner_policy(inner)
+            if refused is not None:
+                return self._drop(refused)
         plen = ilen
         if plen < self._tfc:  # RFC 4303 §2.4: TFC padding after the inner packet
             inner = inner + bytes(self._tfc - plen)

@@ -350,6 +350,14 @@ class SecurityAssociation:
                 return True
         return False
 
+    def _inner_policy(self, inner: bytes) -> DropReason | None:
+        """Why a whole (inner) packet is refused by the selectors, or None if it is covered."""
+        try:
+            ok = self._inner_selectors_ok(inner)
+        except MalformedPacket as exc:
+            return exc.reason
+        return None if ok else DropReason.SELECTOR_MISMATCH
+
     def _deliver_tunnel(self, plain: bytes, dlen: int, next_header: int, outer_ecn: int,
                         now: float | None) -> Result:
         """Tunnel mode, inbound: validate the inner packet in ``plain[:dlen]`` (anything after
@@ -380,12 +388,9 @@ class SecurityAssociation:
             if ecn != inner_ecn:
                 inner = set_ecn(inner, ecn)
         if self._selectors:
-            try:
-                ok = self._inner_selectors_ok(inner)
-            except MalformedPacket as exc:
-                return self._drop(exc.reason)
-            if not ok:
-                return self._drop(DropReason.SELECTOR_MISMATCH)
+            refused = self._inner_policy(inner)
+            if refused is not None:
+                return self._drop(refused)
         self.packets = p = self.packets + 1
         self.bytes = b = self.bytes + ilen
         if p >= self._pmark or b >= self._bmark:

@@ -183,6 +183,8 @@ _V2_OIDS = frozenset({Oid.TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA, Oid.TCP_TASK_IPSEC_O
                       Oid.TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA,
                       Oid.TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX})
 _KNOWN_UNSUPPORTED_OIDS = _V2_OIDS | {Oid.TCP_TASK_OFFLOAD}
+#: Every OID value ipsecsa knows from the headers (reference A.2, A.9, A.12).
+_KNOWN_OIDS = frozenset(int(o) for o in Oid)
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _SPI_SEQ = struct.Struct("!II")
@@ -426,7 +428,9 @@ class Miniport:
                     req = decode_delete_udpesp_sa(data)
                     self._delete(req.OffloadHandle, req.EncapTypeEntryOffldHandle, udp=True)
                     return int(NdisStatus.SUCCESS), data
-                if oid in _KNOWN_UNSUPPORTED_OIDS:
+                # A8: a known OID this miniport does not support answers NOT_SUPPORTED; only
+                # an OID unknown to NDIS is INVALID_OID.
+                if oid in _KNOWN_UNSUPPORTED_OIDS or oid in _KNOWN_OIDS:
                     return int(NdisStatus.NOT_SUPPORTED), data
                 return int(NdisStatus.INVALID_OID), data
             except StructError as exc:

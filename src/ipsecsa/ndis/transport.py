@@ -151,6 +151,12 @@ def _v1_algorithms(sa: SecurityAssociation, which: str) -> tuple[OffloadSecurity
     if c.esn:
         raise NotOffloadableError(f"{which}.esn", "extended sequence numbers cannot be offloaded "
                                   "under offload v1")
+    if isinstance(sa, EspSA):  # the cipher first: an AEAD has no separate integrity to check
+        enc_name = c.encryption.name if c.encryption is not None else "null"
+        if enc_name not in V1_CONF:
+            raise NotOffloadableError(f"{which}.encryption.algorithm",
+                                      f"{enc_name} is not an offload v1 algorithm (des-cbc, "
+                                      "3des-cbc, null)")
     integ_name = c.integrity.name if c.integrity is not None else "none"
     if integ_name not in V1_INTEGRITY:
         if integ_name == "none":

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ipsecsa.datapath.esp import HELD
@@ -35,7 +35,7 @@ from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
-from ipsecsa.packet.fragment import Reassembler, is_fragment
+from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.packet.natt import NATT_PORT, NON_ESP_MARKER
 from ipsecsa.sad.classifier import Classifier, Filter
@@ -171,13 +171,6 @@ def filters_for(bundle: Bundle) -> list[Filter]:
     return out
 
 
-@dataclass
-class SadCounters:
-    """Drops the database counts itself: packets for which no SA is known."""
-
-    drops: dict[DropReason, int] = field(default_factory=dict)
-
-
 def _check_direction(bundle: Bundle, direction: str) -> None:
     for sa in bundle.sas:
         if sa.direction != direction:
@@ -232,7 +225,7 @@ class SaDatabase:
         _check_direction(bundle, "inbound")
         keys = tuple(_key(sa) for sa in bundle.sas)
         if len(set(keys)) != len(keys):
-            raise SadError("spi", "the SAs of one bundle need distinct SPIs")
+            raise SadError("spi", "the SAs of one bundle need distinct (SPI, protocol, destination) keys")
         ports = _encap_ports(bundle)
         with self._lock:
             for k in keys:
@@ -295,7 +288,7 @@ class SaDatabase:
             else:
                 keys = tuple(_key(sa) for sa in new.sas)
                 if len(set(keys)) != len(keys):
-                    raise SadError("spi", "the SAs of one bundle need distinct SPIs")
+                    raise SadError("spi", "the SAs of one bundle need distinct (SPI, protocol, destination) keys")
                 for k in keys:
                     if k in self._inbound and k not in inst.keys:
                         raise SadError("spi", f"an inbound SA with {_describe_key(k)} is "
@@ -478,4 +471,4 @@ def _encap_ports(bundle: Bundle) -> tuple[int, ...]:
                  if sa.config.encapsulation is not None)
 
 
-__all__ = ["Bundle", "SaDatabase", "SadCounters", "SadError", "filters_for", "is_fragment"]
+__all__ = ["Bundle", "SaDatabase", "SadError", "filters_for"]
