@@ -274,3 +274,11 @@ def test_dump_writes_current_seq(tmp_path: Path) -> None:
     path = tmp_path / "seq.json"
     dump_sa_file(path, [cfg])
     assert load_sa_file(path)[0].seq == 12345
+
+
+def test_a_key_given_twice_in_json_is_refused(tmp_path: Path) -> None:
+    """sa-format.md: keys are never silently ignored, so "the last one wins" is no answer."""
+    text = '{"sas": [{"spi": 4097, "spi": 4098, "protocol": "esp"}]}'
+    with pytest.raises(ConfigError) as info:
+        load_sa_file(write(tmp_path / "dup.json", text))
+    assert info.value.field == "spi" and "twice" in info.value.reason

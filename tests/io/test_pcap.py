@@ -543,3 +543,15 @@ def test_write_esp_sa_file_is_0600_atomic_and_complete(tmp_path):
 
 def test_installed_wireshark_version_of_missing_binary_is_none():
     assert wireshark.installed_wireshark_version("/nonexistent/tshark") is None
+
+
+def test_linktype_field_with_fcs_bits_is_read_as_its_low_16_bits(tmp_path):
+    """pcap-savefile(5): the upper bits of the link-type field say whether frames carry an FCS
+    (the P bit 0x04000000 and the FCS length); the link type is the low 16 bits."""
+    ip = bytes.fromhex("4500001c0001000040110000c0000201c0000202") + bytes(8)
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 0x04000000 | 101)
+    record = struct.pack("<IIII", 1, 0, len(ip), len(ip)) + ip
+    path = tmp_path / "fcs.pcap"
+    path.write_bytes(header + record)
+    packets = list(ipsecsa.io.pcap.read_packets(path))
+    assert len(packets) == 1 and packets[0].ip == ip

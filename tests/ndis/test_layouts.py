@@ -146,6 +146,22 @@ def test_keymat_is_flexible_and_fixed_part_ends_at_it(
     assert layout.size > layout.fixed_size  # sizeof counts KeyMat[1] and the tail padding
 
 
+@pytest.mark.parametrize("name,member,constant", [
+    ("OFFLOAD_IPSEC_ADD_SA", "OffloadHandle", "ADD_SA_OFFLOAD_HANDLE_OFFSET"),
+    ("OFFLOAD_IPSEC_ADD_UDPESP_SA", "OffloadHandle", "ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET"),
+    ("OFFLOAD_IPSEC_ADD_UDPESP_SA", "EncapTypeEntryOffldHandle",
+     "ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET"),
+])
+def test_handle_offsets_derived_from_the_layouts(
+        spec: dict[str, Any], name: str, member: str, constant: str) -> None:
+    """The out-parameters the miniport writes and the transport reads (one definition)."""
+    joffset = next(f["offset"] for f in spec["structs"][name]["fields"] if f["name"] == member)
+    assert getattr(structs, constant) == joffset == structs.offset_of(structs.LAYOUTS[name],
+                                                                      member)
+    with pytest.raises(KeyError):
+        structs.offset_of(structs.LAYOUTS[name], "NoSuchMember")
+
+
 def test_scalar_types_match_json_typedefs(spec: dict[str, Any]) -> None:
     typedefs = spec["typedefs"]
     for scalar in (codec.IPADDR, codec.IPMASK, codec.SPI_TYPE, codec.NDIS_HANDLE):

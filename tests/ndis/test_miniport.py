@@ -221,6 +221,15 @@ def test_capabilities_default_advertise_everything_v1_has() -> None:
             e.Receive) == (1, 0, 1, 1, 1, 1, 1, 1)
 
 
+@pytest.mark.parametrize(("modes", "flags"), [
+    ({}, 0x30), ({"tunnel": False}, 0x10), ({"transport": False}, 0x20),
+    ({"transport": False, "tunnel": False}, 0), ({"udp_esp": False}, 0), ({"esp": False}, 0)])
+def test_capabilities_udpesp_subtypes_follow_modes(modes: dict, flags: int) -> None:
+    """A.9: TPT_UDPESP (0x10) only with transport mode offered, TUN_UDPESP (0x20) only with
+    tunnel mode."""
+    assert decode_ipsec_offload_v1(Miniport(**modes).capabilities()).Supported.Flags == flags
+
+
 def test_capabilities_reflect_options() -> None:
     mp = Miniport(conf_algorithms=[OffloadConf.THREE_DES], integrity_algorithms=[
         OffloadIntegrity.SHA], ah=False, tunnel=False, udp_esp=False)
@@ -271,7 +280,7 @@ def test_delete_unknown_zero_and_twice() -> None:
     assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_DELETE_SA,
                          encode_delete_sa(DeleteSa(h))) == NdisStatus.INVALID_DATA
     assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_DELETE_SA, b"\x01\x00") == \
-        NdisStatus.BUFFER_TOO_SHORT
+        NdisStatus.INVALID_LENGTH
 
 
 @pytest.mark.parametrize(("oid", "status"), [
@@ -356,13 +365,44 @@ def test_add_refusals(case: str) -> None:
 
 
 def test_short_buffers() -> None:
+    """F.1: every set buffer too short for the OID is INVALID_LENGTH, with BytesNeeded."""
     mp = Miniport()
     add_esp(mp, inbound=True, spi=SPI_IN)
     buf = pack_add_sa(**GOOD)
-    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, buf[:ADD["KeyMat"] - 1]) == \
-        NdisStatus.BUFFER_TOO_SHORT
-    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, buf[:-1]) == NdisStatus.INVALID_LENGTH
-    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, b"") == NdisStatus.BUFFER_TOO_SHORT
+    fixed, full = ADD["KeyMat"], len(buf)
+    for short, needed in ((buf[:fixed - 1], fixed), (b"", fixed), (buf[:-1], full)):
+        assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, short) == NdisStatus.INVALID_LENGTH
+        assert mp.last_request == (NdisStatus.INVALID_LENGTH, needed, mp.last_request.reason)
+        assert mp.last_request.reason
+    delete_size = LAYOUTS["structs"]["OFFLOAD_IPSEC_DELETE_SA"]["size"]
+    for short in (b"\x01\x00\x00\x00", b""):  # a 32-bit handle is too short on x64 (A.2)
+        assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_DELETE_SA, short) == \
+            NdisStatus.INVALID_LENGTH
+        assert mp.last_request.bytes_needed == delete_size
+    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA, bytes(8)) == \
+        NdisStatus.INVALID_LENGTH
+    assert mp.last_request.bytes_needed == \
+        LAYOUTS["structs"]["OFFLOAD_IPSEC_DELETE_UDPESP_SA"]["size"]
+    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, bytes(UDPESP["KeyMat"] - 1)) == \
+        NdisStatus.INVALID_LENGTH
+    assert mp.last_request.bytes_needed == UDPESP["KeyMat"]
+
+
+def test_last_request_reports_every_outcome() -> None:
+    mp = Miniport()
+    assert mp.last_request is None
+    h = add_esp(mp, inbound=False, spi=SPI_OUT)
+    assert mp.last_request == (NdisStatus.SUCCESS, 0, "")
+    bad = pack_add_sa(**_kw(num_sas=3))
+    assert mp.oid_request(Oid.TCP_TASK_IPSEC_ADD_SA, bad)[0] == NdisStatus.INVALID_DATA
+    assert mp.last_request.status == NdisStatus.INVALID_DATA
+    assert mp.last_request.bytes_needed == 0 and "NumSAs" in mp.last_request.reason
+    assert mp.oid_request(0x12345678, b"")[0] == NdisStatus.INVALID_OID
+    assert "0x12345678" in mp.last_request.reason
+    assert mp.oid_request(Oid.TCP_TASK_OFFLOAD, b"")[0] == NdisStatus.NOT_SUPPORTED
+    assert "TCP_TASK_OFFLOAD" in mp.last_request.reason
+    assert delete(mp, h) == NdisStatus.SUCCESS and mp.last_request == (0, 0, "")
+    assert KEYS["3des-cbc"].hex() not in repr(mp.last_request)
 
 
 @pytest.mark.parametrize(("options", "kw"), [
@@ -649,6 +689,47 @@ def test_wildcard_destination_filter() -> None:
     assert mp.receive(bytes(other))[1].CryptoDone == 0
 
 
+def _esp_to(dst: str, spi: int) -> bytes:
+    """A syntactically fine ESP packet (garbage ciphertext) to ``dst``: the NIC finds the SA
+    (CryptoDone 1, an ICV failure) or passes it up (CryptoDone 0)."""
+    body = struct.pack("!II", spi, 1) + bytes(8) + bytes(16) + bytes(12)
+    return bytes(IP(src=PEER, dst=dst, proto=50) / Raw(body))
+
+
+def test_destination_zero_is_any_whatever_the_mask() -> None:
+    """A.3: DestAddr 0 is a wildcard, also with DestMask 255.255.255.255."""
+    mp = Miniport()
+    h = add_esp(mp, inbound=True, spi=SPI_IN, dst="0.0.0.0", dst_mask="255.255.255.255")
+    assert mp.sa(h).lookup_dst == bytes(4) and mp.sa(h).dst_match_mask == bytes(4)
+    for dst in (LOCAL, "10.0.0.1", "203.0.113.9"):
+        _, info = mp.receive(_esp_to(dst, SPI_IN))
+        assert info.CryptoDone == 1, dst
+    # DestAddr 0 with mask 0 is the same wildcard: a duplicate
+    dup = pack_add_sa(entries=[esp_entry(SPI_IN, "3des-cbc", "hmac-sha1-96")],
+                      keymat=esp_keymat("3des-cbc", "hmac-sha1-96"),
+                      flags=OffloadSaFlags.INBOUND_SA, dst="0.0.0.0", dst_mask="0.0.0.0")
+    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, dup) == INVALID
+
+
+def test_destination_with_mask_zero_is_a_host() -> None:
+    """ipsecsa's choice, as the SAD classifier's: a non-zero DestAddr with DestMask 0 is a
+    host match, found in the exact-destination bucket."""
+    mp = Miniport()
+    h = add_esp(mp, inbound=True, spi=SPI_IN, dst="10.0.0.1", dst_mask="0.0.0.0")
+    assert mp.sa(h).lookup_dst == ip4("10.0.0.1")
+    assert mp.receive(_esp_to("10.0.0.1", SPI_IN))[1].CryptoDone == 1
+    for dst in ("203.0.113.9", "10.0.0.2", LOCAL):
+        assert mp.receive(_esp_to(dst, SPI_IN))[1].CryptoDone == 0, dst
+    # the same host with mask /32 is a duplicate; another host is not
+    dup = pack_add_sa(entries=[esp_entry(SPI_IN, "3des-cbc", "hmac-sha1-96")],
+                      keymat=esp_keymat("3des-cbc", "hmac-sha1-96"),
+                      flags=OffloadSaFlags.INBOUND_SA, dst="10.0.0.1",
+                      dst_mask="255.255.255.255")
+    assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_SA, dup) == INVALID
+    add_esp(mp, inbound=True, spi=SPI_IN, dst="10.0.0.2", dst_mask="0.0.0.0")
+    assert mp.receive(_esp_to("10.0.0.2", SPI_IN))[1].CryptoDone == 1
+
+
 def test_delete_stops_traffic() -> None:
     mp = Miniport(iv_source=iv_source)
     h_out = add_esp(mp, inbound=False, spi=SPI_OUT)
@@ -856,7 +937,7 @@ def test_udpesp_refusals(case: str) -> None:
         buf = udpesp_buf(inbound=True, spi=0x600, port=4500)  # same SPI/dst, new port
     elif case == "too_short":
         buf = buf[:UDPESP["KeyMat"] - 1]
-        status = NdisStatus.BUFFER_TOO_SHORT
+        status = NdisStatus.INVALID_LENGTH
     assert snapshot_call(mp, Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, buf) == status
     # a failed ADD left no parser entry for port 4500
     assert all(e.port != 4500 for e in mp.parser_entries())

@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from ipsecsa import DropReason, SecurityAssociation
+from ipsecsa.errors import IpsecsaError
 from ipsecsa.ndis import (
     Miniport,
     NdisStatus,
@@ -23,10 +24,19 @@ from ipsecsa.ndis import (
     OffloadError,
     OffloadTransport,
     Oid,
+    UnknownHandleError,
     build_add_request,
 )
 from ipsecsa.ndis.constants import OffloadConf, OffloadIntegrity, OffloadSaFlags, UdpEncapType
-from ipsecsa.ndis.structs import DeleteSa, decode_add_sa, decode_add_udpesp_sa, encode_delete_sa
+from ipsecsa.ndis.structs import (
+    DeleteSa,
+    NblInfoReceive,
+    decode_add_sa,
+    decode_add_udpesp_sa,
+    encode_delete_sa,
+)
+from ipsecsa.packet.ipv4 import build_ipv4_header
+from ipsecsa.sad import Bundle, filters_for
 from ipsecsa.selectors import Selector
 
 warnings.filterwarnings("ignore", message=".*TripleDES.*")
@@ -158,10 +168,12 @@ def test_add_buffers_as_a_windows_transport_builds_them() -> None:
     req = decode_add_sa(build_add_request(sa, inbound=True, filter=f)[1])
     assert (str(req.SrcAddr), str(req.DestAddr), req.SrcPort, req.DestPort) == (
         "10.2.0.0", "10.1.1.0", 0, 500)
-    # transport mode, no selectors: all-wildcard filter, no tunnel addresses
+    # transport mode, no selectors: host to host (as the SAD's filters_for), no tunnel addresses
     ah = make(sa_dict("outbound", side="a", spi=0x500, protocol="ah", integ="hmac-md5-96"))
     req = decode_add_sa(build_add_request(ah, inbound=False)[1])
-    assert (str(req.DestAddr), str(req.DestTunnelAddr), req.Protocol) == ("0.0.0.0",) * 2 + (0,)
+    assert (str(req.SrcAddr), str(req.SrcMask), str(req.DestAddr), str(req.DestMask)) == (
+        LOCAL, "255.255.255.255", PEER, "255.255.255.255")
+    assert (str(req.DestTunnelAddr), req.Protocol) == ("0.0.0.0", 0)
     assert (req.SecAssoc[0].Operation, req.SecAssoc[0].ConfAlgo.algoIdentifier) == (1, 0)
     udp = make(sa_dict("inbound", side="a", spi=0x600, encap=True))
     oid, buf = build_add_request(udp, inbound=True, entry_handle=77)
@@ -288,6 +300,179 @@ def test_handles_in_returned_buffers_are_the_ones_used_for_send() -> None:
     assert (h_out, h_in) == (1, 2)
     assert mp.sa(h_out).inbound is False and mp.sa(h_in).inbound is True
     assert struct.pack("<Q", h_out) != struct.pack("<Q", 0)
-    with pytest.raises(KeyError):
+    with pytest.raises(UnknownHandleError) as err:
         transport.remove([h_out, 99])
+    assert isinstance(err.value, IpsecsaError) and not isinstance(err.value, KeyError)
+    assert err.value.field == "handles" and "99" in str(err.value)
     assert mp.sa_handles() == (h_out, h_in)  # nothing removed when a handle is unknown
+    assert transport.handles == (h_out, h_in) and a_out._nic is not None
+
+
+# --- review fixes: filters, fallbacks, failure handling ---------------------------------------
+
+
+def _ndis(req: object) -> tuple:
+    return (int(req.SrcAddr), int(req.SrcMask), int(req.DestAddr), int(req.DestMask),
+            req.Protocol, req.SrcPort, req.DestPort)
+
+
+@pytest.mark.parametrize("selectors", [
+    [], [{"protocol": 17, "dport": 53}],
+    [{"dst": "198.51.100.0/24", "protocol": 6, "sport": 1234}],
+    [{"dst": "10.0.0.0/8"}, {"protocol": 1}],  # the first leaves out the peer: skipped
+], ids=["none", "proto-port", "prefix-covering", "one-covers"])
+def test_transport_filter_is_the_sads_host_to_host_filter(selectors: list) -> None:
+    """A transport SA's ADD filter is filters_for's: the SA's own addresses with all-ones
+    masks, plus its one selector's protocol and ports; each SA in its own direction."""
+    swap = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
+    for direction in ("outbound", "inbound"):
+        sels = selectors if direction == "outbound" else [
+            {swap.get(k, k): v for k, v in sel.items()} for sel in selectors]
+        sa = make(sa_dict(direction, side="a", spi=0x3A00, selectors=sels))
+        (f,) = filters_for(Bundle((sa,)))
+        req = decode_add_sa(build_add_request(sa, inbound=direction == "inbound")[1])
+        assert _ndis(req) == (f.src, f.src_mask, f.dst, f.dst_mask, f.protocol, f.sport,
+                              f.dport)
+        src, dst = (LOCAL, PEER) if direction == "outbound" else (PEER, LOCAL)
+        assert (str(req.SrcAddr), str(req.DestAddr)) == (src, dst)
+        assert str(req.SrcMask) == str(req.DestMask) == "255.255.255.255"
+
+
+def test_transport_selectors_refused_when_no_or_several_filters() -> None:
+    transport = OffloadTransport(Miniport())
+    for sels in ([{"protocol": 6}, {"protocol": 17}], [{"dst": "10.0.0.0/8"}]):
+        a_out = make(sa_dict("outbound", side="a", spi=0x3B00, selectors=sels))
+        a_in = make(sa_dict("inbound", side="a", spi=0x3B01, selectors=sels))
+        with pytest.raises(NotOffloadableError) as err:
+            transport.offload(a_out, a_in)
+        assert err.value.field == "outbound.selectors"
+    assert transport.miniport.sa_handles() == ()
+
+
+def test_same_inbound_spi_on_two_local_addresses() -> None:
+    """SPIs are unique per destination (A.1, F.4): two pairs with one inbound SPI on different
+    local addresses both offload, and each receives its own traffic."""
+    mp = Miniport(iv_source=iv_source)
+    transport = OffloadTransport(mp)
+    local2, peer2 = "192.0.2.2", "198.51.100.8"
+
+    def sa(direction: str, spi: int, src: str, dst: str) -> SecurityAssociation:
+        return make({"spi": spi, "protocol": "esp", "direction": direction, "src": src,
+                     "dst": dst, "encryption": {"algorithm": "3des-cbc",
+                                                "key": KEYS["3des-cbc"].hex()},
+                     "integrity": {"algorithm": "hmac-sha1-96",
+                                   "key": KEYS["hmac-sha1-96"].hex()}})
+
+    in1, in2 = sa("inbound", 0x2002, PEER, LOCAL), sa("inbound", 0x2002, peer2, local2)
+    transport.offload(sa("outbound", 0x1001, LOCAL, PEER), in1)
+    transport.offload(sa("outbound", 0x1003, local2, peer2), in2)
+    assert len(mp.sa_handles()) == 4
+    rng = random.Random(3)
+    for sa_in, src, dst in ((in1, PEER, LOCAL), (in2, peer2, local2)):
+        peer_out = sa("outbound", 0x2002, src, dst)
+        q = packet(rng, src, dst)
+        assert sa_in.unprotect(peer_out.protect(q).packet).packet == q
+    assert mp.stats.received == 2 and mp.stats.passed_up == 0
+
+
+def _lsrr_packet(final: str) -> bytes:
+    opt = bytes([0x83, 11, 4]) + bytes([10, 9, 9, 9]) + bytes(int(x) for x in final.split("."))
+    udp = struct.pack("!HHHH", 5000, 53, 12, 0) + b"abcd"
+    return build_ipv4_header(tos=0, total_length=20 + 12 + len(udp), ident=1, flags=0,
+                             frag_offset=0, ttl=64, protocol=17, src=bytes([192, 0, 2, 1]),
+                             dst=bytes([10, 9, 9, 9]), options=opt + b"\x01") + udp
+
+
+def test_ah_send_fallback_is_the_sas_own_software_path() -> None:
+    """The NIC returns the packet unprocessed: the AH SA's software ICV is used, source-route
+    prediction included (RFC 4302 §3.3.3.1.1.1), byte for byte as the software twin."""
+    kw = {"protocol": "ah", "integ": "hmac-sha1-96"}
+    for lost in (False, True):
+        mp = Miniport()
+        transport = OffloadTransport(mp)
+        a_out, a_in = pair("a", 0x4A00, 0x4A01, **kw)
+        sw_out, _ = pair("a", 0x4A00, 0x4A01, **kw)
+        h_out, _h_in = transport.offload(a_out, a_in)
+        if lost:  # deleted behind the transport's back
+            mp.oid_request(Oid.TCP_TASK_IPSEC_DELETE_SA, encode_delete_sa(DeleteSa(h_out)))
+        p = _lsrr_packet(PEER)
+        assert a_out.protect(p).packet == sw_out.protect(p).packet
+        assert (mp.stats.sent, mp.stats.send_unknown_handle) == ((0, 1) if lost else (1, 0))
+
+
+class _Flaky:
+    """A MiniportLike around a Miniport whose ``fail(oid, buffer)`` may refuse a request
+    (return a status) or raise (return an exception)."""
+
+    def __init__(self, mp: Miniport, fail: object) -> None:
+        self.mp, self.fail = mp, fail
+        self.keymat_order = mp.keymat_order
+
+    def oid_request(self, oid: int, buffer: bytes) -> tuple[int, bytes]:
+        verdict = self.fail(oid, buffer)  # type: ignore[operator]
+        if isinstance(verdict, BaseException):
+            raise verdict
+        if verdict is not None:
+            return verdict, bytes(buffer)
+        return self.mp.oid_request(oid, buffer)
+
+    def send(self, packet: bytes, offload_handle: int) -> bytes:
+        return self.mp.send(packet, offload_handle)
+
+    def receive(self, packet: bytes) -> tuple[bytes, NblInfoReceive]:
+        return self.mp.receive(packet)
+
+
+def test_failed_delete_leaves_everything_for_a_retry() -> None:
+    mp = Miniport(iv_source=iv_source)
+    refuse: set[int] = set()
+
+    def fail(oid: int, buf: bytes) -> object:
+        if oid == Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA and \
+                struct.unpack_from("<Q", buf)[0] in refuse:
+            return NdisStatus.FAILURE
+        return None
+
+    transport = OffloadTransport(_Flaky(mp, fail))
+    a_out, a_in = pair("a", 0x5A00, 0x5A01, encap=True)
+    h_out, h_in = transport.offload(a_out, a_in)
+    refuse.add(h_in)
+    with pytest.raises(OffloadError) as err:
+        transport.remove([h_out, h_in])
+    assert err.value.status is NdisStatus.FAILURE
+    # the outbound SA went; the inbound one is exactly as it was
+    assert transport.handles == (h_in,) and mp.sa_handles() == (h_in,)
+    assert a_out._nic is None and a_in._nic is not None
+    assert len(mp.parser_entries()) == 1 and transport._entries == {(1, 4500): [
+        mp.parser_entries()[0].handle, 1]}
+    b_out, _ = pair("b", 0x5A01, 0x5A00, encap=True)
+    q = packet(random.Random(1), PEER, LOCAL)
+    assert a_in.unprotect(b_out.protect(q).packet).packet == q
+    assert mp.stats.received == 1  # still offloaded
+    refuse.clear()
+    transport.remove([h_in])  # the retry names the parser entry: it goes too (A.7)
+    assert transport.handles == () and mp.sa_handles() == () and mp.parser_entries() == ()
+    assert transport._entries == {} and a_in._nic is None
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("driver crashed"), KeyboardInterrupt()],
+                         ids=["runtime-error", "keyboard-interrupt"])
+def test_offload_rolls_back_the_first_add_on_any_exception(exc: BaseException) -> None:
+    mp = Miniport()
+    adds = []
+
+    def fail(oid: int, buf: bytes) -> object:
+        if oid == Oid.TCP_TASK_IPSEC_ADD_SA:
+            adds.append(oid)
+            if len(adds) == 2:
+                return exc
+        return None
+
+    transport = OffloadTransport(_Flaky(mp, fail))
+    a_out, a_in = pair("a", 0x6A00, 0x6A01)
+    with pytest.raises(type(exc)):
+        transport.offload(a_out, a_in)
+    assert mp.sa_handles() == () and transport.handles == ()
+    assert a_out._nic is None and a_in._nic is None
+    transport.offload(a_out, a_in)  # nothing left behind: the pair offloads afterwards
+    assert len(mp.sa_handles()) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Any
 from ipsecsa.config.model import SaConfig
 from ipsecsa.config.parse import parse_sa
 from ipsecsa.errors import ConfigError
+from ipsecsa.securefile import SECRET_FILE_MODE, write_secret_file
 
 _FILE_KEYS = frozenset({"sas"})
 #: Owner read/write only: SA files hold keys.
-FILE_MODE = 0o600
+FILE_MODE = SECRET_FILE_MODE
 
 
 def _with_file(err: ConfigError, name: str, prefix: str | None = None) -> ConfigError:
@@ -60,7 +60,7 @@ def _load_document(path: Path, text: str) -> Any:
             # tomllib's message already ends "(at line L, column C)"; it never echoes values.
             raise ConfigError("", f"{name}: invalid TOML: {exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         # exc.msg is the reason only; str(exc) would be the same plus the position we add.
         raise ConfigError("", f"{name}: invalid JSON: {exc.msg} at line {exc.lineno}, "
@@ -119,42 +119,18 @@ def dump_sa_file(path: str | os.PathLike[str], configs: Iterable[SaConfig]) -> N
         raise ConfigError("", f"{path.name}: dump_sa_file writes JSON; use a .json name")
     data = {"sas": [cfg.to_dict() for cfg in configs]}
     payload = (json.dumps(data, indent=2) + "\n").encode("utf-8")
-    directory = path.parent
-    # A unique, unguessable name; O_EXCL makes sure we never open someone else's file.
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                 FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # the umask may only have narrowed it; make it exact
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    write_secret_file(path, payload)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # not supported (e.g. some platforms); the data itself is already synced
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with a key given twice is an error, never "the last one wins": unknown or
+    repeated keys are refused, not silently ignored (sa-format.md)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ConfigError(key, "key given twice in one JSON object")
+        obj[key] = value
+    return obj
 
 
 __all__ = ["dump_sa_file", "load_sa_file"]

@@ -60,12 +60,10 @@ from ipsecsa.datapath.tunnel import OuterV4, OuterV6
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum
 from ipsecsa.packet.ipv4 import (
-    OPT_EOL,
-    OPT_LSRR,
-    OPT_NOP,
-    OPT_SSRR,
     header_checksum_ok,
+    ipv4_ah_zero_fixed,
     ipv4_ah_zero_mutable,
+    ipv4_source_route_final,
 )
 from ipsecsa.packet.ipv6 import (
     MAX_EXTENSION_HEADERS,
@@ -103,38 +101,11 @@ def _fold(s: int) -> int:
     return (s & 0xFFFF) + (s >> 16)
 
 
-def _zero_v4_fixed(hdr: bytes) -> bytes:
-    """A 20-byte IPv4 header (no options) as AH covers it: TOS, flags+offset, TTL and checksum
-    zeroed (RFC 4302 §3.3.3.1.1.1). The fast path of :func:`ipv4_ah_zero_mutable`."""
-    return b"".join((hdr[0:1], b"\x00", hdr[2:6], b"\x00\x00\x00", hdr[9:10], b"\x00\x00",
-                     hdr[12:20]))
-
-
 def _zero_v6_fixed(hdr: bytes | bytearray) -> bytes:
     """A 40-byte IPv6 header with no extension headers before AH as AH covers it: traffic class,
     flow label and hop limit zeroed (RFC 4302 §3.3.3.1.2). The fast path of
     :func:`ipv6_ah_zero_mutable`."""
     return b"".join((bytes((hdr[0] & 0xF0, 0, 0, 0)), hdr[4:7], b"\x00", hdr[8:40]))
-
-
-def _source_route_final(options: bytes) -> bytes | None:
-    """The final destination of an IPv4 loose/strict source route among ``options`` (already
-    validated by :func:`ipv4_ah_zero_mutable`), or None. RFC 4302 §3.3.3.1.1.1: with source
-    routing the destination address is predictable and the ICV takes its value at the final
-    destination, the last address of the route."""
-    i, n = 0, len(options)
-    while i < n:
-        kind = options[i]
-        if kind == OPT_EOL:
-            return None
-        if kind == OPT_NOP:
-            i += 1
-            continue
-        length = options[i + 1]
-        if kind in (OPT_LSRR, OPT_SSRR) and length >= 7:
-            return options[i + length - 4:i + length]
-        i += length
-    return None
 
 
 def _after_ah(buf: bytes, start: int, end: int, nh: int) -> tuple[bytes | None, int, int]:
@@ -199,7 +170,7 @@ def _inner_info(pkt: bytes) -> tuple[int, int, bool, int, int] | DropReason:
         if n < IPV6_HEADER_LEN:
             return DropReason.TRUNCATED
         ilen = IPV6_HEADER_LEN + (pkt[4] << 8 | pkt[5])
-        if ilen > n:
+        if ilen > n or (ilen == IPV6_HEADER_LEN and pkt[6] == 0):  # RFC 2675 jumbogram
             return DropReason.MALFORMED
         tc = (first & 15) << 4 | pkt[1] >> 4
         flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
@@ -258,7 +229,8 @@ class AhSA(SecurityAssociation):
         self._zero_icv = bytes(icv)
         src, dst = c.src.packed, c.dst.packed
         dscp = None if c.dscp == "copy" else c.dscp
-        self._outer4 = OuterV4(src, dst, PROTO_AH, c.ttl, dscp, c.df) if not self._v6 else None
+        self._outer4 = (OuterV4(src, dst, PROTO_AH, c.ttl, dscp, c.df, c.spi)
+                        if not self._v6 else None)
         self._outer6 = OuterV6(src, dst, PROTO_AH, c.ttl, dscp) if self._v6 else None
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
@@ -277,12 +249,11 @@ class AhSA(SecurityAssociation):
         seq = self._seq + 1
         self._seq = seq
         ah = _AH_HEAD.pack(next_header, self._plen_field, 0, self.spi, seq & 0xFFFFFFFF)
-        if self._nic is None:
+        out = None if self._nic is None else self._nic.send(head, ah + self._zero_field, payload)
+        if out is None:  # no NIC, or the NIC returned the packet unprocessed: software
             icv = self._compute(b"".join((covered_head, ah, self._zero_field, covered_payload)),
                                 seq, len(covered_head) + AH_FIXED_LEN)
             out = b"".join((head, ah, icv, self._pad, payload))
-        else:
-            out = self._nic.send(head, ah + self._zero_field, payload)
         self.packets = p = self.packets + 1
         self.bytes = b = self.bytes + nbytes
         if p >= self._pmark or b >= self._bmark:
@@ -317,8 +288,6 @@ class AhSA(SecurityAssociation):
             return self._drop(DropReason.MALFORMED)
         if self._selectors and not self._selectors_ok(4, pkt[12:16], pkt[16:20], proto, pkt, ihl):
             return self._drop(DropReason.SELECTOR_MISMATCH)
-        if self._seq >= self._seq_max:
-            return self._drop(DropReason.SEQ_EXHAUSTED)
         new_len = tlen + self._ahlen
         if new_len > MAX_IPV4_LEN:
             return self._drop(DropReason.TOO_BIG)
@@ -336,7 +305,7 @@ class AhSA(SecurityAssociation):
                 covered = ipv4_ah_zero_mutable(hdr)
             except MalformedPacket as exc:
                 return self._drop(exc.reason)
-            final = _source_route_final(options)
+            final = ipv4_source_route_final(options)
             if final is not None:
                 covered = covered[:16] + final + covered[20:]
         payload = pkt[ihl:tlen]
@@ -357,8 +326,6 @@ class AhSA(SecurityAssociation):
         if self._selectors and not self._selectors_ok(6, ch.src, ch.dst, ch.upper_protocol,
                                                       pkt[:end], ch.upper_offset):
             return self._drop(DropReason.SELECTOR_MISMATCH)
-        if self._seq >= self._seq_max:
-            return self._drop(DropReason.SEQ_EXHAUSTED)
         plen = ch.payload_length + self._ahlen
         if plen > MAX_IPV6_PAYLOAD:
             return self._drop(DropReason.TOO_BIG)
@@ -391,14 +358,12 @@ class AhSA(SecurityAssociation):
             refused = self._inner_policy(inner)
             if refused is not None:
                 return self._drop(refused)
-        if self._seq >= self._seq_max:
-            return self._drop(DropReason.SEQ_EXHAUSTED)
         body = self._ahlen + ilen
         if self._outer4 is not None:
             if body + IPV4_HEADER_LEN > MAX_IPV4_LEN:
                 return self._drop(DropReason.TOO_BIG)
             hdr = self._outer4.build(body, tos, df)
-            covered = _zero_v4_fixed(hdr)
+            covered = ipv4_ah_zero_fixed(hdr)
         else:
             if body > MAX_IPV6_PAYLOAD:
                 return self._drop(DropReason.TOO_BIG)
@@ -431,7 +396,7 @@ class AhSA(SecurityAssociation):
                     return self._drop(DropReason.WRONG_PROTOCOL)
                 end = tlen
                 outer_ecn = tos & 3
-                covered = (_zero_v4_fixed(pkt) if off == IPV4_HEADER_LEN
+                covered = (ipv4_ah_zero_fixed(pkt) if off == IPV4_HEADER_LEN
                            else ipv4_ah_zero_mutable(pkt[:off]))
             elif version == 6 and self._v6:
                 ch = parse_ipv6_chain(pkt, stop_at_ipsec=True)

@@ -18,15 +18,16 @@ selectors (RFC 4301 §5.2).
 
 from __future__ import annotations
 
+import logging
 import struct
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from ipsecsa.crypto.transforms import make_esp_transform
+from ipsecsa.datapath.replay import ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
-from ipsecsa.datapath.state import SaState
+from ipsecsa.datapath.tunnel import ident_start
 from ipsecsa.errors import DropReason, MalformedPacket
 from ipsecsa.packet.checksum import ones_sum, pseudo_header_sum
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
@@ -42,7 +43,6 @@ PROTO_ESP = 50
 PROTO_NONE = 59        # RFC 4303 §2.6 dummy packet
 #: IPv6 extension headers that can sit between ESP and the upper layer in transport mode.
 _V6_EXT_AFTER_ESP = frozenset({0, 43, 44, 60})
-PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite carry ports first
 ESP_HEADER_LEN = 8
 MAX_IPV4_LEN = 0xFFFF
 
@@ -53,7 +53,6 @@ _V4OUT = struct.Struct("!BBHHHBBH8s")
 _U32 = struct.Struct("!I").pack
 _SPI_SEQ = struct.Struct("!II")
 _H = struct.Struct("!H")
-_PORTS = struct.Struct("!HH")
 _UDP = struct.Struct("!HHHH")
 _V6FIRST = struct.Struct("!IHBB")
 
@@ -64,8 +63,7 @@ PAD = [bytes(range(1, n + 1)) for n in range(256)]
 _TRAILER = [PAD[p] + bytes((p, nh)) for p in range(16) for nh in range(256)]
 
 _new = tuple.__new__
-_monotonic = time.monotonic
-_MATURE = SaState.MATURE
+log = logging.getLogger("ipsecsa.esp")
 
 
 def _fold(s: int) -> int:
@@ -76,7 +74,7 @@ def _fold(s: int) -> int:
 class NicStep(Protocol):
     """The crypto step done by a NIC (the NDIS offload division of labour, reference A.1)."""
 
-    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes: ...
+    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes | None: ...
 
     def open(self, packet: bytes, esp_off: int, ct_off: int, end: int, seq: int
              ) -> bytes | None: ...
@@ -129,6 +127,14 @@ class EspSA(SecurityAssociation):
         #: The crypto step; a NIC model or native engine may replace these two.
         self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
         self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open
+        if t.icv_len == 0 and self._replay is not None and self._replay.size:
+            # Encryption-only ESP: nothing authenticates the sequence number, so a forged packet
+            # would move the window and lock out the genuine traffic (RFC 4303 §3.4.3 updates
+            # the window only after integrity verification). Anti-replay is therefore off;
+            # high ESN bits are still inferred.
+            log.warning("SA 0x%08x: encryption-only ESP, anti-replay turned off (no ICV to "
+                        "protect the window)", c.spi)
+            self._replay = ReplayWindow(0, c.esn, top=self._replay.top)
         self._ivlen = t.iv_len
         self._icvlen = t.icv_len
         self._block = t.block_size
@@ -154,7 +160,7 @@ class EspSA(SecurityAssociation):
         self._o4sum = (0x45 << 8) + (c.ttl << 8) + outer_proto + (
             sum(struct.unpack("!HHHH", src + dst)) if not self._v6 else 0)
         self._outer_extra = 20 + (8 if encap else 0)
-        self._ident = 0
+        self._ident = ident_start(c.spi)
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":
@@ -227,10 +233,10 @@ class EspSA(SecurityAssociation):
         self.bytes = b = self.bytes + tlen
         if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
             self._post_send(seq, now)
-        if self._nic is None:
+        if self._nic is None or (out := self._nic.send(hdr, esp_hdr, plain)) is None:
             iv, body = self._seal(esp_hdr, seq, plain)
             return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
-        return _new(Result, (self._nic.send(hdr, esp_hdr, plain), None))
+        return _new(Result, (out, None))
 
     def _out_transport6(self, pkt: bytes, now: float | None) -> Result:
         if not self._v6:
@@ -287,7 +293,7 @@ class EspSA(SecurityAssociation):
             if n < 40:
                 return self._drop(DropReason.TRUNCATED)
             ilen = 40 + (pkt[4] << 8 | pkt[5])
-            if ilen > n:
+            if ilen > n or (ilen == 40 and pkt[6] == 0):  # RFC 2675 jumbogram: unsupported
                 return self._drop(DropReason.MALFORMED)
             tos = (first & 15) << 4 | pkt[1] >> 4
             flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
@@ -342,10 +348,10 @@ class EspSA(SecurityAssociation):
         self.bytes = b = self.bytes + ilen
         if p >= self._pmark or b >= self._bmark or seq >= self._seq_max:
             self._post_send(seq, now)
-        if self._nic is None:
+        if self._nic is None or (out := self._nic.send(hdr, esp_hdr, plain)) is None:
             iv, body = self._seal(esp_hdr, seq, plain)
             return _new(Result, (b"".join((hdr, esp_hdr, iv, body)), None))
-        return _new(Result, (self._nic.send(hdr, esp_hdr, plain), None))
+        return _new(Result, (out, None))
 
     def _sent(self, seq: int, nbytes: int, now: float | None, out: bytes) -> Result:
         """Account for a sent packet (the less hot paths) and wrap it in a Result."""

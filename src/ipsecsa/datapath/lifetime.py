@@ -122,10 +122,6 @@ class LifetimeMarks:
         t = self.hard_deadline if self.soft_fired else min(self.soft_deadline, self.hard_deadline)
         return None if t == INF else t
 
-    def remaining(self) -> dict[str, float | None]:
-        """Seconds left to the soft and hard deadlines (for listings)."""
-        return {"soft": None if self.soft_deadline == INF else self.soft_deadline,
-                "hard": None if self.hard_deadline == INF else self.hard_deadline}
 
 
 class _Unlimited(LifetimeMarks):

@@ -31,7 +31,8 @@ class Result(tuple):
 
     @property
     def ok(self) -> bool:
-        return self[1] is None
+        """True when a packet was delivered (False for drops and for a held fragment)."""
+        return self[0] is not None
 
     def __repr__(self) -> str:
         if self[1] is not None:

@@ -31,7 +31,7 @@ from ipsecsa.datapath.lifetime import INF, Limits, lifetime_marks
 from ipsecsa.datapath.replay import ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.state import USABLE, SaState, SaTrigger, next_state
-from ipsecsa.errors import DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.ecn import ecn_decapsulate, set_ecn
 from ipsecsa.packet.flow import flow_of
 from ipsecsa.packet.fragment import Reassembler
@@ -110,7 +110,8 @@ class SecurityAssociation:
     def __init__(self, config: Any, *, now: float | None = None,
                  iv_source: IvSource | None = None) -> None:
         if config.protocol != self.PROTOCOL:
-            raise TypeError(f"{type(self).__name__} cannot carry a {config.protocol} SA")
+            raise ConfigError("protocol", f"{type(self).__name__} cannot carry a "
+                                          f"{config.protocol} SA")
         self.config = config
         self.spi: int = config.spi
         self.mode: str = config.mode
@@ -141,7 +142,10 @@ class SecurityAssociation:
         self._refresh_marks()
         self._build(iv_source)
         self.state = next_state(self.state, SaTrigger.INSTALL)
-        if self.direction == "outbound" and self._seq >= self._seq_max:
+        if self.direction != "inbound" and self._seq >= self._seq_max:
+            # An SA that can send and has used its last number is exhausted from the start
+            # (RFC 4303 §3.3.3 / RFC 4302 §3.3.2: sequence numbers never cycle). Deciding it
+            # here keeps the per-packet paths free of the check.
             self._exhausted(now)
         self._bind()
 
@@ -375,7 +379,7 @@ class SecurityAssociation:
             if dlen < 40 or plain[0] >> 4 != 6:
                 return self._drop(DropReason.BAD_INNER)
             ilen = 40 + (plain[4] << 8 | plain[5])
-            if ilen > dlen:
+            if ilen > dlen or (ilen == 40 and plain[6] == 0):  # RFC 2675 jumbogram: unsupported
                 return self._drop(DropReason.BAD_INNER)
             inner = plain[:ilen]
             inner_ecn = (plain[1] >> 4) & 3

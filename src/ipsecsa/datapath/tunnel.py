@@ -26,6 +26,14 @@ _V6FIRST = struct.Struct("!IHBB")
 _UDP = struct.Struct("!HHHH")
 
 
+def ident_start(spi: int) -> int:
+    """Where an SA's outer IPv4 Identification counter starts: the SPI scrambled by a
+    multiplicative hash (Knuth's 2654435761). Parallel SAs to one peer, or the old and new SA of
+    a rekey, then do not send the same Identification sequence in lockstep, whose fragments
+    could meet in the peer's reassembly; and two objects of the same SA number alike."""
+    return ((spi * 2654435761) >> 16) & 0xFFFF
+
+
 def _words(addr: bytes) -> int:
     """Sum of the 16-bit words of an address (for checksums)."""
     return sum(struct.unpack(f"!{len(addr) // 2}H", addr))
@@ -50,14 +58,14 @@ class OuterV4:
     )
 
     def __init__(self, src: bytes, dst: bytes, proto: int, ttl: int, dscp: int | None,
-                 df_mode: str) -> None:
+                 df_mode: str, spi: int = 0) -> None:
         self.src, self.dst, self.proto, self.ttl = src, dst, proto, ttl
         self.dscp = dscp
         self.df_mode = df_mode
         self._s1, self._s2 = struct.unpack("!HH", src)
         self._d1, self._d2 = struct.unpack("!HH", dst)
         self._const = (0x45 << 8) + (ttl << 8) + proto + _words(src) + _words(dst)
-        self._ident = 0
+        self._ident = ident_start(spi)
 
     def build(self, payload_len: int, inner_tos: int, inner_df: bool) -> bytes:
         """The 20-byte header for ``payload_len`` bytes of payload."""
@@ -87,9 +95,3 @@ class OuterV6:
         tc = inner_tc if self.dscp is None else (self.dscp << 2) | (inner_tc & 3)
         return _V6FIRST.pack((6 << 28) | (tc << 20) | flow_label, payload_len, self.proto,
                              self.ttl) + self._tail
-
-
-def udp_header(sport: int, dport: int, payload_len: int) -> bytes:
-    """UDP header for ESP-in-UDP over IPv4 with a zero checksum (RFC 3948 §2.1: the checksum
-    SHOULD be zero; the ESP ICV protects the payload)."""
-    return _UDP.pack(sport, dport, payload_len + 8, 0)

@@ -358,8 +358,9 @@ class PcapReader:
         major, _minor, _zone, _sigfigs, snaplen, linktype_field = hdr[1:]
         if major != PCAP_VERSION[0]:
             raise PcapError(4, f"unsupported pcap version {major}.{_minor}")
-        # The upper bits of the link-type field carry FCS information (pcap-savefile(5)).
-        iface = _Interface(linktype_field & 0x0FFFFFFF, snaplen, tick, 0)
+        # Only the low 16 bits are the link type; the upper bits carry FCS information (the
+        # P bit 0x04000000 and the FCS length, pcap-savefile(5) / draft-ietf-opsawg-pcap).
+        iface = _Interface(linktype_field & 0xFFFF, snaplen, tick, 0)
         rec = struct.Struct(order + PCAP_RECORD_HEADER)
         while True:
             start = self._offset

@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from typing import Any
 
 from ipsecsa.config.model import SaConfig
 from ipsecsa.errors import ConfigError
+from ipsecsa.securefile import write_secret_file
 
 log = logging.getLogger("ipsecsa.io.wireshark")
 
@@ -241,22 +241,7 @@ def write_esp_sa_file(path: str | os.PathLike[str], configs: Iterable[Any], *,
     lines = esp_sa_lines(configs, skip_unsupported=skip_unsupported,
                          wireshark_version=wireshark_version)
     text = _HEADER + "".join(line + "\n" for line in lines)
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_secret_file(path, text.encode("ascii"))
     return len(lines)
 
 

@@ -6,12 +6,19 @@
 """
 
 from ipsecsa.ndis.constants import CryptoStatus, NdisStatus, Oid
-from ipsecsa.ndis.miniport import Miniport, MiniportStats, OffloadedSa, ParserEntry
+from ipsecsa.ndis.miniport import (
+    Miniport,
+    MiniportStats,
+    OffloadedSa,
+    OidRequestInfo,
+    ParserEntry,
+)
 from ipsecsa.ndis.structs import NblInfoReceive, StructError
 from ipsecsa.ndis.transport import (
     NotOffloadableError,
     OffloadError,
     OffloadTransport,
+    UnknownHandleError,
     build_add_request,
 )
 
@@ -26,7 +33,9 @@ __all__ = [
     "OffloadTransport",
     "OffloadedSa",
     "Oid",
+    "OidRequestInfo",
     "ParserEntry",
     "StructError",
+    "UnknownHandleError",
     "build_add_request",
 ]

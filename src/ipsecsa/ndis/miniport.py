@@ -17,10 +17,14 @@ F or this module), not a statement about Windows. The choices, in one place:
   key (if ConfAlgo is not NONE) then the integrity key (if IntegrityAlgo is not NONE).
   ``keymat_order="integrity-first"`` reads integrity then confidentiality inside each entry (the
   ALGO_INFO page's reading). ``KeyLen`` must equal the sum of the used ``algoKeylen``.
-* **Validation and statuses (F.2).** Checks run in this order and the first failure decides:
-  buffer length (the codec's BUFFER_TOO_SHORT for a buffer shorter than the fixed part,
-  INVALID_LENGTH for one shorter than ``offsetof(KeyMat) + KeyLen``); Flags (unknown bits, both
-  or neither direction); NumSAs in {1, 2}; per entry: Operation, algorithm identifiers
+* **Unknown OIDs (A.8).** An OID value outside the :class:`~ipsecsa.ndis.constants.Oid` enum
+  (the OIDs ipsecsa knows) is INVALID_OID, even one NDIS defines; a value in the enum other than
+  the four v1 SA OIDs is NOT_SUPPORTED.
+* **Validation and statuses (F.1, F.2).** Checks run in this order and the first failure decides:
+  buffer length (INVALID_LENGTH, with BytesNeeded, for a buffer shorter than the fixed part,
+  ``offsetof(KeyMat)`` for ADD and ``sizeof`` for DELETE, and for one shorter than
+  ``offsetof(KeyMat) + KeyLen``: F.1 names INVALID_LENGTH for a short set buffer, so the codec's
+  BUFFER_TOO_SHORT is mapped to it); Flags (unknown bits, both or neither direction); NumSAs in {1, 2}; per entry: Operation, algorithm identifiers
   (CONF_RESERVED and values at or above *_MAX are unknown), AH with a non-zero ConfAlgo (any of
   its three members), ESP that neither encrypts nor authenticates, SPI below 256 (reserved by
   RFC 4303 §2.1), RFC key lengths (DES 8, 3DES 24, MD5 16, SHA 20, NONE 0); two entries not
@@ -31,10 +35,19 @@ F or this module), not a statement about Windows. The choices, in one place:
   entries beyond NumSAs, the ``Reserved`` ALGO_INFO and ``algoRounds`` are not inspected.
   The crypto objects are built during validation, so nothing is committed before every check
   passed: a failed request leaves every table, the handle counter and the buffer unchanged.
+* **OID results.** :meth:`Miniport.oid_request` returns ``(status, buffer)`` only;
+  :attr:`Miniport.last_request` (an :class:`OidRequestInfo`) then holds the status, NDIS's
+  BytesNeeded (for INVALID_LENGTH: the length that would have sufficed) and the reason.
+* **Destination matching.** A.3: a zero field is a wildcard, so DestAddr 0 is any destination
+  whatever DestMask says. A non-zero DestAddr with DestMask 0 is left open by Windows; ipsecsa
+  treats it as a *host* match (mask all-ones), the same choice as the SA database's classifier
+  (whose ``_effective_mask`` this module reuses), since "any" is already DestAddr 0. Otherwise a
+  packet's destination matches when ``(dst & DestMask) == (DestAddr & DestMask)``.
 * **Duplicates.** Two live SAs clash when they have the same direction, IPsec protocol (ESP for
-  UDP-ESP as well), SPI and lookup destination. The lookup destination is DestTunnelAddr for a
-  tunnel SA, else DestAddr when DestMask is 255.255.255.255, else the wildcard 0.0.0.0 (then the
-  filter's ``(dst & DestMask) == (DestAddr & DestMask)`` is checked per packet).
+  UDP-ESP as well), SPI and lookup destination. Including the protocol is our choice, following
+  A.1's "SPIs unique per destination and IPsec protocol". The lookup destination is
+  DestTunnelAddr for a tunnel SA, else DestAddr when the effective DestMask (above) is all-ones,
+  else the wildcard 0.0.0.0 (then the destination match above is checked per packet).
 * **Handles (F.3).** SA and parser-entry handles come from one 64-bit counter (the width of
   HANDLE on x64) starting at 1: opaque, never zero, unique among live objects, and not reused
   before 2**64 - 1 further allocations (so certainly not before 2**32). On wrap-around the
@@ -59,9 +72,10 @@ F or this module), not a statement about Windows. The choices, in one place:
   is not enforced. A.7's "DELETE the miniport cannot perform now" never arises here: every
   request completes synchronously (no NDIS_STATUS_PENDING), under the lock.
 * **Receive (A.10).** A packet is looked up by (IPsec protocol, SPI, destination) in O(1): first
-  the exact destination, then the wildcard bucket. The NIC processes the payload the lookup hits
-  (never both a tunnel and a transport payload: NextCryptoDone is always 0, and we advertise no
-  TransportTunnelCombined). A 2-entry SA expects ``[IP][AH][ESP]``; a packet whose IPsec headers
+  the exact destination, then the wildcard bucket (Destination matching above; the source,
+  protocol and port fields of the filter are stored but not checked per packet). The NIC
+  processes the payload the lookup hits (never both a tunnel and a transport payload:
+  NextCryptoDone is always 0, and we advertise no TransportTunnelCombined). A 2-entry SA expects ``[IP][AH][ESP]``; a packet whose IPsec headers
   differ from the SA's entries (or UDP encapsulation that differs from the SA's) gets
   CRYPTO_INVALID_PROTOCOL; lengths that cannot be right (IP total length beyond the buffer, AH
   length not the SA's, ESP shorter than header + IV + one block + ICV, ciphertext not block
@@ -79,8 +93,9 @@ F or this module), not a statement about Windows. The choices, in one place:
   writes them.
 * **Capabilities (A.9).** IPv4AH.Md5/Sha_1 describe the integrity algorithms for AH and ESP alike
   (A.9: "AH payload, ESP payload, or both"), so they follow ``integrity_algorithms`` even when AH
-  is not offered. UDP-ESP: the two subtypes this model parses, TPT and TUN ``*_OTHER`` (0x10,
-  0x20); none of the combined transport-over-tunnel subtypes. IPv4Options is reported: headers
+  is not offered. UDP-ESP: the two subtypes this model parses, TPT ``*_OTHER`` (0x10) only when
+  transport mode is offered and TUN ``*_OTHER`` (0x20) only when tunnel mode is; none of the
+  combined transport-over-tunnel subtypes. IPv4Options is reported: headers
   with options are handled (AH mutable options zeroed as RFC 4302 §3.3.3.1.1 says).
 * **Threads.** One lock serialises OID requests, send and receive (A.7: a DELETE must not overtake
   its ADD).
@@ -92,7 +107,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY
 from ipsecsa.crypto.transforms import (
@@ -116,6 +131,9 @@ from ipsecsa.ndis.constants import (
     UdpEspCapability,
 )
 from ipsecsa.ndis.structs import (
+    ADD_SA_OFFLOAD_HANDLE_OFFSET,
+    ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET,
+    ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET,
     AddSa,
     AddUdpEspSa,
     IpsecOffloadV1,
@@ -130,13 +148,19 @@ from ipsecsa.ndis.structs import (
     decode_delete_udpesp_sa,
     encode_ipsec_offload_v1,
 )
-from ipsecsa.packet.ipv4 import ipv4_ah_zero_mutable
+from ipsecsa.packet.ipv4 import (
+    ipv4_ah_zero_fixed,
+    ipv4_ah_zero_mutable,
+    ipv4_source_route_final,
+)
+from ipsecsa.sad.classifier import _effective_mask
 
 __all__ = [
     "RFC_KEY_LENGTHS",
     "Miniport",
     "MiniportStats",
     "OffloadedSa",
+    "OidRequestInfo",
     "ParserEntry",
 ]
 
@@ -160,18 +184,10 @@ RFC_KEY_LENGTHS: dict[tuple[str, int], int] = {
     ("integrity", OffloadIntegrity.MD5): 16,
     ("integrity", OffloadIntegrity.SHA): 20,
 }
-#: IPv4 loose/strict source route option types (RFC 791), for AH's predictable destination.
-_OPT_EOL, _OPT_NOP, _OPT_LSRR, _OPT_SSRR = 0, 1, 0x83, 0x89
-#: OFFLOAD_IPSEC_ADD_SA / ADD_UDPESP_SA member offsets on x64 (the OIDs' out-parameters).
-_OFFLOAD_HANDLE_OFFSET = 168
-_ENTRY_HANDLE_OFFSET = 184
 _HANDLE_WIDTH_BITS = 64  # HANDLE is 8 bytes on x64 (see the module docstring)
 
 # --- implementation constants ----------------------------------------------------------------
 DEFAULT_CAPACITY = 1024
-#: Supported.Flags we report when UDP-ESP is offered (the subtypes this model parses).
-UDPESP_SUBTYPES = (UdpEspCapability.TPT_UDPESP_ENCAPTYPE_OTHER
-                   | UdpEspCapability.TUN_UDPESP_ENCAPTYPE_OTHER)
 
 _CONF_ALG = {OffloadConf.NONE: "null", OffloadConf.DES: "des-cbc",
              OffloadConf.THREE_DES: "3des-cbc"}
@@ -179,11 +195,8 @@ _INTEG_ALG = {OffloadIntegrity.MD5: "hmac-md5-96", OffloadIntegrity.SHA: "hmac-s
 _KNOWN_CONF = frozenset(_CONF_ALG)
 _KNOWN_INTEG = frozenset({OffloadIntegrity.NONE, *_INTEG_ALG})
 _ALL_FLAGS = OffloadSaFlags.INBOUND_SA | OffloadSaFlags.OUTBOUND_SA
-_V2_OIDS = frozenset({Oid.TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA, Oid.TCP_TASK_IPSEC_OFFLOAD_V2_DELETE_SA,
-                      Oid.TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA,
-                      Oid.TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX})
-_KNOWN_UNSUPPORTED_OIDS = _V2_OIDS | {Oid.TCP_TASK_OFFLOAD}
-#: Every OID value ipsecsa knows from the headers (reference A.2, A.9, A.12).
+#: Every OID value ipsecsa knows (the :class:`Oid` enum: reference A.2, A.9, A.12). Any other
+#: value answers INVALID_OID, a known one this model does not implement NOT_SUPPORTED.
 _KNOWN_OIDS = frozenset(int(o) for o in Oid)
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
@@ -205,7 +218,22 @@ class _Refused(Exception):
 
     def __init__(self, status: NdisStatus, why: str) -> None:
         self.status = status
+        self.why = why
         super().__init__(f"{status.name}: {why}")
+
+
+class OidRequestInfo(NamedTuple):
+    """What :meth:`Miniport.oid_request` reports beside its ``(status, buffer)`` result.
+
+    ``status``: the NDIS_STATUS returned (plain int). ``bytes_needed``: NDIS's BytesNeeded, the
+    buffer length that would have sufficed, for an INVALID_LENGTH answer (0 otherwise).
+    ``reason``: why the request was refused, naming the member where there is one ("" on
+    SUCCESS). Never contains key material.
+    """
+
+    status: int
+    bytes_needed: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +267,10 @@ class OffloadedSa:
     """One offloaded SA as the miniport keeps it (no keys: those live in the crypto objects).
 
     ``lookup_dst`` is the destination the SA is found under (module docstring, Duplicates);
-    ``entry`` the parser entry handle of an inbound UDP-ESP SA (0 otherwise).
+    ``dst_match_mask`` the effective DestMask a packet's destination is matched with in the
+    wildcard bucket (0 for DestAddr 0, all-ones for a non-zero DestAddr with DestMask 0: module
+    docstring, Destination matching); ``entry`` the parser entry handle of an inbound UDP-ESP SA
+    (0 otherwise).
     """
 
     handle: int
@@ -257,6 +288,7 @@ class OffloadedSa:
     udp: bool
     entry: int
     lookup_dst: bytes
+    dst_match_mask: bytes
 
     @property
     def tunnel(self) -> bool:
@@ -348,6 +380,10 @@ class Miniport:
         self._next_handle = 1
         self._want_room = False
         self._asked: set[int] = set()
+        #: Status, BytesNeeded and reason of the last completed :meth:`oid_request` (None
+        #: before the first). Set under the lock; with several threads issuing requests, read
+        #: it only where the requests are serialised by the caller.
+        self.last_request: OidRequestInfo | None = None
 
     # ================================================================ capabilities
     def capabilities(self) -> bytes:
@@ -366,7 +402,7 @@ class Miniport:
             AhEspCombined=int(self.ah and self.esp and self.ah_esp_combined),
             TransportTunnelCombined=0,
             IPv4Options=1,
-            Flags=int(UDPESP_SUBTYPES) if (self.udp_esp and self.esp) else 0,
+            Flags=self._udpesp_flags(),
         )
         ah = IpsecOffloadV1Ah(
             Md5=bit(OffloadIntegrity.MD5 in self.integrity_algorithms),
@@ -380,6 +416,17 @@ class Miniport:
             Transport=bit(self.esp and self.transport), Tunnel=bit(self.esp and self.tunnel),
             Send=bit(self.esp), Receive=bit(self.esp))
         return IpsecOffloadV1(Supported=supported, IPv4AH=ah, IPv4ESP=esp)
+
+    def _udpesp_flags(self) -> int:
+        """Supported.Flags: the UDP-ESP subtypes parsed, each only with its mode offered."""
+        if not (self.udp_esp and self.esp):
+            return 0
+        flags = 0
+        if self.transport:
+            flags |= UdpEspCapability.TPT_UDPESP_ENCAPTYPE_OTHER
+        if self.tunnel:
+            flags |= UdpEspCapability.TUN_UDPESP_ENCAPTYPE_OTHER
+        return int(flags)
 
     # ================================================================ introspection
     def sa_handles(self) -> tuple[int, ...]:
@@ -410,35 +457,52 @@ class Miniport:
 
         On success of an ADD the buffer comes back with OffloadHandle (and, for an inbound UDP-ESP
         SA added with a NULL entry handle, EncapTypeEntryOffldHandle) filled in; on any failure it
-        comes back unchanged and no table has changed.
+        comes back unchanged and no table has changed. BytesNeeded and the reason of a refusal
+        are in :attr:`last_request` afterwards (the return shape stays ``(status, buffer)``).
         """
         data = bytes(buffer)
         with self._lock:
-            try:
-                if oid == Oid.TCP_TASK_IPSEC_ADD_SA:
-                    return int(NdisStatus.SUCCESS), self._add(data, udp=False)
-                if oid == Oid.TCP_TASK_IPSEC_DELETE_SA:
-                    self._delete(decode_delete_sa(data).OffloadHandle, 0, udp=False)
-                    return int(NdisStatus.SUCCESS), data
-                if oid in (Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA):
-                    if not (self.udp_esp and self.esp):
-                        raise _Refused(NdisStatus.NOT_SUPPORTED, "UDP-ESP offload not offered")
-                    if oid == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA:
-                        return int(NdisStatus.SUCCESS), self._add(data, udp=True)
-                    req = decode_delete_udpesp_sa(data)
-                    self._delete(req.OffloadHandle, req.EncapTypeEntryOffldHandle, udp=True)
-                    return int(NdisStatus.SUCCESS), data
-                # A8: a known OID this miniport does not support answers NOT_SUPPORTED; only
-                # an OID unknown to NDIS is INVALID_OID.
-                if oid in _KNOWN_UNSUPPORTED_OIDS or oid in _KNOWN_OIDS:
-                    return int(NdisStatus.NOT_SUPPORTED), data
-                return int(NdisStatus.INVALID_OID), data
-            except StructError as exc:
-                return int(exc.status), data
-            except _Refused as exc:
-                if exc.status is NdisStatus.RESOURCES:
-                    self._want_room = True
-                return int(exc.status), data
+            status, out, needed, why = self._request(oid, data)
+            self.last_request = OidRequestInfo(int(status), needed, why)
+            return int(status), out
+
+    def _request(self, oid: int, data: bytes) -> tuple[NdisStatus, bytes, int, str]:
+        """(status, buffer, BytesNeeded, reason) of one set request; called under the lock."""
+        ok = NdisStatus.SUCCESS
+        try:
+            if oid == Oid.TCP_TASK_IPSEC_ADD_SA:
+                return ok, self._add(data, udp=False), 0, ""
+            if oid == Oid.TCP_TASK_IPSEC_DELETE_SA:
+                self._delete(decode_delete_sa(data).OffloadHandle, 0, udp=False)
+                return ok, data, 0, ""
+            if oid in (Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA):
+                if not (self.udp_esp and self.esp):
+                    raise _Refused(NdisStatus.NOT_SUPPORTED, "UDP-ESP offload not offered")
+                if oid == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA:
+                    return ok, self._add(data, udp=True), 0, ""
+                req = decode_delete_udpesp_sa(data)
+                self._delete(req.OffloadHandle, req.EncapTypeEntryOffldHandle, udp=True)
+                return ok, data, 0, ""
+            # A.8: a known OID this miniport does not implement answers NOT_SUPPORTED; "known"
+            # means in the Oid enum. Every other value (including OIDs NDIS defines but
+            # ipsecsa does not list) is INVALID_OID.
+            if oid in _KNOWN_OIDS:
+                return (NdisStatus.NOT_SUPPORTED, data, 0,
+                        f"OID_{Oid(oid).name} is not implemented by this miniport")
+            return (NdisStatus.INVALID_OID, data, 0,
+                    f"OID {oid:#010x} is not in ipsecsa.ndis.Oid")
+        except StructError as exc:
+            # F.1: every short set buffer is INVALID_LENGTH (with BytesNeeded), also one too
+            # short for the fixed part, which the codec reports as BUFFER_TOO_SHORT.
+            status = exc.status
+            if status is NdisStatus.BUFFER_TOO_SHORT:
+                status = NdisStatus.INVALID_LENGTH
+            why = f"{exc.field}: {exc.reason}" if exc.field else exc.reason
+            return status, data, exc.bytes_needed or 0, why
+        except _Refused as exc:
+            if exc.status is NdisStatus.RESOURCES:
+                self._want_room = True
+            return exc.status, data, 0, exc.why
 
     # ---------------------------------------------------------------- ADD
     def _add(self, data: bytes, *, udp: bool) -> bytes:
@@ -496,7 +560,10 @@ class Miniport:
         ops = self._build_ops(entries, req.KeyMat)
         # --- duplicates (INVALID_DATA), capacity (RESOURCES)
         dst_b, mask_b = dst_addr.packed, dst_mask.packed
-        lookup_dst = tun_dst_b if tunnel else (dst_b if mask_b == _HOST_MASK else _ANY)
+        # Destination matching (module docstring): DestAddr 0 is any destination whatever the
+        # mask; a non-zero DestAddr with DestMask 0 is a host (our choice, as the SAD's).
+        match_mask = _effective_mask(int(dst_addr), int(dst_mask), 4).to_bytes(4, "big")
+        lookup_dst = tun_dst_b if tunnel else (dst_b if match_mask == _HOST_MASK else _ANY)
         keys = [(inbound, op.protocol, op.spi, lookup_dst) for op in ops]
         for key in keys:
             if key in self._by_key:
@@ -520,14 +587,16 @@ class Miniport:
             sport=req.SrcPort,
             dport=req.DstPort if isinstance(req, AddUdpEspSa) else req.DestPort,
             tunnel_src=tun_src, tunnel_dst=tun_dst_b, udp=udp,
-            entry=entry_handle if inbound else 0, lookup_dst=lookup_dst)
+            entry=entry_handle if inbound else 0, lookup_dst=lookup_dst,
+            dst_match_mask=match_mask)
         self._sas[handle] = sa
         for key in keys:
             self._by_key[key] = sa
         out = bytearray(data)
-        _HANDLE.pack_into(out, _OFFLOAD_HANDLE_OFFSET, handle)
+        _HANDLE.pack_into(out, ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET if udp
+                          else ADD_SA_OFFLOAD_HANDLE_OFFSET, handle)
         if udp and inbound and entry_spec is not None:
-            _HANDLE.pack_into(out, _ENTRY_HANDLE_OFFSET, entry_handle)
+            _HANDLE.pack_into(out, ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET, entry_handle)
         return bytes(out)
 
     def _check_entry(self, i: int, e: object) -> None:
@@ -782,7 +851,7 @@ class Miniport:
         sa = self._by_key.get((True, proto, spi, dst))
         if sa is None:
             sa = self._by_key.get((True, proto, spi, _ANY))
-            if sa is None or not _masked_eq(dst, sa.dst, sa.dst_mask):
+            if sa is None or not _masked_eq(dst, sa.dst, sa.dst_match_mask):
                 return None
         return sa, udp
 
@@ -882,30 +951,12 @@ def _ah_covered(buf: bytearray, ihl: int, *, predict_route: bool) -> bytes:
     """The packet as the AH ICV covers it (RFC 4302 §3.3.3.1.1): mutable IPv4 fields zeroed, and
     on send the final destination of a source route in the destination field."""
     if ihl == IPV4_MIN_HEADER_LEN:
-        head = b"".join((buf[0:1], b"\x00", buf[2:6], b"\x00\x00\x00", buf[9:10], b"\x00\x00",
-                         buf[12:20]))
+        head = ipv4_ah_zero_fixed(buf)
     else:
         head = ipv4_ah_zero_mutable(bytes(buf[:ihl]))
         if predict_route:
-            final = _source_route_final(bytes(buf[IPV4_MIN_HEADER_LEN:ihl]))
+            final = ipv4_source_route_final(buf[IPV4_MIN_HEADER_LEN:ihl])
             if final is not None:
                 head = head[:16] + final + head[20:]
     return head + bytes(buf[ihl:])
-
-
-def _source_route_final(options: bytes) -> bytes | None:
-    """The last address of an IPv4 LSRR/SSRR option (already validated), or None."""
-    i, n = 0, len(options)
-    while i < n:
-        kind = options[i]
-        if kind == _OPT_EOL:
-            return None
-        if kind == _OPT_NOP:
-            i += 1
-            continue
-        length = options[i + 1]
-        if kind in (_OPT_LSRR, _OPT_SSRR) and length >= 7:
-            return options[i + length - 4:i + length]
-        i += max(length, 2)
-    return None
 

@@ -73,7 +73,10 @@ from ipsecsa.ndis.constants import OFFLOAD_MAX_SAS, NdisStatus
 
 __all__ = [
     "ADD_SA_KEYMAT_OFFSET",
+    "ADD_SA_OFFLOAD_HANDLE_OFFSET",
+    "ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET",
     "ADD_UDPESP_SA_KEYMAT_OFFSET",
+    "ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET",
     "LAYOUTS",
     "AddSa",
     "AddUdpEspSa",
@@ -107,6 +110,7 @@ __all__ = [
     "encode_into",
     "encode_ipsec_offload_v1",
     "encode_nbl_info",
+    "offset_of",
 ]
 
 
@@ -225,6 +229,18 @@ OFFLOAD_IPSEC_ADD_SA = StructLayout("OFFLOAD_IPSEC_ADD_SA", AddSa, [
 ADD_SA_KEYMAT_OFFSET = OFFLOAD_IPSEC_ADD_SA.fixed_size
 
 
+def offset_of(layout: StructLayout, member: str) -> int:
+    """C's ``offsetof(layout, member)`` for a top-level member of a compiled layout."""
+    for f in layout.fields:
+        if f.name == member:
+            return f.offset
+    raise KeyError(f"{layout.name} has no member {member!r}")
+
+
+#: offsetof(OFFLOAD_IPSEC_ADD_SA, OffloadHandle) on x64 (168): the miniport's out-parameter.
+ADD_SA_OFFLOAD_HANDLE_OFFSET = offset_of(OFFLOAD_IPSEC_ADD_SA, "OffloadHandle")
+
+
 @dataclass(frozen=True, slots=True)
 class DeleteSa:
     """OFFLOAD_IPSEC_DELETE_SA: the handle ADD_SA returned."""
@@ -299,6 +315,11 @@ OFFLOAD_IPSEC_ADD_UDPESP_SA = StructLayout("OFFLOAD_IPSEC_ADD_UDPESP_SA", AddUdp
 
 #: offsetof(OFFLOAD_IPSEC_ADD_UDPESP_SA, KeyMat) on x64 (196).
 ADD_UDPESP_SA_KEYMAT_OFFSET = OFFLOAD_IPSEC_ADD_UDPESP_SA.fixed_size
+#: offsetof(OFFLOAD_IPSEC_ADD_UDPESP_SA, OffloadHandle) on x64 (168).
+ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET = offset_of(OFFLOAD_IPSEC_ADD_UDPESP_SA, "OffloadHandle")
+#: offsetof(OFFLOAD_IPSEC_ADD_UDPESP_SA, EncapTypeEntryOffldHandle) on x64 (184).
+ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET = offset_of(OFFLOAD_IPSEC_ADD_UDPESP_SA,
+                                              "EncapTypeEntryOffldHandle")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,18 @@ sequence numbers, replay and policy checks stay in the SA (:mod:`ipsecsa.datapat
 
 Choices of ours (not Windows behaviour):
 
-* **Filter.** From the SA's traffic selectors, each SA in its own direction: no selector gives an
-  all-zero (wildcard) filter; one IPv4 selector gives SrcAddr/SrcMask, DestAddr/DestMask
-  (network prefix and mask; an absent prefix is 0/0), Protocol and ports; several selectors cannot
-  be expressed by one v1 filter and are refused unless ``filter=`` is given. ``filter=`` is a
-  :class:`~ipsecsa.selectors.Selector` as seen by the *outbound* SA; the inbound request gets it
-  with source and destination (addresses and ports) swapped.
+* **Filter.** The filter the SA database installs for the SA (:func:`ipsecsa.sad.filters_for`,
+  each SA in its own direction), converted field by field from the
+  :class:`~ipsecsa.sad.Filter` (same fields, same meaning, A.3). Transport mode: host to host,
+  SrcAddr/DestAddr the SA's ``src``/``dst`` with masks 255.255.255.255, plus the protocol and
+  ports of the selector when it has one (a selector that leaves out one of the hosts matches
+  nothing and is dropped; none left is refused). Tunnel mode: the selector's prefixes (network
+  address and mask; absent prefix 0/0), protocol and ports; no selector gives the all-zero
+  filter (A.3: every packet). More than one filter cannot be expressed by one v1 request and is
+  refused unless ``filter=`` is given. ``filter=`` is a :class:`~ipsecsa.selectors.Selector` as
+  seen by the *outbound* SA; the inbound request gets it with source and destination (addresses
+  and ports) swapped. Because transport filters name the local address, two SA pairs may use the
+  same inbound SPI on different local addresses (SPIs are unique per destination, A.1, F.4).
 * **Tunnel addresses** are the SA's outer ``src``/``dst`` for tunnel-mode SAs, zero otherwise.
 * **Key material** in the miniport's ``keymat_order`` (F.1: confidentiality key then integrity
   key by default); ``algoRounds`` is 0.
@@ -30,25 +36,31 @@ Choices of ours (not Windows behaviour):
   ipsecsa SAs are single-protocol, so bundles are not built here), AH with UDP encapsulation,
   and SAs of the wrong direction. There is no silent software fallback at offload time.
 * **Failures.** A status other than SUCCESS raises :class:`OffloadError` carrying the
-  :class:`~ipsecsa.ndis.constants.NdisStatus`; when the inbound ADD fails the outbound SA
-  already added is deleted again (and the error still raised).
+  :class:`~ipsecsa.ndis.constants.NdisStatus`. If anything fails after the outbound ADD
+  succeeded (an OffloadError or any other exception), what was added is deleted again and the
+  error still raised. :meth:`OffloadTransport.remove` raises :class:`UnknownHandleError` for a
+  handle it does not know, and changes its bookkeeping for a handle only once that handle's
+  DELETE succeeded: after a failed DELETE the SA is still bound and may be removed again.
 * **Receive results.** CryptoDone = 1 with CRYPTO_SUCCESS: the NIC's plaintext is used. CryptoDone
   = 1 with any other status: the packet is refused (the SA counts it as ICV_FAILURE). CryptoDone
   = 0: the SA's own software transform does the step (the NIC did not process the packet).
 * **Send results.** If the NIC hands a packet back unprocessed (its handle vanished in a race
-  with :meth:`remove`), the step does the crypto in software so no half-built packet leaves.
+  with :meth:`remove`), the step returns None and the SA runs its own software path
+  (``EspSA``'s seal, ``AhSA._sign``), so no half-built packet leaves and no second copy of the
+  crypto lives here.
 * **SaDeleteReq** is honoured at once: the inbound SA it arrived on and its paired outbound SA are
   removed from the NIC (two DELETE requests, A.10); both SAs carry on in software.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from ipaddress import IPv4Address
+from typing import Protocol
 
 from ipsecsa.datapath.ah import AhSA
 from ipsecsa.datapath.esp import EspSA
@@ -65,6 +77,9 @@ from ipsecsa.ndis.constants import (
     UdpEncapType,
 )
 from ipsecsa.ndis.structs import (
+    ADD_SA_OFFLOAD_HANDLE_OFFSET,
+    ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET,
+    ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET,
     AddSa,
     AddUdpEspSa,
     AlgoInfo,
@@ -80,7 +95,8 @@ from ipsecsa.ndis.structs import (
 from ipsecsa.ndis.structs import (
     SecurityAssociation as OffloadSecurityAssociation,
 )
-from ipsecsa.packet.ipv4 import ipv4_ah_zero_mutable
+from ipsecsa.sad.classifier import Filter
+from ipsecsa.sad.database import Bundle, SadError, filters_for
 from ipsecsa.selectors import Selector
 
 __all__ = [
@@ -88,6 +104,7 @@ __all__ = [
     "NotOffloadableError",
     "OffloadError",
     "OffloadTransport",
+    "UnknownHandleError",
     "build_add_request",
 ]
 
@@ -102,9 +119,8 @@ V1_INTEGRITY: dict[str, tuple[OffloadIntegrity, int]] = {
     "hmac-md5-96": (OffloadIntegrity.MD5, 16),
     "hmac-sha1-96": (OffloadIntegrity.SHA, 20),
 }
-_OFFLOAD_HANDLE_OFFSET = 168  # offsetof(OFFLOAD_IPSEC_ADD_SA{,_UDPESP}, OffloadHandle), x64
-_ENTRY_HANDLE_OFFSET = 184  # offsetof(OFFLOAD_IPSEC_ADD_UDPESP_SA, EncapTypeEntryOffldHandle)
 _HANDLE = struct.Struct("<Q")
+log = logging.getLogger("ipsecsa.ndis")
 _ANY = IPv4Address(0)
 
 
@@ -136,6 +152,10 @@ class NotOffloadableError(ConfigError):
     """The SA uses something NDIS IPsec offload v1 cannot carry; ``field`` names it."""
 
 
+class UnknownHandleError(ConfigError, LookupError):
+    """:meth:`OffloadTransport.remove` was given a handle this transport has not offloaded."""
+
+
 # --- building the requests ---------------------------------------------------------------------
 
 
@@ -151,9 +171,11 @@ def _v1_algorithms(sa: SecurityAssociation, which: str) -> tuple[OffloadSecurity
     if c.esn:
         raise NotOffloadableError(f"{which}.esn", "extended sequence numbers cannot be offloaded "
                                   "under offload v1")
+    conf: tuple[OffloadConf, int] | None = None
     if isinstance(sa, EspSA):  # the cipher first: an AEAD has no separate integrity to check
         enc_name = c.encryption.name if c.encryption is not None else "null"
-        if enc_name not in V1_CONF:
+        conf = V1_CONF.get(enc_name)
+        if conf is None:
             raise NotOffloadableError(f"{which}.encryption.algorithm",
                                       f"{enc_name} is not an offload v1 algorithm (des-cbc, "
                                       "3des-cbc, null)")
@@ -168,19 +190,14 @@ def _v1_algorithms(sa: SecurityAssociation, which: str) -> tuple[OffloadSecurity
                                   "hmac-sha1-96)")
     integ_id, integ_len = V1_INTEGRITY[integ_name]
     ikey = c.integrity_key.bytes if c.integrity_key is not None else b""
-    if isinstance(sa, AhSA):
+    if conf is None:  # AH
         if c.encapsulation is not None:
             raise NotOffloadableError(f"{which}.encapsulation", "AH cannot be UDP-encapsulated")
         entry = OffloadSecurityAssociation(
             Operation=OffloadOperation.AUTHENTICATE, SPI=c.spi,
             IntegrityAlgo=AlgoInfo(integ_id, integ_len, 0))
         return entry, b"", ikey
-    enc_name = c.encryption.name if c.encryption is not None else "null"
-    if enc_name not in V1_CONF:
-        raise NotOffloadableError(f"{which}.encryption.algorithm",
-                                  f"{enc_name} is not an offload v1 algorithm (des-cbc, "
-                                  "3des-cbc, null)")
-    conf_id, conf_len = V1_CONF[enc_name]
+    conf_id, conf_len = conf
     ckey = c.encryption_key.bytes if c.encryption_key is not None else b""
     entry = OffloadSecurityAssociation(
         Operation=OffloadOperation.ENCRYPT, SPI=c.spi,
@@ -188,33 +205,44 @@ def _v1_algorithms(sa: SecurityAssociation, which: str) -> tuple[OffloadSecurity
     return entry, ckey, ikey
 
 
-def _prefix(net: Any) -> tuple[IPv4Address, IPv4Address]:
-    if net is None:
-        return _ANY, _ANY
-    if not isinstance(net, IPv4Network):
-        raise NotOffloadableError("selectors", "IPv6 selectors cannot be offloaded")
-    return net.network_address, net.netmask
+_NdisFilter = tuple[IPv4Address, IPv4Address, IPv4Address, IPv4Address, int, int, int]
+
+
+def _ndis_filter(f: Filter) -> _NdisFilter:
+    """A :class:`~ipsecsa.sad.Filter` as (SrcAddr, SrcMask, DestAddr, DestMask, Protocol,
+    SrcPort, DestPort): the same fields with the same meaning (reference A.3)."""
+    return (IPv4Address(f.src), IPv4Address(f.src_mask), IPv4Address(f.dst),
+            IPv4Address(f.dst_mask), f.protocol, f.sport, f.dport)
 
 
 def _filter_of(sa: SecurityAssociation, which: str, given: Selector | None, swap: bool
-               ) -> tuple[IPv4Address, IPv4Address, IPv4Address, IPv4Address, int, int, int]:
-    """(SrcAddr, SrcMask, DestAddr, DestMask, Protocol, SrcPort, DestPort) for one request."""
+               ) -> _NdisFilter:
+    """(SrcAddr, SrcMask, DestAddr, DestMask, Protocol, SrcPort, DestPort) for one request.
+
+    Without ``given``, the SA's own filter as the SA database installs it
+    (:func:`ipsecsa.sad.filters_for`, in the SA's direction): transport mode is host to host
+    (the SA's src/dst with all-ones masks, plus the protocol and ports of its one selector),
+    tunnel mode is the selector's prefixes (no selector: all zero, A.3 "every packet").
+    """
     if given is not None:
-        sel: Selector | None = given
+        sel = given
         if swap:
             sel = Selector(src=given.dst, dst=given.src, protocol=given.protocol,
                            sport=given.dport, dport=given.sport)
-    else:
-        sels = sa.config.selectors
-        if len(sels) > 1:
-            raise NotOffloadableError(f"{which}.selectors", "several selectors cannot be "
-                                      "expressed by one offload v1 filter; pass filter=")
-        sel = sels[0] if sels else None
-    if sel is None:
-        return _ANY, _ANY, _ANY, _ANY, 0, 0, 0
-    src, smask = _prefix(sel.src)
-    dst, dmask = _prefix(sel.dst)
-    return src, smask, dst, dmask, sel.protocol, sel.sport, sel.dport
+        if sel.version == 6:
+            raise NotOffloadableError("filter", "IPv6 selectors cannot be offloaded")
+        return _ndis_filter(Filter.from_selector(sel, 4))
+    try:
+        filters = filters_for(Bundle((sa,)))
+    except SadError as exc:
+        raise NotOffloadableError(f"{which}.selectors", exc.reason) from None
+    v4 = [f for f in filters if f.version == 4]
+    if not v4:
+        raise NotOffloadableError(f"{which}.selectors", "IPv6 selectors cannot be offloaded")
+    if len(v4) > 1:
+        raise NotOffloadableError(f"{which}.selectors", "several selectors cannot be "
+                                  "expressed by one offload v1 filter; pass filter=")
+    return _ndis_filter(v4[0])
 
 
 def build_add_request(sa: SecurityAssociation, *, inbound: bool,
@@ -265,14 +293,12 @@ class _EspNicStep:
         self._icv_len = sa._icvlen
         self._zero_icv = bytes(sa._icvlen)
 
-    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes:
+    def send(self, header: bytes, esp_header: bytes, plaintext: bytes) -> bytes | None:
+        """The wire packet, or None when the NIC returned it unprocessed (e.g. its handle went
+        in a race with ``remove()``): the SA then runs its own software step."""
         prepared = b"".join((header, esp_header, self._zero_iv, plaintext, self._zero_icv))
         out = self._mp.send(prepared, self._handle)
-        if out is prepared or out == prepared:  # unprocessed: handle gone (race with remove)
-            seq = int.from_bytes(esp_header[4:8], "big")
-            iv, body = self._sa.transform.seal(esp_header, seq, plaintext)
-            return b"".join((header, esp_header, iv, body))
-        return out
+        return None if out is prepared or out == prepared else out
 
     def open(self, packet: bytes, esp_off: int, ct_off: int, end: int, seq: int) -> bytes | None:
         out, info = self._mp.receive(packet)
@@ -289,24 +315,20 @@ class _EspNicStep:
 class _AhNicStep:
     """``AhSA._nic``: the AH ICV computed / verified by the miniport."""
 
-    __slots__ = ("_handle", "_icv_len", "_mp", "_owner", "_sa")
+    __slots__ = ("_handle", "_mp", "_owner", "_sa")
 
     def __init__(self, owner: OffloadTransport, sa: AhSA, handle: int) -> None:
         self._owner = owner
         self._mp = owner.miniport
         self._sa = sa
         self._handle = handle
-        self._icv_len = sa.integrity.icv_len
 
-    def send(self, head: bytes, ah_header: bytes, payload: bytes) -> bytes:
+    def send(self, head: bytes, ah_header: bytes, payload: bytes) -> bytes | None:
+        """The wire packet, or None when the NIC returned it unprocessed: the SA then computes
+        the ICV in software (``AhSA._sign``), source-route prediction included."""
         prepared = b"".join((head, ah_header, payload))
         out = self._mp.send(prepared, self._handle)
-        if out is prepared or out == prepared:  # unprocessed: compute the ICV in software
-            seq = int.from_bytes(ah_header[8:12], "big")
-            covered = ipv4_ah_zero_mutable(head) + ah_header + payload
-            icv = self._sa.integrity.compute(covered, seq, len(head) + 12)
-            return b"".join((head, ah_header[:12], icv, ah_header[12 + len(icv):], payload))
-        return out
+        return None if out is prepared or out == prepared else out
 
     def verify(self, packet: bytes, seq: int, covered: bytes, icv: bytes) -> bool:
         _out, info = self._mp.receive(packet)
@@ -354,6 +376,8 @@ class OffloadTransport:
 
         Raises :class:`NotOffloadableError` before any request when either SA cannot be carried
         by offload v1, and :class:`OffloadError` (with the NDIS_STATUS) when the NIC refuses.
+        Whatever goes wrong once the first ADD succeeded (an OffloadError or any other
+        exception), what was added is deleted again before the exception propagates.
         """
         if sa_out.direction != "outbound":
             raise NotOffloadableError("outbound.direction", "sa_out must be an outbound SA")
@@ -372,52 +396,64 @@ class OffloadTransport:
             oid_in, buf_in = build_add_request(sa_in, inbound=True,
                                                keymat_order=self.keymat_order, filter=filter,
                                                entry_handle=known[0] if known else 0)
-            h_out, _ = self._add(oid_out, buf_out)
+            udp_out = oid_out == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA
+            udp_in = oid_in == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA
+            added: list[tuple[int, bool, int]] = []  # (handle, udp, entry handle to drop)
             try:
+                h_out, _ = self._add(oid_out, buf_out)
+                added.append((h_out, udp_out, 0))
                 h_in, entry_handle = self._add(oid_in, buf_in)
-            except OffloadError:
-                self._delete_on_nic(h_out, udp=oid_out == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA,
-                                    entry_handle=0)
+                added.append((h_in, udp_in, entry_handle if udp_in and not known else 0))
+                self._bind(sa_out, h_out)
+                self._bind(sa_in, h_in)
+            except BaseException:
+                sa_out._nic = sa_in._nic = None  # type: ignore[attr-defined]
+                self._roll_back(added)
                 raise
             if entry_key is not None:
                 if known:
                     known[1] += 1
                 else:
                     self._entries[entry_key] = [entry_handle, 1]
-            self._bound[h_out] = _Bound(sa_out, False, _encap_of(sa_out), None, h_in)
-            self._bound[h_in] = _Bound(sa_in, True, entry_key is not None, entry_key, h_out)
-            self._bind(sa_out, h_out)
-            self._bind(sa_in, h_in)
+            self._bound[h_out] = _Bound(sa_out, False, udp_out, None, h_in)
+            self._bound[h_in] = _Bound(sa_in, True, udp_in, entry_key, h_out)
             return h_out, h_in
 
     def remove(self, handles: Iterable[int]) -> None:
         """Delete these SAs from the NIC and unbind them (they carry on in software).
 
-        Every handle is processed; the first failure is raised afterwards as OffloadError.
+        Raises :class:`UnknownHandleError` before anything is deleted if a handle is not bound
+        here. Otherwise every handle is processed; the bookkeeping of a handle changes only once
+        its DELETE succeeded, so an SA whose DELETE failed stays bound and offloaded exactly as
+        before (the caller may retry), and the first failure is raised afterwards as
+        :class:`OffloadError`.
         """
         first: OffloadError | None = None
         with self._lock:
-            handles = list(handles)
+            handles = list(dict.fromkeys(handles))
             unknown = [h for h in handles if h not in self._bound]
             if unknown:
-                raise KeyError(f"handles {unknown} are not offloaded by this transport")
+                raise UnknownHandleError("handles", f"{unknown} are not offloaded by this "
+                                                    "transport")
             for handle in handles:
-                b = self._bound.pop(handle)
-                b.sa._nic = None  # type: ignore[attr-defined]
-                peer = self._bound.get(b.peer)
-                if peer is not None:
-                    peer.peer = 0
-                entry_handle = 0
-                if b.entry_key is not None:
-                    ref = self._entries[b.entry_key]
-                    ref[1] -= 1
-                    if ref[1] == 0:
-                        entry_handle = ref[0]
-                        del self._entries[b.entry_key]
+                b = self._bound[handle]
+                ref = self._entries.get(b.entry_key) if b.entry_key is not None else None
+                # The last inbound SA using a parser entry names it, so it goes too (A.7).
+                entry_handle = ref[0] if ref is not None and ref[1] == 1 else 0
                 try:
                     self._delete_on_nic(handle, udp=b.udp, entry_handle=entry_handle)
                 except OffloadError as exc:
                     first = first or exc
+                    continue
+                del self._bound[handle]
+                b.sa._nic = None  # type: ignore[attr-defined]
+                peer = self._bound.get(b.peer)
+                if peer is not None:
+                    peer.peer = 0
+                if ref is not None:
+                    ref[1] -= 1
+                    if ref[1] == 0:
+                        del self._entries[b.entry_key]  # type: ignore[arg-type]
         if first is not None:
             raise first
 
@@ -426,13 +462,29 @@ class OffloadTransport:
         status, out = self.miniport.oid_request(oid, buf)
         if status != NdisStatus.SUCCESS:
             raise OffloadError(oid, status)
-        handle = _HANDLE.unpack_from(out, _OFFLOAD_HANDLE_OFFSET)[0]
-        entry = 0
-        if oid == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA:
-            entry = _HANDLE.unpack_from(out, _ENTRY_HANDLE_OFFSET)[0]
+        udp = oid == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA
+        handle = _HANDLE.unpack_from(out, ADD_UDPESP_SA_OFFLOAD_HANDLE_OFFSET if udp
+                                     else ADD_SA_OFFLOAD_HANDLE_OFFSET)[0]
+        entry = _HANDLE.unpack_from(out, ADD_UDPESP_SA_ENTRY_HANDLE_OFFSET)[0] if udp else 0
         if handle == 0:
             raise OffloadError(oid, status, "the miniport returned a NULL OffloadHandle")
         return handle, entry
+
+    def _roll_back(self, added: list[tuple[int, bool, int]]) -> None:
+        """Delete what a failed :meth:`offload` added, newest first; never raises (the error
+        that caused the roll-back is the one the caller sees)."""
+        for handle, udp, entry in reversed(added):
+            try:
+                try:
+                    self._delete_on_nic(handle, udp=udp, entry_handle=entry)
+                except OffloadError:
+                    if not entry:
+                        raise
+                    # The NIC may have reused an entry we did not know (its find-or-create):
+                    # delete only the SA.
+                    self._delete_on_nic(handle, udp=udp, entry_handle=0)
+            except Exception as exc:  # noqa: BLE001 - the original error is what propagates
+                log.warning("roll-back of offload handle %d failed: %s", handle, exc)
 
     def _delete_on_nic(self, handle: int, *, udp: bool, entry_handle: int) -> None:
         if udp:
@@ -461,7 +513,3 @@ class OffloadTransport:
             pair = [handle] + ([b.peer] if b.peer in self._bound else [])
             self.delete_requests_honoured.extend(pair)
             self.remove(pair)
-
-
-def _encap_of(sa: SecurityAssociation) -> bool:
-    return sa.config.encapsulation is not None

@@ -256,12 +256,41 @@ def ipv4_ah_zero_mutable(header: bytes | bytearray | memoryview) -> bytes:
     return bytes(out)
 
 
+def ipv4_ah_zero_fixed(header: bytes | bytearray | memoryview) -> bytes:
+    """The 20-byte fixed IPv4 header at the start of ``header`` as AH covers it: TOS, flags +
+    fragment offset, TTL and header checksum zeroed (RFC 4302 §3.3.3.1.1.1).
+
+    The fast path of :func:`ipv4_ah_zero_mutable` for a header without options: nothing is
+    validated, only bytes 0..19 are read, and the result is always 20 bytes. Used by the AH data
+    path (:mod:`ipsecsa.datapath.ah`) and the NIC model (:mod:`ipsecsa.ndis.miniport`).
+    """
+    return b"".join((header[0:1], b"\x00", header[2:6], b"\x00\x00\x00", header[9:10],
+                     b"\x00\x00", header[12:20]))
+
+
+def ipv4_source_route_final(options: bytes | bytearray | memoryview) -> bytes | None:
+    """The final destination of an IPv4 loose/strict source route option among ``options`` (the
+    bytes between the 20-byte fixed header and the end of the IHL-long header), or None.
+
+    RFC 4302 §3.3.3.1.1.1: with source routing the destination address is "mutable but
+    predictable"; a sender enters the value it will have at the final destination, the route's
+    last address, into the ICV. Only an LSRR/SSRR option holding at least one address counts; the
+    first one found decides. Raises :class:`MalformedPacket` if the option TLVs are invalid.
+    """
+    for kind, start, length in _walk_options(options):
+        if kind in (OPT_LSRR, OPT_SSRR) and length >= 7:
+            return bytes(options[start + length - 4:start + length])
+    return None
+
+
 __all__ = [
     "DF",
     "MF",
     "IPv4Header",
     "build_ipv4_header",
+    "ipv4_ah_zero_fixed",
     "ipv4_ah_zero_mutable",
+    "ipv4_source_route_final",
     "parse_ipv4",
     "verify_ipv4_checksum",
 ]

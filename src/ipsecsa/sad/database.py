@@ -232,8 +232,10 @@ class SaDatabase:
                 if k in self._inbound:
                     raise SadError("spi", f"an inbound SA with {_describe_key(k)} is already "
                                           "installed")
-            self._publish_inbound(bundle, keys)
+            # The encapsulation port first: once a key is visible, its packets must be
+            # recognised as ESP-in-UDP.
             self._count_ports(ports, 1)
+            self._publish_inbound(bundle, keys)
             handle = next(self._handles)
             self._installed[handle] = _Installed("inbound", bundle, keys=keys, encap_ports=ports)
         return handle
