@@ -27,15 +27,18 @@ def _key(n: int) -> str:
     return os.urandom(n).hex()
 
 
-def _sa_pairs() -> list[tuple[str, dict]]:
-    """(label, SA description) for each demo SA; outbound and inbound share everything else."""
+def _sa_pairs(packets: int) -> list[tuple[str, dict]]:
+    """(label, SA description) for each demo SA; outbound and inbound share everything else.
+    The first SA's soft packet limit falls inside the run (to show the event); its hard limit
+    lies well beyond it."""
     return [
         ("ESP tunnel 4-in-4, AES-GCM-16", {
             "spi": 0xC0000101, "protocol": "esp", "mode": "tunnel",
             "src": "192.0.2.1", "dst": "198.51.100.1",
             "encryption": {"algorithm": "aes-gcm-16", "key": _key(20)},
             "selectors": [{"src": "10.1.0.0/16", "dst": "10.2.0.0/16"}],
-            "lifetime": {"soft": {"packets": 40}, "hard": {"packets": 1000}},
+            "lifetime": {"soft": {"packets": max(1, packets * 2 // 5)},
+                         "hard": {"packets": packets * 10 + 100}},
         }),
         ("ESP transport IPv6, AES-CBC + HMAC-SHA-256, ESN", {
             "spi": 0xC0000202, "protocol": "esp", "mode": "transport",
@@ -82,14 +85,14 @@ def run(packets: int, out=sys.stdout) -> int:
     now = time.monotonic()
     failures = 0
     print(f"ipsecsa data-path demo: {packets} packets per SA\n", file=out)
-    for label, cfg in _sa_pairs():
+    for label, cfg in _sa_pairs(packets):
         a = SecurityAssociation.from_dict(dict(cfg, direction="outbound"), now=now)
         b = SecurityAssociation.from_dict(dict(cfg, direction="inbound"), now=now)
         sent = _traffic_for(label, cfg, packets)
-        wire = []
+        wire: list[bytes] = []
         for pkt in sent:
             r = a.protect(pkt, now)
-            if r.drop is None:
+            if r.packet is not None:
                 wire.append(r.packet)
         delivered = 0
         for original, protected in zip(sent, wire):
@@ -97,10 +100,11 @@ def run(packets: int, out=sys.stdout) -> int:
             if r.packet == original:
                 delivered += 1
         # What a hostile or lossy network adds:
-        fresh = a.protect(sent[-1], now).packet or b""
-        tampered = bytearray(fresh)
-        tampered[-1] ^= 0x01
-        b.unprotect(bytes(tampered), now)              # -> icv_failure
+        fresh = a.protect(sent[-1], now).packet
+        if fresh is not None:
+            tampered = bytearray(fresh)
+            tampered[-1] ^= 0x01
+            b.unprotect(bytes(tampered), now)          # -> icv_failure
         b.unprotect(wire[0], now)                       # -> replay
         if cfg["mode"] == "tunnel" and "selectors" in cfg:
             a.protect(_udp_packet("10.9.9.9", "10.2.0.1", b"stray"), now)  # -> selector_mismatch
