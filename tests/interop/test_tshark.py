@@ -226,7 +226,10 @@ def decoded(tmp_path_factory):
                 pkt = _inner(mode, outer, inner, 40999, 50999, 64)  # ports no dissector claims
                 res = sa.protect(pkt)
                 bad = bytearray(res.packet)
-                bad[-30] ^= 0x40  # inside the ciphertext, before the ICV
+                # A bit of the ICV itself: always a bad ICV, and the decryption stays intact (a
+                # flipped CBC block garbles pad length and next header, and Wireshark 4.0 omits
+                # the ICV verdict when a dissector then throws; that made the check flaky).
+                bad[-1] ^= 0x01
                 emit(Expect("tampered:" + case, spi, len(PAYLOAD_SIZES) + 1, None, 0, 0, "bad"),
                      bytes(bad))
         for enc, klen, integ in ESN_CASES:

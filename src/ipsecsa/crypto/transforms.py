@@ -31,11 +31,12 @@ import hmac as _hmac
 import os
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import cmac, hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from ipsecsa.crypto.algorithms import EncryptionAlgorithm, IntegrityAlgorithm, check_key
@@ -48,6 +49,19 @@ except ImportError:  # pragma: no cover - older cryptography
     TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
 
 IvSource = Callable[[int], bytes]
+
+
+class _SealFn(Protocol):
+    """A specialised per-SA ``seal`` (the signature of :meth:`EspTransform.seal`)."""
+
+    def __call__(self, esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]: ...
+
+
+class _OpenFn(Protocol):
+    """A specialised per-SA ``open`` (the signature of :meth:`EspTransform.open`)."""
+
+    def __call__(self, esp_header: bytes, seq: int, iv: bytes, ct_icv: bytes) -> bytes | None: ...
+
 
 _ENC_KEY = "encryption.key"
 _INTEG_KEY = "integrity.key"
@@ -91,7 +105,7 @@ class _XcbcMac:
         return self._mac(b"".join(parts))[: self._n]
 
 
-_HASHES = {
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "hmac-md5-96": hashes.MD5,
     "hmac-sha1-96": hashes.SHA1,
     "hmac-sha256-128": hashes.SHA256,
@@ -163,7 +177,7 @@ _PACK_Q = struct.Struct(">Q").pack  # the 64-bit sequence number as the 8-byte c
 _PACK_ESN_AAD = struct.Struct(">4sQ").pack  # SPI (first 4 bytes of the header) ‖ seq-hi ‖ seq-lo
 
 
-def _aead_seal(encrypt: Callable[..., bytes], salt: bytes, esn: bool) -> Callable[..., tuple]:
+def _aead_seal(encrypt: Callable[..., bytes], salt: bytes, esn: bool) -> _SealFn:
     pack_q = _PACK_Q
     if esn:
         pack_aad = _PACK_ESN_AAD
@@ -182,7 +196,7 @@ def _aead_seal(encrypt: Callable[..., bytes], salt: bytes, esn: bool) -> Callabl
     return seal
 
 
-def _aead_open(decrypt: Callable[..., bytes], salt: bytes, esn: bool) -> Callable[..., bytes | None]:
+def _aead_open(decrypt: Callable[..., bytes], salt: bytes, esn: bool) -> _OpenFn:
     if esn:
         pack_aad = _PACK_ESN_AAD
 
@@ -216,6 +230,7 @@ class _AeadTransform(EspTransform):
         self.block_size = enc.block_size
         cipher_key, self._salt = bytes(key[: -enc.salt_len]), bytes(key[-enc.salt_len :])
         n = enc.icv_len
+        aead: AESGCM | AESCCM | ChaCha20Poly1305
         if enc.kind == "gcm":
             aead = AESGCM(cipher_key)
         elif enc.kind == "ccm":
@@ -228,17 +243,20 @@ class _AeadTransform(EspTransform):
         # GCM with a truncated ICV: tag = the first n bytes of the full tag (RFC 4106 §6, SP
         # 800-38D §5.2.1.2). Sealing drops the tail; opening needs a Cipher context (see module doc).
         self._drop = _GCM_FULL_TAG - n if enc.kind == "gcm" else 0
-        self._aes = algorithms.AES(cipher_key) if self._drop else None
         self._n = n
         self._esn = esn
+        # The ``open``/``seal`` slots deliberately shadow EspTransform's documenting methods
+        # (no dispatch per packet); mypy cannot see that, hence the method-assign ignores.
         if self._drop:
-            self.open = self._open_truncated_gcm
+            # Set only here: ``_open_truncated_gcm``, its only reader, is bound only here.
+            self._aes = algorithms.AES(cipher_key)
+            self.open = self._open_truncated_gcm  # type: ignore[method-assign]
         else:
-            self.open = _aead_open(self._decrypt, self._salt, esn)
+            self.open = _aead_open(self._decrypt, self._salt, esn)  # type: ignore[method-assign]
         if self._iv_of is not None or self._drop:
-            self.seal = self._seal_general
+            self.seal = self._seal_general  # type: ignore[method-assign]
         else:
-            self.seal = _aead_seal(self._encrypt, self._salt, esn)
+            self.seal = _aead_seal(self._encrypt, self._salt, esn)  # type: ignore[method-assign]
 
     def _seal_general(self, esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
         iv = _PACK_Q(seq) if self._iv_of is None else self._iv_of(seq)
@@ -288,8 +306,9 @@ class _GmacTransform(EspTransform):
         self._decrypt = aead.decrypt
         self._esn = esn
         self._iv_of = None if iv_source is None else _checked_iv_source(iv_source, 8)
-        self.seal = self._seal_gmac
-        self.open = self._open_gmac
+        # Slots shadowing EspTransform's documenting methods (see _AeadTransform).
+        self.seal = self._seal_gmac  # type: ignore[method-assign]
+        self.open = self._open_gmac  # type: ignore[method-assign]
 
     def _seal_gmac(self, esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
         iv = _PACK_Q(seq) if self._iv_of is None else self._iv_of(seq)
@@ -334,6 +353,7 @@ class _EncryptThenMac(EspTransform):
         self._kind = enc.kind
         self._esn = esn
         key = bytes(enc_key)
+        self._cipher_alg: CipherAlgorithm
         if enc.kind == "cbc":
             # Single DES is 3DES-EDE with K1 = K2 = K3 (E-D-E collapses to one DES encryption);
             # OpenSSL 3 keeps no plain DES outside the legacy provider, TripleDES covers it.
@@ -356,13 +376,15 @@ class _EncryptThenMac(EspTransform):
             self._iv_of = _PACK_Q
         else:
             self._iv_of = lambda seq: b""
-        self.seal = self._seal_etm
-        self.open = self._open_etm
+        # Slots shadowing EspTransform's documenting methods (see _AeadTransform).
+        self.seal = self._seal_etm  # type: ignore[method-assign]
+        self.open = self._open_etm  # type: ignore[method-assign]
 
     def _crypt(self, iv: bytes, data: bytes, encrypt: bool) -> bytes:
         kind = self._kind
         if kind == "null":
             return data
+        mode: modes.CBC | modes.CTR
         if kind == "cbc":
             if len(data) % self.block_size:
                 if encrypt:

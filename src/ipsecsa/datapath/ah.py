@@ -424,7 +424,7 @@ class AhSA(SecurityAssociation):
             data_off = off + ahlen
             if data_off > end:
                 return self._drop(DropReason.TRUNCATED)
-            seq = self._replay.check(seq_lo)
+            seq = self._window.check(seq_lo)
             if seq is None:
                 return self._drop(DropReason.REPLAY)
             covered_payload, upper, upper_off = _after_ah(pkt, data_off, end, next_header)
@@ -438,7 +438,7 @@ class AhSA(SecurityAssociation):
                              len(covered) + AH_FIXED_LEN) if self._nic is None
                 else self._nic.verify(pkt, seq, data, pkt[off + AH_FIXED_LEN:icv_end])):
             return self._drop(DropReason.ICV_FAILURE)
-        if not self._replay.commit(seq):
+        if not self._window.commit(seq):
             return self._drop(DropReason.REPLAY)
         dlen = end - data_off
         if self.mode == "tunnel":

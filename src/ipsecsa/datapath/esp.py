@@ -127,14 +127,15 @@ class EspSA(SecurityAssociation):
         #: The crypto step; a NIC model or native engine may replace these two.
         self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
         self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open
-        if t.icv_len == 0 and self._replay is not None and self._replay.size:
+        replay = self._replay
+        if t.icv_len == 0 and replay is not None and replay.size:
             # Encryption-only ESP: nothing authenticates the sequence number, so a forged packet
             # would move the window and lock out the genuine traffic (RFC 4303 §3.4.3 updates
             # the window only after integrity verification). Anti-replay is therefore off;
             # high ESN bits are still inferred.
             log.warning("SA 0x%08x: encryption-only ESP, anti-replay turned off (no ICV to "
                         "protect the window)", c.spi)
-            self._replay = ReplayWindow(0, c.esn, top=self._replay.top)
+            self._window = ReplayWindow(0, c.esn, top=replay.top)
         self._ivlen = t.iv_len
         self._icvlen = t.icv_len
         self._block = t.block_size
@@ -437,7 +438,7 @@ class EspSA(SecurityAssociation):
         spi, seq_lo = _SPI_SEQ.unpack_from(pkt, esp_off)
         if spi != self.spi:
             return self._drop(DropReason.BAD_SPI)
-        seq = self._replay.check(seq_lo)
+        seq = self._window.check(seq_lo)
         if seq is None:
             return self._drop(DropReason.REPLAY)
         ct_off = esp_off + ESP_HEADER_LEN + self._ivlen
@@ -450,7 +451,7 @@ class EspSA(SecurityAssociation):
             plain = self._nic.open(pkt, esp_off, ct_off, end, seq)
         if plain is None:
             return self._drop(DropReason.ICV_FAILURE)
-        if not self._replay.commit(seq):
+        if not self._window.commit(seq):
             return self._drop(DropReason.REPLAY)
         padlen = plain[-2]
         next_header = plain[-1]

@@ -90,7 +90,6 @@ class SecurityAssociation:
         "_nic",
         "_pmark",
         "_reasm",
-        "_replay",
         "_selectors",
         "_seq",
         "_seq_max",
@@ -98,6 +97,7 @@ class SecurityAssociation:
         "_state",
         "_timed",
         "_tmark",
+        "_window",
         "bytes",
         "config",
         "direction",
@@ -106,6 +106,12 @@ class SecurityAssociation:
         "packets",
         "spi",
     )
+
+    #: Inbound anti-replay window. Set only on an SA that can receive; an outbound-only SA has
+    #: none and leaves the slot empty. Its per-packet readers (the inbound paths) are bound only
+    #: when it is set (``_bind``), so they read it as a plain ``ReplayWindow``; everything else
+    #: goes through :attr:`_replay`.
+    _window: ReplayWindow
 
     def __init__(self, config: Any, *, now: float | None = None,
                  iv_source: IvSource | None = None) -> None:
@@ -128,10 +134,8 @@ class SecurityAssociation:
         self._seq_max = MAX_SEQ_64 if config.esn else MAX_SEQ_32
         #: Outbound: the last sequence number used (the next packet gets _seq + 1).
         self._seq: int = config.seq
-        #: Inbound anti-replay; an outbound-only SA has none.
-        self._replay: ReplayWindow | None = (
-            None if config.direction == "outbound"
-            else ReplayWindow(config.replay_window, config.esn, top=config.seq))
+        if config.direction != "outbound":
+            self._window = ReplayWindow(config.replay_window, config.esn, top=config.seq)
         self._selectors: tuple[Any, ...] = tuple(config.selectors)
         self._reasm: Reassembler | None = None
         #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software.
@@ -197,8 +201,16 @@ class SecurityAssociation:
     def _build(self, iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def _replay(self) -> ReplayWindow | None:
+        """The inbound anti-replay window, or None on an outbound-only SA."""
+        return getattr(self, "_window", None)
+
     def _bind(self) -> None:
-        """Bind ``protect``/``unprotect`` to this SA's per-packet functions."""
+        """Bind ``protect``/``unprotect`` to this SA's per-packet functions.
+
+        The inbound path is bound only when the SA has a replay window (direction not
+        ``outbound``): the inbound paths read ``_window`` unguarded."""
         out_fn, in_fn = self._select_paths()
         if self.direction == "inbound":
             out_fn = self._refuse
@@ -296,11 +308,12 @@ class SecurityAssociation:
     @property
     def seq(self) -> int:
         """Outbound: the last sequence number used. Inbound: the highest one received."""
-        if self._replay is None:
+        replay = self._replay
+        if replay is None:
             return self._seq
         if self.direction == "inbound":
-            return self._replay.top
-        return max(self._seq, self._replay.top)
+            return replay.top
+        return max(self._seq, replay.top)
 
     @property
     def usable(self) -> bool:

@@ -182,10 +182,10 @@ class Reassembler:
         data = bytes(
             packet[frag_off + FRAGMENT_HEADER_LEN : IPV6_HEADER_LEN + chain.payload_length]
         )
-        header = bytes(packet[:frag_off]) if offset_units == 0 else None
         if offset_units == 0 and not more:
             # Atomic fragment (RFC 6946): processed in isolation, never mixed with a reassembly.
-            return self._rebuild_v6(header, nh_offset, next_header, data)
+            return self._rebuild_v6(bytes(packet[:frag_off]), nh_offset, next_header, data)
+        header = bytes(packet[:frag_off]) if offset_units == 0 else None
         key = (6, chain.src, chain.dst, ident)
         return self._add(
             key, offset_units * FRAGMENT_UNIT, data, more, header, nh_offset, next_header, now

@@ -491,7 +491,7 @@ class Classifier(Generic[T]):
                     else:
                         # An exact duplicate: the older filter keeps the key's value; handles
                         # only grow, so appending keeps the bucket sorted.
-                        if type(old) is int:
+                        if isinstance(old, int):  # a lone handle (always a plain int) becomes a bucket
                             old = (old, group.values[key])
                         group.handles[key] = old + (handle, value)
                 self._filters[handle] = filter
