@@ -80,3 +80,24 @@ def test_jumbogram_inner_packet_is_refused_not_truncated() -> None:
     jumbo = (struct.pack("!IHBB", 6 << 28, 0, 0, 64) + bytes(16) + bytes(15) + b"\x01"
              + bytes([17, 0, 0xC2, 4]) + (70000).to_bytes(4, "big") + bytes(64))
     assert sa.protect(jumbo).drop is DropReason.MALFORMED
+
+
+def test_held_fragments_time_out_through_the_sa_timer() -> None:
+    """Fragments held for reassembly are dropped by handle_timer at their deadline, counted
+    once as FRAGMENT, without waiting for more traffic."""
+    from scapy.layers.inet import IP, fragment
+
+    cfg = {"spi": 0xC0000404, "protocol": "esp", "src": "192.0.2.1", "dst": "198.51.100.7",
+           "encryption": {"algorithm": "aes-gcm-16", "key": GCM_KEY}}
+    out = SecurityAssociation.from_dict(dict(cfg, direction="outbound"), now=0.0)
+    inb = SecurityAssociation.from_dict(dict(cfg, direction="inbound"), now=0.0)
+    wire = out.protect(udp4(b"z" * 600), now=0.0).packet
+    first = bytes(fragment(IP(wire), fragsize=256)[0])
+    assert inb.unprotect(first, now=1.0) == HELD
+    deadline = inb.next_timer()
+    assert deadline is not None and deadline > 1.0
+    inb.handle_timer(deadline - 0.001)
+    assert inb.counters.drops == {}
+    inb.handle_timer(deadline)
+    assert inb.counters.drops == {DropReason.FRAGMENT: 1}
+    assert inb.next_timer() is None

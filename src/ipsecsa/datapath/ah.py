@@ -396,8 +396,6 @@ class AhSA(SecurityAssociation):
                     return self._drop(DropReason.WRONG_PROTOCOL)
                 end = tlen
                 outer_ecn = tos & 3
-                covered = (ipv4_ah_zero_fixed(pkt) if off == IPV4_HEADER_LEN
-                           else ipv4_ah_zero_mutable(pkt[:off]))
             elif version == 6 and self._v6:
                 ch = parse_ipv6_chain(pkt, stop_at_ipsec=True)
                 if ch.fragment is not None:
@@ -407,8 +405,6 @@ class AhSA(SecurityAssociation):
                 off = ch.upper_offset
                 end = IPV6_HEADER_LEN + ch.payload_length
                 outer_ecn = ch.traffic_class & 3
-                covered = (_zero_v6_fixed(pkt) if off == IPV6_HEADER_LEN
-                           else ipv6_ah_zero_mutable(pkt, off))
             else:
                 return self._drop(DropReason.WRONG_PROTOCOL if version in (4, 6)
                                   else DropReason.MALFORMED)
@@ -427,6 +423,14 @@ class AhSA(SecurityAssociation):
             seq = self._window.check(seq_lo)
             if seq is None:
                 return self._drop(DropReason.REPLAY)
+            # Only now the copies for the ICV: SPI, length and replay checks are cheaper, and a
+            # flood of replays or unknown SPIs must not pay for header copies.
+            if version == 4:
+                covered = (ipv4_ah_zero_fixed(pkt) if off == IPV4_HEADER_LEN
+                           else ipv4_ah_zero_mutable(pkt[:off]))
+            else:
+                covered = (_zero_v6_fixed(pkt) if off == IPV6_HEADER_LEN
+                           else ipv6_ah_zero_mutable(pkt, off))
             covered_payload, upper, upper_off = _after_ah(pkt, data_off, end, next_header)
         except MalformedPacket as exc:
             return self._drop(exc.reason)

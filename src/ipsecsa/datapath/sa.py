@@ -332,15 +332,21 @@ class SecurityAssociation:
         return events
 
     def next_timer(self) -> float | None:
-        """The clock value at which :meth:`handle_timer` has work to do, or None."""
-        if self.state not in USABLE:
-            return None
-        return self._life.next_deadline()
+        """The clock value at which :meth:`handle_timer` has work to do (a lifetime deadline,
+        or fragments held for reassembly timing out), or None."""
+        due = [t for t in (self._life.next_deadline() if self.state in USABLE else None,
+                           self._reasm.next_deadline() if self._reasm is not None else None)
+               if t is not None]
+        return min(due) if due else None
 
     def handle_timer(self, now: float) -> None:
-        """Fire time-based lifetime events due at ``now`` (no traffic needed)."""
+        """Fire time-based lifetime events due at ``now`` and drop fragments whose reassembly
+        timed out (each datagram counted once as ``fragment``); no traffic needed."""
         if self.state in USABLE and now >= self._tmark:
             self._lifetime_crossed(now)
+        if self._reasm is not None:
+            for _ in range(self._reasm.expire(now)):
+                self._drop(DropReason.FRAGMENT)
 
     def delete(self) -> None:
         """End the SA: every later packet is dropped as SA_UNUSABLE."""

@@ -121,6 +121,12 @@ class Reassembler:
         """Datagrams in progress, tombstones included."""
         return len(self._table)
 
+    def next_deadline(self) -> float | None:
+        """When the oldest datagram held times out (for the owner's timer), or None."""
+        for dgram in self._table.values():
+            return dgram.deadline
+        return None
+
     def expire(self, now: float) -> int:
         """Drop datagrams whose timeout has passed; return how many were still in progress
         (tombstones of already-refused datagrams are removed but not counted)."""
