@@ -10,7 +10,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
@@ -21,7 +21,7 @@ from ipsecsa.packet.natt import (
     UdpKind,
     classify_udp_payload,
 )
-from ipsecsa.packet.udp import UDP_HEADER, build_udp, parse_udp, udp_checksum
+from ipsecsa.packet.udp import UDP_HEADER, build_udp, fix_l4_checksum, parse_udp, udp_checksum
 
 V4 = (bytes([192, 0, 2, 1]), bytes([203, 0, 113, 9]))
 V6 = (bytes.fromhex("20010db8" + "00" * 11 + "01"), bytes.fromhex("20010db8" + "00" * 11 + "02"))
@@ -119,3 +119,27 @@ def test_classify_total(payload):
     kind = classify_udp_payload(payload)
     if kind is UdpKind.ESP:
         assert len(payload) >= 8 and payload[:4] != bytes(4)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_fix_l4_checksum_matches_scapy_after_address_change(family, proto):
+    """RFC 3948 §3.1.2: the checksum made for the pre-NAT addresses is redone for the new ones."""
+    l4 = TCP(sport=1, dport=2, flags="S") if proto == "tcp" else UDP(sport=1, dport=2)
+    ip = IP if family == 4 else IPv6
+    old, new = (("10.0.0.1", "10.0.0.2"), ("192.0.2.1", "203.0.113.9")) if family == 4 else (
+        ("2001:db8::a", "2001:db8::b"), ("2001:db8::1", "2001:db8::2"))
+    hlen = 20 if family == 4 else 40
+    stale = bytes(ip(src=old[0], dst=old[1]) / l4 / b"payload!")[hlen:]
+    ref = bytes(ip(src=new[0], dst=new[1]) / l4 / b"payload!")[hlen:]
+    src, dst = V4 if family == 4 else V6
+    assert stale != ref
+    assert fix_l4_checksum(src, dst, 6 if proto == "tcp" else 17, stale) == ref
+
+
+def test_fix_l4_checksum_leaves_zero_ipv4_udp_and_short_segments():
+    zero = struct.pack("!HHHH", 1, 2, 12, 0) + b"abcd"
+    assert fix_l4_checksum(*V4, 17, zero) == zero
+    assert fix_l4_checksum(*V6, 17, zero) != zero  # IPv6 UDP always carries one
+    assert fix_l4_checksum(*V4, 6, b"\x00" * 17) == b"\x00" * 17
+    assert fix_l4_checksum(*V4, 17, b"\x00" * 7) == b"\x00" * 7

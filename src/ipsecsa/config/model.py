@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ipsecsa.crypto.algorithms import EncryptionAlgorithm, IntegrityAlgorithm, check_key
+from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64  # RFC 4303 §2.2, §2.2.1
 from ipsecsa.errors import ConfigError
 from ipsecsa.selectors import Selector
 
@@ -38,8 +39,6 @@ SPI_MAX = 2**32 - 1
 #: Another window size (larger than the minimum) MAY be chosen by the receiver."
 REPLAY_WINDOW_MIN = 32
 REPLAY_WINDOW_DEFAULT = 64
-SEQ_MAX_32 = 2**32 - 1
-SEQ_MAX_64 = 2**64 - 1
 PORT_MAX = 65535
 #: IPv4 TTL / IPv6 hop limit is an 8-bit field; 0 would be discarded by the first router.
 TTL_MIN, TTL_MAX = 1, 255

@@ -56,49 +56,42 @@ from collections.abc import Callable
 from ipsecsa.crypto.transforms import make_ah_integrity
 from ipsecsa.datapath.result import HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
-from ipsecsa.datapath.tunnel import OuterV4, OuterV6
+from ipsecsa.datapath.tunnel import OuterV4, OuterV6, inner_info
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
-from ipsecsa.packet.checksum import ones_sum
+from ipsecsa.packet.checksum import fold16, ones_sum
+from ipsecsa.packet.ipv4 import AH as PROTO_AH
+from ipsecsa.packet.ipv4 import HEADER_WORDS as _V4W
+from ipsecsa.packet.ipv4 import IPV4_MAX_TOTAL_LENGTH as MAX_IPV4_LEN
+from ipsecsa.packet.ipv4 import IPV4_MIN_HEADER_LEN as IPV4_HEADER_LEN
 from ipsecsa.packet.ipv4 import (
     header_checksum_ok,
     ipv4_ah_zero_fixed,
     ipv4_ah_zero_mutable,
     ipv4_source_route_final,
 )
+from ipsecsa.packet.ipv6 import DSTOPTS as PROTO_DSTOPTS  # may follow AH in transport mode
 from ipsecsa.packet.ipv6 import (
+    IPV6_HEADER_LEN,
     MAX_EXTENSION_HEADERS,
     OPT_MAY_CHANGE,
     OPT_PAD1,
     ipv6_ah_zero_mutable,
     parse_ipv6_chain,
 )
+from ipsecsa.packet.ipv6 import MAX_PAYLOAD_LENGTH as MAX_IPV6_PAYLOAD
 
 # --- specification constants -------------------------------------------------------------
-PROTO_IPIP = 4         # IPv4 inner packet (tunnel mode next header)
-PROTO_IPV6 = 41        # IPv6 inner packet
-PROTO_AH = 51
-PROTO_DSTOPTS = 60     # IPv6 Destination Options (may follow AH in transport mode)
 #: RFC 4302 §2: Next Header, Payload Length, Reserved, SPI, Sequence Number.
 AH_FIXED_LEN = 12
 #: RFC 4302 §2.6 / §3.3.3.2.1: the AH length is a multiple of 32 bits (IPv4) or 64 bits (IPv6).
 AH_ALIGN_V4 = 4
 AH_ALIGN_V6 = 8
-MAX_IPV4_LEN = 0xFFFF
-MAX_IPV6_PAYLOAD = 0xFFFF
-IPV4_HEADER_LEN = 20
-IPV6_HEADER_LEN = 40
 
 # --- precomputed tables -------------------------------------------------------------------
-_V4W = struct.Struct("!BBHHHBBHHHHH")
 _AH_HEAD = struct.Struct("!BBHII")
 _H = struct.Struct("!H")
 
 _new = tuple.__new__
-
-
-def _fold(s: int) -> int:
-    s = (s & 0xFFFF) + (s >> 16)
-    return (s & 0xFFFF) + (s >> 16)
 
 
 def _zero_v6_fixed(hdr: bytes | bytearray) -> bytes:
@@ -149,33 +142,6 @@ def _after_ah(buf: bytes, start: int, end: int, nh: int) -> tuple[bytes | None, 
         nh = out[off]
         off = stop
     return bytes(out), nh, off
-
-
-def _inner_info(pkt: bytes) -> tuple[int, int, bool, int, int] | DropReason:
-    """Tunnel-mode view of the packet to protect: ``(length, tos, df, flow label, next header)``
-    or the reason to drop it (the same rules as ``EspSA._out_tunnel``)."""
-    n = len(pkt)
-    if n < IPV4_HEADER_LEN:
-        return DropReason.TRUNCATED
-    first = pkt[0]
-    version = first >> 4
-    if version == 4:
-        if first & 15 < 5:
-            return DropReason.MALFORMED
-        ilen = pkt[2] << 8 | pkt[3]
-        if ilen > n or ilen < (first & 15) << 2:
-            return DropReason.MALFORMED
-        return ilen, pkt[1], bool(pkt[6] & 0x40), 0, PROTO_IPIP
-    if version == 6:
-        if n < IPV6_HEADER_LEN:
-            return DropReason.TRUNCATED
-        ilen = IPV6_HEADER_LEN + (pkt[4] << 8 | pkt[5])
-        if ilen > n or (ilen == IPV6_HEADER_LEN and pkt[6] == 0):  # RFC 2675 jumbogram
-            return DropReason.MALFORMED
-        tc = (first & 15) << 4 | pkt[1] >> 4
-        flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
-        return ilen, tc, True, flow, PROTO_IPV6
-    return DropReason.MALFORMED
 
 
 class AhSA(SecurityAssociation):
@@ -294,7 +260,7 @@ class AhSA(SecurityAssociation):
         s = (vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + PROTO_AH + s1 + s2 + d1 + d2
         if ihl > IPV4_HEADER_LEN:
             s += ones_sum(pkt[20:ihl])
-        hdr = _V4W.pack(vihl, tos, new_len, ident, ff, ttl, PROTO_AH, ~_fold(s) & 0xFFFF,
+        hdr = _V4W.pack(vihl, tos, new_len, ident, ff, ttl, PROTO_AH, ~fold16(s) & 0xFFFF,
                         s1, s2, d1, d2)
         if ihl == IPV4_HEADER_LEN:
             covered = _V4W.pack(vihl, 0, new_len, ident, 0, 0, PROTO_AH, 0, s1, s2, d1, d2)
@@ -349,7 +315,7 @@ class AhSA(SecurityAssociation):
             reason, now = self._gate(now)
             if reason is not None:
                 return self._drop(reason)
-        info = _inner_info(pkt)
+        info = inner_info(pkt)
         if isinstance(info, DropReason):
             return self._drop(info)
         ilen, tos, df, flow, next_header = info
@@ -379,7 +345,7 @@ class AhSA(SecurityAssociation):
             if reason is not None:
                 return self._drop(reason)
         try:
-            vihl, tos, tlen, _id, ff, _ttl, proto, _c, s1, s2, d1, d2 = _V4W.unpack_from(pkt)
+            vihl, tos, tlen, _id, ff, _ttl, proto, _c, _s1, _s2, _d1, _d2 = _V4W.unpack_from(pkt)
         except struct.error:
             return self._drop(DropReason.TRUNCATED)
         version = vihl >> 4
@@ -449,21 +415,8 @@ class AhSA(SecurityAssociation):
             return self._deliver_tunnel(pkt[data_off:end], dlen, next_header, outer_ecn, now)
         # --- transport: rebuild the IP header around the payload
         payload = pkt[data_off:end]
-        if version == 4:
-            new_len = off + dlen
-            s = _fold((vihl << 8) + tos + new_len + _id + ff + (_ttl << 8) + next_header
-                      + s1 + s2 + d1 + d2 + (ones_sum(pkt[20:off]) if off > 20 else 0))
-            hdr = _V4W.pack(vihl, tos, new_len, _id, ff, _ttl, next_header, ~s & 0xFFFF,
-                            s1, s2, d1, d2)
-            if off > IPV4_HEADER_LEN:
-                hdr += pkt[20:off]
-            src, dst = pkt[12:16], pkt[16:20]
-        else:
-            head = bytearray(pkt[:off])
-            head[ch.headers[-1][1] if ch.headers else 6] = next_header
-            _H.pack_into(head, 4, off - IPV6_HEADER_LEN + dlen)
-            hdr = bytes(head)
-            src, dst = ch.src, ch.dst
+        hdr, src, dst = self._rebuild_transport(pkt, off, dlen, next_header,
+                                                ch if version == 6 else None)
         if self._selectors and not self._selectors_ok(version, src, dst, upper, payload,
                                                       upper_off):
             return self._drop(DropReason.SELECTOR_MISMATCH)

@@ -48,6 +48,8 @@ __all__ = [
     "ESN_INFERENCE_WINDOW_WHEN_OFF",
     "MAX_REPLAY_WINDOW",
     "MIN_REPLAY_WINDOW",
+    "SEQ_MAX_32",
+    "SEQ_MAX_64",
     "ReplayWindow",
 ]
 
@@ -63,9 +65,11 @@ DEFAULT_REPLAY_WINDOW = 64
 #: most reordering and loss that an unchecked receiver can still place correctly.
 ESN_INFERENCE_WINDOW_WHEN_OFF = 1 << 31
 
-_SEQ32_MAX = (1 << 32) - 1  # largest 32-bit sequence number (§2.2)
-_SEQ64_MAX = (1 << 64) - 1  # largest extended sequence number (§2.2.1)
-_HIGH_MAX = _SEQ32_MAX  # largest high half; Th + 1 beyond it means the 64-bit space is exhausted
+#: Largest 32-bit sequence number (§2.2) and largest extended sequence number (§2.2.1): the one
+#: statement of these limits (the SA's outbound exhaustion, the configuration's ``seq`` bound).
+SEQ_MAX_32 = (1 << 32) - 1
+SEQ_MAX_64 = (1 << 64) - 1
+_HIGH_MAX = SEQ_MAX_32  # largest high half; Th + 1 beyond it means the 64-bit space is exhausted
 
 # --- Implementation constants -----------------------------------------------------------------
 
@@ -111,7 +115,7 @@ class ReplayWindow:
             )
         if not isinstance(esn, bool):
             raise ConfigError("esn", "must be a boolean")
-        limit = _SEQ64_MAX if esn else _SEQ32_MAX
+        limit = SEQ_MAX_64 if esn else SEQ_MAX_32
         if type(top) is not int or not 0 <= top <= limit:
             raise ConfigError(
                 "seq", f"must be an integer from 0 to 2^{64 if esn else 32} - 1 (highest received)"
@@ -157,7 +161,7 @@ class ReplayWindow:
         """
         top = self._top
         if self._esn:
-            tl = top & _SEQ32_MAX
+            tl = top & SEQ_MAX_32
             th = top >> 32
             w = self._infer_w
             if tl >= w - 1:  # Case A: the window lies within one subspace.

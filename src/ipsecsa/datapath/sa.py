@@ -28,18 +28,20 @@ from ipsecsa.datapath.events import (
     SoftLifetimeExpired,
 )
 from ipsecsa.datapath.lifetime import INF, Limits, lifetime_marks
-from ipsecsa.datapath.replay import ReplayWindow
+from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64, ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.state import USABLE, SaState, SaTrigger, next_state
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.packet.checksum import fold16, ones_sum
 from ipsecsa.packet.ecn import ecn_decapsulate, set_ecn
-from ipsecsa.packet.flow import flow_of
+from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.fragment import Reassembler
+from ipsecsa.packet.ipv4 import HEADER_WORDS
+from ipsecsa.packet.ipv4 import IPIP as PROTO_IPIP  # tunnel mode: an IPv4 inner packet
+from ipsecsa.packet.ipv4 import IPV6_IN_IP as PROTO_IPV6  # tunnel mode: an IPv6 inner packet
+from ipsecsa.packet.ipv6 import IPv6Chain
 
 log = logging.getLogger("ipsecsa.sa")
-
-MAX_SEQ_32 = 0xFFFFFFFF
-MAX_SEQ_64 = 0xFFFFFFFFFFFFFFFF
 
 #: Implementation cap on events queued per SA before the oldest are discarded (a consumer that
 #: never drains must not grow memory without bound).
@@ -47,11 +49,8 @@ MAX_QUEUED_EVENTS = 1024
 
 IvSource = Callable[[int], bytes]
 
-PROTO_IPIP = 4    # tunnel mode: an IPv4 inner packet
-PROTO_IPV6 = 41   # tunnel mode: an IPv6 inner packet
-#: Upper-layer protocols whose first four bytes are the source and destination ports.
-PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite
 _PORTS = struct.Struct("!HH")
+_H = struct.Struct("!H")
 _new = tuple.__new__
 
 
@@ -131,7 +130,7 @@ class SecurityAssociation:
         # most SAs never drop a packet or expire, and each empty container costs memory.
         self._drops: dict[DropReason, int] = {}
         self._events: deque[SaEvent] | None = None
-        self._seq_max = MAX_SEQ_64 if config.esn else MAX_SEQ_32
+        self._seq_max = SEQ_MAX_64 if config.esn else SEQ_MAX_32
         #: Outbound: the last sequence number used (the next packet gets _seq + 1).
         self._seq: int = config.seq
         if config.direction != "outbound":
@@ -358,7 +357,7 @@ class SecurityAssociation:
                       l4: bytes | memoryview, l4_off: int) -> bool:
         """Whether (src, dst, proto, ports at ``l4[l4_off:]``) is inside the SA's selectors."""
         sport = dport = 0
-        if proto in PORT_PROTOCOLS and len(l4) >= l4_off + 4:
+        if proto in PORTED_PROTOCOLS and len(l4) >= l4_off + 4:
             sport, dport = _PORTS.unpack_from(l4, l4_off)
         for sel in self._selectors:
             if sel.matches(version, src, dst, proto, sport, dport):
@@ -380,6 +379,33 @@ class SecurityAssociation:
         except MalformedPacket as exc:
             return exc.reason
         return None if ok else DropReason.SELECTOR_MISMATCH
+
+    @staticmethod
+    def _rebuild_transport(pkt: bytes, off: int, dlen: int, next_header: int,
+                           chain: IPv6Chain | None) -> tuple[bytes, bytes, bytes]:
+        """Transport mode, inbound: the IP header ``pkt[:off]`` that carried ESP/AH, rebuilt for
+        the ``dlen``-byte payload that replaces it; returns ``(header, src, dst)``.
+
+        IPv4 (``chain`` None): total length ``off + dlen``, protocol ``next_header``, and the
+        header checksum recomputed over the new header, options included (copied as they are).
+        IPv6 (``chain`` the packet's chain, walked to ESP/AH): the extension headers before
+        ESP/AH kept, the next header that named ESP/AH (the fixed header's, or the last walked
+        extension header's) set to ``next_header``, and the payload length ``off - 40 + dlen``.
+        """
+        if chain is None:
+            vihl, tos, _len, ident, ff, ttl, _p, _c, s1, s2, d1, d2 = HEADER_WORDS.unpack_from(pkt)
+            new_len = off + dlen
+            s = fold16((vihl << 8) + tos + new_len + ident + ff + (ttl << 8) + next_header
+                       + s1 + s2 + d1 + d2 + (ones_sum(pkt[20:off]) if off > 20 else 0))
+            hdr = HEADER_WORDS.pack(vihl, tos, new_len, ident, ff, ttl, next_header,
+                                    ~s & 0xFFFF, s1, s2, d1, d2)
+            if off > 20:
+                hdr += pkt[20:off]
+            return hdr, pkt[12:16], pkt[16:20]
+        head = bytearray(pkt[:off])
+        head[chain.headers[-1][1] if chain.headers else 6] = next_header
+        _H.pack_into(head, 4, off - 40 + dlen)
+        return bytes(head), chain.src, chain.dst
 
     def _deliver_tunnel(self, plain: bytes, dlen: int, next_header: int, outer_ecn: int,
                         now: float | None) -> Result:

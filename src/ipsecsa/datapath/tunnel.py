@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import struct
 
-from ipsecsa.packet.ipv4 import DF
+from ipsecsa.errors import DropReason
+from ipsecsa.packet.ipv4 import DF, HEADER_WORDS, IPIP, IPV6_IN_IP
 
-_V4W = struct.Struct("!BBHHHBBHHHHH")
 _V6FIRST = struct.Struct("!IHBB")
-_UDP = struct.Struct("!HHHH")
 
 
 def ident_start(spi: int) -> int:
@@ -32,6 +31,47 @@ def ident_start(spi: int) -> int:
     a rekey, then do not send the same Identification sequence in lockstep, whose fragments
     could meet in the peer's reassembly; and two objects of the same SA number alike."""
     return ((spi * 2654435761) >> 16) & 0xFFFF
+
+
+def inner_info(pkt: bytes) -> tuple[int, int, bool, int, int] | DropReason:
+    """Tunnel mode, outbound: what the outer header and the ESP/AH next header take from the
+    packet to protect, ``(length, tos, df, flow label, next header)``, or why it is refused.
+
+    This is the reference statement of the rules; ``AhSA._out_tunnel`` calls it and
+    ``EspSA._out_tunnel`` inlines the same checks on its hot path (a test holds the two equal):
+
+    * fewer than 20 bytes: TRUNCATED; a version other than 4 or 6: MALFORMED;
+    * IPv4: IHL below 5, or a total length beyond the buffer or below the header: MALFORMED;
+      TOS and DF come from the header, flow label 0, next header 4 (IP-in-IP);
+    * IPv6: fewer than 40 bytes: TRUNCATED; a payload length beyond the buffer: MALFORMED, as is
+      a payload length of 0 with a Hop-by-Hop header next (an RFC 2675 jumbogram, unsupported);
+      traffic class and flow label from the header, DF true (IPv6 is never fragmented en route),
+      next header 41;
+    * the length is the packet's own (IP total length, or 40 + payload length): bytes after it
+      in the buffer are not part of the packet.
+    """
+    n = len(pkt)
+    if n < 20:
+        return DropReason.TRUNCATED
+    first = pkt[0]
+    version = first >> 4
+    if version == 4:
+        if first & 15 < 5:
+            return DropReason.MALFORMED
+        ilen = pkt[2] << 8 | pkt[3]
+        if ilen > n or ilen < (first & 15) << 2:
+            return DropReason.MALFORMED
+        return ilen, pkt[1], bool(pkt[6] & 0x40), 0, IPIP
+    if version == 6:
+        if n < 40:
+            return DropReason.TRUNCATED
+        ilen = 40 + (pkt[4] << 8 | pkt[5])
+        if ilen > n or (ilen == 40 and pkt[6] == 0):  # RFC 2675 jumbogram
+            return DropReason.MALFORMED
+        tc = (first & 15) << 4 | pkt[1] >> 4
+        flow = (pkt[1] & 15) << 16 | pkt[2] << 8 | pkt[3]
+        return ilen, tc, True, flow, IPV6_IN_IP
+    return DropReason.MALFORMED
 
 
 def _words(addr: bytes) -> int:
@@ -77,7 +117,7 @@ class OuterV4:
         s = self._const + tos + total + ident + ff
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
-        return _V4W.pack(0x45, tos, total, ident, ff, self.ttl, self.proto, ~s & 0xFFFF,
+        return HEADER_WORDS.pack(0x45, tos, total, ident, ff, self.ttl, self.proto, ~s & 0xFFFF,
                          self._s1, self._s2, self._d1, self._d2)
 
 

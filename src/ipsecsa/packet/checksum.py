@@ -42,6 +42,14 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     return folded
 
 
+def fold16(s: int) -> int:
+    """Two end-around carries of a sum of 16-bit words: the 16-bit ones-complement value of any
+    sum below 2**32 (enough for a header summed word by word). Unlike :func:`ones_sum` a zero sum
+    stays 0; complement the result (``~fold16(s) & 0xFFFF``) for the checksum field."""
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
 def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """RFC 1071 Internet checksum: the complement of :func:`ones_sum`.
 
@@ -65,4 +73,4 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     raise ConfigError("src", "pseudo header addresses must both be 4 or both be 16 bytes")
 
 
-__all__ = ["internet_checksum", "ones_sum", "pseudo_header_sum"]
+__all__ = ["fold16", "internet_checksum", "ones_sum", "pseudo_header_sum"]

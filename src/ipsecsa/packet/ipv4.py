@@ -72,6 +72,10 @@ AH_IMMUTABLE_OPTIONS = frozenset(
 # --- implementation constants --------------------------------------------------------------------
 _FIXED = struct.Struct("!BBHHHBBH4s4s")
 _FIXED_NO_CSUM = struct.Struct("!BBHHHBB")  # first 10 bytes, up to the checksum
+#: The 20-byte fixed header as twelve numbers: version/IHL, TOS, total length, identification,
+#: flags/fragment offset, TTL, protocol, checksum, then source and destination as two 16-bit
+#: words each, so that a header checksum can be summed from the unpacked fields (data path).
+HEADER_WORDS = struct.Struct("!BBHHHBBHHHHH")
 _U16 = struct.Struct("!H")
 
 
@@ -285,6 +289,7 @@ def ipv4_source_route_final(options: bytes | bytearray | memoryview) -> bytes | 
 
 __all__ = [
     "DF",
+    "HEADER_WORDS",
     "MF",
     "IPv4Header",
     "build_ipv4_header",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import struct
 
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
-from ipsecsa.packet.checksum import ones_sum, pseudo_header_sum
+from ipsecsa.packet.checksum import fold16, ones_sum, pseudo_header_sum
+from ipsecsa.packet.ipv4 import TCP, UDP
 
 # --- specification constants ---------------------------------------------------------------------
-UDP_PROTOCOL = 17
+UDP_PROTOCOL = UDP
+#: Offset of the checksum field in the TCP header (RFC 9293 §3.1).
+TCP_CHECKSUM_OFFSET = 16
 UDP_HEADER_LEN = 8
 UDP_MAX_LENGTH = 0xFFFF
 UDP_CHECKSUM_OFFSET = 6
@@ -16,6 +19,7 @@ UDP_CHECKSUM_OFFSET = 6
 UDP_CHECKSUM_ZERO_AS = 0xFFFF
 
 UDP_HEADER = struct.Struct("!HHHH")
+_U16 = struct.Struct("!H")
 
 
 def parse_udp(buf: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, int, int]:
@@ -74,4 +78,28 @@ def build_udp(
     return bytes(segment)
 
 
-__all__ = ["UDP_HEADER", "build_udp", "parse_udp", "udp_checksum"]
+def fix_l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes) -> bytes:
+    """Recompute a TCP/UDP checksum over the addresses the packet now carries.
+
+    ``segment`` is the TCP (``proto`` 6) or UDP (any other ``proto``; callers pass 17) header and
+    payload; ``src``/``dst`` are the 4- or 16-byte addresses of the pseudo header. This is the
+    RFC 3948 §3.1.2 fix-up after UDP-encapsulated transport-mode ESP: a NAT changed the addresses
+    the transport checksum covered. A segment too short to hold its checksum field is returned
+    unchanged, and so is an IPv4 UDP segment sent without a checksum (zero); a computed UDP
+    checksum of zero is sent as 0xFFFF (RFC 768)."""
+    off = TCP_CHECKSUM_OFFSET if proto == TCP else UDP_CHECKSUM_OFFSET
+    if len(segment) < off + 2:
+        return segment
+    if proto == UDP and len(src) == 4 and segment[6:8] == b"\x00\x00":
+        return segment  # IPv4 UDP without checksum stays without
+    seg = bytearray(segment)
+    seg[off:off + 2] = b"\x00\x00"
+    s = ones_sum(seg, pseudo_header_sum(src, dst, proto, len(seg)))
+    c = ~fold16(s) & 0xFFFF
+    if proto == UDP and c == 0:
+        c = UDP_CHECKSUM_ZERO_AS
+    _U16.pack_into(seg, off, c)
+    return bytes(seg)
+
+
+__all__ = ["UDP_HEADER", "build_udp", "fix_l4_checksum", "parse_udp", "udp_checksum"]
