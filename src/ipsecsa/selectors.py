@@ -27,12 +27,19 @@ _KEYS = frozenset({"src", "dst", "protocol", "sport", "dport"})
 class FlowLike(Protocol):
     """What :func:`selectors_match` needs of a flow (``ipsecsa.packet.flow.Flow`` has it)."""
 
-    version: int
-    src: bytes
-    dst: bytes
-    protocol: int
-    sport: int
-    dport: int
+    # Read-only members, so frozen dataclasses and named tuples qualify.
+    @property
+    def version(self) -> int: ...
+    @property
+    def src(self) -> bytes: ...
+    @property
+    def dst(self) -> bytes: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def sport(self) -> int: ...
+    @property
+    def dport(self) -> int: ...
 
 
 def _is_int(value: object) -> bool:

@@ -49,6 +49,19 @@ def _lim(value: float | None) -> float:
     return INF if value is None else value
 
 
+def _first_reached(limits: Limits, deadline: float, packets: int, nbytes: int,
+                   now: float | None) -> LifetimeKind | None:
+    """Which limit of ``limits`` the counts (or the clock, against ``deadline``) have reached,
+    checked in the order packets, bytes, seconds; None if none."""
+    if limits.packets is not None and packets >= limits.packets:
+        return LifetimeKind.PACKETS
+    if limits.bytes is not None and nbytes >= limits.bytes:
+        return LifetimeKind.BYTES
+    if now is not None and now >= deadline:
+        return LifetimeKind.SECONDS
+    return None
+
+
 class LifetimeMarks:
     """Tracks which soft/hard limits have fired and the next thresholds to watch."""
 
@@ -93,25 +106,11 @@ class LifetimeMarks:
         that fired *on this call* (None when nothing new fired)."""
         soft_now = hard_now = None
         if self.hard_fired is None:
-            hard = self.hard
-            if hard.packets is not None and packets >= hard.packets:
-                hard_now = LifetimeKind.PACKETS
-            elif hard.bytes is not None and nbytes >= hard.bytes:
-                hard_now = LifetimeKind.BYTES
-            elif now is not None and now >= self.hard_deadline:
-                hard_now = LifetimeKind.SECONDS
-            if hard_now is not None:
-                self.hard_fired = hard_now
+            hard_now = self.hard_fired = _first_reached(self.hard, self.hard_deadline, packets,
+                                                        nbytes, now)
         if self.soft_fired is None and self.hard_fired is None:
-            soft = self.soft
-            if soft.packets is not None and packets >= soft.packets:
-                soft_now = LifetimeKind.PACKETS
-            elif soft.bytes is not None and nbytes >= soft.bytes:
-                soft_now = LifetimeKind.BYTES
-            elif now is not None and now >= self.soft_deadline:
-                soft_now = LifetimeKind.SECONDS
-            if soft_now is not None:
-                self.soft_fired = soft_now
+            soft_now = self.soft_fired = _first_reached(self.soft, self.soft_deadline, packets,
+                                                        nbytes, now)
         self._recompute()
         return soft_now, hard_now
 

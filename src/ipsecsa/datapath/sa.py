@@ -40,6 +40,7 @@ from ipsecsa.packet.ipv4 import HEADER_WORDS
 from ipsecsa.packet.ipv4 import IPIP as PROTO_IPIP  # tunnel mode: an IPv4 inner packet
 from ipsecsa.packet.ipv4 import IPV6_IN_IP as PROTO_IPV6  # tunnel mode: an IPv6 inner packet
 from ipsecsa.packet.ipv6 import IPv6Chain
+from ipsecsa.selectors import selectors_match
 
 log = logging.getLogger("ipsecsa.sa")
 
@@ -366,11 +367,7 @@ class SecurityAssociation:
 
     def _inner_selectors_ok(self, inner: bytes) -> bool:
         """Selector check of a whole (inner) packet; raises MalformedPacket if it won't parse."""
-        f = flow_of(inner)
-        for sel in self._selectors:
-            if sel.matches(f.version, f.src, f.dst, f.protocol, f.sport, f.dport):
-                return True
-        return False
+        return selectors_match(self._selectors, flow_of(inner))
 
     def _inner_policy(self, inner: bytes) -> DropReason | None:
         """Why a whole (inner) packet is refused by the selectors, or None if it is covered."""
