@@ -75,6 +75,7 @@ from ipsecsa.packet.ipv6 import (
     MAX_EXTENSION_HEADERS,
     OPT_MAY_CHANGE,
     OPT_PAD1,
+    ipv6_ah_zero_fixed,
     ipv6_ah_zero_mutable,
     parse_ipv6_chain,
 )
@@ -92,13 +93,6 @@ _AH_HEAD = struct.Struct("!BBHII")
 _H = struct.Struct("!H")
 
 _new = tuple.__new__
-
-
-def _zero_v6_fixed(hdr: bytes | bytearray) -> bytes:
-    """A 40-byte IPv6 header with no extension headers before AH as AH covers it: traffic class,
-    flow label and hop limit zeroed (RFC 4302 §3.3.3.1.2). The fast path of
-    :func:`ipv6_ah_zero_mutable`."""
-    return b"".join((bytes((hdr[0] & 0xF0, 0, 0, 0)), hdr[4:7], b"\x00", hdr[8:40]))
 
 
 def _after_ah(buf: bytes, start: int, end: int, nh: int) -> tuple[bytes | None, int, int]:
@@ -300,8 +294,7 @@ class AhSA(SecurityAssociation):
         _H.pack_into(head, 4, plen)
         payload = pkt[ins:end]
         try:
-            covered = (_zero_v6_fixed(head) if ins == IPV6_HEADER_LEN
-                       else ipv6_ah_zero_mutable(head, ins))
+            covered = ipv6_ah_zero_mutable(head, ins)
             covered_payload, _, _ = _after_ah(pkt, ins, end, next_header)
         except MalformedPacket as exc:
             return self._drop(exc.reason)
@@ -334,7 +327,7 @@ class AhSA(SecurityAssociation):
             if body > MAX_IPV6_PAYLOAD:
                 return self._drop(DropReason.TOO_BIG)
             hdr = self._outer6.build(body, tos, flow)  # type: ignore[union-attr]
-            covered = _zero_v6_fixed(hdr)
+            covered = ipv6_ah_zero_fixed(hdr)
         return self._sign(covered, hdr, next_header, inner, inner, ilen, now)
 
     # ----------------------------------------------------------------- inbound
@@ -395,8 +388,7 @@ class AhSA(SecurityAssociation):
                 covered = (ipv4_ah_zero_fixed(pkt) if off == IPV4_HEADER_LEN
                            else ipv4_ah_zero_mutable(pkt[:off]))
             else:
-                covered = (_zero_v6_fixed(pkt) if off == IPV6_HEADER_LEN
-                           else ipv6_ah_zero_mutable(pkt, off))
+                covered = ipv6_ah_zero_mutable(pkt, off)
             covered_payload, upper, upper_off = _after_ah(pkt, data_off, end, next_header)
         except MalformedPacket as exc:
             return self._drop(exc.reason)

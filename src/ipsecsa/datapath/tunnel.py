@@ -86,6 +86,7 @@ class OuterV4:
         "_const",
         "_d1",
         "_d2",
+        "_df_fixed",
         "_ident",
         "_s1",
         "_s2",
@@ -102,6 +103,8 @@ class OuterV4:
         self.src, self.dst, self.proto, self.ttl = src, dst, proto, ttl
         self.dscp = dscp
         self.df_mode = df_mode
+        #: DF decided once per SA: a fixed flags word, or None to copy the inner packet's DF.
+        self._df_fixed = None if df_mode == "copy" else (DF if df_mode == "set" else 0)
         self._s1, self._s2 = struct.unpack("!HH", src)
         self._d1, self._d2 = struct.unpack("!HH", dst)
         self._const = (0x45 << 8) + (ttl << 8) + proto + _words(src) + _words(dst)
@@ -110,15 +113,16 @@ class OuterV4:
     def build(self, payload_len: int, inner_tos: int, inner_df: bool) -> bytes:
         """The 20-byte header for ``payload_len`` bytes of payload."""
         tos = inner_tos if self.dscp is None else (self.dscp << 2) | (inner_tos & 3)
-        mode = self.df_mode
-        ff = DF if (mode == "set" or (mode == "copy" and inner_df)) else 0
+        ff = self._df_fixed
+        if ff is None:
+            ff = DF if inner_df else 0
         self._ident = ident = (self._ident + 1) & 0xFFFF
         total = payload_len + 20
         s = self._const + tos + total + ident + ff
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         return HEADER_WORDS.pack(0x45, tos, total, ident, ff, self.ttl, self.proto, ~s & 0xFFFF,
-                         self._s1, self._s2, self._d1, self._d2)
+                                 self._s1, self._s2, self._d1, self._d2)
 
 
 class OuterV6:

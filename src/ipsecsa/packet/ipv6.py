@@ -237,6 +237,13 @@ def _rewrite_routing(out: bytearray, off: int, length: int) -> None:
     out[off + 3] = 0
 
 
+def ipv6_ah_zero_fixed(header: bytes | bytearray | memoryview) -> bytes:
+    """The 40-byte fixed IPv6 header at the start of ``header`` as AH covers it: traffic class,
+    flow label and hop limit zeroed (RFC 4302 §3.3.3.1.2). The fast path of
+    :func:`ipv6_ah_zero_mutable` when no extension header precedes AH; nothing is validated."""
+    return b"".join((bytes((header[0] & 0xF0, 0, 0, 0)), header[4:7], b"\x00", header[8:40]))
+
+
 def ipv6_ah_zero_mutable(buf: bytes | bytearray | memoryview, upto: int) -> bytes:
     """Copy of ``buf[:upto]`` (fixed header and extension headers before AH) as AH covers it.
 
@@ -250,6 +257,8 @@ def ipv6_ah_zero_mutable(buf: bytes | bytearray | memoryview, upto: int) -> byte
     """
     if upto < IPV6_HEADER_LEN or upto > len(buf):
         raise MalformedPacket(DropReason.TRUNCATED, "AH offset outside the packet")
+    if upto == IPV6_HEADER_LEN:
+        return ipv6_ah_zero_fixed(buf)
     out = bytearray(buf[:upto])
     if out[0] >> 4 != IP_VERSION_6:
         raise MalformedPacket(DropReason.MALFORMED, "IP version is not 6")
