@@ -117,6 +117,10 @@ class DropReason(enum.Enum):
     TOO_BIG = "too_big"
     #: The SA is administratively not usable (deleted, or direction does not allow the operation).
     SA_UNUSABLE = "sa_unusable"
+    #: A filter blocked the packet (a BLOCK action, or an IPsec callout with no SA to use).
+    BLOCKED = "blocked"
+    #: Clear text arrived where a filter demands IPsec (Windows: invalidClearTextInbound).
+    CLEAR_TEXT = "clear_text"
 
 
 __all__ = [

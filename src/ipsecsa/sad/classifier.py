@@ -463,6 +463,40 @@ class Classifier(Generic[T]):
         with self._lock:
             return self.lookup(version, src, dst, protocol, sport, dport)
 
+    def lookup_all(self, version: int, src: int, dst: int, protocol: int, sport: int,
+                   dport: int) -> list[T]:
+        """The values of *every* filter matching the packet, in no particular order.
+
+        For front ends that order matches themselves (the WFP engine arbitrates by filter weight,
+        reference C.7.3): the same tuple-space probes as :meth:`lookup`, but no shape stops the
+        search and duplicate buckets yield all their values. Same linearizability rule.
+        """
+        ended = self._ended
+        if version == 4:
+            word = (src << 72) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
+        elif version == 6:
+            word = (src << 168) | (dst << 40) | (protocol << 32) | (sport << 16) | dport
+        else:
+            raise ConfigError("version", "must be 4 or 6")
+        found: list[T] = []
+        for shape, group in list(self._groups.items()):  # one C-level copy: atomic under the GIL
+            if shape[0] != version:
+                continue
+            key = word & group.mask
+            entry = group.handles.get(key)
+            if entry is None:
+                continue
+            if type(entry) is tuple:
+                found.extend(entry[1::2])
+            else:
+                value = group.values.get(key)
+                if value is not None:
+                    found.append(value)
+        if self._begun == ended:
+            return found
+        with self._lock:
+            return self.lookup_all(version, src, dst, protocol, sport, dport)
+
     # -- writers --------------------------------------------------------------------------------
 
     def add(self, filter: Filter, value: T) -> int:

@@ -26,7 +26,8 @@ import itertools
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,34 +383,47 @@ class SaDatabase:
     def inbound(self, packet: bytes, now: float | None = None) -> Result:
         """Find the SA of an arriving IPsec packet by its outermost SPI and remove the bundle's
         protection (AH, then ESP). Fragments are reassembled first (RFC 4303 §3.4.1)."""
+        return self.inbound_via(packet, now)[0]
+
+    def inbound_via(self, packet: bytes, now: float | None = None,
+                    guard: Callable[[SecurityAssociation], AbstractContextManager[Any]] | None
+                    = None) -> tuple[Result, SecurityAssociation | None]:
+        """:meth:`inbound`, and the outermost SA the packet was found under (None when no SA
+        was found), for front ends that check the decapsulated packet against the policy of the
+        SA it arrived through (the WFP engine's inbound callout, reference F.20). ``guard(sa)``,
+        if given, is entered around the unprotect steps (a front end's per-SA lock)."""
         try:
             hit = self._locate(packet)
         except MalformedPacket as exc:
-            return self._drop(exc.reason)
+            return self._drop(exc.reason), None
         if type(hit) is DropReason:
-            return self._drop(hit)
+            return self._drop(hit), None
         if hit is None:  # a fragment
             with self._reasm_lock:
                 whole, reason = self._reasm.feed(packet,
                                                  time.monotonic() if now is None else now)
             if reason is not None:
-                return self._drop(reason)
+                return self._drop(reason), None
             if whole is None:
-                return HELD
-            return self.inbound(whole, now)
+                return HELD, None
+            return self.inbound_via(whole, now, guard)
         if type(hit) is not tuple:  # the SA of a one-SA bundle
-            return hit.unprotect(packet, now)
+            if guard is None:
+                return hit.unprotect(packet, now), hit
+            with guard(hit):
+                return hit.unprotect(packet, now), hit
         sa, bundle, index = hit
         # Peel from the outermost SA inwards; a lone inner SA of a bundle (index 0 of 2) means
         # the outer protection is missing: refuse, the policy requires both (counted by the
         # database: the SA never saw the packet).
         if index != 1:
-            return self._drop(DropReason.SELECTOR_MISMATCH)
-        result = sa.unprotect(packet, now)
-        if result[0] is not None:
-            # The inner SA checks the SPI of what AH covered (BAD_SPI if it is not its own).
-            result = bundle.sas[0].unprotect(result[0], now)
-        return result
+            return self._drop(DropReason.SELECTOR_MISMATCH), None
+        with guard(sa) if guard is not None else nullcontext():
+            result = sa.unprotect(packet, now)
+            if result[0] is not None:
+                # The inner SA checks the SPI of what AH covered (BAD_SPI if it is not its own).
+                result = bundle.sas[0].unprotect(result[0], now)
+        return result, sa
 
     def _locate(self, packet: bytes) -> Any:
         """The index entry of the packet's outermost IPsec header; None for a fragment that

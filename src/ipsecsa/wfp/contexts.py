@@ -1,0 +1,113 @@
+"""SA contexts: their life cycle as a transition table (reference C.2, F.5, F.8) and their state.
+
+::
+
+    CREATED --GetSpi/SetSpi--> SPI_ASSIGNED --AddInbound--> INBOUND --AddOutbound--> ESTABLISHED
+    ESTABLISHED/INBOUND/SPI_ASSIGNED/CREATED --Expire--> EXPIRING --linger ends--> (gone)
+    any --DeleteById--> (gone)
+
+Documented edges are Windows' (C.2); the linger of 60 s, GetSpi/SetSpi repeated in SPI_ASSIGNED,
+Update in INBOUND/ESTABLISHED, Expire from the states before ESTABLISHED (nothing to send yet:
+the context just lingers) are ipsecsa's choices (F.5, F.8). Any (state, operation) pair not in
+:data:`TRANSITIONS` is FWP_E_INCOMPATIBLE_SA_STATE.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+#: F.8: how long an expired context's inbound SA keeps accepting packets in flight.
+EXPIRE_LINGER_SECONDS = 60.0
+
+
+class CtxState(enum.Enum):
+    CREATED = "created"
+    SPI_ASSIGNED = "spi_assigned"
+    INBOUND = "inbound"
+    ESTABLISHED = "established"
+    EXPIRING = "expiring"
+
+
+class CtxOp(enum.Enum):
+    GET_SPI = "get_spi"
+    SET_SPI = "set_spi"
+    ADD_INBOUND = "add_inbound"
+    ADD_OUTBOUND = "add_outbound"
+    UPDATE = "update"
+    EXPIRE = "expire"
+
+
+S, O = CtxState, CtxOp
+#: (state, operation) -> next state.
+TRANSITIONS: dict[tuple[CtxState, CtxOp], CtxState] = {
+    (S.CREATED, O.GET_SPI): S.SPI_ASSIGNED,
+    (S.CREATED, O.SET_SPI): S.SPI_ASSIGNED,
+    (S.SPI_ASSIGNED, O.GET_SPI): S.SPI_ASSIGNED,
+    (S.SPI_ASSIGNED, O.SET_SPI): S.SPI_ASSIGNED,
+    (S.SPI_ASSIGNED, O.ADD_INBOUND): S.INBOUND,
+    (S.INBOUND, O.ADD_OUTBOUND): S.ESTABLISHED,
+    (S.INBOUND, O.UPDATE): S.INBOUND,
+    (S.ESTABLISHED, O.UPDATE): S.ESTABLISHED,
+    (S.CREATED, O.EXPIRE): S.EXPIRING,
+    (S.SPI_ASSIGNED, O.EXPIRE): S.EXPIRING,
+    (S.INBOUND, O.EXPIRE): S.EXPIRING,
+    (S.ESTABLISHED, O.EXPIRE): S.EXPIRING,
+}
+del S, O
+
+
+def next_state(state: CtxState, op: CtxOp) -> CtxState | None:
+    """The state after ``op``, or None when the table has no such edge."""
+    return TRANSITIONS.get((state, op))
+
+
+@dataclass(eq=False)
+class SaContext:
+    """One SA context. Mutated under the engine's state lock; the data path reads
+    ``outbound_bundle``/``inbound_bundle`` (single reference loads) and takes ``lock`` around a
+    packet so concurrent packets never share a sequence number."""
+
+    id: int
+    state: CtxState
+    version1: bool  # created with Create1 (IPSEC_TRAFFIC1) rather than Create0
+    traffic: Any  # IPSEC_TRAFFIC1 (a private copy; Create0's traffic converted)
+    version: int  # 4 or 6
+    tunnel: bool
+    local: bytes
+    remote: bytes
+    outbound_filter: int
+    created: float
+    inbound_filter: int = 0
+    getspi_traffic: Any = None
+    udp_encap: tuple[int, int] | None = None  # (local port, remote port), GetSpi's
+    udp_struct: Any = None
+    spi: int | None = None
+    inbound_given: Any = None  # the bundle as the caller gave it (private copy)
+    outbound_given: Any = None
+    inbound_bundle: Any = None  # ipsecsa.sad.Bundle while installed
+    outbound_bundle: Any = None
+    inbound_handle: int | None = None  # SaDatabase handle
+    inbound_added: float | None = None
+    outbound_added: float | None = None
+    deadline: float | None = None  # lifetime seconds: behaves like Expire at this time
+    idle_seconds: int = 0
+    last_used: float = 0.0
+    linger_until: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Offload state, for the NDIS link (issue 13); False while the SAs run in software.
+    offloaded: bool = False
+
+    def next_timer(self) -> float | None:
+        """When the engine must look at this context again (lifetime, idle time, linger)."""
+        times = []
+        if self.linger_until is not None:
+            times.append(self.linger_until)
+        elif self.state is not CtxState.EXPIRING:
+            if self.deadline is not None:
+                times.append(self.deadline)
+            if self.idle_seconds:
+                times.append(self.last_used + self.idle_seconds)
+        return min(times) if times else None

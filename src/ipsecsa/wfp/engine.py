@@ -1,0 +1,1694 @@
+"""The Base Filtering Engine: sessions, transactions, access checks, filters, SA contexts, and the
+traffic that runs through them (reference B–F).
+
+Every Windows function is a method with the Windows name and parameters in order. It returns the
+DWORD status first, then its out-parameters in declaration order (a function with none returns
+the bare status). It never raises for bad arguments: validation raises :class:`Fail` inside and
+:func:`_api` turns it into the status, with the out-parameters None. Checks run in F.10's order:
+handle → access → transaction/session → arguments → state.
+
+Concurrency: one re-entrant *state lock* guards the tables; the *transaction lock*
+(:mod:`.txn`) serialises sessions' transactions. Packets (:meth:`Engine.outbound`,
+:meth:`Engine.inbound`) take neither: they read the published classifiers and contexts and lock
+only the SA context they use, so concurrent packets on one SA never share a sequence number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import ipaddress
+import itertools
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsecsa.datapath.result import DROPPED, Result
+from ipsecsa.datapath.sa import SecurityAssociation
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
+from ipsecsa.packet.ipv6 import parse_ipv6_chain
+from ipsecsa.sad import Bundle, SaDatabase, SadError
+from ipsecsa.wfp import constants as C
+from ipsecsa.wfp import types as T
+from ipsecsa.wfp.access import AccessControl, principal_of
+from ipsecsa.wfp.conditions import PacketView, same_conditions
+from ipsecsa.wfp.contexts import EXPIRE_LINGER_SECONDS, CtxOp, CtxState, SaContext, next_state
+from ipsecsa.wfp.filters import (
+    FilterRecord,
+    FilterTable,
+    effective_weight,
+    stored_copy,
+    validate_filter,
+)
+from ipsecsa.wfp.notify import Notifier, Subscription
+from ipsecsa.wfp.registry import GUID_OF, LAYERS
+from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
+from ipsecsa.wfp.status import Fail
+from ipsecsa.wfp.txn import DEFAULT_WAIT_MS, TXN_MAX_SECONDS, Transaction, TxnLock
+
+log = logging.getLogger("ipsecsa.wfp")
+
+#: F.4: the range GetSpi allocates from (strongSwan's charon.spi_min/spi_max defaults).
+SPI_MIN, SPI_MAX = 0xC0000000, 0xCFFFFFFF
+_SESSION_FLAGS = C.FWPM_SESSION_FLAG_DYNAMIC | C.FWPM_SESSION_FLAG_RESERVED
+_UPDATE_FLAGS = 0x7F  # C.6
+_ENUM_FLAGS = 0x1F  # C.7.1: the five documented FWP_FILTER_ENUM_FLAG_* bits (F.23)
+_NOTIFY_FLAGS = C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_ADD | C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_DELETE
+_LAYER_NAMES = {(d, v): f"FWPM_LAYER_{d.upper()}_TRANSPORT_V{v}"
+                for d in ("inbound", "outbound") for v in (4, 6)}
+_READY = frozenset({CtxState.ESTABLISHED})
+
+
+def _api(outs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap an implementation into the DWORD-returning Windows shape."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            if self._closed:
+                status = C.EPT_S_NOT_REGISTERED  # B.1 OBS: the BFE is not running
+            else:
+                try:
+                    self._due(self._clock())
+                    result = fn(self, *args, **kwargs)
+                except Fail as failure:
+                    status = failure.status
+                    log.debug("%s -> 0x%08X %s", fn.__name__, status, failure.detail)
+                else:
+                    if outs == 0:
+                        return C.ERROR_SUCCESS
+                    return (C.ERROR_SUCCESS, *result)
+            return status if outs == 0 else (status, *([None] * outs))
+
+        wrapper.__wrapped_outs__ = outs  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco
+
+
+@dataclass(eq=False)
+class _Session:
+    handle: int
+    key: uuid.UUID
+    flags: int
+    wait_ms: int
+    principal: str
+    record: Any  # FWPM_SESSION0 with the out fields filled in
+    txn: Transaction | None = None
+    txn_aborted: bool = False
+    filters: set[int] = field(default_factory=set)  # dynamic filters it added
+    subscriptions: set[int] = field(default_factory=set)
+    enums: set[int] = field(default_factory=set)
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.flags & C.FWPM_SESSION_FLAG_DYNAMIC)
+
+
+@dataclass(eq=False)
+class _Enum:
+    session: _Session
+    kind: str  # "filter", "context", "sa"
+    items: list[Any]
+    pos: int = 0
+
+
+def _is_uint(value: object, bits: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
+
+
+def _uint(value: object, bits: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, f"{name} must be an integer")
+    if not 0 <= value < 1 << bits:
+        raise Fail(C.FWP_E_OUT_OF_BOUNDS, f"{name} out of range")
+    return value
+
+
+def _convert(obj: Any, cls: type) -> Any:
+    """Copy the fields ``cls`` shares with ``obj`` (a *1 structure into its *0 form)."""
+    if obj is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {n: T.clone(getattr(obj, n)) for n in names if hasattr(obj, n)}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Traffic:
+    """A validated IPSEC_TRAFFIC0/1."""
+
+    version: int
+    tunnel: bool
+    local: bytes
+    remote: bytes
+    filter_id: int
+    local_port: int
+    remote_port: int
+    protocol: int
+    stored: Any  # IPSEC_TRAFFIC1 (private copy)
+
+
+class Engine:
+    """The Base Filtering Engine, in memory (state lost on :meth:`close`, as on Windows when
+    the service stops, reference F.8).
+
+    ``clock`` returns seconds (default :func:`time.monotonic`); lifetimes, idle timeouts, the
+    expire linger and the one-hour transaction limit use it. Waiting for another session's
+    transaction lock is real time.
+    """
+
+    def __init__(self, *, database: str | None = None, clock: Callable[[], float] | None = None,
+                 offload: Any = None) -> None:
+        if database is not None:
+            raise NotImplementedError("durable engine state (database=) is not built yet "
+                                      "(issue 12); use database=None")
+        if offload is not None:
+            raise NotImplementedError("offloading SA contexts to an NDIS NIC (offload=) is not "
+                                      "built yet (issue 13); use offload=None")
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._closed = False
+        self._lock = threading.RLock()
+        self._txn_lock = TxnLock()
+        self._acl = AccessControl()
+        self._filters = FilterTable()
+        self._sad = SaDatabase()
+        self._notifier = Notifier()
+        self._sessions: dict[int, _Session] = {}
+        self._session_keys: dict[uuid.UUID, _Session] = {}
+        self._handles = itertools.count(0x1000)
+        self._enums: dict[int, _Enum] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._contexts: dict[int, SaContext] = {}
+        self._next_ctx = 1
+        self._by_out_filter: dict[int, list[SaContext]] = {}
+        self._ctx_of_sa: dict[int, SaContext] = {}  # id(outermost inbound SA) -> context
+        self._spis: dict[bytes, set[int]] = {}  # local address -> live inbound SPIs
+        self._next_due: float | None = None
+        self._stats_lock = threading.Lock()
+        self._stats: dict[str, int] = {}
+
+    # ================================================================ the engine itself
+    def close(self) -> None:
+        """Stop the engine: every session ends, every context and filter is gone."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sessions.clear()
+            self._contexts.clear()
+        self._notifier.close()
+
+    def grant(self, principal: str, rights: int, container: str = "engine") -> None:
+        """ipsecsa's choice (no IPsecSaDbSetSecurityInfo0): allow ``principal`` the ``rights``
+        on ``"engine"`` (inherited by every container), ``"ipsec_sa_db"`` or ``"filters"``."""
+        self._acl.grant(principal, rights, container)
+
+    def revoke(self, principal: str, rights: int, container: str = "engine") -> None:
+        """Take ``rights`` back from ``principal`` on ``container``; effective at once."""
+        self._acl.revoke(principal, rights, container)
+
+    # ---------------------------------------------------------------- common checks
+    def _session(self, handle: object) -> _Session:
+        s = self._sessions.get(handle) if isinstance(handle, int) else None  # type: ignore[arg-type]
+        if s is None:
+            raise Fail(C.ERROR_INVALID_HANDLE, "engineHandle")
+        return s
+
+    def _need(self, s: _Session, container: str, rights: int) -> None:
+        if not self._acl.allowed(s.principal, container, rights):
+            raise Fail(C.ERROR_ACCESS_DENIED, f"{s.principal or '(owner)'} lacks 0x{rights:x} "
+                                              f"on {container}")
+
+    def _txn_state(self, s: _Session) -> None:
+        """B.4: a transaction past its hour is aborted; the next call in it fails."""
+        if s.txn is not None and self._clock() - s.txn.began > TXN_MAX_SECONDS:
+            self._abort(s, forced=True)
+        if s.txn_aborted:
+            s.txn_aborted = False
+            raise Fail(C.FWP_E_TXN_ABORTED, "the transaction was aborted after an hour")
+
+    def _no_txn(self, s: _Session) -> None:
+        self._txn_state(s)
+        if s.txn is not None:
+            raise Fail(C.FWP_E_TXN_IN_PROGRESS, "not allowed inside an explicit transaction")
+
+    def _writable(self, s: _Session) -> None:
+        self._txn_state(s)
+        if s.txn is not None and s.txn.read_only:
+            raise Fail(C.FWP_E_INCOMPATIBLE_TXN, "a write in a read-only transaction")
+
+    @contextlib.contextmanager
+    def _locked(self, s: _Session) -> Iterator[None]:
+        """The call's (implicit) transaction: the transaction lock, then the state lock."""
+        if not self._txn_lock.acquire(s, s.wait_ms, self._reap_owner):
+            raise Fail(C.FWP_E_TIMEOUT, "timed out waiting for the transaction lock")
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._txn_lock.release(s)
+
+    def _reap_owner(self, owner: Any) -> None:
+        """Called while waiting for the lock: abort an owner past the one-hour limit."""
+        with self._lock:
+            if isinstance(owner, _Session) and owner.txn is not None \
+                    and self._clock() - owner.txn.began > TXN_MAX_SECONDS:
+                self._abort(owner, forced=True)
+
+    def _record(self, s: _Session, undo: Callable[[], None],
+                publish: Callable[[], None]) -> None:
+        """A change was made: undo it on abort; publish it now, or at commit."""
+        if s.txn is not None:
+            s.txn.undo.append(undo)
+            s.txn.publish.append(publish)
+        else:
+            publish()
+
+    # ================================================================ B: sessions, transactions
+    @_api(1)
+    def FwpmEngineOpen0(self, serverName: Any, authnService: Any, authIdentity: Any,
+                        session: Any) -> tuple[int]:
+        principal = principal_of(authIdentity)
+        if principal is None:
+            raise Fail(C.ERROR_ACCESS_DENIED, "authIdentity names no user")
+        if not self._acl.is_admin(principal) and not self._acl.allowed(principal, "engine",
+                                                                          C.FWPM_ACTRL_OPEN):
+            raise Fail(C.ERROR_ACCESS_DENIED, "FWPM_ACTRL_OPEN on the engine")
+        if serverName is not None:
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "serverName must be NULL (local engine only)")
+        if authnService not in (C.RPC_C_AUTHN_WINNT, C.RPC_C_AUTHN_DEFAULT):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "authnService must be RPC_C_AUTHN_WINNT or "
+                                                  "RPC_C_AUTHN_DEFAULT")
+        if session is not None and not isinstance(session, T.FWPM_SESSION0):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "session must be an FWPM_SESSION0")
+        given = T.clone(session) if session is not None else T.FWPM_SESSION0()
+        flags = _uint(given.flags, 32, "flags")
+        if flags & ~_SESSION_FLAGS:
+            raise Fail(C.FWP_E_INVALID_FLAGS, f"session flags 0x{flags:x}")
+        wait = _uint(given.txnWaitTimeoutInMSec, 32, "txnWaitTimeoutInMSec") or DEFAULT_WAIT_MS
+        key = given.sessionKey if given.sessionKey not in (None, T.GUID_NULL) else uuid.uuid4()
+        if not isinstance(key, uuid.UUID):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "sessionKey must be a GUID")
+        with self._lock:
+            if key in self._session_keys:
+                raise Fail(C.FWP_E_ALREADY_EXISTS, "a session with this sessionKey is open")
+            handle = next(self._handles)
+            given.sessionKey = key
+            given.processId = _pid()
+            given.username = principal or "(owner)"
+            given.kernelMode = 0
+            s = _Session(handle, key, flags, wait, principal, given)
+            self._sessions[handle] = s
+            self._session_keys[key] = s
+        return (handle,)
+
+    @_api(0)
+    def FwpmEngineClose0(self, engineHandle: Any) -> None:
+        s = self._session(engineHandle)
+        with self._lock:
+            if s.txn is not None:
+                self._abort(s)
+            for h in list(s.subscriptions):
+                sub = self._subs.pop(h, None)
+                if sub is not None:
+                    self._notifier.cancel(sub)
+            for h in list(s.enums):
+                self._enums.pop(h, None)
+            if s.dynamic:
+                self._end_dynamic(s)
+            del self._sessions[s.handle]
+            self._session_keys.pop(s.key, None)
+
+    def _end_dynamic(self, s: _Session) -> None:
+        """B.7/F.16: a dynamic session's filters die with it; contexts naming them go first."""
+        ids = set(s.filters)
+        for ctx in list(self._contexts.values()):
+            if ctx.outbound_filter in ids or ctx.inbound_filter in ids:
+                self._delete_ctx(ctx)
+        for fid in ids:
+            rec = self._filters.by_id.get(fid)
+            if rec is not None:
+                self._filters.remove(rec)
+                self._filters.unpublish(rec)
+                self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
+        s.filters.clear()
+
+    @_api(0)
+    def FwpmTransactionBegin0(self, engineHandle: Any, flags: Any) -> None:
+        s = self._session(engineHandle)
+        ro = isinstance(flags, int) and bool(flags & C.FWPM_TXN_READ_ONLY)
+        self._need(s, "engine", C.FWPM_ACTRL_BEGIN_READ_TXN if ro
+                   else C.FWPM_ACTRL_BEGIN_WRITE_TXN)
+        self._txn_state(s)
+        if s.txn is not None:
+            raise Fail(C.FWP_E_TXN_IN_PROGRESS, "one transaction per session")
+        flags = _uint(flags, 32, "flags")
+        if flags & ~C.FWPM_TXN_READ_ONLY:
+            raise Fail(C.FWP_E_INVALID_FLAGS, f"transaction flags 0x{flags:x}")
+        if not self._txn_lock.acquire(s, s.wait_ms, self._reap_owner):
+            raise Fail(C.FWP_E_TIMEOUT, "timed out waiting for the transaction lock")
+        s.txn = Transaction(read_only=ro, began=self._clock())
+
+    @_api(0)
+    def FwpmTransactionCommit0(self, engineHandle: Any) -> None:
+        s = self._session(engineHandle)
+        self._txn_state(s)
+        if s.txn is None:
+            raise Fail(C.FWP_E_NO_TXN_IN_PROGRESS, "no explicit transaction")
+        with self._lock:
+            txn, s.txn = s.txn, None
+            for publish in txn.publish:
+                publish()
+        self._txn_lock.release_all(s)
+
+    @_api(0)
+    def FwpmTransactionAbort0(self, engineHandle: Any) -> None:
+        s = self._session(engineHandle)
+        self._txn_state(s)
+        if s.txn is None:
+            raise Fail(C.FWP_E_NO_TXN_IN_PROGRESS, "no explicit transaction")
+        with self._lock:
+            self._abort(s)
+
+    def _abort(self, s: _Session, forced: bool = False) -> None:
+        txn, s.txn = s.txn, None
+        if txn is not None:
+            for undo in reversed(txn.undo):
+                undo()
+        if forced:
+            s.txn_aborted = True
+            log.warning("session %s: transaction aborted after %d s (B.4)", s.key,
+                        int(TXN_MAX_SECONDS))
+        self._txn_lock.release_all(s)
+
+    def FwpmFreeMemory0(self, p: Any) -> None:
+        """B.6: memory returned by the engine is Python's to collect; accepting it is all."""
+        return None
+
+    # ================================================================ C.7: filters
+    @_api(1)
+    def FwpmFilterAdd0(self, engineHandle: Any, filter: Any, sd: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_ADD | C.FWPM_ACTRL_ADD_LINK)
+        self._writable(s)
+        if s.dynamic and filter is not None and isinstance(getattr(filter, "flags", 0), int) \
+                and filter.flags & (C.FWPM_FILTER_FLAG_PERSISTENT | C.FWPM_FILTER_FLAG_BOOTTIME):
+            raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "a dynamic session adds only "
+                                                            "dynamic filters (F.15)")
+        if filter is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "filter")
+        if sd is not None:
+            raise Fail(C.ERROR_NOT_SUPPORTED, "per-object security descriptors are not "
+                                              "implemented (grant/revoke on the container)")
+        layer, action, callout, compiled, lifetime, conds = validate_filter(filter, s.dynamic)
+        key = filter.filterKey
+        if key is None or key == T.GUID_NULL:
+            key = uuid.uuid4()
+        elif not isinstance(key, uuid.UUID):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "filterKey must be a GUID")
+        with self._locked(s):
+            if key in self._filters.by_key:
+                raise Fail(C.FWP_E_ALREADY_EXISTS, "filterKey is in use")
+            fid = self._filters.allocate_id()
+            weight = effective_weight(filter.weight, compiled.count, fid)
+            rec = FilterRecord(fid, key, stored_copy(filter, fid, key, weight, conds), layer,
+                               weight, action, callout, compiled, lifetime,
+                               session=s if lifetime == "dynamic" else None)
+            self._filters.insert(rec)
+            if rec.session is not None:
+                s.filters.add(fid)
+
+            def undo() -> None:
+                self._filters.remove(rec)
+                s.filters.discard(fid)
+
+            def publish() -> None:
+                if rec.lifetime != "boottime":  # F.15: stored, not enforced
+                    self._filters.publish(rec)
+                self._filter_changed(rec, C.FWPM_CHANGE_ADD)
+
+            self._record(s, undo, publish)
+        return (fid,)
+
+    @_api(0)
+    def FwpmFilterDeleteById0(self, engineHandle: Any, id: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.DELETE)
+        self._writable(s)
+        _uint(id, 64, "id")
+        with self._locked(s):
+            self._filter_delete(s, self._filters.by_id.get(id))
+
+    @_api(0)
+    def FwpmFilterDeleteByKey0(self, engineHandle: Any, key: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.DELETE)
+        self._writable(s)
+        if key is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "key")
+        if not isinstance(key, uuid.UUID):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "key must be a GUID")
+        with self._locked(s):
+            self._filter_delete(s, self._filters.by_key.get(key))
+
+    def _filter_delete(self, s: _Session, rec: FilterRecord | None) -> None:
+        if rec is None:
+            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "no such filter")
+        if s.dynamic:
+            if rec.session is None:
+                raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "not a filter of this session")
+            if rec.session is not s:
+                raise Fail(C.FWP_E_WRONG_SESSION, "a filter of another dynamic session")
+        for ctx in self._contexts.values():
+            if rec.id in (ctx.outbound_filter, ctx.inbound_filter):
+                raise Fail(C.FWP_E_IN_USE, f"SA context {ctx.id} references the filter")
+        self._filters.remove(rec)
+        owner = rec.session
+        if owner is not None:
+            owner.filters.discard(rec.id)
+
+        def undo() -> None:
+            self._filters.insert(rec)
+            if owner is not None:
+                owner.filters.add(rec.id)
+
+        def publish() -> None:
+            self._filters.unpublish(rec)
+            self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
+
+        self._record(s, undo, publish)
+
+    def _filter_get(self, s: _Session, rec: FilterRecord | None) -> tuple[Any]:
+        if rec is None:
+            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "no such filter")
+        return (T.clone(rec.stored),)
+
+    @_api(1)
+    def FwpmFilterGetById0(self, engineHandle: Any, id: Any) -> tuple[Any]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        _uint(id, 64, "id")
+        with self._locked(s):
+            return self._filter_get(s, self._filters.by_id.get(id))
+
+    @_api(1)
+    def FwpmFilterGetByKey0(self, engineHandle: Any, key: Any) -> tuple[Any]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        if key is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "key")
+        with self._locked(s):
+            return self._filter_get(s, self._filters.by_key.get(key))
+
+    @_api(1)
+    def FwpmFilterCreateEnumHandle0(self, engineHandle: Any, enumTemplate: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_ENUM)
+        self._txn_state(s)
+        select = _filter_template(enumTemplate)
+        readable = self._acl.allowed(s.principal, "filters", C.FWPM_ACTRL_READ)
+        with self._locked(s):
+            recs = sorted(self._filters.by_id.values(), key=lambda r: r.id)
+            items = [r for r in recs if readable and select(r)] if recs else []
+            items = _enum_order(enumTemplate, items)
+            return (self._new_enum(s, "filter", [T.clone(r.stored) for r in items]),)
+
+    @_api(2)
+    def FwpmFilterEnum0(self, engineHandle: Any, enumHandle: Any,
+                        numEntriesRequested: Any) -> tuple[list[Any], int]:
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "filter")
+
+    @_api(0)
+    def FwpmFilterDestroyEnumHandle0(self, engineHandle: Any, enumHandle: Any) -> None:
+        self._enum_destroy(engineHandle, enumHandle, "filter")
+
+    @_api(1)
+    def FwpmFilterSubscribeChanges0(self, engineHandle: Any, subscription: Any, callback: Any,
+                                    context: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_SUBSCRIBE)
+        self._txn_state(s)
+        if subscription is None or callback is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "subscription/callback")
+        if not callable(callback):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "callback must be callable")
+        flags = _uint(subscription.flags, 32, "flags")
+        if flags & ~_NOTIFY_FLAGS:
+            raise Fail(C.FWP_E_INVALID_FLAGS, f"subscription flags 0x{flags:x}")
+        select = _filter_template(subscription.enumTemplate)
+        wanted = flags or _NOTIFY_FLAGS
+        principal = s.principal
+
+        def accepts(change: tuple[int, FilterRecord]) -> bool:
+            kind, rec = change
+            bit = C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_ADD if kind == C.FWPM_CHANGE_ADD \
+                else C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_DELETE
+            return bool(wanted & bit) and select(rec) and \
+                self._acl.allowed(principal, "filters", C.FWPM_ACTRL_READ)
+
+        stored = T.clone(subscription)
+        stored.sessionKey = s.key
+        with self._locked(s):
+            return (self._subscribe(s, "filter", stored, callback, context, accepts),)
+
+    @_api(0)
+    def FwpmFilterUnsubscribeChanges0(self, engineHandle: Any, changeHandle: Any) -> None:
+        s = self._session(engineHandle)
+        self._txn_state(s)
+        self._unsubscribe(s, changeHandle, "filter")
+
+    @_api(2)
+    def FwpmFilterSubscriptionsGet0(self, engineHandle: Any) -> tuple[list[Any], int]:
+        s = self._session(engineHandle)
+        self._need(s, "filters", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        with self._lock:
+            entries = [T.clone(sub.template) for sub in self._subs.values()
+                       if sub.kind == "filter"]
+        return entries, len(entries)
+
+    def _filter_changed(self, rec: FilterRecord, kind: int) -> None:
+        change = T.FWPM_FILTER_CHANGE0(changeType=kind, filterKey=rec.key, filterId=rec.id)
+        for sub in list(self._subs.values()):
+            if sub.kind == "filter" and sub.accepts((kind, rec)):
+                self._notifier.post(sub, T.clone(change))
+
+    # ---------------------------------------------------------------- shared: enum, subscribe
+    def _new_enum(self, s: _Session, kind: str, items: list[Any]) -> int:
+        h = next(self._handles)
+        self._enums[h] = _Enum(s, kind, items)
+        s.enums.add(h)
+        return h
+
+    def _enum_of(self, s: _Session, handle: Any, kind: str) -> _Enum:
+        e = self._enums.get(handle) if isinstance(handle, int) else None
+        if e is None or e.session is not s or e.kind != kind:
+            raise Fail(C.ERROR_INVALID_HANDLE, "enumHandle")
+        return e
+
+    def _enum_next(self, engineHandle: Any, enumHandle: Any, n: Any, kind: str,
+                   convert: Callable[[Any], Any] | None = None) -> tuple[list[Any], int]:
+        s = self._session(engineHandle)
+        self._txn_state(s)
+        with self._lock:
+            e = self._enum_of(s, enumHandle, kind)
+            count = _uint(n, 32, "numEntriesRequested")
+            chunk = e.items[e.pos:e.pos + count]
+            e.pos += len(chunk)
+        out = [T.clone(x) if convert is None else convert(x) for x in chunk]
+        return out, len(out)
+
+    def _enum_destroy(self, engineHandle: Any, enumHandle: Any, kind: str) -> None:
+        s = self._session(engineHandle)
+        with self._lock:
+            self._enum_of(s, enumHandle, kind)
+            del self._enums[enumHandle]
+            s.enums.discard(enumHandle)
+
+    def _subscribe(self, s: _Session, kind: str, stored: Any, callback: Any, context: Any,
+                   accepts: Callable[[Any], bool]) -> int:
+        h = next(self._handles)
+        self._subs[h] = Subscription(h, s, kind, stored, callback, context, accepts)
+        s.subscriptions.add(h)
+        return h
+
+    def _unsubscribe(self, s: _Session, handle: Any, kind: str) -> None:
+        if handle is None:
+            return  # C.3: NULL is a no-op
+        with self._lock:
+            sub = self._subs.get(handle) if isinstance(handle, int) else None
+            if sub is None or sub.session is not s or sub.kind != kind:
+                raise Fail(C.ERROR_INVALID_HANDLE, "subscription handle")
+            del self._subs[handle]
+            s.subscriptions.discard(handle)
+        self._notifier.cancel(sub)  # outside the lock: the callback may call the engine
+
+    # ================================================================ C.3: SA contexts
+    def _traffic(self, t: Any, v1: bool, direction: str) -> _Traffic:
+        want = T.IPSEC_TRAFFIC1 if v1 else T.IPSEC_TRAFFIC0
+        if t is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "traffic")
+        if not isinstance(t, (T.IPSEC_TRAFFIC0, T.IPSEC_TRAFFIC1)):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, f"traffic must be an {want.__name__}")
+        ipv = _uint(t.ipVersion, 32, "ipVersion")
+        if ipv >= C.FWP_IP_VERSION_MAX:
+            raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"ipVersion {ipv}")
+        if ipv == C.FWP_IP_VERSION_NONE:
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "ipVersion NONE")
+        ttype = _uint(t.trafficType, 32, "trafficType")
+        if ttype >= C.IPSEC_TRAFFIC_TYPE_MAX:
+            raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"trafficType {ttype}")
+        version = 4 if ipv == C.FWP_IP_VERSION_V4 else 6
+        if version == 4:
+            local = _uint(t.localV4Address, 32, "localV4Address").to_bytes(4, "big")
+            remote = _uint(t.remoteV4Address, 32, "remoteV4Address").to_bytes(4, "big")
+        else:
+            local, remote = t.localV6Address, t.remoteV6Address
+            for name, v in (("localV6Address", local), ("remoteV6Address", remote)):
+                if not isinstance(v, (bytes, bytearray)) or len(v) != 16:
+                    raise Fail(C.FWP_E_INVALID_PARAMETER, f"{name} must be 16 bytes")
+            local, remote = bytes(local), bytes(remote)
+        if not any(local) or not any(remote):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "traffic needs both addresses")
+        tunnel = ttype == C.IPSEC_TRAFFIC_TYPE_TUNNEL
+        fid = _uint(t.tunnelPolicyId or t.ipsecFilterId if tunnel
+                    else t.ipsecFilterId or t.tunnelPolicyId, 64, "ipsecFilterId")
+        rport = _uint(t.remotePort, 16, "remotePort")
+        lport = _uint(getattr(t, "localPort", 0), 16, "localPort")
+        proto = _uint(getattr(t, "ipProtocol", 0), 8, "ipProtocol")
+        _uint(getattr(t, "localIfLuid", 0), 64, "localIfLuid")
+        _uint(getattr(t, "realIfProfileId", 0), 32, "realIfProfileId")
+        if tunnel and (rport or lport or proto):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "ports and protocol must not be set in "
+                                                  "tunnel mode (C.4)")
+        stored = _convert(t, T.IPSEC_TRAFFIC1)
+        return _Traffic(version, tunnel, local, remote, fid, lport, rport, proto, stored)
+
+    def _traffic_filter(self, tr: _Traffic, direction: str) -> FilterRecord:
+        """F.16/F.22: the filter a traffic names must exist and be an IPsec filter of the right
+        direction, kind and IP version."""
+        rec = self._filters.by_id.get(tr.filter_id)
+        if rec is None:
+            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "the traffic's filter id")
+        want = (direction, "tunnel" if tr.tunnel else "transport")
+        if rec.ipsec_role != want or rec.layer.version != tr.version:
+            raise Fail(C.FWP_E_INCOMPATIBLE_LAYER,
+                       f"filter {rec.id} is not an {want[0]} {want[1]} IPsec filter for "
+                       f"IPv{tr.version}")
+        return rec
+
+    def _ctx(self, id: Any) -> SaContext:
+        ctx = self._contexts.get(id) if _is_uint(id, 64) else None
+        if ctx is None:
+            raise Fail(C.FWP_E_NOT_FOUND, f"no SA context {id!r}")
+        return ctx
+
+    def _step(self, ctx: SaContext, op: CtxOp) -> CtxState:
+        nxt = next_state(ctx.state, op)
+        if nxt is None:
+            raise Fail(C.FWP_E_INCOMPATIBLE_SA_STATE, f"{op.value} in state {ctx.state.value}")
+        return nxt
+
+    def _create(self, engineHandle: Any, traffic: Any, v1: bool,
+                virtual: Any = None) -> tuple[int, int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        if s.dynamic:
+            raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "SA contexts are never dynamic")
+        tr = self._traffic(traffic, v1, "outbound")
+        if virtual is not None and not isinstance(virtual, T.IPSEC_VIRTUAL_IF_TUNNEL_INFO0):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "virtualIfTunnelInfo")
+        with self._locked(s):
+            rec = self._traffic_filter(tr, "outbound")
+            ctx_id = self._next_ctx
+            self._next_ctx += 1
+            now = self._clock()
+            ctx = SaContext(ctx_id, CtxState.CREATED, v1, tr.stored, tr.version, tr.tunnel,
+                            tr.local, tr.remote, rec.id, now, last_used=now)
+            self._contexts[ctx_id] = ctx
+            self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_ADD)
+            return self._cached_inbound_filter(rec), ctx_id
+
+    def _cached_inbound_filter(self, out: FilterRecord) -> int:
+        """F.16: the lowest-id inbound filter of the same kind with the same conditions."""
+        layer = GUID_OF[_LAYER_NAMES[("inbound", out.layer.version)]]
+        role = ("inbound", out.ipsec_role[1] if out.ipsec_role else "transport")
+        best = 0
+        for rec in self._filters.by_id.values():
+            if rec.stored.layerKey == layer and rec.ipsec_role == role and \
+                    same_conditions(rec.stored.filterCondition, out.stored.filterCondition):
+                if not best or rec.id < best:
+                    best = rec.id
+        return best
+
+    @_api(2)
+    def IPsecSaContextCreate0(self, engineHandle: Any, outboundTraffic: Any) -> tuple[int, int]:
+        return self._create(engineHandle, outboundTraffic, False)
+
+    @_api(2)
+    def IPsecSaContextCreate1(self, engineHandle: Any, outboundTraffic: Any,
+                              virtualIfTunnelInfo: Any) -> tuple[int, int]:
+        return self._create(engineHandle, outboundTraffic, True, virtualIfTunnelInfo)
+
+    def _getspi_args(self, getSpi: Any, v1: bool) -> tuple[_Traffic, tuple[int, int] | None]:
+        if getSpi is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "getSpi")
+        if not isinstance(getSpi, (T.IPSEC_GETSPI0, T.IPSEC_GETSPI1)):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "getSpi must be an IPSEC_GETSPI1")
+        if getSpi.rngCryptoModuleID is not None:
+            raise Fail(C.FWP_E_RESERVED, "rngCryptoModuleID must be NULL")
+        tr = self._traffic(getSpi.inboundIpsecTraffic, v1, "inbound")
+        ipv = _uint(getSpi.ipVersion, 32, "ipVersion")
+        if ipv >= C.FWP_IP_VERSION_MAX:
+            raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"ipVersion {ipv}")
+        if ipv != getSpi.inboundIpsecTraffic.ipVersion:
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "getSpi.ipVersion differs from the traffic's")
+        encap = None
+        u = getSpi.inboundUdpEncapsulation
+        if u is not None:
+            if tr.version != 4:
+                raise Fail(C.FWP_E_INVALID_PARAMETER, "UDP encapsulation is IPv4 only (C.4)")
+            lp = _uint(u.localUdpEncapPort, 16, "localUdpEncapPort")
+            rp = _uint(u.remoteUdpEncapPort, 16, "remoteUdpEncapPort")
+            if not lp or not rp:
+                raise Fail(C.FWP_E_INVALID_PARAMETER, "UDP encapsulation ports must be non-zero")
+            encap = (lp, rp)
+        return tr, encap
+
+    def _spi_traffic_ok(self, ctx: SaContext, tr: _Traffic, encap: Any) -> None:
+        if (tr.version, tr.tunnel, tr.local, tr.remote) != (ctx.version, ctx.tunnel, ctx.local,
+                                                             ctx.remote):
+            raise Fail(C.FWP_E_TRAFFIC_MISMATCH, "inbound traffic of another host pair")
+        if ctx.getspi_traffic is not None and (ctx.getspi_traffic != tr.stored
+                                               or ctx.udp_encap != encap):
+            raise Fail(C.FWP_E_TRAFFIC_MISMATCH, "GetSpi again with different traffic")
+
+    def _get_spi(self, engineHandle: Any, id: Any, getSpi: Any, v1: bool) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        tr, encap = self._getspi_args(getSpi, v1)
+        with self._locked(s):
+            ctx = self._ctx(id)
+            rec = self._traffic_filter(tr, "inbound")
+            nxt = self._step(ctx, CtxOp.GET_SPI)
+            self._spi_traffic_ok(ctx, tr, encap)
+            if ctx.spi is None:
+                ctx.spi = self._allocate_spi(ctx.local)
+            self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
+            ctx.state = nxt
+            return (ctx.spi,)
+
+    def _take_spi_traffic(self, ctx: SaContext, tr: _Traffic, encap: Any, rec: FilterRecord,
+                          getSpi: Any) -> None:
+        ctx.getspi_traffic = tr.stored
+        ctx.udp_encap = encap
+        ctx.udp_struct = T.clone(getSpi.inboundUdpEncapsulation)
+        ctx.inbound_filter = rec.id
+
+    def _allocate_spi(self, local: bytes) -> int:
+        used = self._spis.setdefault(local, set())
+        while True:
+            spi = SPI_MIN + secrets.randbelow(SPI_MAX - SPI_MIN + 1)
+            if spi not in used:
+                used.add(spi)
+                return spi
+
+    def _release_spi(self, ctx: SaContext) -> None:
+        if ctx.spi is not None:
+            used = self._spis.get(ctx.local)
+            if used is not None:
+                used.discard(ctx.spi)
+                if not used:
+                    del self._spis[ctx.local]
+
+    @_api(1)
+    def IPsecSaContextGetSpi0(self, engineHandle: Any, id: Any, getSpi: Any) -> tuple[int]:
+        return self._get_spi(engineHandle, id, getSpi, False)
+
+    @_api(1)
+    def IPsecSaContextGetSpi1(self, engineHandle: Any, id: Any, getSpi: Any) -> tuple[int]:
+        return self._get_spi(engineHandle, id, getSpi, True)
+
+    @_api(0)
+    def IPsecSaContextSetSpi0(self, engineHandle: Any, id: Any, getSpi: Any,
+                              inboundSpi: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        tr, encap = self._getspi_args(getSpi, True)
+        spi = _uint(inboundSpi, 32, "inboundSpi")
+        if spi < 256:
+            raise Fail(C.FWP_E_INVALID_PARAMETER, f"SPI {spi} is reserved (RFC 4303)")
+        with self._locked(s):
+            ctx = self._ctx(id)
+            rec = self._traffic_filter(tr, "inbound")
+            nxt = self._step(ctx, CtxOp.SET_SPI)
+            self._spi_traffic_ok(ctx, tr, encap)
+            used = self._spis.setdefault(ctx.local, set())
+            if spi != ctx.spi and spi in used:
+                raise Fail(C.FWP_E_ALREADY_EXISTS, "the SPI is in use for this address (F.5)")
+            self._release_spi(ctx)
+            self._spis.setdefault(ctx.local, set()).add(spi)
+            ctx.spi = spi
+            self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
+            ctx.state = nxt
+
+    def _build_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
+                   ) -> tuple[SecurityAssociation, ...]:
+        local = str(ipaddress.ip_address(ctx.local))
+        remote = str(ipaddress.ip_address(ctx.remote))
+        mode = "tunnel" if ctx.tunnel else "transport"
+        now = self._clock()
+        sas = []
+        for part, spi in zip(spec.sas, spec.spis, strict=True):
+            obj = describe(part, spi, direction, mode, local, remote, ctx.udp_encap, spec)
+            try:
+                sas.append(SecurityAssociation.from_dict(obj, now=now))
+            except ConfigError as exc:
+                raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
+        return tuple(sas)
+
+    def _add(self, engineHandle: Any, id: Any, bundle: Any, v1: bool, inbound: bool) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        want = (T.IPSEC_SA_BUNDLE1 if v1 else T.IPSEC_SA_BUNDLE0)
+        if bundle is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "bundle")
+        if not isinstance(bundle, (T.IPSEC_SA_BUNDLE0, T.IPSEC_SA_BUNDLE1)):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, f"bundle must be an {want.__name__}")
+        spec = check_bundle(bundle, v1)
+        with self._locked(s):
+            ctx = self._ctx(id)
+            nxt = self._step(ctx, CtxOp.ADD_INBOUND if inbound else CtxOp.ADD_OUTBOUND)
+            ipv = C.FWP_IP_VERSION_V4 if ctx.version == 4 else C.FWP_IP_VERSION_V6
+            if bundle.ipVersion != ipv:
+                raise Fail(C.FWP_E_INVALID_PARAMETER, "bundle.ipVersion differs from the "
+                                                      "context's traffic")
+            if inbound and any(spi != ctx.spi for spi in spec.spis):
+                raise Fail(C.FWP_E_INVALID_PARAMETER, "the inbound SA's SPI is not the one "
+                                                      "GetSpi/SetSpi gave (F.5)")
+            sas = self._build_sas(ctx, spec, "inbound" if inbound else "outbound")
+            now = self._clock()
+            given = _convert(bundle, T.IPSEC_SA_BUNDLE1)
+            given.numSAs = len(given.saList)
+            try:
+                b = Bundle(sas)
+            except SadError as exc:
+                raise Fail(C.FWP_E_INVALID_TRANSFORM_COMBINATION, str(exc)) from exc
+            if inbound:
+                try:
+                    ctx.inbound_handle = self._sad.add_inbound(b)
+                except SadError as exc:
+                    raise Fail(C.FWP_E_ALREADY_EXISTS, str(exc)) from exc
+                ctx.inbound_bundle, ctx.inbound_given, ctx.inbound_added = b, given, now
+                self._ctx_of_sa[id_of_outer(b)] = ctx
+            else:
+                ctx.outbound_given, ctx.outbound_added = given, now
+                ctx.outbound_bundle = b  # packets may use it from here on
+                self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
+            self._count("totalSasAdded", len(sas))
+            if spec.lifetime_seconds:
+                d = now + spec.lifetime_seconds
+                ctx.deadline = d if ctx.deadline is None else min(ctx.deadline, d)
+            if spec.idle_seconds:
+                ctx.idle_seconds = spec.idle_seconds if not ctx.idle_seconds \
+                    else min(ctx.idle_seconds, spec.idle_seconds)
+            ctx.last_used = now
+            ctx.state = nxt
+            self._schedule(ctx)
+
+    @_api(0)
+    def IPsecSaContextAddInbound0(self, engineHandle: Any, id: Any, inboundBundle: Any) -> None:
+        self._add(engineHandle, id, inboundBundle, False, True)
+
+    @_api(0)
+    def IPsecSaContextAddInbound1(self, engineHandle: Any, id: Any, inboundBundle: Any) -> None:
+        self._add(engineHandle, id, inboundBundle, True, True)
+
+    @_api(0)
+    def IPsecSaContextAddOutbound0(self, engineHandle: Any, id: Any,
+                                   outboundBundle: Any) -> None:
+        self._add(engineHandle, id, outboundBundle, False, False)
+
+    @_api(0)
+    def IPsecSaContextAddOutbound1(self, engineHandle: Any, id: Any,
+                                   outboundBundle: Any) -> None:
+        self._add(engineHandle, id, outboundBundle, True, False)
+
+    @_api(0)
+    def IPsecSaContextUpdate0(self, engineHandle: Any, flags: Any, newValues: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        if newValues is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "newValues")
+        if not isinstance(newValues, T.IPSEC_SA_CONTEXT1):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "newValues must be an IPSEC_SA_CONTEXT1")
+        flags = _uint(flags, 64, "flags")
+        if flags & ~_UPDATE_FLAGS:
+            raise Fail(C.FWP_E_INVALID_FLAGS, f"update flags 0x{flags:x}")
+        with self._locked(s):
+            ctx = self._ctx(newValues.saContextId)
+            self._step(ctx, CtxOp.UPDATE)
+            sides = [(d, g) for d, g in ((newValues.inboundSa, ctx.inbound_given),
+                                         (newValues.outboundSa, ctx.outbound_given))
+                     if d is not None and g is not None]
+            if flags and not sides:
+                raise Fail(C.FWP_E_NULL_POINTER, "newValues has no details for the flags")
+            bundle_fields = ((C.IPSEC_SA_BUNDLE_UPDATE_FLAGS, "flags"),
+                             (C.IPSEC_SA_BUNDLE_UPDATE_NAP_CONTEXT, "napContext"),
+                             (C.IPSEC_SA_BUNDLE_UPDATE_KEY_MODULE_STATE, "keyModuleState"),
+                             (C.IPSEC_SA_BUNDLE_UPDATE_PEER_V4_PRIVATE_ADDRESS,
+                              "peerV4PrivateAddress"),
+                             (C.IPSEC_SA_BUNDLE_UPDATE_MM_SA_ID, "mmSaId"))
+            for details, _ in sides:  # validate everything before changing anything
+                if flags & C.IPSEC_SA_BUNDLE_UPDATE_FLAGS:
+                    f = _uint(details.saBundle.flags, 32, "saBundle.flags")
+                    if f & ~BUNDLE_FLAGS_VALID:
+                        raise Fail(C.FWP_E_INVALID_FLAGS, f"bundle flags 0x{f:x}")
+                if flags & C.IPSEC_SA_DETAILS_UPDATE_TRAFFIC:
+                    tr = self._traffic(details.traffic, True, "")
+                    if (tr.version, tr.tunnel, tr.local, tr.remote) != (
+                            ctx.version, ctx.tunnel, ctx.local, ctx.remote):
+                        raise Fail(C.FWP_E_INVALID_PARAMETER,
+                                   "Update may change ports and protocol, not the host pair")
+                if flags & C.IPSEC_SA_DETAILS_UPDATE_UDP_ENCAPSULATION:
+                    raise Fail(C.ERROR_NOT_SUPPORTED, "changing the UDP encapsulation of live "
+                                                      "SAs is not implemented")
+            for details, given in sides:
+                for bit, name in bundle_fields:
+                    if flags & bit:
+                        setattr(given, name, T.clone(getattr(details.saBundle, name)))
+                if flags & C.IPSEC_SA_DETAILS_UPDATE_TRAFFIC:
+                    tr = self._traffic(details.traffic, True, "")
+                    traffic = tr.stored
+                    traffic.ipsecFilterId = ctx.traffic.ipsecFilterId
+                    traffic.tunnelPolicyId = ctx.traffic.tunnelPolicyId
+                    ctx.traffic = traffic
+
+    @_api(0)
+    def IPsecSaContextExpire0(self, engineHandle: Any, id: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.DELETE)
+        self._no_txn(s)
+        with self._locked(s):
+            ctx = self._ctx(id)
+            self._step(ctx, CtxOp.EXPIRE)
+            self._expire(ctx, self._clock())
+
+    @_api(0)
+    def IPsecSaContextDeleteById0(self, engineHandle: Any, id: Any) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.DELETE)
+        self._no_txn(s)
+        if s.dynamic:
+            raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "not in a dynamic session (C.3)")
+        with self._locked(s):
+            self._delete_ctx(self._ctx(id))
+
+    def _stop_outbound(self, ctx: SaContext) -> None:
+        b, ctx.outbound_bundle = ctx.outbound_bundle, None
+        if b is not None:
+            lst = self._by_out_filter.get(ctx.outbound_filter)
+            if lst is not None and ctx in lst:
+                lst.remove(ctx)
+                if not lst:
+                    del self._by_out_filter[ctx.outbound_filter]
+            for sa in b.sas:
+                sa.delete()
+            self._count("totalSasDeleted", len(b.sas))
+
+    def _expire(self, ctx: SaContext, now: float) -> None:
+        """F.8: outbound gone at once, inbound kept for the linger."""
+        self._stop_outbound(ctx)
+        ctx.outbound_given = None
+        ctx.state = CtxState.EXPIRING
+        ctx.linger_until = now + EXPIRE_LINGER_SECONDS
+        self._schedule(ctx)
+
+    def _delete_ctx(self, ctx: SaContext) -> None:
+        if self._contexts.pop(ctx.id, None) is None:
+            return
+        self._stop_outbound(ctx)
+        if ctx.inbound_handle is not None:
+            b = self._sad.delete(ctx.inbound_handle)
+            self._ctx_of_sa.pop(id_of_outer(b), None)
+            for sa in b.sas:
+                sa.delete()
+            self._count("totalSasDeleted", len(b.sas))
+            ctx.inbound_handle = ctx.inbound_bundle = None
+        self._release_spi(ctx)
+        self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_DELETE)
+
+    # ---------------------------------------------------------------- reading contexts
+    def _details(self, ctx: SaContext, inbound: bool) -> Any:
+        given = ctx.inbound_given if inbound else ctx.outbound_given
+        if given is None:
+            return None
+        bundle = T.clone(given)
+        if ctx.offloaded:
+            bundle.flags |= C.IPSEC_SA_BUNDLE_FLAG_SA_OFFLOADED
+        fid = ctx.inbound_filter if inbound else ctx.outbound_filter
+        rec = self._filters.by_id.get(fid)
+        traffic = T.clone(ctx.getspi_traffic if inbound else ctx.traffic)
+        return T.IPSEC_SA_DETAILS1(
+            ipVersion=C.FWP_IP_VERSION_V4 if ctx.version == 4 else C.FWP_IP_VERSION_V6,
+            saDirection=C.FWP_DIRECTION_INBOUND if inbound else C.FWP_DIRECTION_OUTBOUND,
+            traffic=traffic, saBundle=bundle, udpEncapsulation=T.clone(ctx.udp_struct),
+            transportFilter=T.clone(rec.stored) if rec is not None else None)
+
+    def _snapshot(self, ctx: SaContext) -> Any:
+        return T.IPSEC_SA_CONTEXT1(saContextId=ctx.id, inboundSa=self._details(ctx, True),
+                                   outboundSa=self._details(ctx, False))
+
+    @staticmethod
+    def _to0(snap: Any) -> Any:
+        def det(d: Any) -> Any:
+            if d is None:
+                return None
+            out = _convert(d, T.IPSEC_SA_DETAILS0)
+            out.traffic = _convert(d.traffic, T.IPSEC_TRAFFIC0)
+            out.saBundle = _convert(d.saBundle, T.IPSEC_SA_BUNDLE0)
+            return out
+        return T.IPSEC_SA_CONTEXT0(saContextId=snap.saContextId, inboundSa=det(snap.inboundSa),
+                                   outboundSa=det(snap.outboundSa))
+
+    def _get_by_id(self, engineHandle: Any, id: Any) -> Any:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        with self._locked(s):
+            return self._snapshot(self._ctx(id))
+
+    @_api(1)
+    def IPsecSaContextGetById0(self, engineHandle: Any, id: Any) -> tuple[Any]:
+        return (self._to0(self._get_by_id(engineHandle, id)),)
+
+    @_api(1)
+    def IPsecSaContextGetById1(self, engineHandle: Any, id: Any) -> tuple[Any]:
+        return (self._get_by_id(engineHandle, id),)
+
+    @_api(1)
+    def IPsecSaContextCreateEnumHandle0(self, engineHandle: Any, enumTemplate: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ENUM | C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        select = _context_template(enumTemplate)
+        with self._locked(s):
+            items = [self._snapshot(c) for c in sorted(self._contexts.values(),
+                                                       key=lambda c: c.id) if select(c)]
+            return (self._new_enum(s, "context", items),)
+
+    @_api(2)
+    def IPsecSaContextEnum0(self, engineHandle: Any, enumHandle: Any,
+                            numEntriesRequested: Any) -> tuple[list[Any], int]:
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "context",
+                               self._to0)
+
+    @_api(2)
+    def IPsecSaContextEnum1(self, engineHandle: Any, enumHandle: Any,
+                            numEntriesRequested: Any) -> tuple[list[Any], int]:
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "context")
+
+    @_api(0)
+    def IPsecSaContextDestroyEnumHandle0(self, engineHandle: Any, enumHandle: Any) -> None:
+        self._enum_destroy(engineHandle, enumHandle, "context")
+
+    @_api(1)
+    def IPsecSaCreateEnumHandle0(self, engineHandle: Any, enumTemplate: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ENUM | C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        direction = None
+        if enumTemplate is not None:
+            direction = _uint(enumTemplate.saDirection, 32, "saDirection")
+            if direction >= C.FWP_DIRECTION_MAX:
+                raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"saDirection {direction}")
+        with self._locked(s):
+            items = []
+            for c in sorted(self._contexts.values(), key=lambda c: c.id):
+                for inbound in (False, True):
+                    d = self._details(c, inbound)
+                    if d is not None and direction in (None, d.saDirection):
+                        items.append(d)
+            return (self._new_enum(s, "sa", items),)
+
+    @_api(2)
+    def IPsecSaEnum0(self, engineHandle: Any, enumHandle: Any,
+                     numEntriesRequested: Any) -> tuple[list[Any], int]:
+        def to0(d: Any) -> Any:
+            out = _convert(d, T.IPSEC_SA_DETAILS0)
+            out.traffic = _convert(d.traffic, T.IPSEC_TRAFFIC0)
+            out.saBundle = _convert(d.saBundle, T.IPSEC_SA_BUNDLE0)
+            return out
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "sa", to0)
+
+    @_api(2)
+    def IPsecSaEnum1(self, engineHandle: Any, enumHandle: Any,
+                     numEntriesRequested: Any) -> tuple[list[Any], int]:
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "sa")
+
+    @_api(0)
+    def IPsecSaDestroyEnumHandle0(self, engineHandle: Any, enumHandle: Any) -> None:
+        self._enum_destroy(engineHandle, enumHandle, "sa")
+
+    # ---------------------------------------------------------------- subscriptions
+    @_api(1)
+    def IPsecSaContextSubscribe0(self, engineHandle: Any, subscription: Any, callback: Any,
+                                 context: Any) -> tuple[int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_SUBSCRIBE)
+        self._no_txn(s)
+        if subscription is None or callback is None:
+            raise Fail(C.FWP_E_NULL_POINTER, "subscription/callback")
+        if not isinstance(subscription, T.IPSEC_SA_CONTEXT_SUBSCRIPTION0) or \
+                not callable(callback):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "subscription/callback")
+        if subscription.flags:
+            raise Fail(C.FWP_E_RESERVED, "subscription flags are reserved")
+        select = _context_template(subscription.enumTemplate)
+        principal = s.principal
+
+        def accepts(ctx: SaContext) -> bool:
+            return select(ctx) and self._acl.allowed(principal, "ipsec_sa_db",
+                                                     C.FWPM_ACTRL_READ)
+
+        stored = T.clone(subscription)
+        stored.sessionKey = s.key
+        with self._locked(s):
+            return (self._subscribe(s, "sa_context", stored, callback, context, accepts),)
+
+    @_api(0)
+    def IPsecSaContextUnsubscribe0(self, engineHandle: Any, eventsHandle: Any) -> None:
+        s = self._session(engineHandle)
+        self._no_txn(s)
+        self._unsubscribe(s, eventsHandle, "sa_context")
+
+    @_api(2)
+    def IPsecSaContextSubscriptionsGet0(self, engineHandle: Any) -> tuple[list[Any], int]:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        with self._lock:
+            entries = [T.clone(sub.template) for sub in self._subs.values()
+                       if sub.kind == "sa_context"]
+        return entries, len(entries)
+
+    def _ctx_changed(self, ctx: SaContext, kind: int) -> None:
+        change = T.IPSEC_SA_CONTEXT_CHANGE0(changeType=kind, saContextId=ctx.id)
+        for sub in list(self._subs.values()):
+            if sub.kind == "sa_context" and sub.accepts(ctx):
+                self._notifier.post(sub, T.clone(change))
+
+    def flush_notifications(self, timeout: float = 5.0) -> None:
+        """Wait until every notification posted so far has been delivered (for tests and
+        orderly shutdown; callbacks still run on the worker thread)."""
+        self._notifier.flush(timeout)
+
+    # ---------------------------------------------------------------- statistics
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[name] = self._stats.get(name, 0) + n
+
+    def _statistics1(self) -> Any:
+        with self._stats_lock:
+            st = dict(self._stats)
+        active = pending = tunnels = 0
+        for c in self._contexts.values():
+            if c.inbound_bundle is not None:
+                active += len(c.inbound_bundle.sas)
+            if c.outbound_bundle is not None:
+                active += len(c.outbound_bundle.sas)
+            if c.state in (CtxState.CREATED, CtxState.SPI_ASSIGNED, CtxState.INBOUND):
+                pending += 1
+            if c.tunnel and c.state is CtxState.ESTABLISHED:
+                tunnels += 1
+
+        def g(k: str) -> int:
+            return st.get(k, 0) & 0xFFFFFFFF
+
+        def g64(k: str) -> int:
+            return st.get(k, 0) & 0xFFFFFFFFFFFFFFFF
+
+        agg = T.IPSEC_AGGREGATE_SA_STATISTICS0(
+            activeSas=active, pendingSaNegotiations=pending, totalSasAdded=g("totalSasAdded"),
+            totalSasDeleted=g("totalSasDeleted"), successfulRekeys=0, activeTunnels=tunnels,
+            offloadedSas=sum(2 for c in self._contexts.values() if c.offloaded))
+        esp = T.IPSEC_ESP_DROP_PACKET_STATISTICS0(
+            invalidSpisOnInbound=g("esp:bad_spi"),
+            decryptionFailuresOnInbound=g("esp:bad_padding") + g("esp:bad_length"),
+            authenticationFailuresOnInbound=g("esp:icv_failure"),
+            replayCheckFailuresOnInbound=g("esp:replay"),
+            saNotInitializedOnInbound=g("esp:sa_unusable") + g("esp:expired"))
+        ah = T.IPSEC_AH_DROP_PACKET_STATISTICS0(
+            invalidSpisOnInbound=g("ah:bad_spi"),
+            authenticationFailuresOnInbound=g("ah:icv_failure"),
+            replayCheckFailuresOnInbound=g("ah:replay"),
+            saNotInitializedOnInbound=g("ah:sa_unusable") + g("ah:expired"))
+        total = sum(v for k, v in st.items() if k.startswith("in-drop:"))
+        drops = T.IPSEC_AGGREGATE_DROP_PACKET_STATISTICS1(
+            invalidSpisOnInbound=g("in-drop:bad_spi"),
+            decryptionFailuresOnInbound=g("in-drop:bad_padding") + g("in-drop:bad_length"),
+            authenticationFailuresOnInbound=g("in-drop:icv_failure"),
+            udpEspValidationFailuresOnInbound=g("in-drop:bad_udp"),
+            replayCheckFailuresOnInbound=g("in-drop:replay"),
+            invalidClearTextInbound=g("in-drop:clear_text"),
+            saNotInitializedOnInbound=g("in-drop:sa_unusable") + g("in-drop:expired"),
+            receiveOverIncorrectSaInbound=g("in-drop:selector_mismatch"),
+            secureReceivesNotMatchingFilters=g("in-drop:secure_not_matching"),
+            totalDropPacketsInbound=total & 0xFFFFFFFF)
+
+        def traffic(d: str) -> Any:
+            return T.IPSEC_TRAFFIC_STATISTICS1(
+                encryptedByteCount=g64(f"{d}:encrypted"),
+                authenticatedAHByteCount=g64(f"{d}:ah"),
+                authenticatedESPByteCount=g64(f"{d}:esp"),
+                transportByteCount=g64(f"{d}:transport"), tunnelByteCount=g64(f"{d}:tunnel"),
+                offloadByteCount=g64(f"{d}:offload"),
+                totalSuccessfulPackets=g64(f"{d}:packets"))
+
+        return T.IPSEC_STATISTICS1(aggregateSaStatistics=agg, espDropPacketStatistics=esp,
+                                   ahDropPacketStatistics=ah,
+                                   aggregateDropPacketStatistics=drops,
+                                   inboundTrafficStatistics=traffic("in"),
+                                   outboundTrafficStatistics=traffic("out"))
+
+    def _get_statistics(self, engineHandle: Any) -> Any:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_READ_STATS)
+        self._no_txn(s)
+        with self._locked(s):
+            return self._statistics1()
+
+    @_api(1)
+    def IPsecGetStatistics0(self, engineHandle: Any) -> tuple[Any]:
+        st = self._get_statistics(engineHandle)
+        return (T.IPSEC_STATISTICS0(
+            aggregateSaStatistics=st.aggregateSaStatistics,
+            espDropPacketStatistics=st.espDropPacketStatistics,
+            ahDropPacketStatistics=st.ahDropPacketStatistics,
+            aggregateDropPacketStatistics=_convert(st.aggregateDropPacketStatistics,
+                                                   T.IPSEC_AGGREGATE_DROP_PACKET_STATISTICS0),
+            inboundTrafficStatistics=_convert(st.inboundTrafficStatistics,
+                                              T.IPSEC_TRAFFIC_STATISTICS0),
+            outboundTrafficStatistics=_convert(st.outboundTrafficStatistics,
+                                               T.IPSEC_TRAFFIC_STATISTICS0)),)
+
+    @_api(1)
+    def IPsecGetStatistics1(self, engineHandle: Any) -> tuple[Any]:
+        return (self._get_statistics(engineHandle),)
+
+    # ================================================================ timers
+    def _schedule(self, ctx: SaContext) -> None:
+        t = ctx.next_timer()
+        if t is not None and (self._next_due is None or t < self._next_due):
+            self._next_due = t
+
+    def _due(self, now: float) -> None:
+        """Expiry is evaluated on every call and every packet: cheap unless something is due."""
+        due = self._next_due
+        if due is None or now < due:
+            return
+        with self._lock:
+            self._next_due = None
+            for ctx in list(self._contexts.values()):
+                self._tick_ctx(ctx, now)
+            for s in list(self._sessions.values()):
+                if s.txn is not None and now - s.txn.began > TXN_MAX_SECONDS:
+                    self._abort(s, forced=True)
+                elif s.txn is not None:
+                    self._set_due(s.txn.began + TXN_MAX_SECONDS)
+
+    def _set_due(self, t: float) -> None:
+        if self._next_due is None or t < self._next_due:
+            self._next_due = t
+
+    def _tick_ctx(self, ctx: SaContext, now: float) -> None:
+        if ctx.linger_until is not None:
+            if now >= ctx.linger_until:
+                self._delete_ctx(ctx)
+                return
+        elif ctx.state is not CtxState.EXPIRING:
+            if ctx.deadline is not None and now >= ctx.deadline:
+                self._expire(ctx, now)
+            elif ctx.idle_seconds and now >= ctx.last_used + ctx.idle_seconds:
+                self._expire(ctx, now)
+        t = ctx.next_timer()
+        if t is not None:
+            self._set_due(t)
+
+    def _sa_spent(self, ctx: SaContext) -> None:
+        """A data-path SA of ``ctx`` reached a hard limit (F.7: behaves like Expire)."""
+        with self._lock:
+            if ctx.id in self._contexts and ctx.state is not CtxState.EXPIRING:
+                self._expire(ctx, self._clock())
+
+    # ================================================================ traffic
+    def outbound(self, packet: bytes) -> Result:
+        """The host's stack sending ``packet``: classified at the outbound transport layer,
+        protected by the SA context its IPsec filter names, blocked or passed in clear."""
+        if not isinstance(packet, (bytes, bytearray, memoryview)):
+            raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
+        if self._closed:
+            return DROPPED[DropReason.SA_UNUSABLE]
+        now = self._clock()
+        self._due(now)
+        try:
+            pkt, ports = _view(packet, outbound=True)
+        except MalformedPacket as exc:
+            self._count(f"out-drop:{exc.reason.value}")
+            return DROPPED[exc.reason]
+        verdict, rec = self._decide(_LAYER_NAMES[("outbound", pkt.version)], pkt, ports)
+        if verdict == "permit":
+            return Result(bytes(packet), None)
+        if verdict == "block":
+            self._count("out-drop:blocked")
+            return DROPPED[DropReason.BLOCKED]
+        assert rec is not None
+        ctx = self._context_for(rec, pkt)
+        if ctx is None:  # F.20: no SA, and nothing here negotiates one
+            self._count("out-drop:no_policy")
+            return DROPPED[DropReason.NO_POLICY]
+        bundle = ctx.outbound_bundle
+        if bundle is None:
+            self._count("out-drop:sa_unusable")
+            return DROPPED[DropReason.SA_UNUSABLE]
+        sas = bundle.sas
+        with ctx.lock:
+            result = sas[0].protect(packet, now)
+            if len(sas) == 2 and result[0] is not None:
+                result = sas[1].protect(result[0], now)
+            ctx.last_used = now
+        if result[0] is None:
+            self._count(f"out-drop:{result[1].value}")
+            if not sas[0].usable or not sas[-1].usable:
+                self._sa_spent(ctx)
+        else:
+            self._traffic_stats("out", ctx, bundle, len(packet))
+            if not sas[0].usable or not sas[-1].usable:
+                self._sa_spent(ctx)
+        return result
+
+    def inbound(self, packet: bytes) -> Result:
+        """The host receiving ``packet``: IPsec is removed by the SA context it names and the
+        inner packet checked against that context's inbound filter; clear text is checked
+        against the inbound filters (dropped when one demands IPsec)."""
+        if not isinstance(packet, (bytes, bytearray, memoryview)):
+            raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
+        if self._closed:
+            return DROPPED[DropReason.SA_UNUSABLE]
+        packet = bytes(packet)
+        now = self._clock()
+        self._due(now)
+        result, sa = self._sad.inbound_via(packet, now, self._guard)
+        if sa is None:
+            reason = result[1]
+            if reason in (DropReason.WRONG_PROTOCOL, DropReason.NON_ESP_MARKER):
+                return self._clear_inbound(packet)
+            if reason is not None:
+                self._count_in_drop(packet, reason)
+            return result
+        ctx = self._ctx_of_sa.get(id(sa))
+        if result[0] is None:
+            if result[1] is not None:
+                self._count_in_drop(packet, result[1])
+                if ctx is not None and not sa.usable:
+                    self._sa_spent(ctx)
+            return result
+        inner = result[0]
+        if ctx is None:  # deleted while the packet was in flight
+            self._count_in_drop(packet, DropReason.SA_UNUSABLE)
+            return DROPPED[DropReason.SA_UNUSABLE]
+        ctx.last_used = now
+        try:
+            pkt, ports = _view(inner, outbound=False, secured=True)
+        except MalformedPacket as exc:
+            self._count_in_drop(packet, exc.reason)
+            return DROPPED[exc.reason]
+        verdict, rec = self._decide(_LAYER_NAMES[("inbound", pkt.version)], pkt, ports)
+        if verdict == "block":
+            self._count("in-drop:blocked")
+            return DROPPED[DropReason.BLOCKED]
+        if verdict == "ipsec" and rec is not None and rec.id != ctx.inbound_filter:
+            self._count("in-drop:secure_not_matching")
+            return DROPPED[DropReason.SELECTOR_MISMATCH]
+        if verdict != "ipsec" and ctx.tunnel:
+            # A tunnel SA carries only what its inbound tunnel filter covers (F.22).
+            self._count("in-drop:secure_not_matching")
+            return DROPPED[DropReason.SELECTOR_MISMATCH]
+        self._traffic_stats("in", ctx, ctx.inbound_bundle or Bundle((sa,)), len(inner))
+        return result
+
+    def _guard(self, sa: SecurityAssociation) -> Any:
+        ctx = self._ctx_of_sa.get(id(sa))
+        return ctx.lock if ctx is not None else contextlib.nullcontext()
+
+    def _clear_inbound(self, packet: bytes) -> Result:
+        try:
+            pkt, ports = _view(packet, outbound=False)
+        except MalformedPacket as exc:
+            self._count(f"in-drop:{exc.reason.value}")
+            return DROPPED[exc.reason]
+        verdict, _ = self._decide(_LAYER_NAMES[("inbound", pkt.version)], pkt, ports)
+        if verdict == "block":
+            self._count("in-drop:blocked")
+            return DROPPED[DropReason.BLOCKED]
+        if verdict == "ipsec":
+            self._count("in-drop:clear_text")
+            return DROPPED[DropReason.CLEAR_TEXT]
+        return Result(packet, None)
+
+    def _decide(self, layer: str, pkt: PacketView, ports: tuple[int, int]
+                ) -> tuple[str, FilterRecord | None]:
+        """F.20 step 3: walk the matching filters in order."""
+        for rec in self._filters.classify(layer, pkt, ports):
+            a = rec.action
+            if a == C.FWP_ACTION_BLOCK:
+                return "block", rec
+            if a == C.FWP_ACTION_PERMIT:
+                return "permit", rec
+            c = rec.callout
+            if c is not None and c.role:
+                return "ipsec", rec
+            if a == C.FWP_ACTION_CALLOUT_INSPECTION:
+                continue
+            # A callout nothing has registered here: Block, or Permit when the filter says so.
+            if rec.stored.flags & C.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED:
+                return "permit", rec
+            return "block", rec
+        return "permit", None
+
+    def _context_for(self, rec: FilterRecord, pkt: PacketView) -> SaContext | None:
+        """The newest established context whose outbound filter is ``rec`` and whose traffic
+        covers the packet (transport: the host pair and C.4's port/protocol overrides)."""
+        lst = self._by_out_filter.get(rec.id)
+        if not lst:
+            return None
+        for ctx in reversed(lst):
+            if ctx.tunnel:
+                return ctx
+            t = ctx.traffic
+            if int.from_bytes(ctx.local, "big") != pkt.local or \
+                    int.from_bytes(ctx.remote, "big") != pkt.remote:
+                continue
+            if t.ipProtocol and t.ipProtocol != pkt.protocol:
+                continue
+            if t.localPort and t.localPort != pkt.local_port:
+                continue
+            if t.remotePort and t.remotePort != pkt.remote_port:
+                continue
+            return ctx
+        return None
+
+    def _traffic_stats(self, d: str, ctx: SaContext, bundle: Bundle, n: int) -> None:
+        with self._stats_lock:
+            st = self._stats
+            st[f"{d}:packets"] = st.get(f"{d}:packets", 0) + 1
+            kind = f"{d}:tunnel" if ctx.tunnel else f"{d}:transport"
+            st[kind] = st.get(kind, 0) + n
+            for sa in bundle.sas:
+                cfg = sa.config
+                key = f"{d}:ah" if cfg.protocol == "ah" else f"{d}:esp"
+                st[key] = st.get(key, 0) + n
+                enc = getattr(cfg, "encryption", None)
+                if cfg.protocol == "esp" and enc is not None and \
+                        getattr(enc, "name", "null") != "null":
+                    st[f"{d}:encrypted"] = st.get(f"{d}:encrypted", 0) + n
+
+    def _count_in_drop(self, packet: bytes, reason: DropReason) -> None:
+        proto = _outer_protocol(packet)
+        with self._stats_lock:
+            st = self._stats
+            k = f"in-drop:{reason.value}"
+            st[k] = st.get(k, 0) + 1
+            if proto:
+                k = f"{proto}:{reason.value}"
+                st[k] = st.get(k, 0) + 1
+
+
+def id_of_outer(bundle: Bundle) -> int:
+    """The key of the SA an inbound packet is found under: the bundle's outermost SA."""
+    return id(bundle.sas[-1])
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+_LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}
+
+
+def _view(packet: bytes | bytearray | memoryview, outbound: bool, secured: bool = False
+          ) -> tuple[PacketView, tuple[int, int]]:
+    """The condition view of a clear packet and its (sport, dport) for the classifier."""
+    f = flow_of(packet)
+    src, dst = int.from_bytes(f.src, "big"), int.from_bytes(f.dst, "big")
+    proto = f.protocol
+    sport: int | None
+    dport: int | None
+    if proto in PORTED_PROTOCOLS:
+        sport, dport = f.sport, f.dport
+    elif proto == (1 if f.version == 4 else 58):
+        icmp_type, icmp_code = _icmp(packet, f.version)
+        # F.17: at the transport layers the local port is the ICMP type, the remote the code.
+        if outbound:
+            sport, dport = icmp_type, icmp_code
+        else:
+            sport, dport = icmp_code, icmp_type
+    else:
+        sport = dport = None
+    flags = 0
+    lo = _LOOPBACK[f.version]
+    if ipaddress.ip_address(f.src) in lo or ipaddress.ip_address(f.dst) in lo:
+        flags |= C.FWP_CONDITION_FLAG_IS_LOOPBACK
+    if secured:
+        flags |= C.FWP_CONDITION_FLAG_IS_IPSEC_SECURED
+    if outbound:
+        view = PacketView(f.version, src, dst, proto, sport, dport, flags)
+    else:
+        view = PacketView(f.version, dst, src, proto, dport, sport, flags)
+    return view, (sport or 0, dport or 0)
+
+
+def _icmp(packet: bytes | bytearray | memoryview, version: int) -> tuple[int, int]:
+    if version == 4:
+        off = (packet[0] & 15) * 4
+    else:
+        off = parse_ipv6_chain(bytes(packet)).upper_offset
+    if len(packet) < off + 2:
+        raise MalformedPacket(DropReason.TRUNCATED, "ICMP header")
+    return packet[off], packet[off + 1]
+
+
+def _outer_protocol(packet: bytes) -> str:
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        p = packet[9]
+        return "esp" if p in (50, 17) else "ah" if p == 51 else ""
+    try:
+        ch = parse_ipv6_chain(packet, stop_at_ipsec=True)
+    except Exception:  # noqa: BLE001 - a statistic, never an error
+        return ""
+    p = ch.upper_protocol
+    return "esp" if p in (50, 17) else "ah" if p == 51 else ""
+
+
+def _filter_template(tpl: Any) -> Callable[[FilterRecord], bool]:
+    """F.23: what an FWPM_FILTER_ENUM_TEMPLATE0 selects (validated here)."""
+    if tpl is None:
+        return lambda r: r.lifetime != "boottime"
+    if tpl.layerKey not in (None, T.GUID_NULL) and tpl.layerKey not in LAYERS:
+        raise Fail(C.FWP_E_LAYER_NOT_FOUND, "enumTemplate.layerKey")
+    et = _uint(tpl.enumType, 32, "enumType")
+    if et >= C.FWP_FILTER_ENUM_TYPE_MAX:
+        raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"enumType {et}")
+    flags = _uint(tpl.flags, 32, "flags")
+    if flags & ~_ENUM_FLAGS:
+        raise Fail(C.FWP_E_INVALID_FLAGS, f"enum flags 0x{flags:x}")
+    mask = _uint(tpl.actionMask, 32, "actionMask")
+    if mask != 0xFFFFFFFF and mask & C.FWP_ACTION_FLAG_CALLOUT and tpl.calloutKey is None:
+        raise Fail(C.FWP_E_NULL_POINTER, "calloutKey is required with FWP_ACTION_FLAG_CALLOUT")
+    if tpl.numFilterConditions and tpl.filterCondition is None:
+        raise Fail(C.FWP_E_NULL_POINTER, "filterCondition")
+    try:
+        n = T.effective_count(tpl, "filterCondition")
+    except (ValueError, TypeError) as exc:
+        raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
+    conds = list(tpl.filterCondition or [])[:n]
+    for i, a in enumerate(conds):
+        for b in conds[i + 1:]:
+            if a == b:
+                raise Fail(C.FWP_E_DUPLICATE_CONDITION, "the template repeats a condition")
+    fields = {c.fieldKey for c in conds}
+    boot_only = flags & C.FWP_FILTER_ENUM_FLAG_BOOTTIME_ONLY
+    with_boot = flags & C.FWP_FILTER_ENUM_FLAG_INCLUDE_BOOTTIME
+
+    def select(r: FilterRecord) -> bool:
+        st = r.stored
+        if tpl.layerKey not in (None, T.GUID_NULL) and st.layerKey != tpl.layerKey:
+            return False
+        if tpl.providerKey is not None and st.providerKey != tpl.providerKey:
+            return False
+        if boot_only:
+            if r.lifetime != "boottime":
+                return False
+        elif r.lifetime == "boottime" and not with_boot:
+            return False
+        if mask != 0xFFFFFFFF:
+            if not r.action & mask:
+                return False
+            if mask & C.FWP_ACTION_FLAG_CALLOUT and st.action.calloutKey != tpl.calloutKey:
+                return False
+        for fk in fields:
+            mine = [c for c in st.filterCondition if c.fieldKey == fk]
+            wanted = [c for c in conds if c.fieldKey == fk]
+            if not mine:
+                if et == C.FWP_FILTER_ENUM_OVERLAPPING:
+                    continue
+                return False
+            if not same_conditions(mine, wanted):
+                return False
+        return True
+
+    return select
+
+
+def _enum_order(tpl: Any, items: list[FilterRecord]) -> list[FilterRecord]:
+    if tpl is None:
+        return items
+    if tpl.flags & (C.FWP_FILTER_ENUM_FLAG_SORTED | C.FWP_FILTER_ENUM_FLAG_BEST_TERMINATING_MATCH):
+        items = sorted(items, key=lambda r: r.order)
+    if tpl.flags & C.FWP_FILTER_ENUM_FLAG_BEST_TERMINATING_MATCH:
+        items = [r for r in items if r.action & C.FWP_ACTION_FLAG_TERMINATING][:1]
+    return items
+
+
+def _context_template(tpl: Any) -> Callable[[SaContext], bool]:
+    """F.14: an IPSEC_SA_CONTEXT_ENUM_TEMPLATE0 (FWP_EMPTY matches all; V4/V6 masks)."""
+    if tpl is None:
+        return lambda c: True
+    tests = []
+    for name in ("localSubNet", "remoteSubNet"):
+        v = getattr(tpl, name)
+        if v is None or v.type == C.FWP_EMPTY:
+            continue
+        if v.type == C.FWP_V4_ADDR_MASK:
+            am = v.v4AddrMask
+            if am is None:
+                raise Fail(C.FWP_E_NULL_POINTER, name)
+            addr, mask = _uint(am.addr, 32, "addr"), _uint(am.mask, 32, "mask")
+            tests.append((name, 4, addr & mask, mask))
+        elif v.type == C.FWP_V6_ADDR_MASK:
+            am = v.v6AddrMask
+            if am is None:
+                raise Fail(C.FWP_E_NULL_POINTER, name)
+            plen = _uint(am.prefixLength, 8, "prefixLength")
+            if plen > 128:
+                raise Fail(C.FWP_E_INVALID_NET_MASK, "prefixLength above 128")
+            mask = ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)
+            tests.append((name, 6, int.from_bytes(am.addr, "big") & mask, mask))
+        else:
+            raise Fail(C.FWP_E_TYPE_MISMATCH, f"{name} takes an address and mask")
+
+    def select(c: SaContext) -> bool:
+        for name, version, net, mask in tests:
+            addr = c.local if name == "localSubNet" else c.remote
+            if c.version != version or int.from_bytes(addr, "big") & mask != net:
+                return False
+        return True
+
+    return select

@@ -1,0 +1,275 @@
+"""Filters for manual keying (reference C.7, F.15–F.21): validation, the filter table, weights,
+and classification of packets at the transport layers.
+
+Classification goes through the SA database's classifier (:class:`ipsecsa.sad.Classifier`), one
+per transport layer: each filter is installed under the index entries its conditions give
+(:meth:`Compiled.index`), :meth:`Classifier.lookup_all` returns the candidates, the exact
+conditions decide, and F.20's order (effectiveWeight descending, filterId ascending) arbitrates.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsecsa.sad import Classifier
+from ipsecsa.wfp import constants as C
+from ipsecsa.wfp.conditions import Compiled, PacketView, compile_conditions
+from ipsecsa.wfp.registry import (
+    CALLOUT_INFO,
+    CALLOUTS,
+    LAYER_CONDITIONS,
+    LAYERS,
+    PROVIDERS,
+    SUBLAYER_UNIVERSAL,
+    SUBLAYERS,
+    CalloutInfo,
+    LayerInfo,
+    layer_info,
+)
+from ipsecsa.wfp.status import Fail
+from ipsecsa.wfp.types import FWP_VALUE0, FWPM_FILTER0, GUID_NULL, clone, effective_count
+
+#: F.19: the first filterId a fresh engine hands out.
+FIRST_FILTER_ID = 0x10000
+_AUTO_LOW = (1 << 52) - 1
+
+#: F.15: the flags FwpmFilterAdd0 accepts.
+_ADD_FLAGS = (C.FWPM_FILTER_FLAG_PERSISTENT | C.FWPM_FILTER_FLAG_BOOTTIME
+              | C.FWPM_FILTER_FLAG_HAS_PROVIDER_CONTEXT | C.FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT
+              | C.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED | C.FWPM_FILTER_FLAG_INDEXED)
+_FILTER_ACTIONS = frozenset({C.FWP_ACTION_BLOCK, C.FWP_ACTION_PERMIT,
+                             C.FWP_ACTION_CALLOUT_TERMINATING, C.FWP_ACTION_CALLOUT_INSPECTION,
+                             C.FWP_ACTION_CALLOUT_UNKNOWN})
+
+
+@dataclass(eq=False)
+class FilterRecord:
+    """One filter in the table."""
+
+    id: int
+    key: uuid.UUID
+    stored: FWPM_FILTER0  # what Get returns (a private copy, ids and weight filled in)
+    layer: LayerInfo
+    weight: int
+    action: int
+    callout: CalloutInfo | None
+    compiled: Compiled
+    lifetime: str  # "dynamic", "static", "persistent", "boottime"
+    session: Any = None  # the dynamic session that owns it
+    handles: tuple[int, ...] = ()  # classifier handles while published
+    published: bool = False
+    order: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.order = (-self.weight, self.id)
+
+    @property
+    def ipsec_role(self) -> tuple[str, str] | None:
+        """("outbound"/"inbound", "transport"/"tunnel") for an IPsec SA-context filter."""
+        c = self.callout
+        if c is None or not c.role or self.action not in (C.FWP_ACTION_CALLOUT_TERMINATING,
+                                                          C.FWP_ACTION_CALLOUT_UNKNOWN):
+            return None
+        return c.direction, c.role
+
+
+def _is_uint(value: object, bits: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
+
+
+def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, CalloutInfo | None,
+                                                               Compiled, str, list[Any]]:
+    """F.21's checks after the filter pointer itself, in order; returns what the table needs:
+    (layer, action type, callout, compiled conditions, lifetime, conditions list)."""
+    if not isinstance(flt, FWPM_FILTER0):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, "filter must be an FWPM_FILTER0")
+    dd = flt.displayData
+    if dd is None or getattr(dd, "name", None) is None:
+        raise Fail(C.FWP_E_NULL_DISPLAY_NAME, "displayData.name is NULL")
+    if not isinstance(dd.name, str):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, "displayData.name must be a string")
+    flags = flt.flags
+    if not _is_uint(flags, 32):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, "flags must be a UINT32")
+    action = flt.action
+    atype = getattr(action, "type", None)
+    if flags & ~_ADD_FLAGS or (flags & C.FWPM_FILTER_FLAG_PERSISTENT
+                               and flags & C.FWPM_FILTER_FLAG_BOOTTIME):
+        raise Fail(C.FWP_E_INVALID_FLAGS, f"filter flags 0x{flags:x}")
+    if flags & C.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED and atype not in (
+            C.FWP_ACTION_CALLOUT_TERMINATING, C.FWP_ACTION_CALLOUT_UNKNOWN):
+        raise Fail(C.FWP_E_INVALID_FLAGS, "PERMIT_IF_CALLOUT_UNREGISTERED needs a callout action")
+    layer_name = LAYERS.get(flt.layerKey)
+    if layer_name is None:
+        raise Fail(C.FWP_E_LAYER_NOT_FOUND, "layerKey")
+    if layer_name not in LAYER_CONDITIONS:
+        raise Fail(C.FWP_E_INCOMPATIBLE_LAYER, f"filters cannot be added at {layer_name} here")
+    layer = layer_info(layer_name)
+    sub = flt.subLayerKey
+    if sub is not None and sub != GUID_NULL and sub not in SUBLAYERS:
+        raise Fail(C.FWP_E_SUBLAYER_NOT_FOUND, "subLayerKey")
+    if flt.providerKey is not None and flt.providerKey not in PROVIDERS:
+        raise Fail(C.FWP_E_PROVIDER_NOT_FOUND, "providerKey")
+    if flags & C.FWPM_FILTER_FLAG_HAS_PROVIDER_CONTEXT:
+        raise Fail(C.FWP_E_PROVIDER_CONTEXT_NOT_FOUND,
+                   "provider contexts are not implemented (F.15)")
+    _check_weight(flt.weight)
+    if flt.numFilterConditions and flt.filterCondition is None:
+        raise Fail(C.FWP_E_NULL_POINTER, "filterCondition is NULL")
+    try:
+        n = effective_count(flt, "filterCondition")
+    except (ValueError, TypeError) as exc:
+        raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
+    conds = list(flt.filterCondition or [])[:n]
+    compiled = compile_conditions(conds, layer)
+    if atype not in _FILTER_ACTIONS:
+        raise Fail(C.FWP_E_INVALID_ACTION_TYPE, f"action type 0x{atype!r}")
+    callout = None
+    if atype & C.FWP_ACTION_FLAG_CALLOUT:
+        key = getattr(action, "calloutKey", None)
+        if key not in CALLOUTS:
+            raise Fail(C.FWP_E_CALLOUT_NOT_FOUND, "calloutKey")
+        callout = CALLOUT_INFO[key]
+        if callout.layer != layer_name:
+            raise Fail(C.FWP_E_INCOMPATIBLE_LAYER,
+                       f"{callout.name} does not apply at {layer_name}")
+        if callout.ipsec and atype == C.FWP_ACTION_CALLOUT_INSPECTION:
+            raise Fail(C.FWP_E_ACTION_INCOMPATIBLE_WITH_LAYER,
+                       "an IPsec callout cannot inspect")
+    if session_dynamic:
+        lifetime = "dynamic"
+    elif flags & C.FWPM_FILTER_FLAG_PERSISTENT:
+        lifetime = "persistent"
+    elif flags & C.FWPM_FILTER_FLAG_BOOTTIME:
+        lifetime = "boottime"
+    else:
+        lifetime = "static"
+    return layer, atype, callout, compiled, lifetime, conds
+
+
+def _check_weight(w: Any) -> None:
+    if w is None:
+        return
+    t = getattr(w, "type", None)
+    if t == C.FWP_EMPTY:
+        return
+    if t == C.FWP_UINT8:
+        if not _is_uint(w.uint8, 8) or w.uint8 > C.FWPM_WEIGHT_RANGE_MAX:
+            raise Fail(C.FWP_E_INVALID_WEIGHT, "weight range index above 15")
+        return
+    if t == C.FWP_UINT64 and _is_uint(w.uint64, 64):
+        return
+    raise Fail(C.FWP_E_INVALID_WEIGHT, "weight must be FWP_EMPTY, FWP_UINT8 or FWP_UINT64")
+
+
+def effective_weight(w: Any, field_count: int, filter_id: int) -> int:
+    """F.20: the weight BFE assigns."""
+    auto = (field_count << 52) | (_AUTO_LOW - min(filter_id, _AUTO_LOW))
+    if w is None or w.type == C.FWP_EMPTY:
+        return auto
+    if w.type == C.FWP_UINT8:
+        return (w.uint8 << 60) | auto
+    return int(w.uint64)
+
+
+class FilterTable:
+    """Every filter of the engine, by id and by key, and the per-layer classifiers.
+
+    Writers hold the engine's transaction lock; the dicts are also guarded by ``lock`` for
+    readers outside it (the data path reads only the classifiers)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.by_id: dict[int, FilterRecord] = {}
+        self.by_key: dict[uuid.UUID, FilterRecord] = {}
+        self.next_id = FIRST_FILTER_ID
+        self._index: dict[str, Classifier[FilterRecord]] = {}
+
+    # --------------------------------------------------------------- changes
+    def allocate_id(self) -> int:
+        with self.lock:
+            fid = self.next_id
+            self.next_id += 1
+            return fid
+
+    def insert(self, rec: FilterRecord) -> None:
+        with self.lock:
+            self.by_id[rec.id] = rec
+            self.by_key[rec.key] = rec
+
+    def remove(self, rec: FilterRecord) -> None:
+        with self.lock:
+            self.by_id.pop(rec.id, None)
+            if self.by_key.get(rec.key) is rec:
+                del self.by_key[rec.key]
+
+    def publish(self, rec: FilterRecord) -> None:
+        """Make ``rec`` visible to classification (transport layers only)."""
+        if not rec.layer.transport or rec.published:
+            return
+        clf = self._index.setdefault(rec.layer.name, Classifier())
+        rec.handles = tuple(clf.add(f, rec) for f in rec.compiled.index())
+        rec.published = True
+
+    def unpublish(self, rec: FilterRecord) -> None:
+        if not rec.published:
+            return
+        clf = self._index[rec.layer.name]
+        for h in rec.handles:
+            clf.remove(h)
+        rec.handles = ()
+        rec.published = False
+
+    # --------------------------------------------------------------- classification
+    def classify(self, layer: str, pkt: PacketView, ports: tuple[int, int]) -> list[FilterRecord]:
+        """The filters at ``layer`` matching ``pkt``, in F.20 order. ``ports`` is (sport,
+        dport) of the packet as the classifier indexes it."""
+        clf = self._index.get(layer)
+        if clf is None:
+            return []
+        if pkt.version == 4 or pkt.version == 6:
+            if layer.startswith("FWPM_LAYER_INBOUND"):
+                src, dst = pkt.remote, pkt.local
+            else:
+                src, dst = pkt.local, pkt.remote
+            cands = clf.lookup_all(pkt.version, src, dst, pkt.protocol, ports[0], ports[1])
+        else:
+            return []
+        if not cands:
+            return []
+        seen: set[int] = set()
+        hits = []
+        for rec in cands:
+            if rec.id in seen:
+                continue
+            seen.add(rec.id)
+            if rec.compiled.matches(pkt):
+                hits.append(rec)
+        hits.sort(key=_order)
+        return hits
+
+
+def _order(rec: FilterRecord) -> tuple[int, int]:
+    return rec.order
+
+
+def stored_copy(flt: FWPM_FILTER0, fid: int, key: uuid.UUID, weight: int,
+                conds: list[Any]) -> FWPM_FILTER0:
+    """F.19: what Get/Enum return: the caller's fields as given, plus filterId, the filterKey,
+    effectiveWeight (FWP_UINT64) and the universal sublayer for a zero subLayerKey (F.20)."""
+    out = clone(flt)
+    out.filterId = fid
+    out.filterKey = key
+    out.filterCondition = clone(conds)
+    out.numFilterConditions = len(conds)
+    if out.subLayerKey is None or out.subLayerKey == GUID_NULL:
+        out.subLayerKey = SUBLAYER_UNIVERSAL
+    out.effectiveWeight = FWP_VALUE0(type=C.FWP_UINT64, uint64=weight)
+    return out
+
+
+Action = Callable[[], None]
