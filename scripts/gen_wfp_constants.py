@@ -326,18 +326,21 @@ def render_types(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
             lines.append(f"    _secret_fields_: ClassVar[frozenset[str]] = frozenset({{{body}}})")
         if pairs or n in SECRET:
             lines.append("")
-        union_of = _union_members(s)
-        for f in flat_fields(s):
-            ann, default = _annotation(n, f, structs)
-            comment = f"  # {f['type']}"
-            if f["name"] in union_of:
-                comment += f" (union {union_of[f['name']]})"
-            line = f"    {f['name']}: {ann} = {default}{comment}"
-            if len(line) > 100:
-                line = f"    {f['name']}: {ann} = {default}"
-            if len(line) > 100:
-                line = f"    {f['name']}: {ann} = field(\n        {default[6:-1]}\n    )"
-            lines.append(line)
+        for group in _field_groups(s):
+            if group[0]:
+                count = len(group[0])
+                what = f"{count} members, one meant at a time" if count > 1 else "1 member"
+                lines.append(f"    # anonymous union, flattened ({what})")
+            for f in group[1]:
+                ann, default = _annotation(n, f, structs)
+                line = f"    {f['name']}: {ann} = {default}  # {f['type']}"
+                if len(line) > 100:
+                    line = f"    {f['name']}: {ann} = {default}"
+                if len(line) > 100:
+                    line = f"    {f['name']}: {ann} = field(\n        {default[6:-1]}\n    )"
+                lines.append(line)
+            if group[0]:
+                lines.append("    # end of union")
     lines += ["", "", "#: Every structure class name defined here, in definition order.",
               "STRUCT_NAMES: tuple[str, ...] = ("]
     lines += [f'    "{n}",' for n in names]
@@ -345,15 +348,17 @@ def render_types(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _union_members(s: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _field_groups(s: dict[str, Any]) -> list[tuple[list[str], list[dict[str, Any]]]]:
+    """Runs of plain members, and each union on its own: ([union member names], members)."""
+    groups: list[tuple[list[str], list[dict[str, Any]]]] = []
     for f in s["fields"]:
-        if f["kind"] == "union" and len(f["members"]) > 1:
-            group = [m["name"] for m in f["members"]]
-            label = group[0] + "..." if len(group) > 3 else "/".join(group)
-            for m in group:
-                out[m] = label
-    return out
+        if f["kind"] == "union":
+            groups.append(([m["name"] for m in f["members"]], list(f["members"])))
+        elif groups and not groups[-1][0]:
+            groups[-1][1].append(f)
+        else:
+            groups.append(([], [f]))
+    return groups
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +445,7 @@ def render_constants(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
             "# `conditions`, `providers`). FWPM_CONDITION_ICMP_TYPE/CODE are the SDK's aliases of",
             "# IP_LOCAL_PORT/IP_REMOTE_PORT (same GUIDs).", "",
             "IID_NULL = GUID_NULL", ""]
-    exported += ["IID_NULL", "GUID_NULL"]
+    exported.append("IID_NULL")
     for group in ("layers", "sublayers", "callouts", "conditions", "providers"):
         out += ["", f"# {group}"]
         for name, g in filters[group].items():

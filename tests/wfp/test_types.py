@@ -288,3 +288,36 @@ def test_check_counts_walks_nested_structures() -> None:
     flt = wfp.FWPM_FILTER0(numFilterConditions=2, filterCondition=[wfp.FWPM_FILTER_CONDITION0()])
     with pytest.raises(T.CountMismatchError):
         T.check_counts(flt)
+
+
+def test_clone_shares_only_immutable_values() -> None:
+    ctx = _context_with_keys()
+    twin = copy.deepcopy(ctx)  # goes through WfpStruct.__deepcopy__, like clone()
+    assert twin == ctx
+    assert ctx.outboundSa is not None and twin.outboundSa is not None
+    a, b = ctx.outboundSa.saBundle, twin.outboundSa.saBundle
+    assert a.saList is not b.saList and a.saList[0] is not b.saList[0]
+    assert a.lifetime is not b.lifetime
+    assert a.saLookupContext is b.saLookupContext  # a UUID: immutable, shared
+    info_a = a.saList[0].espAuthAndCipherInformation
+    info_b = b.saList[0].espAuthAndCipherInformation
+    assert info_a is not None and info_b is not None
+    # Frozen transform ids are values: shared, never copied.
+    assert (info_a.saAuthInformation.authTransform.authTransformId
+            is info_b.saAuthInformation.authTransform.authTransformId)
+    assert info_a.saAuthInformation.authKey is not info_b.saAuthInformation.authKey
+    # A mutable value of another type (a caller's bytearray key) is copied, not shared.
+    blob = wfp.FWP_BYTE_BLOB(data=bytearray(KEY))  # type: ignore[arg-type]
+    copied = T.clone(blob)
+    blob.data[0] ^= 0xFF  # type: ignore[index]
+    assert copied.data == KEY
+    assert T.clone(None) is None and T.clone(7) == 7
+    assert T.clone([ctx]) == [ctx] and T.clone([ctx])[0] is not ctx
+
+
+def test_package_exports_every_structure_once() -> None:
+    for name in T.__all__:
+        assert getattr(wfp, name) is getattr(T, name), name
+    assert len(wfp.__all__) == len(set(wfp.__all__))
+    assert wfp.GUID_NULL == wfp.IID_NULL == uuid.UUID(int=0)
+    assert wfp.clone is T.clone and wfp.types is T

@@ -87,6 +87,38 @@ class WfpStruct:
 
     __str__ = __repr__
 
+    def __deepcopy__(self, memo: dict[int, object] | None) -> WfpStruct:
+        """Field-by-field deep copy, several times faster than the generic ``copy.deepcopy``.
+
+        The engine copies every structure it is handed and every one it hands back, so this is
+        on the control path of each call. Immutable values (ints, IntEnums, str, bytes, UUIDs,
+        None, frozen structures) are shared; lists and mutable structures are copied. Unlike
+        ``copy.deepcopy``, one sub-structure referenced from two places becomes two copies
+        (structures here are trees, as C's are when passed to BFE).
+        """
+        cls = type(self)
+        if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            return self
+        new = object.__new__(cls)
+        new.__dict__.update({k: v if type(v) in _EXACT_IMMUTABLE else _clone_value(v)
+                             for k, v in self.__dict__.items()})
+        return new
+
+
+_IMMUTABLE = (int, float, str, bytes, uuid.UUID, type(None))
+#: The common field value types, tested by exact type first because that is the cheapest test.
+_EXACT_IMMUTABLE = frozenset({int, float, str, bytes, uuid.UUID, type(None), bool})
+
+
+def _clone_value(value: object) -> object:
+    if isinstance(value, WfpStruct):
+        return value.__deepcopy__(None)
+    if isinstance(value, list):
+        return [_clone_value(item) for item in value]
+    if isinstance(value, _IMMUTABLE):  # includes IntEnum members and bool
+        return value
+    return copy.deepcopy(value)
+
 
 def _redacted(value: object) -> str:
     if value is None:
@@ -168,8 +200,9 @@ def clone(obj: _T) -> _T:
 
     The engine stores what callers hand it and returns copies of what it holds, so neither side
     can change the other's data afterwards, as with the separate address spaces of RPC to BFE.
+    Structures use the fast :meth:`WfpStruct.__deepcopy__`; anything else ``copy.deepcopy``.
     """
-    return copy.deepcopy(obj)
+    return _clone_value(obj)  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(repr=False)

@@ -593,7 +593,6 @@ __all__ = [
     "GENERIC_EXECUTE",
     "GENERIC_READ",
     "GENERIC_WRITE",
-    "GUID_NULL",
     "HRESULT_FROM_WIN32",
     "IID_NULL",
     "IPSEC_AUTH_AES_128",

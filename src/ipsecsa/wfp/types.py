@@ -180,24 +180,26 @@ class FWP_VALUE0(WfpStruct):
     """fwptypes.h FWP_VALUE0 (x64: 16 bytes)."""
 
     type: int = 0  # FWP_DATA_TYPE
-    uint8: int = 0  # UINT8 (union uint8...)
-    uint16: int = 0  # UINT16 (union uint8...)
-    uint32: int = 0  # UINT32 (union uint8...)
-    uint64: int | None = None  # UINT64 * (union uint8...)
-    int8: int = 0  # INT8 (union uint8...)
-    int16: int = 0  # INT16 (union uint8...)
-    int32: int = 0  # INT32 (union uint8...)
-    int64: int | None = None  # INT64 * (union uint8...)
-    float32: float = 0.0  # float (union uint8...)
-    double64: float | None = None  # double * (union uint8...)
-    byteArray16: bytes | None = None  # FWP_BYTE_ARRAY16 * (union uint8...)
-    byteBlob: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    sid: bytes | None = None  # SID * (union uint8...)
-    sd: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    tokenInformation: FWP_TOKEN_INFORMATION | None = None
-    tokenAccessInformation: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    unicodeString: str | None = None  # LPWSTR (union uint8...)
-    byteArray6: bytes | None = None  # FWP_BYTE_ARRAY6 * (union uint8...)
+    # anonymous union, flattened (18 members, one meant at a time)
+    uint8: int = 0  # UINT8
+    uint16: int = 0  # UINT16
+    uint32: int = 0  # UINT32
+    uint64: int | None = None  # UINT64 *
+    int8: int = 0  # INT8
+    int16: int = 0  # INT16
+    int32: int = 0  # INT32
+    int64: int | None = None  # INT64 *
+    float32: float = 0.0  # float
+    double64: float | None = None  # double *
+    byteArray16: bytes | None = None  # FWP_BYTE_ARRAY16 *
+    byteBlob: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    sid: bytes | None = None  # SID *
+    sd: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    tokenInformation: FWP_TOKEN_INFORMATION | None = None  # FWP_TOKEN_INFORMATION *
+    tokenAccessInformation: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    unicodeString: str | None = None  # LPWSTR
+    byteArray6: bytes | None = None  # FWP_BYTE_ARRAY6 *
+    # end of union
 
 
 @dataclass(repr=False)
@@ -213,27 +215,29 @@ class FWP_CONDITION_VALUE0(WfpStruct):
     """fwptypes.h FWP_CONDITION_VALUE0 (x64: 16 bytes)."""
 
     type: int = 0  # FWP_DATA_TYPE
-    uint8: int = 0  # UINT8 (union uint8...)
-    uint16: int = 0  # UINT16 (union uint8...)
-    uint32: int = 0  # UINT32 (union uint8...)
-    uint64: int | None = None  # UINT64 * (union uint8...)
-    int8: int = 0  # INT8 (union uint8...)
-    int16: int = 0  # INT16 (union uint8...)
-    int32: int = 0  # INT32 (union uint8...)
-    int64: int | None = None  # INT64 * (union uint8...)
-    float32: float = 0.0  # float (union uint8...)
-    double64: float | None = None  # double * (union uint8...)
-    byteArray16: bytes | None = None  # FWP_BYTE_ARRAY16 * (union uint8...)
-    byteBlob: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    sid: bytes | None = None  # SID * (union uint8...)
-    sd: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    tokenInformation: FWP_TOKEN_INFORMATION | None = None
-    tokenAccessInformation: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB * (union uint8...)
-    unicodeString: str | None = None  # LPWSTR (union uint8...)
-    byteArray6: bytes | None = None  # FWP_BYTE_ARRAY6 * (union uint8...)
-    v4AddrMask: FWP_V4_ADDR_AND_MASK | None = None  # FWP_V4_ADDR_AND_MASK * (union uint8...)
-    v6AddrMask: FWP_V6_ADDR_AND_MASK | None = None  # FWP_V6_ADDR_AND_MASK * (union uint8...)
-    rangeValue: FWP_RANGE0 | None = None  # FWP_RANGE0 * (union uint8...)
+    # anonymous union, flattened (21 members, one meant at a time)
+    uint8: int = 0  # UINT8
+    uint16: int = 0  # UINT16
+    uint32: int = 0  # UINT32
+    uint64: int | None = None  # UINT64 *
+    int8: int = 0  # INT8
+    int16: int = 0  # INT16
+    int32: int = 0  # INT32
+    int64: int | None = None  # INT64 *
+    float32: float = 0.0  # float
+    double64: float | None = None  # double *
+    byteArray16: bytes | None = None  # FWP_BYTE_ARRAY16 *
+    byteBlob: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    sid: bytes | None = None  # SID *
+    sd: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    tokenInformation: FWP_TOKEN_INFORMATION | None = None  # FWP_TOKEN_INFORMATION *
+    tokenAccessInformation: FWP_BYTE_BLOB | None = None  # FWP_BYTE_BLOB *
+    unicodeString: str | None = None  # LPWSTR
+    byteArray6: bytes | None = None  # FWP_BYTE_ARRAY6 *
+    v4AddrMask: FWP_V4_ADDR_AND_MASK | None = None  # FWP_V4_ADDR_AND_MASK *
+    v6AddrMask: FWP_V6_ADDR_AND_MASK | None = None  # FWP_V6_ADDR_AND_MASK *
+    rangeValue: FWP_RANGE0 | None = None  # FWP_RANGE0 *
+    # end of union
 
 
 @dataclass(repr=False)
@@ -292,8 +296,10 @@ class FWPM_ACTION0(WfpStruct):
     """fwpmtypes.h FWPM_ACTION0 (x64: 20 bytes)."""
 
     type: int = 0  # FWP_ACTION_TYPE
-    filterType: uuid.UUID = GUID_NULL  # GUID (union filterType/calloutKey)
-    calloutKey: uuid.UUID = GUID_NULL  # GUID (union filterType/calloutKey)
+    # anonymous union, flattened (2 members, one meant at a time)
+    filterType: uuid.UUID = GUID_NULL  # GUID
+    calloutKey: uuid.UUID = GUID_NULL  # GUID
+    # end of union
 
 
 @dataclass(repr=False)
@@ -324,8 +330,10 @@ class FWPM_FILTER0(WfpStruct):
     numFilterConditions: int = 0  # UINT32
     filterCondition: list[FWPM_FILTER_CONDITION0] = field(default_factory=list)
     action: FWPM_ACTION0 = field(default_factory=FWPM_ACTION0)  # FWPM_ACTION0
-    rawContext: int = 0  # UINT64 (union rawContext/providerContextKey)
-    providerContextKey: uuid.UUID = GUID_NULL  # GUID (union rawContext/providerContextKey)
+    # anonymous union, flattened (2 members, one meant at a time)
+    rawContext: int = 0  # UINT64
+    providerContextKey: uuid.UUID = GUID_NULL  # GUID
+    # end of union
     reserved: uuid.UUID | None = None  # GUID *
     filterId: int = 0  # UINT64
     effectiveWeight: FWP_VALUE0 = field(default_factory=FWP_VALUE0)  # FWP_VALUE0
@@ -336,13 +344,19 @@ class IPSEC_TRAFFIC0(WfpStruct):
     """ipsectypes.h IPSEC_TRAFFIC0 (x64: 56 bytes)."""
 
     ipVersion: int = 0  # FWP_IP_VERSION
-    localV4Address: int = 0  # UINT32 (union localV4Address/localV6Address)
-    localV6Address: bytes = bytes(16)  # UINT8[16] (union localV4Address/localV6Address)
-    remoteV4Address: int = 0  # UINT32 (union remoteV4Address/remoteV6Address)
-    remoteV6Address: bytes = bytes(16)  # UINT8[16] (union remoteV4Address/remoteV6Address)
+    # anonymous union, flattened (2 members, one meant at a time)
+    localV4Address: int = 0  # UINT32
+    localV6Address: bytes = bytes(16)  # UINT8[16]
+    # end of union
+    # anonymous union, flattened (2 members, one meant at a time)
+    remoteV4Address: int = 0  # UINT32
+    remoteV6Address: bytes = bytes(16)  # UINT8[16]
+    # end of union
     trafficType: int = 0  # IPSEC_TRAFFIC_TYPE
-    ipsecFilterId: int = 0  # UINT64 (union ipsecFilterId/tunnelPolicyId)
-    tunnelPolicyId: int = 0  # UINT64 (union ipsecFilterId/tunnelPolicyId)
+    # anonymous union, flattened (2 members, one meant at a time)
+    ipsecFilterId: int = 0  # UINT64
+    tunnelPolicyId: int = 0  # UINT64
+    # end of union
     remotePort: int = 0  # UINT16
 
 
@@ -351,13 +365,19 @@ class IPSEC_TRAFFIC1(WfpStruct):
     """ipsectypes.h IPSEC_TRAFFIC1 (x64: 72 bytes)."""
 
     ipVersion: int = 0  # FWP_IP_VERSION
-    localV4Address: int = 0  # UINT32 (union localV4Address/localV6Address)
-    localV6Address: bytes = bytes(16)  # UINT8[16] (union localV4Address/localV6Address)
-    remoteV4Address: int = 0  # UINT32 (union remoteV4Address/remoteV6Address)
-    remoteV6Address: bytes = bytes(16)  # UINT8[16] (union remoteV4Address/remoteV6Address)
+    # anonymous union, flattened (2 members, one meant at a time)
+    localV4Address: int = 0  # UINT32
+    localV6Address: bytes = bytes(16)  # UINT8[16]
+    # end of union
+    # anonymous union, flattened (2 members, one meant at a time)
+    remoteV4Address: int = 0  # UINT32
+    remoteV6Address: bytes = bytes(16)  # UINT8[16]
+    # end of union
     trafficType: int = 0  # IPSEC_TRAFFIC_TYPE
-    ipsecFilterId: int = 0  # UINT64 (union ipsecFilterId/tunnelPolicyId)
-    tunnelPolicyId: int = 0  # UINT64 (union ipsecFilterId/tunnelPolicyId)
+    # anonymous union, flattened (2 members, one meant at a time)
+    ipsecFilterId: int = 0  # UINT64
+    tunnelPolicyId: int = 0  # UINT64
+    # end of union
     remotePort: int = 0  # UINT16
     localPort: int = 0  # UINT16
     ipProtocol: int = 0  # UINT8
@@ -458,11 +478,13 @@ class IPSEC_SA0(WfpStruct):
 
     spi: int = 0  # IPSEC_SA_SPI
     saTransformType: int = 0  # IPSEC_TRANSFORM_TYPE
-    ahInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None
-    espAuthInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None
+    # anonymous union, flattened (5 members, one meant at a time)
+    ahInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None  # IPSEC_SA_AUTH_INFORMATION0 *
+    espAuthInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None  # IPSEC_SA_AUTH_INFORMATION0 *
     espCipherInformation: IPSEC_SA_CIPHER_INFORMATION0 | None = None
     espAuthAndCipherInformation: IPSEC_SA_AUTH_AND_CIPHER_INFORMATION0 | None = None
-    espAuthFwInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None
+    espAuthFwInformation: IPSEC_SA_AUTH_INFORMATION0 | None = None  # IPSEC_SA_AUTH_INFORMATION0 *
+    # end of union
 
 
 @dataclass(repr=False)
@@ -470,11 +492,13 @@ class IPSEC_SA_TRANSFORM0(WfpStruct):
     """ipsectypes.h IPSEC_SA_TRANSFORM0 (x64: 16 bytes)."""
 
     ipsecTransformType: int = 0  # IPSEC_TRANSFORM_TYPE
-    ahTransform: IPSEC_AUTH_TRANSFORM0 | None = None
-    espAuthTransform: IPSEC_AUTH_TRANSFORM0 | None = None
-    espCipherTransform: IPSEC_CIPHER_TRANSFORM0 | None = None
+    # anonymous union, flattened (5 members, one meant at a time)
+    ahTransform: IPSEC_AUTH_TRANSFORM0 | None = None  # IPSEC_AUTH_TRANSFORM0 *
+    espAuthTransform: IPSEC_AUTH_TRANSFORM0 | None = None  # IPSEC_AUTH_TRANSFORM0 *
+    espCipherTransform: IPSEC_CIPHER_TRANSFORM0 | None = None  # IPSEC_CIPHER_TRANSFORM0 *
     espAuthAndCipherTransform: IPSEC_AUTH_AND_CIPHER_TRANSFORM0 | None = None
-    espAuthFwTransform: IPSEC_AUTH_TRANSFORM0 | None = None
+    espAuthFwTransform: IPSEC_AUTH_TRANSFORM0 | None = None  # IPSEC_AUTH_TRANSFORM0 *
+    # end of union
 
 
 @dataclass(repr=False)
@@ -518,7 +542,9 @@ class IPSEC_SA_BUNDLE0(WfpStruct):
     saList: list[IPSEC_SA0] = field(default_factory=list)  # IPSEC_SA0 *
     keyModuleState: IPSEC_KEYMODULE_STATE0 | None = None  # IPSEC_KEYMODULE_STATE0 *
     ipVersion: int = 0  # FWP_IP_VERSION
+    # anonymous union, flattened (1 member)
     peerV4PrivateAddress: int = 0  # UINT32
+    # end of union
     mmSaId: int = 0  # UINT64
     pfsGroup: int = 0  # IPSEC_PFS_GROUP
 
@@ -542,7 +568,9 @@ class IPSEC_SA_BUNDLE1(WfpStruct):
     saList: list[IPSEC_SA0] = field(default_factory=list)  # IPSEC_SA0 *
     keyModuleState: IPSEC_KEYMODULE_STATE0 | None = None  # IPSEC_KEYMODULE_STATE0 *
     ipVersion: int = 0  # FWP_IP_VERSION
+    # anonymous union, flattened (1 member)
     peerV4PrivateAddress: int = 0  # UINT32
+    # end of union
     mmSaId: int = 0  # UINT64
     pfsGroup: int = 0  # IPSEC_PFS_GROUP
     saLookupContext: uuid.UUID = GUID_NULL  # GUID
@@ -591,7 +619,9 @@ class IPSEC_SA_DETAILS0(WfpStruct):
     saDirection: int = 0  # FWP_DIRECTION
     traffic: IPSEC_TRAFFIC0 = field(default_factory=IPSEC_TRAFFIC0)  # IPSEC_TRAFFIC0
     saBundle: IPSEC_SA_BUNDLE0 = field(default_factory=IPSEC_SA_BUNDLE0)  # IPSEC_SA_BUNDLE0
+    # anonymous union, flattened (1 member)
     udpEncapsulation: IPSEC_V4_UDP_ENCAPSULATION0 | None = None  # IPSEC_V4_UDP_ENCAPSULATION0 *
+    # end of union
     transportFilter: FWPM_FILTER0 | None = None  # FWPM_FILTER0 *
 
 
@@ -603,7 +633,9 @@ class IPSEC_SA_DETAILS1(WfpStruct):
     saDirection: int = 0  # FWP_DIRECTION
     traffic: IPSEC_TRAFFIC1 = field(default_factory=IPSEC_TRAFFIC1)  # IPSEC_TRAFFIC1
     saBundle: IPSEC_SA_BUNDLE1 = field(default_factory=IPSEC_SA_BUNDLE1)  # IPSEC_SA_BUNDLE1
+    # anonymous union, flattened (1 member)
     udpEncapsulation: IPSEC_V4_UDP_ENCAPSULATION0 | None = None  # IPSEC_V4_UDP_ENCAPSULATION0 *
+    # end of union
     transportFilter: FWPM_FILTER0 | None = None  # FWPM_FILTER0 *
     virtualIfTunnelInfo: IPSEC_VIRTUAL_IF_TUNNEL_INFO0 = field(
         default_factory=IPSEC_VIRTUAL_IF_TUNNEL_INFO0
@@ -634,7 +666,9 @@ class IPSEC_GETSPI0(WfpStruct):
 
     inboundIpsecTraffic: IPSEC_TRAFFIC0 = field(default_factory=IPSEC_TRAFFIC0)  # IPSEC_TRAFFIC0
     ipVersion: int = 0  # FWP_IP_VERSION
+    # anonymous union, flattened (1 member)
     inboundUdpEncapsulation: IPSEC_V4_UDP_ENCAPSULATION0 | None = None
+    # end of union
     rngCryptoModuleID: uuid.UUID | None = None  # IPSEC_CRYPTO_MODULE_ID *
 
 
@@ -644,7 +678,9 @@ class IPSEC_GETSPI1(WfpStruct):
 
     inboundIpsecTraffic: IPSEC_TRAFFIC1 = field(default_factory=IPSEC_TRAFFIC1)  # IPSEC_TRAFFIC1
     ipVersion: int = 0  # FWP_IP_VERSION
+    # anonymous union, flattened (1 member)
     inboundUdpEncapsulation: IPSEC_V4_UDP_ENCAPSULATION0 | None = None
+    # end of union
     rngCryptoModuleID: uuid.UUID | None = None  # IPSEC_CRYPTO_MODULE_ID *
 
 
