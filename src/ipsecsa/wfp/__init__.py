@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from . import constants, types
 from .constants import *
+from .engine import Engine
 from .types import *
 
-# --- engine (issue 11, lead): `from .engine import Engine` goes here --------------------------
-# --- end engine --------------------------------------------------------------------------------
-
-__all__ = ["constants", "types"]
+__all__ = ["Engine", "constants", "types"]
 __all__ += constants.__all__
 __all__ += types.__all__

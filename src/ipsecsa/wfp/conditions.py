@@ -188,9 +188,7 @@ def compile_conditions(conditions: Sequence[Any], layer: LayerInfo) -> Compiled:
         if name not in allowed or field is None:
             raise Fail(C.FWP_E_CONDITION_NOT_FOUND,
                        f"{name} is not supported at {layer.name}")
-        match = getattr(cond, "matchType", None)
-        if not _is_uint(match, 32):
-            raise Fail(C.FWP_E_INVALID_PARAMETER, "matchType must be an integer")
+        match = _need_uint(getattr(cond, "matchType", None), 32, "matchType")
         if match >= C.FWP_MATCH_TYPE_MAX:
             raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"matchType {match}")
         value = getattr(cond, "conditionValue", None)
@@ -213,8 +211,7 @@ def _compile_one(field: str, match: int, value: Any, version: int
         scalar_type, bits = (C.FWP_UINT8, 8) if field == "protocol" else (C.FWP_UINT16, 16)
         attr = "uint8" if bits == 8 else "uint16"
         if dtype == scalar_type:
-            v = getattr(value, attr, None)
-            _need_uint(v, bits, attr)
+            v = _need_uint(getattr(value, attr, None), bits, attr)
             _need_match(match, _SCALAR_MATCH)
             atoms = [(v, 0)] if match == C.FWP_MATCH_EQUAL else None
             return _scalar(match, v), atoms
@@ -227,30 +224,29 @@ def _compile_one(field: str, match: int, value: Any, version: int
     if field == "local_address_type":
         if dtype != C.FWP_UINT8:
             raise Fail(C.FWP_E_TYPE_MISMATCH, "IP_LOCAL_ADDRESS_TYPE takes FWP_UINT8")
-        v = getattr(value, "uint8", None)
-        _need_uint(v, 8, "uint8")
+        v = _need_uint(getattr(value, "uint8", None), 8, "uint8")
         _need_match(match, _EQ_NE)
         return _scalar(match, v), None
     if field == "interface":
         if dtype != C.FWP_UINT64:
             raise Fail(C.FWP_E_TYPE_MISMATCH, "IP_LOCAL_INTERFACE takes FWP_UINT64")
-        v = getattr(value, "uint64", None)
-        _need_uint(v, 64, "uint64")
+        v = _need_uint(getattr(value, "uint64", None), 64, "uint64")
         _need_match(match, _EQ_NE)
         return _scalar(match, v), None
     # FLAGS
     if dtype != C.FWP_UINT32:
         raise Fail(C.FWP_E_TYPE_MISMATCH, "FLAGS takes FWP_UINT32")
-    v = getattr(value, "uint32", None)
-    _need_uint(v, 32, "uint32")
+    v = _need_uint(getattr(value, "uint32", None), 32, "uint32")
     _need_match(match, _FLAGS_MATCH)
     return _flags(match, v), None
 
 
-def _need_uint(v: object, bits: int, name: str) -> None:
+def _need_uint(v: object, bits: int, name: str) -> int:
     if not _is_uint(v, bits):
         raise Fail(C.FWP_E_OUT_OF_BOUNDS if isinstance(v, int) else C.FWP_E_INVALID_PARAMETER,
                    f"{name} must be an unsigned {bits}-bit integer")
+    assert isinstance(v, int)
+    return v
 
 
 def _need_match(match: int, allowed: Iterable[int]) -> None:
@@ -293,8 +289,7 @@ def _address(match: int, value: Any, dtype: object, version: int
     mask_type = C.FWP_V4_ADDR_MASK if version == 4 else C.FWP_V6_ADDR_MASK
     if dtype == scalar_type:
         if version == 4:
-            v = getattr(value, "uint32", None)
-            _need_uint(v, 32, "uint32")
+            v = _need_uint(getattr(value, "uint32", None), 32, "uint32")
         else:
             v = _v6(getattr(value, "byteArray16", None))
         assert isinstance(v, int)

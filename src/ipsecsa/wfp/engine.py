@@ -391,7 +391,7 @@ class Engine:
 
     def FwpmFreeMemory0(self, p: Any) -> None:
         """B.6: memory returned by the engine is Python's to collect; accepting it is all."""
-        return None
+        return
 
     # ================================================================ C.7: filters
     @_api(1)
@@ -726,10 +726,10 @@ class Engine:
         role = ("inbound", out.ipsec_role[1] if out.ipsec_role else "transport")
         best = 0
         for rec in self._filters.by_id.values():
-            if rec.stored.layerKey == layer and rec.ipsec_role == role and \
-                    same_conditions(rec.stored.filterCondition, out.stored.filterCondition):
-                if not best or rec.id < best:
-                    best = rec.id
+            if rec.stored.layerKey == layer and rec.ipsec_role == role and (
+                    not best or rec.id < best) and same_conditions(
+                    rec.stored.filterCondition, out.stored.filterCondition):
+                best = rec.id
         return best
 
     @_api(2)
@@ -1321,11 +1321,10 @@ class Engine:
             if now >= ctx.linger_until:
                 self._delete_ctx(ctx)
                 return
-        elif ctx.state is not CtxState.EXPIRING:
-            if ctx.deadline is not None and now >= ctx.deadline:
-                self._expire(ctx, now)
-            elif ctx.idle_seconds and now >= ctx.last_used + ctx.idle_seconds:
-                self._expire(ctx, now)
+        elif ctx.state is not CtxState.EXPIRING and (
+                (ctx.deadline is not None and now >= ctx.deadline)
+                or (ctx.idle_seconds and now >= ctx.last_used + ctx.idle_seconds)):
+            self._expire(ctx, now)
         t = ctx.next_timer()
         if t is not None:
             self._set_due(t)

@@ -90,14 +90,11 @@ def _callout_info(name: str) -> CalloutInfo:
         layer = f"FWPM_LAYER_{direction.upper()}_TRANSPORT_{v}"
     elif rest.startswith("FORWARD_") or rest == "DOSP_FORWARD":
         layer = f"FWPM_LAYER_IPFORWARD_{v}"
-    elif rest in ("INBOUND_INITIATE_SECURE", "INBOUND_TUNNEL_ALE_ACCEPT"):
+    elif rest in ("INBOUND_INITIATE_SECURE", "INBOUND_TUNNEL_ALE_ACCEPT") or (
+            "ACCEPT" in name and "CONNECT" not in name):
         layer = f"FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_{v}"
-    elif rest == "ALE_CONNECT":
-        layer = f"FWPM_LAYER_ALE_AUTH_CONNECT_{v}"
     elif "CONNECT" in name:
         layer = f"FWPM_LAYER_ALE_AUTH_CONNECT_{v}"
-    elif "RECV_ACCEPT" in name or "ACCEPT" in name:
-        layer = f"FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_{v}"
     elif "TRANSPORT_LAYER" in name:
         layer = f"FWPM_LAYER_OUTBOUND_TRANSPORT_{v}"
     else:  # listen / resource-assignment callouts: layers filters cannot be added at here

@@ -40,12 +40,12 @@ _CIPHERS: dict[tuple[int, int], tuple[str, int, int]] = {
 }
 # (authType, authConfig) -> (canonical integrity algorithm or "gmac", key bytes, salt bytes).
 _AUTHS: dict[tuple[int, int], tuple[str, int, int]] = {
-    (C.IPSEC_AUTH_TYPE_MD5, C.IPSEC_AUTH_CONFIG_HMAC_MD5_96): ("hmac-md5-96", 16, 0),
-    (C.IPSEC_AUTH_TYPE_SHA_1, C.IPSEC_AUTH_CONFIG_HMAC_SHA_1_96): ("hmac-sha1-96", 20, 0),
-    (C.IPSEC_AUTH_TYPE_SHA_256, C.IPSEC_AUTH_CONFIG_HMAC_SHA_256_128): ("hmac-sha256-128", 32, 0),
-    (C.IPSEC_AUTH_TYPE_AES_128, C.IPSEC_AUTH_CONFIG_GCM_AES_128): ("gmac", 16, 4),
-    (C.IPSEC_AUTH_TYPE_AES_192, C.IPSEC_AUTH_CONFIG_GCM_AES_192): ("gmac", 24, 4),
-    (C.IPSEC_AUTH_TYPE_AES_256, C.IPSEC_AUTH_CONFIG_GCM_AES_256): ("gmac", 32, 4),
+    (C.IPSEC_AUTH_MD5, C.IPSEC_AUTH_CONFIG_HMAC_MD5_96): ("hmac-md5-96", 16, 0),
+    (C.IPSEC_AUTH_SHA_1, C.IPSEC_AUTH_CONFIG_HMAC_SHA_1_96): ("hmac-sha1-96", 20, 0),
+    (C.IPSEC_AUTH_SHA_256, C.IPSEC_AUTH_CONFIG_HMAC_SHA_256_128): ("hmac-sha256-128", 32, 0),
+    (C.IPSEC_AUTH_AES_128, C.IPSEC_AUTH_CONFIG_GCM_AES_128): ("gmac", 16, 4),
+    (C.IPSEC_AUTH_AES_192, C.IPSEC_AUTH_CONFIG_GCM_AES_192): ("gmac", 24, 4),
+    (C.IPSEC_AUTH_AES_256, C.IPSEC_AUTH_CONFIG_GCM_AES_256): ("gmac", 32, 4),
 }
 
 #: C.4's documented bundle flags; anything else is FWP_E_INVALID_FLAGS (F.11). SA_OFFLOADED and
@@ -110,7 +110,7 @@ def _auth(info: Any) -> tuple[str, bytes, int]:
         raise Fail(C.FWP_E_RESERVED, "authTransform.cryptoModuleId must be NULL")
     tid = t.authTransformId
     atype = _uint(getattr(tid, "authType", None), 32, "authType")
-    if atype >= C.IPSEC_AUTH_TYPE_MAX:
+    if atype >= C.IPSEC_AUTH_MAX:
         raise Fail(C.FWP_E_INVALID_ENUMERATOR, f"authType {atype}")
     spec = _AUTHS.get((atype, getattr(tid, "authConfig", None)))  # type: ignore[arg-type]
     if spec is None:

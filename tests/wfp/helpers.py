@@ -1,0 +1,161 @@
+"""Shared builders for the WFP tests: filters, traffic and bundles as a keying module makes them,
+and packets built with the packet layer's own helpers (no ipsecsa engine code involved)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+from ipsecsa import wfp
+
+A4, B4 = "192.0.2.1", "198.51.100.2"
+A6, B6 = "2001:db8::1", "2001:db8:1::2"
+
+
+def ip4(text: str) -> int:
+    """A host-order IPv4 address, as WFP's UINT32 fields take it (reference F.12)."""
+    return int(ipaddress.IPv4Address(text))
+
+
+def ip6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+def open_engine(bfe: wfp.Engine, identity: Any = None, session: Any = None) -> int:
+    status, h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, identity, session)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    return h
+
+
+def addr_conditions(local: str, remote: str) -> list[wfp.FWPM_FILTER_CONDITION0]:
+    if ":" in local:
+        return [
+            wfp.FWPM_FILTER_CONDITION0(
+                fieldKey=wfp.FWPM_CONDITION_IP_LOCAL_ADDRESS, matchType=wfp.FWP_MATCH_EQUAL,
+                conditionValue=wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_BYTE_ARRAY16_TYPE,
+                                                        byteArray16=ip6(local))),
+            wfp.FWPM_FILTER_CONDITION0(
+                fieldKey=wfp.FWPM_CONDITION_IP_REMOTE_ADDRESS, matchType=wfp.FWP_MATCH_EQUAL,
+                conditionValue=wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_BYTE_ARRAY16_TYPE,
+                                                        byteArray16=ip6(remote))),
+        ]
+    return [
+        wfp.FWPM_FILTER_CONDITION0(
+            fieldKey=wfp.FWPM_CONDITION_IP_LOCAL_ADDRESS, matchType=wfp.FWP_MATCH_EQUAL,
+            conditionValue=wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_UINT32, uint32=ip4(local))),
+        wfp.FWPM_FILTER_CONDITION0(
+            fieldKey=wfp.FWPM_CONDITION_IP_REMOTE_ADDRESS, matchType=wfp.FWP_MATCH_EQUAL,
+            conditionValue=wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_UINT32, uint32=ip4(remote))),
+    ]
+
+
+def ipsec_filter(direction: str, conditions: list[Any], v6: bool = False,
+                 tunnel: bool = False, name: str = "ipsecsa test", **kw: Any) -> wfp.FWPM_FILTER0:
+    v = "V6" if v6 else "V4"
+    kind = "TUNNEL" if tunnel else "TRANSPORT"
+    layer = getattr(wfp, f"FWPM_LAYER_{direction.upper()}_TRANSPORT_{v}")
+    callout = getattr(wfp, f"FWPM_CALLOUT_IPSEC_{direction.upper()}_{kind}_{v}")
+    return wfp.FWPM_FILTER0(
+        displayData=wfp.FWPM_DISPLAY_DATA0(name=name), layerKey=layer,
+        filterCondition=conditions,
+        action=wfp.FWPM_ACTION0(type=wfp.FWP_ACTION_CALLOUT_TERMINATING, calloutKey=callout),
+        **kw)
+
+
+def add_filter(bfe: wfp.Engine, h: int, flt: wfp.FWPM_FILTER0) -> int:
+    status, fid = bfe.FwpmFilterAdd0(h, flt, None)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    return fid
+
+
+def traffic(local: str, remote: str, filter_id: int, tunnel: bool = False,
+            **kw: Any) -> wfp.IPSEC_TRAFFIC1:
+    if ":" in local:
+        return wfp.IPSEC_TRAFFIC1(ipVersion=wfp.FWP_IP_VERSION_V6, localV6Address=ip6(local),
+                                  remoteV6Address=ip6(remote),
+                                  trafficType=wfp.IPSEC_TRAFFIC_TYPE_TUNNEL if tunnel
+                                  else wfp.IPSEC_TRAFFIC_TYPE_TRANSPORT,
+                                  ipsecFilterId=filter_id, **kw)
+    return wfp.IPSEC_TRAFFIC1(ipVersion=wfp.FWP_IP_VERSION_V4, localV4Address=ip4(local),
+                              remoteV4Address=ip4(remote),
+                              trafficType=wfp.IPSEC_TRAFFIC_TYPE_TUNNEL if tunnel
+                              else wfp.IPSEC_TRAFFIC_TYPE_TRANSPORT,
+                              ipsecFilterId=filter_id, **kw)
+
+
+def gcm_sa(spi: int, key: bytes) -> wfp.IPSEC_SA0:
+    """ESP AES-128-GCM (16-byte ICV): key blob = 16-byte key ‖ 4-byte salt (F.6)."""
+    blob = wfp.FWP_BYTE_BLOB(size=len(key), data=key)
+    info = wfp.IPSEC_SA_AUTH_AND_CIPHER_INFORMATION0(
+        saCipherInformation=wfp.IPSEC_SA_CIPHER_INFORMATION0(
+            cipherTransform=wfp.IPSEC_CIPHER_TRANSFORM0(
+                cipherTransformId=wfp.IPSEC_CIPHER_TRANSFORM_ID_GCM_AES_128),
+            cipherKey=blob),
+        saAuthInformation=wfp.IPSEC_SA_AUTH_INFORMATION0(
+            authTransform=wfp.IPSEC_AUTH_TRANSFORM0(
+                authTransformId=wfp.IPSEC_AUTH_TRANSFORM_ID_GCM_AES_128),
+            authKey=wfp.FWP_BYTE_BLOB()))
+    return wfp.IPSEC_SA0(spi=spi, saTransformType=wfp.IPSEC_TRANSFORM_ESP_AUTH_AND_CIPHER,
+                         espAuthAndCipherInformation=info)
+
+
+def cbc_sha1_sa(spi: int, ekey: bytes, akey: bytes, cipher: Any = None) -> wfp.IPSEC_SA0:
+    info = wfp.IPSEC_SA_AUTH_AND_CIPHER_INFORMATION0(
+        saCipherInformation=wfp.IPSEC_SA_CIPHER_INFORMATION0(
+            cipherTransform=wfp.IPSEC_CIPHER_TRANSFORM0(
+                cipherTransformId=cipher or wfp.IPSEC_CIPHER_TRANSFORM_ID_AES_128),
+            cipherKey=wfp.FWP_BYTE_BLOB(size=len(ekey), data=ekey)),
+        saAuthInformation=wfp.IPSEC_SA_AUTH_INFORMATION0(
+            authTransform=wfp.IPSEC_AUTH_TRANSFORM0(
+                authTransformId=wfp.IPSEC_AUTH_TRANSFORM_ID_HMAC_SHA_1_96),
+            authKey=wfp.FWP_BYTE_BLOB(size=len(akey), data=akey)))
+    return wfp.IPSEC_SA0(spi=spi, saTransformType=wfp.IPSEC_TRANSFORM_ESP_AUTH_AND_CIPHER,
+                         espAuthAndCipherInformation=info)
+
+
+def ah_sa(spi: int, akey: bytes, auth_id: Any = None) -> wfp.IPSEC_SA0:
+    return wfp.IPSEC_SA0(spi=spi, saTransformType=wfp.IPSEC_TRANSFORM_AH,
+                         ahInformation=wfp.IPSEC_SA_AUTH_INFORMATION0(
+                             authTransform=wfp.IPSEC_AUTH_TRANSFORM0(
+                                 authTransformId=auth_id
+                                 or wfp.IPSEC_AUTH_TRANSFORM_ID_HMAC_SHA_1_96),
+                             authKey=wfp.FWP_BYTE_BLOB(size=len(akey), data=akey)))
+
+
+def bundle(*sas: wfp.IPSEC_SA0, v6: bool = False, **kw: Any) -> wfp.IPSEC_SA_BUNDLE1:
+    return wfp.IPSEC_SA_BUNDLE1(saList=list(sas), ipVersion=wfp.FWP_IP_VERSION_V6 if v6
+                                else wfp.FWP_IP_VERSION_V4, **kw)
+
+
+def udp4(src: str, dst: str, payload: bytes, sport: int = 5000, dport: int = 6000,
+         ttl: int = 64) -> bytes:
+    """An IPv4/UDP packet with correct checksums (header checksum by hand, RFC 791/768)."""
+    udp_len = 8 + len(payload)
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    pseudo = s + d + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    csum = _csum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0x1234, 0, ttl, 17, 0, s, d)
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return hdr + udp
+
+
+def udp6(src: str, dst: str, payload: bytes, sport: int = 5000, dport: int = 6000) -> bytes:
+    udp_len = 8 + len(payload)
+    s, d = ip6(src), ip6(dst)
+    pseudo = s + d + struct.pack("!IxxxB", udp_len, 17)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    csum = _csum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    return struct.pack("!IHBB16s16s", 0x60000000, udp_len, 17, 64, s, d) + udp
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
