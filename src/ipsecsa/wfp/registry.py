@@ -22,17 +22,30 @@ def _data() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _guids(section: str) -> dict[uuid.UUID, str]:
-    return {uuid.UUID(v): k for k, v in _data()[section].items()}
+def _guids(section: str, prefer: frozenset[str] = frozenset()) -> dict[uuid.UUID, str]:
+    """GUID -> name. Some names are ``#define`` aliases of others (HDR: FWPM_CONDITION_ICMP_TYPE
+    is FWPM_CONDITION_IP_LOCAL_PORT, FWPM_CONDITION_INTERFACE_LUID is IP_LOCAL_INTERFACE, ...):
+    a GUID keeps the first name the data file gives it, or a name in ``prefer`` (the names the
+    layer tables use), so an alias never hides the name the rules are written against."""
+    out: dict[uuid.UUID, str] = {}
+    for name, text in _data()[section].items():
+        g = uuid.UUID(text)
+        if g not in out or (name in prefer and out[g] not in prefer):
+            out[g] = name
+    return out
 
 
+_LISTED_CONDITIONS = frozenset(n for names in _data()["layer_conditions"].values() for n in names)
 LAYERS: dict[uuid.UUID, str] = _guids("layers")
 SUBLAYERS: dict[uuid.UUID, str] = _guids("sublayers")
 CALLOUTS: dict[uuid.UUID, str] = _guids("callouts")
-CONDITIONS: dict[uuid.UUID, str] = _guids("conditions")
+CONDITIONS: dict[uuid.UUID, str] = _guids("conditions", _LISTED_CONDITIONS)
 PROVIDERS: dict[uuid.UUID, str] = _guids("providers")
-GUID_OF: dict[str, uuid.UUID] = {name: g for table in (LAYERS, SUBLAYERS, CALLOUTS, CONDITIONS,
-                                                        PROVIDERS) for g, name in table.items()}
+#: Every name, aliases included, to its GUID.
+GUID_OF: dict[str, uuid.UUID] = {name: uuid.UUID(text) for section in ("layers", "sublayers",
+                                                                         "callouts", "conditions",
+                                                                         "providers")
+                                 for name, text in _data()[section].items()}
 #: The 28 layers filters may be added at (F.21), each with the condition names it accepts.
 LAYER_CONDITIONS: dict[str, frozenset[str]] = {
     layer: frozenset(names) for layer, names in _data()["layer_conditions"].items()
