@@ -162,7 +162,7 @@ def test_create_checks_its_filter(eng: wfp.Engine) -> None:
     bad.remotePort = 70000
     assert eng.IPsecSaContextCreate1(h, bad, None)[0] == wfp.FWP_E_OUT_OF_BOUNDS
     # Nothing was created by any of these.
-    status, eh = eng.IPsecSaContextCreateEnumHandle0(h, None)
+    _status, eh = eng.IPsecSaContextCreateEnumHandle0(h, None)
     assert eng.IPsecSaContextEnum1(h, eh, 10)[2] == 0
 
 
@@ -536,7 +536,7 @@ def test_sa_enumeration_by_direction(eng: wfp.Engine) -> None:
                              (wfp.FWP_DIRECTION_OUTBOUND, 1)):
         tpl = None if direction is None else wfp.IPSEC_SA_ENUM_TEMPLATE0(saDirection=direction)
         status, eh = eng.IPsecSaCreateEnumHandle0(h, tpl)
-        status, entries, n = eng.IPsecSaEnum1(h, eh, 10)
+        status, _entries, n = eng.IPsecSaEnum1(h, eh, 10)
         assert (status, n) == (0, count)
         assert eng.IPsecSaEnum0(h, eh, 10)[2] == 0  # exhausted
         assert eng.IPsecSaDestroyEnumHandle0(h, eh) == 0

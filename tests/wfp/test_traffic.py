@@ -167,10 +167,10 @@ def test_nat_t_udp_encapsulation() -> None:
     assert wire[9] == 17
     sport, dport = struct.unpack_from("!HH", wire, 20)
     assert (sport, dport) == (4500, 4501)  # RFC 3948: UDP header, then ESP
-    spi, seq, payload = gcm_open(wire[28:], gcm.kb)
+    spi, _seq, payload = gcm_open(wire[28:], gcm.kb)
     assert (spi, payload) == (b.spi, p[20:])
     assert b.bfe.inbound(wire).packet == p
-    st, ctx = a.bfe.IPsecSaContextGetById1(a.h, a.ctx)
+    _st, ctx = a.bfe.IPsecSaContextGetById1(a.h, a.ctx)
     assert ctx.inboundSa.udpEncapsulation == wfp.IPSEC_V4_UDP_ENCAPSULATION0(
         localUdpEncapPort=4500, remoteUdpEncapPort=4501)
 
@@ -223,7 +223,7 @@ def test_clear_text_where_ipsec_is_demanded_is_dropped_and_unknown_traffic_passe
     assert b.bfe.inbound(udp4(A4, B4, b"clear")).drop is DropReason.CLEAR_TEXT
     stranger = udp4("203.0.113.5", B4, b"not covered")
     assert b.bfe.inbound(stranger).packet == stranger
-    status, stats = b.bfe.IPsecGetStatistics1(b.h)
+    _status, stats = b.bfe.IPsecGetStatistics1(b.h)
     assert stats.aggregateDropPacketStatistics.invalidClearTextInbound == 1
 
 
@@ -269,7 +269,7 @@ def test_concurrent_packets_on_one_sa_never_share_a_sequence_number() -> None:
     for t in threads:
         t.join()
     assert sorted(seen) == list(range(1, 1201))
-    _, st = a.bfe.IPsecSaContextGetById1(a.h, a.ctx)
+    _, _st = a.bfe.IPsecSaContextGetById1(a.h, a.ctx)
     _, stats = a.bfe.IPsecGetStatistics1(a.h)
     assert stats.outboundTrafficStatistics.totalSuccessfulPackets == 1200
 
