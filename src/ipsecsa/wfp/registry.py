@@ -93,7 +93,7 @@ class CalloutInfo:
 
 
 def _callout_info(name: str) -> CalloutInfo:
-    v = "V6" if name.endswith("_V6") else "V4"
+    v = "V6" if "_V6" in name else "V4"  # ..._V6 or ..._V6_SILENT_DROP
     ipsec = name.startswith("FWPM_CALLOUT_IPSEC_")
     rest = name.removeprefix("FWPM_CALLOUT_IPSEC_").removesuffix("_" + v)
     role = direction = ""
