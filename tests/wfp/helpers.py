@@ -159,3 +159,119 @@ def _csum(data: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
+
+
+# ---------------------------------------------------------------- filters and conditions (tests
+# of sessions, transactions, filters and access)
+ALL_ACTIONS = 0xFFFFFFFF  # FWPM_FILTER_ENUM_TEMPLATE0.actionMask: "ignore the action" (C.7.1)
+
+
+def cond(field: Any, match: Any, value: Any) -> wfp.FWPM_FILTER_CONDITION0:
+    return wfp.FWPM_FILTER_CONDITION0(fieldKey=field, matchType=match, conditionValue=value)
+
+
+def v_u8(v: int) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_UINT8, uint8=v)
+
+
+def v_u16(v: int) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_UINT16, uint16=v)
+
+
+def v_u32(v: int) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_UINT32, uint32=v)
+
+
+def v_ip4(text: str) -> wfp.FWP_CONDITION_VALUE0:
+    return v_u32(ip4(text))
+
+
+def v_ip6(text: str) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_BYTE_ARRAY16_TYPE, byteArray16=ip6(text))
+
+
+def v_mask4(addr: str, mask: int) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_V4_ADDR_MASK,
+                                    v4AddrMask=wfp.FWP_V4_ADDR_AND_MASK(addr=ip4(addr), mask=mask))
+
+
+def v_mask6(addr: str, plen: int) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(
+        type=wfp.FWP_V6_ADDR_MASK,
+        v6AddrMask=wfp.FWP_V6_ADDR_AND_MASK(addr=ip6(addr), prefixLength=plen))
+
+
+def v_range(low: wfp.FWP_VALUE0, high: wfp.FWP_VALUE0) -> wfp.FWP_CONDITION_VALUE0:
+    return wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_RANGE_TYPE,
+                                    rangeValue=wfp.FWP_RANGE0(valueLow=low, valueHigh=high))
+
+
+def val(kind: Any, **kw: Any) -> wfp.FWP_VALUE0:
+    """An FWP_VALUE0 (range bounds, weights): ``val(wfp.FWP_UINT16, uint16=80)``."""
+    return wfp.FWP_VALUE0(type=kind, **kw)
+
+
+def plain_filter(direction: str, action: Any, conditions: list[Any] | None = None,
+                 v6: bool = False, name: str = "ipsecsa test", **kw: Any) -> wfp.FWPM_FILTER0:
+    """A BLOCK or PERMIT filter at the inbound/outbound transport layer."""
+    layer = getattr(wfp, f"FWPM_LAYER_{direction.upper()}_TRANSPORT_{'V6' if v6 else 'V4'}")
+    return wfp.FWPM_FILTER0(displayData=wfp.FWPM_DISPLAY_DATA0(name=name), layerKey=layer,
+                            filterCondition=list(conditions or []),
+                            action=wfp.FWPM_ACTION0(type=action), **kw)
+
+
+def all_filters(bfe: wfp.Engine, h: int) -> list[wfp.FWPM_FILTER0]:
+    """Every filter, boot-time ones included, by id: the 'nothing changed' probe."""
+    tpl = wfp.FWPM_FILTER_ENUM_TEMPLATE0(flags=wfp.FWP_FILTER_ENUM_FLAG_INCLUDE_BOOTTIME,
+                                         actionMask=ALL_ACTIONS)
+    status, eh = bfe.FwpmFilterCreateEnumHandle0(h, tpl)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    status, entries, n = bfe.FwpmFilterEnum0(h, eh, 100000)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    assert n == len(entries)
+    assert bfe.FwpmFilterDestroyEnumHandle0(h, eh) == wfp.ERROR_SUCCESS
+    return sorted(entries, key=lambda f: f.filterId)
+
+
+def all_contexts(bfe: wfp.Engine, h: int) -> list[Any]:
+    status, eh = bfe.IPsecSaContextCreateEnumHandle0(h, None)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    status, entries, n = bfe.IPsecSaContextEnum1(h, eh, 100000)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    assert n == len(entries)
+    assert bfe.IPsecSaContextDestroyEnumHandle0(h, eh) == wfp.ERROR_SUCCESS
+    return entries
+
+
+def ipsec_pair(bfe: wfp.Engine, h: int, local: str = A4, remote: str = B4) -> tuple[int, int]:
+    """The manual-keying filter pair (C.1 step 1): (inbound filter id, outbound filter id)."""
+    fin = add_filter(bfe, h, ipsec_filter("inbound", addr_conditions(local, remote),
+                                          v6=":" in local))
+    fout = add_filter(bfe, h, ipsec_filter("outbound", addr_conditions(local, remote),
+                                           v6=":" in local))
+    return fin, fout
+
+
+def create_context(bfe: wfp.Engine, h: int, fout: int, local: str = A4,
+                   remote: str = B4) -> int:
+    status, _, ctx_id = bfe.IPsecSaContextCreate1(h, traffic(local, remote, fout), None)
+    assert status == wfp.ERROR_SUCCESS, hex(status)
+    return ctx_id
+
+
+def icmp4(src: str, dst: str, icmp_type: int, code: int, payload: bytes = b"ping") -> bytes:
+    """An IPv4/ICMP packet with correct checksums."""
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    body = struct.pack("!BBHHH", icmp_type, code, 0, 1, 1) + payload
+    body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0x4321, 0, 64, 1, 0, s, d)
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return hdr + body
+
+
+def ipv4_packet(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 packet of any protocol (header checksum by hand), e.g. GRE without ports."""
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x5678, 0, 64, protocol, 0,
+                      s, d)
+    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
