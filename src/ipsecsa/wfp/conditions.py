@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +182,8 @@ def compile_conditions(conditions: Sequence[Any], layer: LayerInfo) -> Compiled:
     for cond in conditions:
         if cond is None:
             raise Fail(C.FWP_E_NULL_POINTER, "filterCondition entry is NULL")
-        name = CONDITIONS.get(getattr(cond, "fieldKey", None))  # type: ignore[arg-type]
+        key = getattr(cond, "fieldKey", None)
+        name = CONDITIONS.get(key) if isinstance(key, uuid.UUID) else None
         if name is None:
             raise Fail(C.FWP_E_CONDITION_NOT_FOUND, "fieldKey is not a known condition")
         field = FIELD_OF.get(name)
@@ -216,8 +218,8 @@ def _compile_one(field: str, match: int, value: Any, version: int
             atoms = [(v, 0)] if match == C.FWP_MATCH_EQUAL else None
             return _scalar(match, v), atoms
         if dtype == C.FWP_RANGE_TYPE:
+            _need_match(match, {C.FWP_MATCH_RANGE})  # F.17: before the bounds are looked at
             lo, hi = _range(value, scalar_type, attr, bits)
-            _need_match(match, {C.FWP_MATCH_RANGE})
             atoms = [(v, 0) for v in range(lo, hi + 1)] if hi - lo < _MAX_ATOMS else None
             return (lambda x: lo <= x <= hi), atoms
         raise Fail(C.FWP_E_TYPE_MISMATCH, f"{field} does not take data type {dtype}")
@@ -326,8 +328,8 @@ def _address(match: int, value: Any, dtype: object, version: int
         return (lambda x: x & mask != net), None
     if dtype == C.FWP_RANGE_TYPE:
         attr = "uint32" if version == 4 else "byteArray16"
+        _need_match(match, {C.FWP_MATCH_RANGE})  # F.17: before the bounds are looked at
         lo, hi = _range(value, scalar_type, attr, width)
-        _need_match(match, {C.FWP_MATCH_RANGE})
         atoms = _prefixes(lo, hi, width)
         return (lambda x: lo <= x <= hi), (atoms if len(atoms) <= _MAX_ATOMS else None)
     raise Fail(C.FWP_E_TYPE_MISMATCH, f"address conditions at an IPv{version} layer do not take "

@@ -81,6 +81,12 @@ def _is_uint(value: object, bits: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
 
 
+def _known(table: dict[uuid.UUID, str], key: object) -> str | None:
+    """``table[key]``, or None for an unknown key or one that is not a GUID at all (a caller's
+    garbage must become a status, never a TypeError from hashing it)."""
+    return table.get(key) if isinstance(key, uuid.UUID) else None
+
+
 def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, CalloutInfo | None,
                                                                Compiled, str, list[Any]]:
     """F.21's checks after the filter pointer itself, in order; returns what the table needs:
@@ -103,16 +109,16 @@ def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, Ca
     if flags & C.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED and atype not in (
             C.FWP_ACTION_CALLOUT_TERMINATING, C.FWP_ACTION_CALLOUT_UNKNOWN):
         raise Fail(C.FWP_E_INVALID_FLAGS, "PERMIT_IF_CALLOUT_UNREGISTERED needs a callout action")
-    layer_name = LAYERS.get(flt.layerKey)
+    layer_name = _known(LAYERS, flt.layerKey)
     if layer_name is None:
         raise Fail(C.FWP_E_LAYER_NOT_FOUND, "layerKey")
     if layer_name not in LAYER_CONDITIONS:
         raise Fail(C.FWP_E_INCOMPATIBLE_LAYER, f"filters cannot be added at {layer_name} here")
     layer = layer_info(layer_name)
     sub = flt.subLayerKey
-    if sub is not None and sub != GUID_NULL and sub not in SUBLAYERS:
+    if sub is not None and sub != GUID_NULL and _known(SUBLAYERS, sub) is None:
         raise Fail(C.FWP_E_SUBLAYER_NOT_FOUND, "subLayerKey")
-    if flt.providerKey is not None and flt.providerKey not in PROVIDERS:
+    if flt.providerKey is not None and _known(PROVIDERS, flt.providerKey) is None:
         raise Fail(C.FWP_E_PROVIDER_NOT_FOUND, "providerKey")
     if flags & C.FWPM_FILTER_FLAG_HAS_PROVIDER_CONTEXT:
         raise Fail(C.FWP_E_PROVIDER_CONTEXT_NOT_FOUND,
@@ -126,12 +132,12 @@ def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, Ca
         raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
     conds = list(flt.filterCondition or [])[:n]
     compiled = compile_conditions(conds, layer)
-    if atype not in _FILTER_ACTIONS:
-        raise Fail(C.FWP_E_INVALID_ACTION_TYPE, f"action type 0x{atype!r}")
+    if not isinstance(atype, int) or atype not in _FILTER_ACTIONS:
+        raise Fail(C.FWP_E_INVALID_ACTION_TYPE, f"action type {atype!r}")
     callout = None
     if atype & C.FWP_ACTION_FLAG_CALLOUT:
         key = getattr(action, "calloutKey", None)
-        if key not in CALLOUTS:
+        if not isinstance(key, uuid.UUID) or _known(CALLOUTS, key) is None:
             raise Fail(C.FWP_E_CALLOUT_NOT_FOUND, "calloutKey")
         callout = CALLOUT_INFO[key]
         if callout.layer != layer_name:
