@@ -1208,3 +1208,71 @@ def test_get_returns_a_fresh_copy_each_time(bfe, h):
     assert a == b and a is not b
     assert a.filterCondition is not b.filterCondition
     assert isinstance(a, wfp.FWPM_FILTER0)
+
+
+# =================================================================== garbage never raises
+@pytest.mark.parametrize("change,status", [
+    (lambda f: setattr(f, "layerKey", []), wfp.FWP_E_LAYER_NOT_FOUND),
+    (lambda f: setattr(f, "layerKey", str(wfp.FWPM_LAYER_OUTBOUND_TRANSPORT_V4)),
+     wfp.FWP_E_LAYER_NOT_FOUND),  # GUIDs are uuid.UUID (contract), never their text
+    (lambda f: setattr(f, "subLayerKey", {}), wfp.FWP_E_SUBLAYER_NOT_FOUND),
+    (lambda f: setattr(f, "providerKey", []), wfp.FWP_E_PROVIDER_NOT_FOUND),
+    (lambda f: setattr(f.action, "type", []), wfp.FWP_E_INVALID_ACTION_TYPE),
+    (lambda f: setattr(f.action, "type", "0x1001"), wfp.FWP_E_INVALID_ACTION_TYPE),
+    (lambda f: setattr(f.action, "calloutKey", []), wfp.FWP_E_CALLOUT_NOT_FOUND),
+    (lambda f: setattr(f.filterCondition[0], "fieldKey", []), wfp.FWP_E_CONDITION_NOT_FOUND),
+    (lambda f: setattr(f.filterCondition[0], "fieldKey", str(REMOTE)),
+     wfp.FWP_E_CONDITION_NOT_FOUND),
+])
+def test_unhashable_or_wrongly_typed_guids_are_statuses(bfe, h, change, status):
+    flt = good()
+    change(flt)
+    assert bfe.FwpmFilterAdd0(h, flt, None) == (status, None)
+    assert all_filters(bfe, h) == []
+
+
+@pytest.mark.parametrize("conds", [
+    # F.17: the match type is checked before the range's bounds
+    [cond(RPORT, EQ, v_range(val(wfp.FWP_UINT16, uint16=9), val(wfp.FWP_UINT16, uint16=8)))],
+    [cond(RPORT, EQ, v_range(val(wfp.FWP_UINT16, uint16=1), val(wfp.FWP_UINT32, uint32=8)))],
+    [cond(PROTO, wfp.FWP_MATCH_LESS, v_range(val(wfp.FWP_UINT8, uint8=9),
+                                             val(wfp.FWP_UINT8, uint8=8)))],
+    [cond(REMOTE, NE, v_range(val(wfp.FWP_UINT32, uint32=9), val(wfp.FWP_UINT32, uint32=8)))],
+    [cond(REMOTE, NE, v_range(val(wfp.FWP_UINT32, uint32=1), val(wfp.FWP_UINT16, uint16=8)))],
+])
+def test_range_match_type_is_checked_before_its_bounds(bfe, h, conds):
+    assert _try_conditions(bfe, h, conds) == (wfp.FWP_E_MATCH_TYPE_MISMATCH, None)
+
+
+_ENGINE_RAISES = "engine bug: raises {} instead of returning a status (contract: never raises)"
+
+
+@pytest.mark.parametrize("call,status", [
+    pytest.param(lambda b, h: b.FwpmFilterGetByKey0(h, [])[0], wfp.FWP_E_INVALID_PARAMETER,
+                 marks=pytest.mark.xfail(strict=True, raises=TypeError,
+                                         reason=_ENGINE_RAISES.format("TypeError")),
+                 id="GetByKey-list"),
+    pytest.param(lambda b, h: b.FwpmFilterCreateEnumHandle0(h, "garbage")[0],
+                 wfp.FWP_E_INVALID_PARAMETER,
+                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
+                                         reason=_ENGINE_RAISES.format("AttributeError")),
+                 id="CreateEnumHandle-str"),
+    pytest.param(lambda b, h: b.FwpmFilterCreateEnumHandle0(h, tpl(layerKey=[]))[0],
+                 wfp.FWP_E_LAYER_NOT_FOUND,
+                 marks=pytest.mark.xfail(strict=True, raises=TypeError,
+                                         reason=_ENGINE_RAISES.format("TypeError")),
+                 id="CreateEnumHandle-layerKey-list"),
+    pytest.param(lambda b, h: b.FwpmFilterCreateEnumHandle0(h, tpl(filterCondition="ab"))[0],
+                 wfp.FWP_E_INVALID_PARAMETER,
+                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
+                                         reason=_ENGINE_RAISES.format("AttributeError")),
+                 id="CreateEnumHandle-conditions-str"),
+    pytest.param(lambda b, h: b.FwpmFilterSubscribeChanges0(h, "garbage", lambda c, ch: None,
+                                                            None)[0],
+                 wfp.FWP_E_INVALID_PARAMETER,
+                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
+                                         reason=_ENGINE_RAISES.format("AttributeError")),
+                 id="SubscribeChanges-str"),
+])
+def test_enum_and_subscribe_garbage_is_a_status(bfe, h, call, status):
+    assert call(bfe, h) == status

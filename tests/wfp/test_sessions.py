@@ -388,3 +388,19 @@ def test_free_memory_accepts_what_the_engine_returns(bfe):
     # and still answers (void) on a stopped engine
     bfe.close()
     assert bfe.FwpmFreeMemory0(flt) is None
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: FwpmEngineClose0 ends a dynamic session "
+                   "without the transaction lock, so another session's open transaction that "
+                   "deleted one of its filters puts the filter back on abort, after the session "
+                   "is gone (B.1/B.7: dynamic objects die with the session)")
+def test_dynamic_filter_is_not_resurrected_by_another_sessions_abort(bfe):
+    static = open_engine(bfe)
+    dyn = open_engine(bfe, session=session(flags=DYN))
+    fid = add_filter(bfe, dyn, plain_filter("outbound", wfp.FWP_ACTION_BLOCK))
+    assert bfe.FwpmTransactionBegin0(static, 0) == OK
+    assert bfe.FwpmFilterDeleteById0(static, fid) == OK
+    assert bfe.FwpmEngineClose0(dyn) == OK
+    assert bfe.FwpmTransactionAbort0(static) == OK
+    assert all_filters(bfe, static) == []
+    assert bfe.outbound(udp4(A4, B4, b"x")).drop is None
