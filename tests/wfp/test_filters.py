@@ -1276,3 +1276,157 @@ _ENGINE_RAISES = "engine bug: raises {} instead of returning a status (contract:
 ])
 def test_enum_and_subscribe_garbage_is_a_status(bfe, h, call, status):
     assert call(bfe, h) == status
+
+
+# =================================================================== a reference evaluator
+_OPS = {
+    wfp.FWP_MATCH_EQUAL: lambda x, v: x == v, wfp.FWP_MATCH_NOT_EQUAL: lambda x, v: x != v,
+    wfp.FWP_MATCH_GREATER: lambda x, v: x > v, wfp.FWP_MATCH_LESS: lambda x, v: x < v,
+    wfp.FWP_MATCH_GREATER_OR_EQUAL: lambda x, v: x >= v,
+    wfp.FWP_MATCH_LESS_OR_EQUAL: lambda x, v: x <= v,
+}
+
+
+def _random_condition(rnd: Any, v6: bool) -> tuple[Any, Any]:
+    """(WFP condition, reference predicate on the packet's (local, remote, proto, lport, rport,
+    flags) tuple) for one random condition of F.17's table."""
+    import ipaddress
+
+    width = 128 if v6 else 32
+    pools = ([int(ipaddress.IPv6Address(a)) for a in ("2001:db8::", "2001:db8:1::", "fe80::")]
+             if v6 else [0xC0000200, 0xC6336400, 0x7F000000, 0x0A000000])
+    kind = rnd.choice(["local", "remote", "proto", "lport", "rport", "flags"])
+    idx = {"local": 0, "remote": 1, "proto": 2, "lport": 3, "rport": 4, "flags": 5}[kind]
+    field = {"local": LOCAL, "remote": REMOTE, "proto": PROTO, "lport": LPORT, "rport": RPORT,
+             "flags": wfp.FWPM_CONDITION_FLAGS}[kind]
+    if kind == "flags":
+        match = rnd.choice([wfp.FWP_MATCH_FLAGS_ALL_SET, wfp.FWP_MATCH_FLAGS_ANY_SET,
+                            wfp.FWP_MATCH_FLAGS_NONE_SET])
+        bits = wfp.FWP_CONDITION_FLAG_IS_LOOPBACK
+        pred = {wfp.FWP_MATCH_FLAGS_ALL_SET: lambda x: x & bits == bits,
+                wfp.FWP_MATCH_FLAGS_ANY_SET: lambda x: bool(x & bits),
+                wfp.FWP_MATCH_FLAGS_NONE_SET: lambda x: not x & bits}[match]
+        return cond(field, match, v_u32(bits)), lambda p: pred(p[idx])
+    if kind in ("local", "remote"):
+        base = rnd.choice(pools) | rnd.randrange(16)
+        shape = rnd.choice(["scalar", "mask", "range"])
+        if shape == "scalar":
+            match = rnd.choice(list(_OPS))
+            value = (wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_BYTE_ARRAY16_TYPE,
+                                              byteArray16=base.to_bytes(16, "big"))
+                     if v6 else v_u32(base))
+            op = _OPS[match]
+            return cond(field, match, value), lambda p: op(p[idx], base)
+        if shape == "mask":
+            plen = rnd.choice([0, 1, 8, 24, 28, width])
+            mask = ((1 << width) - 1) ^ ((1 << (width - plen)) - 1)
+            match = rnd.choice([EQ, NE])
+            if v6:
+                value = wfp.FWP_CONDITION_VALUE0(
+                    type=wfp.FWP_V6_ADDR_MASK, v6AddrMask=wfp.FWP_V6_ADDR_AND_MASK(
+                        addr=base.to_bytes(16, "big"), prefixLength=plen))
+            else:
+                value = wfp.FWP_CONDITION_VALUE0(type=wfp.FWP_V4_ADDR_MASK,
+                                                 v4AddrMask=wfp.FWP_V4_ADDR_AND_MASK(
+                                                     addr=base, mask=mask))
+            net = base & mask
+            if match == EQ:
+                return cond(field, match, value), lambda p: p[idx] & mask == net
+            return cond(field, match, value), lambda p: p[idx] & mask != net
+        hi = base + rnd.randrange(0, 1 << rnd.choice([2, 8, 20]))
+        hi = min(hi, (1 << width) - 1)
+        if v6:
+            low = val(wfp.FWP_BYTE_ARRAY16_TYPE, byteArray16=base.to_bytes(16, "big"))
+            high = val(wfp.FWP_BYTE_ARRAY16_TYPE, byteArray16=hi.to_bytes(16, "big"))
+        else:
+            low, high = val(wfp.FWP_UINT32, uint32=base), val(wfp.FWP_UINT32, uint32=hi)
+        return (cond(field, wfp.FWP_MATCH_RANGE, v_range(low, high)),
+                lambda p: base <= p[idx] <= hi)
+    bits, t, attr = (8, wfp.FWP_UINT8, "uint8") if kind == "proto" else \
+        (16, wfp.FWP_UINT16, "uint16")
+    pool = [1, 17, 47, 58] if kind == "proto" else [0, 3, 8, 500, 5000, 6000, 65535]
+    v = rnd.choice(pool) + rnd.choice([0, 0, 1, -1])
+    v = max(0, min(v, (1 << bits) - 1))
+    if rnd.random() < 0.3:
+        hi = min(v + rnd.randrange(0, 2000), (1 << bits) - 1)
+        value = v_range(val(t, **{attr: v}), val(t, **{attr: hi}))
+
+        def in_range(p: Any, lo: int = v, hi: int = hi) -> bool:
+            return p[idx] is not None and lo <= p[idx] <= hi
+        return cond(field, wfp.FWP_MATCH_RANGE, value), in_range
+    match = rnd.choice(list(_OPS))
+    op = _OPS[match]
+    value = wfp.FWP_CONDITION_VALUE0(type=t, **{attr: v})
+    return cond(field, match, value), lambda p: p[idx] is not None and op(p[idx], v)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_random_filters_against_a_reference_evaluator(bfe, h, v6, direction):
+    """Random filters of every F.17 shape against random UDP, ICMP and port-less packets: the
+    verdict equals F.17 (same field ORed, fields ANDed) and F.20 (weight, then id) evaluated
+    here from scratch."""
+    import ipaddress
+    import random
+
+    from .helpers import ipv4_packet
+
+    rnd = random.Random(2011 + v6 * 2 + (direction == "inbound"))
+    rules = []
+    for _ in range(70):
+        parts = [_random_condition(rnd, v6) for _ in range(rnd.choice([0, 1, 1, 2, 2, 3]))]
+        action = rnd.choice([BLOCK, PERMIT])
+        weight = rnd.randrange(0, 12)
+        fid = add_filter(bfe, h, plain_filter(direction, action, [c for c, _ in parts], v6=v6,
+                                              weight=val(wfp.FWP_UINT64, uint64=weight)))
+        by_field: dict[Any, list[Any]] = {}
+        for c, pred in parts:
+            by_field.setdefault(c.fieldKey, []).append(pred)
+        rules.append((-weight, fid, action, list(by_field.values())))
+    rules.sort(key=lambda r: (r[0], r[1]))
+
+    def expected(view: tuple[Any, ...]) -> Any:
+        for _, _, action, fields in rules:
+            if all(any(pred(view) for pred in preds) for preds in fields):
+                return DropReason.BLOCKED if action == BLOCK else None
+        return None
+
+    addrs = (["2001:db8::1", "2001:db8::5", "2001:db8:1::3", "fe80::9", "::1", "2001:db8::f"]
+             if v6 else ["192.0.2.1", "192.0.2.9", "198.51.100.2", "198.51.100.200", "127.0.0.1",
+                         "10.0.0.3", "192.0.2.17"])
+    for _ in range(250):
+        here, there = rnd.choice(addrs), rnd.choice(addrs)
+        src, dst = (here, there) if direction == "outbound" else (there, here)
+        kind = rnd.choice(["udp", "udp", "icmp", "other"]) if not v6 else "udp"
+        sport, dport = rnd.choice([0, 3, 8, 500, 4999, 5000, 6000, 65535]), \
+            rnd.choice([0, 3, 8, 499, 500, 6000, 6001])
+        if kind == "udp":
+            pkt = (udp6 if v6 else udp4)(src, dst, b"x", sport=sport, dport=dport)
+            proto = 17
+            lport, rport = (sport, dport) if direction == "outbound" else (dport, sport)
+        elif kind == "icmp":
+            icmp_type, code = rnd.choice([0, 3, 8]), rnd.choice([0, 1, 3])
+            pkt, proto, lport, rport = icmp4(src, dst, icmp_type, code), 1, icmp_type, code
+        else:
+            pkt, proto, lport, rport = ipv4_packet(src, dst, 47, b"\0\0\x08\0"), 47, None, None
+        loop = any(ipaddress.ip_address(a).is_loopback for a in (src, dst))
+        view = (int(ipaddress.ip_address(here)), int(ipaddress.ip_address(there)), proto,
+                lport, rport, wfp.FWP_CONDITION_FLAG_IS_LOOPBACK if loop else 0)
+        got = (bfe.outbound(pkt) if direction == "outbound" else bfe.inbound(pkt)).drop
+        assert got == expected(view), (kind, src, dst, sport, dport)
+
+
+def test_create_reports_the_cached_inbound_filter(bfe, h):
+    """F.16: the lowest-id live inbound IPsec filter with the same set of conditions."""
+    conds = addr_conditions(A4, B4)
+    add_filter(bfe, h, plain_filter("inbound", PERMIT, conds))  # not an IPsec filter
+    add_filter(bfe, h, ipsec_filter("inbound", conds[:1]))  # a subset
+    first = add_filter(bfe, h, ipsec_filter("inbound", list(reversed(conds))))  # order ignored
+    add_filter(bfe, h, ipsec_filter("inbound", conds))
+    fout = add_filter(bfe, h, ipsec_filter("outbound", conds))
+    st, cached, ctx = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    assert (st, cached) == (OK, first)
+    assert bfe.IPsecSaContextDeleteById0(h, ctx) == OK
+    assert bfe.FwpmFilterDeleteById0(h, first) == OK
+    st, cached, _ = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    assert (st, cached) == (OK, first + 1)
