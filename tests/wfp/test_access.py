@@ -422,3 +422,23 @@ def test_password_never_shown(bfe, owner, caplog):
     assert caplog.records  # the denials were logged ...
     assert all(SECRET not in r.getMessage() for r in caplog.records)  # ... without the secret
     assert ident.Password == SECRET  # and the caller's structure is intact
+
+
+def test_open_checks_access_before_its_arguments(bfe, owner):
+    bfe.revoke("Everyone", wfp.FWPM_ACTRL_OPEN, "engine")
+    assert bfe.FwpmEngineOpen0("remote", 12345, alice_identity(), "garbage") == (DENIED, None)
+    bfe.grant(ALICE, wfp.FWPM_ACTRL_OPEN, "engine")
+    assert bfe.FwpmEngineOpen0("remote", wfp.RPC_C_AUTHN_WINNT, alice_identity(), None) == \
+        (wfp.FWP_E_INVALID_PARAMETER, None)
+    assert bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, alice_identity(), None)[0] == OK
+
+
+def test_everyone_entries_on_a_container(bfe, owner, world):
+    h = open_engine(bfe, alice_identity())
+    bob = open_engine(bfe, wfp.SEC_WINNT_AUTH_IDENTITY_W(User="bob"))
+    bfe.grant("Everyone", wfp.FWPM_ACTRL_READ, "filters")
+    for s in (h, bob):
+        assert bfe.FwpmFilterGetById0(s, world["block"])[0] == OK
+        assert bfe.IPsecSaContextGetById1(s, world["ctx"]) == (DENIED, None)
+    bfe.revoke("Everyone", wfp.FWPM_ACTRL_READ, "filters")
+    assert bfe.FwpmFilterGetById0(bob, world["block"]) == (DENIED, None)

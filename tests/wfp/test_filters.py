@@ -1430,3 +1430,49 @@ def test_create_reports_the_cached_inbound_filter(bfe, h):
     assert bfe.FwpmFilterDeleteById0(h, first) == OK
     st, cached, _ = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
     assert (st, cached) == (OK, first + 1)
+
+
+def test_unsubscribe_waits_for_a_running_callback(bfe, h):
+    import time
+
+    started, finished = threading.Event(), threading.Event()
+
+    def slow(context: Any, change: Any) -> None:
+        started.set()
+        time.sleep(0.3)
+        finished.set()
+
+    st, ch = bfe.FwpmFilterSubscribeChanges0(h, wfp.FWPM_FILTER_SUBSCRIPTION0(), slow, None)
+    assert st == OK
+    add_filter(bfe, h, good())
+    assert started.wait(5)
+    assert bfe.FwpmFilterUnsubscribeChanges0(h, ch) == OK
+    assert finished.is_set()  # C.3: Unsubscribe blocks until the running callback returns
+
+
+def test_more_enum_template_and_paging_arguments(bfe, h):
+    fid = add_filter(bfe, h, good())
+    # INCLUDE_DISABLED is a documented bit (no filter is ever disabled here)
+    assert _enum(bfe, h, tpl(flags=wfp.FWP_FILTER_ENUM_FLAG_INCLUDE_DISABLED)) == [fid]
+    bad_count = tpl(filterCondition=[cond(REMOTE, EQ, v_ip4(B4))], numFilterConditions=2)
+    assert bfe.FwpmFilterCreateEnumHandle0(h, bad_count) == (wfp.FWP_E_INVALID_PARAMETER, None)
+    st, eh = bfe.FwpmFilterCreateEnumHandle0(h, None)
+    assert st == OK
+    assert bfe.FwpmFilterEnum0(h, eh, -1) == (wfp.FWP_E_OUT_OF_BOUNDS, None, None)
+    assert bfe.FwpmFilterEnum0(h, eh, 1 << 32) == (wfp.FWP_E_OUT_OF_BOUNDS, None, None)
+    assert bfe.FwpmFilterEnum0(h, eh, None) == (wfp.FWP_E_INVALID_PARAMETER, None, None)
+    # the failed calls did not move the position
+    st, entries, n = bfe.FwpmFilterEnum0(h, eh, 0xFFFFFFFF)
+    assert (st, n) == (OK, 1) and entries[0].filterId == fid
+
+
+def test_traffic_does_not_wait_for_the_transaction_lock(bfe, h):
+    import time
+
+    add_filter(bfe, h, plain_filter("outbound", BLOCK, [cond(RPORT, EQ, v_u16(23))]))
+    assert bfe.FwpmTransactionBegin0(h, 0) == OK
+    t0 = time.monotonic()
+    assert sent(bfe, dport=23) == DropReason.BLOCKED
+    assert sent(bfe, dport=24) is None
+    assert time.monotonic() - t0 < 0.5
+    assert bfe.FwpmTransactionCommit0(h) == OK
