@@ -416,3 +416,43 @@ def test_other_session_with_a_short_wait_is_not_blocked_by_an_old_transaction(bf
     assert time.monotonic() - t0 < 0.5
     assert bfe.FwpmTransactionCommit0(b) == OK
     assert bfe.FwpmTransactionCommit0(h) == wfp.FWP_E_TXN_ABORTED
+
+
+# =================================================================== many threads
+def test_concurrent_sessions_and_transactions(bfe, h):
+    """Four sessions add filters from four threads, half of them in explicit transactions
+    of five adds, while packets flow: every id is unique, a transaction's ids are contiguous
+    (it holds the lock throughout), and every filter is there at the end."""
+    results: dict[int, list[list[int]]] = {}
+    errors: list[Any] = []
+
+    def worker(n: int) -> None:
+        s = open_engine(bfe, session=session(10_000))
+        groups = []
+        try:
+            for i in range(6):
+                if i % 2:
+                    assert bfe.FwpmTransactionBegin0(s, 0) == OK
+                    ids = [add_filter(bfe, s, plain_filter("inbound", PERMIT)) for _ in range(5)]
+                    assert bfe.FwpmTransactionCommit0(s) == OK
+                else:
+                    ids = [add_filter(bfe, s, plain_filter("inbound", PERMIT))]
+                groups.append(ids)
+                bfe.outbound(udp4(A4, B4, b"x"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        results[n] = groups
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    every = [fid for groups in results.values() for ids in groups for fid in ids]
+    assert len(every) == len(set(every)) == 4 * (3 * 5 + 3)
+    assert sorted(every) == list(range(0x10000, 0x10000 + len(every)))
+    for groups in results.values():
+        for ids in groups:
+            assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert [f.filterId for f in all_filters(bfe, h)] == sorted(every)
