@@ -404,3 +404,32 @@ def test_dynamic_filter_is_not_resurrected_by_another_sessions_abort(bfe):
     assert bfe.FwpmTransactionAbort0(static) == OK
     assert all_filters(bfe, static) == []
     assert bfe.outbound(udp4(A4, B4, b"x")).drop is None
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: FwpmEngineClose0 cancels the session's "
+                   "subscriptions while holding the engine's state lock, so a running callback "
+                   "that calls the engine (here FwpmFilterGetById0) deadlocks with it (C.3: "
+                   "unsubscribing waits for the callback; hold no lock the callback needs)")
+def test_close_while_a_callback_calls_the_engine():
+    import time
+
+    bfe = wfp.Engine()  # not closed on failure: a deadlocked engine cannot be
+    s, other = open_engine(bfe), open_engine(bfe)
+    in_callback = threading.Event()
+    result: dict[str, Any] = {}
+
+    def callback(context: Any, change: Any) -> None:
+        in_callback.set()
+        time.sleep(0.2)  # FwpmEngineClose0 starts meanwhile
+        result["get"] = bfe.FwpmFilterGetById0(other, change.filterId)[0]
+
+    assert bfe.FwpmFilterSubscribeChanges0(s, wfp.FWPM_FILTER_SUBSCRIPTION0(), callback,
+                                           None)[0] == OK
+    add_filter(bfe, other, plain_filter("outbound", wfp.FWP_ACTION_BLOCK))
+    assert in_callback.wait(5)
+    closer = threading.Thread(target=lambda: result.setdefault("close", bfe.FwpmEngineClose0(s)),
+                              daemon=True)
+    closer.start()
+    closer.join(1.5)
+    assert result == {"get": OK, "close": OK}
+    bfe.close()
