@@ -275,3 +275,12 @@ def ipv4_packet(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x5678, 0, 64, protocol, 0,
                       s, d)
     return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+
+
+def icmp6(src: str, dst: str, icmp_type: int, code: int, payload: bytes = b"ping") -> bytes:
+    """An IPv6/ICMPv6 packet with its pseudo-header checksum (RFC 4443)."""
+    s, d = ip6(src), ip6(dst)
+    body = struct.pack("!BBHHH", icmp_type, code, 0, 1, 1) + payload
+    pseudo = s + d + struct.pack("!IxxxB", len(body), 58)
+    body = body[:2] + struct.pack("!H", _csum(pseudo + body)) + body[4:]
+    return struct.pack("!IHBB16s16s", 0x60000000, len(body), 58, 64, s, d) + body

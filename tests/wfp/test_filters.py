@@ -1476,3 +1476,24 @@ def test_traffic_does_not_wait_for_the_transaction_lock(bfe, h):
     assert sent(bfe, dport=24) is None
     assert time.monotonic() - t0 < 0.5
     assert bfe.FwpmTransactionCommit0(h) == OK
+
+
+def test_icmpv6_type_and_code_are_ports(bfe, h):
+    from .helpers import icmp6
+
+    a6, b6 = "2001:db8::1", "2001:db8:1::2"
+    add_filter(bfe, h, plain_filter("outbound", BLOCK, [
+        cond(wfp.FWPM_CONDITION_ICMP_TYPE, EQ, v_u16(128)),  # echo request
+        cond(wfp.FWPM_CONDITION_ICMP_CODE, EQ, v_u16(0))], v6=True))
+    add_filter(bfe, h, plain_filter("inbound", BLOCK, [
+        cond(PROTO, EQ, v_u8(58)), cond(LPORT, EQ, v_u16(1)),
+        cond(RPORT, wfp.FWP_MATCH_RANGE, v_range(val(wfp.FWP_UINT16, uint16=3),
+                                                 val(wfp.FWP_UINT16, uint16=4)))], v6=True))
+    assert bfe.outbound(icmp6(a6, b6, 128, 0)).drop == DropReason.BLOCKED
+    assert bfe.outbound(icmp6(a6, b6, 129, 0)).drop is None
+    assert bfe.outbound(icmp6(a6, b6, 128, 1)).drop is None
+    assert bfe.inbound(icmp6(b6, a6, 1, 4)).drop == DropReason.BLOCKED
+    assert bfe.inbound(icmp6(b6, a6, 1, 2)).drop is None
+    assert bfe.inbound(icmp6(b6, a6, 2, 3)).drop is None
+    # ICMP_TYPE/CODE *are* the port conditions (HDR aliases): UDP ports 128/0 match as well
+    assert bfe.outbound(udp6(a6, b6, b"x", sport=128, dport=0)).drop == DropReason.BLOCKED
