@@ -442,3 +442,21 @@ def test_everyone_entries_on_a_container(bfe, owner, world):
         assert bfe.IPsecSaContextGetById1(s, world["ctx"]) == (DENIED, None)
     bfe.revoke("Everyone", wfp.FWPM_ACTRL_READ, "filters")
     assert bfe.FwpmFilterGetById0(bob, world["block"]) == (DENIED, None)
+
+
+def test_enum_handles_need_no_right_after_creation(bfe, owner, world):
+    """F.9: Enum/Destroy check only that the handle belongs to the session."""
+    h = open_engine(bfe, alice_identity())
+    bfe.grant(ALICE, wfp.FWPM_ACTRL_ENUM | wfp.FWPM_ACTRL_READ, "filters")
+    st, eh = bfe.FwpmFilterCreateEnumHandle0(h, None)
+    assert st == OK
+    bfe.revoke(ALICE, wfp.FWPM_ACTRL_ENUM | wfp.FWPM_ACTRL_READ, "filters")
+    st, _entries, n = bfe.FwpmFilterEnum0(h, eh, 10)
+    assert (st, n) == (OK, 3)
+    assert bfe.FwpmFilterDestroyEnumHandle0(h, eh) == OK
+    assert bfe.FwpmFilterCreateEnumHandle0(h, None) == (DENIED, None)
+    # the owner cannot use alice's handle either
+    bfe.grant(ALICE, wfp.FWPM_ACTRL_ENUM, "filters")
+    st, eh = bfe.FwpmFilterCreateEnumHandle0(h, None)
+    assert st == OK
+    assert bfe.FwpmFilterEnum0(owner, eh, 10) == (wfp.ERROR_INVALID_HANDLE, None, None)

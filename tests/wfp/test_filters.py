@@ -1497,3 +1497,47 @@ def test_icmpv6_type_and_code_are_ports(bfe, h):
     assert bfe.inbound(icmp6(b6, a6, 2, 3)).drop is None
     # ICMP_TYPE/CODE *are* the port conditions (HDR aliases): UDP ports 128/0 match as well
     assert bfe.outbound(udp6(a6, b6, b"x", sport=128, dport=0)).drop == DropReason.BLOCKED
+
+
+def test_inspection_callouts_continue(bfe, h):
+    """F.20 step 3: CALLOUT_INSPECTION runs and the walk continues to the next filter."""
+    insp = plain_filter("outbound", wfp.FWP_ACTION_CALLOUT_INSPECTION,
+                        weight=val(wfp.FWP_UINT64, uint64=100))
+    insp.action.calloutKey = wfp.FWPM_CALLOUT_WFP_TRANSPORT_LAYER_V4_SILENT_DROP
+    add_filter(bfe, h, insp)
+    assert sent(bfe) is None  # nothing after it: permit
+    add_filter(bfe, h, plain_filter("outbound", BLOCK, [cond(RPORT, EQ, v_u16(6000))],
+                                    weight=val(wfp.FWP_UINT64, uint64=1)))
+    assert sent(bfe) == DropReason.BLOCKED
+    assert sent(bfe, dport=6001) is None
+
+
+def test_a_raising_callback_does_not_stop_the_others(bfe, h, caplog):
+    rec = Recorder()
+
+    def broken(context: Any, change: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    for cb in (broken, rec, broken):
+        assert bfe.FwpmFilterSubscribeChanges0(h, wfp.FWPM_FILTER_SUBSCRIPTION0(), cb,
+                                               None)[0] == OK
+    fids = [add_filter(bfe, h, good()) for _ in range(2)]
+    bfe.flush_notifications()
+    assert [c[3] for c in rec.changes] == fids
+
+
+def test_add_and_delete_in_one_transaction_notify_at_commit_in_order(bfe, h):
+    rec = Recorder()
+    assert bfe.FwpmFilterSubscribeChanges0(h, wfp.FWPM_FILTER_SUBSCRIPTION0(), rec,
+                                           None)[0] == OK
+    assert bfe.FwpmTransactionBegin0(h, 0) == OK
+    fid = add_filter(bfe, h, plain_filter("outbound", BLOCK))
+    assert bfe.FwpmFilterDeleteById0(h, fid) == OK
+    bfe.flush_notifications()
+    assert rec.changes == []
+    assert bfe.FwpmTransactionCommit0(h) == OK
+    bfe.flush_notifications()
+    assert [(c[1], c[3]) for c in rec.changes] == [(wfp.FWPM_CHANGE_ADD, fid),
+                                                   (wfp.FWPM_CHANGE_DELETE, fid)]
+    assert sent(bfe) is None
+    assert all_filters(bfe, h) == []
