@@ -285,8 +285,9 @@ def render_types(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
         "from __future__ import annotations",
         "",
         "import uuid",
+        "from collections.abc import Callable",
         "from dataclasses import dataclass, field",
-        "from typing import ClassVar",
+        "from typing import Any, ClassVar",
         "",
         "from ._structbase import (",
         "    GUID_NULL,",
@@ -302,9 +303,11 @@ def render_types(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
         "__all__ = [",
     ]
     names = _ordered(structs)
-    exported = sort_all(names + ["GUID_NULL", "SID_AND_ATTRIBUTES", "CountMismatchError",
-                               "WfpStruct", "check_counts", "clone", "count_pairs",
-                               "effective_count", "STRUCT_NAMES"])
+    callbacks = {**layouts["callbacks"],
+                 **{k: v for k, v in filters["layouts"].items() if v.get("kind") == "callbacks"}}
+    helpers = ["GUID_NULL", "SID_AND_ATTRIBUTES", "CountMismatchError", "WfpStruct",
+               "check_counts", "clone", "count_pairs", "effective_count", "STRUCT_NAMES"]
+    exported = sort_all(names + list(callbacks) + helpers)
     lines += [f'    "{n}",' for n in exported]
     lines += ["]"]
     for n in names:
@@ -341,6 +344,14 @@ def render_types(layouts: dict[str, Any], filters: dict[str, Any]) -> str:
                 lines.append(line)
             if group[0]:
                 lines.append("    # end of union")
+    lines += ["", "", "# Callback types (JSON `callbacks`): C's",
+              "# `void CALLBACK f(void *context, const T *change)` is a callable taking the",
+              "# caller's context object and the change structure."]
+    for cname, cb in callbacks.items():
+        params = [p.removeprefix("const ").rstrip(" *") for p in cb["param_types"]]
+        if params[0] != "void" or params[1] not in structs or cb["returns"] != "void":
+            raise ValueError(f"unexpected callback shape: {cname}")
+        lines.append(f"{cname} = Callable[[Any, {params[1]}], None]")
     lines += ["", "", "#: Every structure class name defined here, in definition order.",
               "STRUCT_NAMES: tuple[str, ...] = ("]
     lines += [f'    "{n}",' for n in names]

@@ -321,3 +321,15 @@ def test_package_exports_every_structure_once() -> None:
     assert len(wfp.__all__) == len(set(wfp.__all__))
     assert wfp.GUID_NULL == wfp.IID_NULL == uuid.UUID(int=0)
     assert wfp.clone is T.clone and wfp.types is T
+
+
+def test_callback_types() -> None:
+    seen: list[tuple[object, wfp.IPSEC_SA_CONTEXT_CHANGE0]] = []
+
+    def on_change(context: object, change: wfp.IPSEC_SA_CONTEXT_CHANGE0) -> None:
+        seen.append((context, change))
+
+    callback: wfp.IPSEC_SA_CONTEXT_CALLBACK0 = on_change
+    callback("ctx", wfp.IPSEC_SA_CONTEXT_CHANGE0(changeType=wfp.IPSEC_SA_CONTEXT_EVENT_ADD))
+    assert seen[0][1].changeType == wfp.IPSEC_SA_CONTEXT_EVENT_ADD
+    assert "FWPM_FILTER_CHANGE_CALLBACK0" in wfp.__all__

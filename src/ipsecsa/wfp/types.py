@@ -36,8 +36,9 @@ How C maps to Python (the rules of the issue 11 contract):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._structbase import (
     GUID_NULL,
@@ -56,6 +57,7 @@ __all__ = [
     "FWPM_DISPLAY_DATA0",
     "FWPM_FILTER0",
     "FWPM_FILTER_CHANGE0",
+    "FWPM_FILTER_CHANGE_CALLBACK0",
     "FWPM_FILTER_CONDITION0",
     "FWPM_FILTER_ENUM_TEMPLATE0",
     "FWPM_FILTER_SUBSCRIPTION0",
@@ -102,6 +104,7 @@ __all__ = [
     "IPSEC_SA_CIPHER_INFORMATION0",
     "IPSEC_SA_CONTEXT0",
     "IPSEC_SA_CONTEXT1",
+    "IPSEC_SA_CONTEXT_CALLBACK0",
     "IPSEC_SA_CONTEXT_CHANGE0",
     "IPSEC_SA_CONTEXT_ENUM_TEMPLATE0",
     "IPSEC_SA_CONTEXT_SUBSCRIPTION0",
@@ -1039,6 +1042,13 @@ class FWPM_PROVIDER_CONTEXT_ENUM_TEMPLATE0(WfpStruct):
 
     providerKey: uuid.UUID | None = None  # GUID *
     providerContextType: int = 0  # FWPM_PROVIDER_CONTEXT_TYPE
+
+
+# Callback types (JSON `callbacks`): C's
+# `void CALLBACK f(void *context, const T *change)` is a callable taking the
+# caller's context object and the change structure.
+IPSEC_SA_CONTEXT_CALLBACK0 = Callable[[Any, IPSEC_SA_CONTEXT_CHANGE0], None]
+FWPM_FILTER_CHANGE_CALLBACK0 = Callable[[Any, FWPM_FILTER_CHANGE0], None]
 
 
 #: Every structure class name defined here, in definition order.
