@@ -99,6 +99,9 @@ class SaContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Offload state, for the NDIS link (issue 13); False while the SAs run in software.
     offloaded: bool = False
+    #: The outbound SAs have packet or byte limits (only then is each packet followed by a
+    #: check of whether it used the last of them).
+    limited: bool = False
 
     def next_timer(self) -> float | None:
         """When the engine must look at this context again (lifetime, idle time, linger)."""

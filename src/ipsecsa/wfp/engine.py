@@ -63,7 +63,12 @@ _ENUM_FLAGS = 0x1F  # C.7.1: the five documented FWP_FILTER_ENUM_FLAG_* bits (F.
 _NOTIFY_FLAGS = C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_ADD | C.FWPM_SUBSCRIPTION_FLAG_NOTIFY_ON_DELETE
 _LAYER_NAMES = {(d, v): f"FWPM_LAYER_{d.upper()}_TRANSPORT_V{v}"
                 for d in ("inbound", "outbound") for v in (4, 6)}
-_READY = frozenset({CtxState.ESTABLISHED})
+# Flow decisions (interned strings, compared by identity on the per-packet path).
+_SEND, _PASS, _BLOCK, _NO_SA, _SECURE, _MALFORMED = (
+    "send", "pass", "block", "no_sa", "secure", "malformed")
+#: Flows remembered at most before the cache starts over (an implementation constant).
+_FLOW_CACHE_MAX = 65536
+_V4_PORTED = frozenset({6, 17, 132, 136})
 
 
 def _api(outs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -194,6 +199,9 @@ class Engine:
         self._next_due: float | None = None
         self._stats_lock = threading.Lock()
         self._stats: dict[str, int] = {}
+        #: Decisions per flow (see _decision): valid while ``_gen`` is unchanged.
+        self._gen = 0
+        self._flows: dict[bytes, tuple[int, str, Any]] = {}
 
     # ================================================================ the engine itself
     def close(self) -> None:
@@ -202,6 +210,7 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
+            self._changed()  # no cached decision outlives the engine
             self._sessions.clear()
             self._contexts.clear()
         self._notifier.close()
@@ -262,6 +271,13 @@ class Engine:
             if isinstance(owner, _Session) and owner.txn is not None \
                     and self._clock() - owner.txn.began > TXN_MAX_SECONDS:
                 self._abort(owner, forced=True)
+
+    def _changed(self) -> None:
+        """What packets are classified against changed: forget every cached flow decision.
+        The generation is bumped *after* the change, so a decision computed from the old state
+        is stored under the old generation and never used (see :meth:`_decision`)."""
+        self._gen += 1
+        self._flows = {}
 
     def _record(self, s: _Session, undo: Callable[[], None],
                 publish: Callable[[], None]) -> None:
@@ -338,6 +354,7 @@ class Engine:
             if rec is not None:
                 self._filters.remove(rec)
                 self._filters.unpublish(rec)
+                self._changed()
                 self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
         s.filters.clear()
 
@@ -433,6 +450,7 @@ class Engine:
             def publish() -> None:
                 if rec.lifetime != "boottime":  # F.15: stored, not enforced
                     self._filters.publish(rec)
+                    self._changed()
                 self._filter_changed(rec, C.FWPM_CHANGE_ADD)
 
             self._record(s, undo, publish)
@@ -482,6 +500,7 @@ class Engine:
 
         def publish() -> None:
             self._filters.unpublish(rec)
+            self._changed()
             self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
 
         self._record(s, undo, publish)
@@ -897,8 +916,10 @@ class Engine:
                 self._ctx_of_sa[id_of_outer(b)] = ctx
             else:
                 ctx.outbound_given, ctx.outbound_added = given, now
+                ctx.limited = bool(spec.kilobytes or spec.packets)
                 ctx.outbound_bundle = b  # packets may use it from here on
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
+                self._changed()
             self._count("totalSasAdded", len(sas))
             if spec.lifetime_seconds:
                 d = now + spec.lifetime_seconds
@@ -978,6 +999,7 @@ class Engine:
                     traffic.ipsecFilterId = ctx.traffic.ipsecFilterId
                     traffic.tunnelPolicyId = ctx.traffic.tunnelPolicyId
                     ctx.traffic = traffic
+                    self._changed()
 
     @_api(0)
     def IPsecSaContextExpire0(self, engineHandle: Any, id: Any) -> None:
@@ -1007,9 +1029,10 @@ class Engine:
                 lst.remove(ctx)
                 if not lst:
                     del self._by_out_filter[ctx.outbound_filter]
+            self._changed()
             for sa in b.sas:
                 sa.delete()
-            self._count("totalSasDeleted", len(b.sas))
+            self._retire("out", ctx, b)
 
     def _expire(self, ctx: SaContext, now: float) -> None:
         """F.8: outbound gone at once, inbound kept for the linger."""
@@ -1028,7 +1051,7 @@ class Engine:
             self._ctx_of_sa.pop(id_of_outer(b), None)
             for sa in b.sas:
                 sa.delete()
-            self._count("totalSasDeleted", len(b.sas))
+            self._retire("in", ctx, b)
             ctx.inbound_handle = ctx.inbound_bundle = None
         self._release_spi(ctx)
         self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_DELETE)
@@ -1203,9 +1226,20 @@ class Engine:
         with self._stats_lock:
             self._stats[name] = self._stats.get(name, 0) + n
 
+    def _retire(self, d: str, ctx: SaContext, b: Bundle) -> None:
+        """Keep the traffic counts of SAs leaving the engine (statistics are totals)."""
+        with self._stats_lock:
+            _add_traffic(self._stats, d, ctx, b)
+            self._stats["totalSasDeleted"] = self._stats.get("totalSasDeleted", 0) + len(b.sas)
+
     def _statistics1(self) -> Any:
         with self._stats_lock:
             st = dict(self._stats)
+        for c in self._contexts.values():
+            if c.inbound_bundle is not None:
+                _add_traffic(st, "in", c, c.inbound_bundle)
+            if c.outbound_bundle is not None:
+                _add_traffic(st, "out", c, c.outbound_bundle)
         active = pending = tunnels = 0
         for c in self._contexts.values():
             if c.inbound_bundle is not None:
@@ -1339,116 +1373,171 @@ class Engine:
     def outbound(self, packet: bytes) -> Result:
         """The host's stack sending ``packet``: classified at the outbound transport layer,
         protected by the SA context its IPsec filter names, blocked or passed in clear."""
-        if not isinstance(packet, (bytes, bytearray, memoryview)):
-            raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
-        if self._closed:
-            return DROPPED[DropReason.SA_UNUSABLE]
+        if type(packet) is not bytes:
+            if not isinstance(packet, (bytearray, memoryview)):
+                raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
+            packet = bytes(packet)
         now = self._clock()
-        self._due(now)
-        try:
-            pkt, ports = _view(packet, outbound=True)
-        except MalformedPacket as exc:
-            self._count(f"out-drop:{exc.reason.value}")
-            return DROPPED[exc.reason]
-        verdict, rec = self._decide(_LAYER_NAMES[("outbound", pkt.version)], pkt, ports)
-        if verdict == "permit":
-            return Result(bytes(packet), None)
-        if verdict == "block":
-            self._count("out-drop:blocked")
-            return DROPPED[DropReason.BLOCKED]
-        assert rec is not None
-        ctx = self._context_for(rec, pkt)
-        if ctx is None:  # F.20: no SA, and nothing here negotiates one
-            self._count("out-drop:no_policy")
-            return DROPPED[DropReason.NO_POLICY]
+        due = self._next_due
+        if due is not None and now >= due:
+            self._due(now)
+        # The flow cache, inlined for the common case (_flow_key: IPv4, no options, not a
+        # fragment); everything else goes through _decision.
+        hit = None
+        if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x3F or packet[7]):
+            proto = packet[9]
+            hit = self._flows.get(packet[9:24] if proto in _V4_PORTED else
+                                  packet[9:22] if proto == 1 else packet[9:20])
+        if hit is not None and hit[0] == self._gen:
+            verdict, target = hit[1], hit[2]
+        else:
+            if self._closed:
+                return DROPPED[DropReason.SA_UNUSABLE]
+            verdict, target = self._decision(packet, True)
+        if verdict is not _SEND:
+            return self._outbound_verdict(verdict, packet, target)
+        ctx = target
         bundle = ctx.outbound_bundle
-        if bundle is None:
-            self._count("out-drop:sa_unusable")
-            return DROPPED[DropReason.SA_UNUSABLE]
+        if bundle is None:  # expired or deleted since the decision: look again
+            verdict, ctx = self._decision(packet, True, fresh=True)
+            if verdict is not _SEND:
+                return self._outbound_verdict(verdict, packet, ctx)
+            bundle = ctx.outbound_bundle
+            if bundle is None:
+                return self._outbound_verdict(_NO_SA, packet)
         sas = bundle.sas
         with ctx.lock:
             result = sas[0].protect(packet, now)
             if len(sas) == 2 and result[0] is not None:
                 result = sas[1].protect(result[0], now)
             ctx.last_used = now
-        if result[0] is None:
+        if result[1] is not None:
             self._count(f"out-drop:{result[1].value}")
-            if not sas[0].usable or not sas[-1].usable:
+            if not (sas[0].usable and sas[-1].usable):
                 self._sa_spent(ctx)
-        else:
-            self._traffic_stats("out", ctx, bundle, len(packet))
-            if not sas[0].usable or not sas[-1].usable:
-                self._sa_spent(ctx)
+        elif ctx.limited and not (sas[0].usable and sas[-1].usable):
+            self._sa_spent(ctx)  # the packet that reached a hard limit (F.7)
         return result
+
+    def _outbound_verdict(self, verdict: str, packet: bytes, reason: Any = None) -> Result:
+        if verdict is _PASS:
+            return Result(packet, None)
+        if verdict is _BLOCK:
+            self._count("out-drop:blocked")
+            return DROPPED[DropReason.BLOCKED]
+        if verdict is _MALFORMED:
+            self._count(f"out-drop:{reason.value}")
+            return DROPPED[reason]
+        self._count("out-drop:no_policy")  # F.20: no SA, and nothing here negotiates one
+        return DROPPED[DropReason.NO_POLICY]
+
+    def _decision(self, packet: bytes, outbound: bool, fresh: bool = False,
+                  secured: bool = False) -> tuple[str, Any]:
+        """What the filters say about a clear packet: (_SEND, context), (_PASS, None),
+        (_BLOCK, None), (_NO_SA, None), (_SECURE, filter id) inbound, or (_MALFORMED, reason).
+
+        The answer depends only on the packet's flow and on the engine's filters and contexts,
+        so it is cached per flow and generation (bumped by every change that could alter it):
+        a packet of a known flow costs one slice and one dict probe."""
+        key = _flow_key(packet)
+        if key is not None and (secured or not outbound):
+            key = (b"S" if secured else b"I") + key  # inbound flows keyed apart from outbound
+        gen = self._gen  # read before computing: a change meanwhile makes this entry stale
+        flows = self._flows
+        if key is not None and not fresh:
+            hit = flows.get(key)
+            if hit is not None and hit[0] == gen:
+                return hit[1], hit[2]
+        try:
+            pkt, ports = _view(packet, outbound=outbound, secured=secured)
+        except MalformedPacket as exc:
+            return _MALFORMED, exc.reason
+        verdict, rec = self._decide(_LAYER_NAMES[("outbound" if outbound else "inbound",
+                                                  pkt.version)], pkt, ports)
+        answer: tuple[str, Any]
+        if verdict == "permit":
+            answer = (_PASS, None)
+        elif verdict == "block":
+            answer = (_BLOCK, None)
+        elif not outbound:
+            assert rec is not None
+            answer = (_SECURE, rec.id)
+        else:
+            assert rec is not None
+            ctx = self._context_for(rec, pkt)
+            answer = (_NO_SA, None) if ctx is None else (_SEND, ctx)
+        if key is not None:
+            if len(flows) >= _FLOW_CACHE_MAX:
+                flows.clear()
+            flows[key] = (gen, answer[0], answer[1])
+        return answer
 
     def inbound(self, packet: bytes) -> Result:
         """The host receiving ``packet``: IPsec is removed by the SA context it names and the
         inner packet checked against that context's inbound filter; clear text is checked
         against the inbound filters (dropped when one demands IPsec)."""
-        if not isinstance(packet, (bytes, bytearray, memoryview)):
-            raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
+        if type(packet) is not bytes:
+            if not isinstance(packet, (bytearray, memoryview)):
+                raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
+            packet = bytes(packet)
         if self._closed:
             return DROPPED[DropReason.SA_UNUSABLE]
-        packet = bytes(packet)
         now = self._clock()
-        self._due(now)
+        due = self._next_due
+        if due is not None and now >= due:
+            self._due(now)
         result, sa = self._sad.inbound_via(packet, now, self._guard)
         if sa is None:
             reason = result[1]
-            if reason in (DropReason.WRONG_PROTOCOL, DropReason.NON_ESP_MARKER):
+            if reason is DropReason.WRONG_PROTOCOL or reason is DropReason.NON_ESP_MARKER:
                 return self._clear_inbound(packet)
             if reason is not None:
                 self._count_in_drop(packet, reason)
             return result
         ctx = self._ctx_of_sa.get(id(sa))
-        if result[0] is None:
+        inner = result[0]
+        if inner is None:
             if result[1] is not None:
                 self._count_in_drop(packet, result[1])
                 if ctx is not None and not sa.usable:
                     self._sa_spent(ctx)
             return result
-        inner = result[0]
         if ctx is None:  # deleted while the packet was in flight
             self._count_in_drop(packet, DropReason.SA_UNUSABLE)
             return DROPPED[DropReason.SA_UNUSABLE]
         ctx.last_used = now
-        try:
-            pkt, ports = _view(inner, outbound=False, secured=True)
-        except MalformedPacket as exc:
-            self._count_in_drop(packet, exc.reason)
-            return DROPPED[exc.reason]
-        verdict, rec = self._decide(_LAYER_NAMES[("inbound", pkt.version)], pkt, ports)
-        if verdict == "block":
+        verdict, target = self._decision(inner, False, secured=True)
+        if verdict is _PASS and not ctx.tunnel:
+            return result
+        if verdict is _SECURE and target == ctx.inbound_filter:
+            return result
+        if verdict is _MALFORMED:
+            self._count_in_drop(packet, target)
+            return DROPPED[target]
+        if verdict is _BLOCK:
             self._count("in-drop:blocked")
             return DROPPED[DropReason.BLOCKED]
-        if verdict == "ipsec" and rec is not None and rec.id != ctx.inbound_filter:
-            self._count("in-drop:secure_not_matching")
-            return DROPPED[DropReason.SELECTOR_MISMATCH]
-        if verdict != "ipsec" and ctx.tunnel:
-            # A tunnel SA carries only what its inbound tunnel filter covers (F.22).
-            self._count("in-drop:secure_not_matching")
-            return DROPPED[DropReason.SELECTOR_MISMATCH]
-        self._traffic_stats("in", ctx, ctx.inbound_bundle or Bundle((sa,)), len(inner))
-        return result
+        # Another IPsec filter covers the inner packet, or a tunnel SA delivered what its
+        # inbound tunnel filter does not cover (F.20, F.22).
+        self._count("in-drop:secure_not_matching")
+        return DROPPED[DropReason.SELECTOR_MISMATCH]
 
     def _guard(self, sa: SecurityAssociation) -> Any:
         ctx = self._ctx_of_sa.get(id(sa))
         return ctx.lock if ctx is not None else contextlib.nullcontext()
 
     def _clear_inbound(self, packet: bytes) -> Result:
-        try:
-            pkt, ports = _view(packet, outbound=False)
-        except MalformedPacket as exc:
-            self._count(f"in-drop:{exc.reason.value}")
-            return DROPPED[exc.reason]
-        verdict, _ = self._decide(_LAYER_NAMES[("inbound", pkt.version)], pkt, ports)
-        if verdict == "block":
+        verdict, target = self._decision(packet, False)
+        if verdict is _PASS:
+            return Result(packet, None)
+        if verdict is _MALFORMED:
+            self._count(f"in-drop:{target.value}")
+            return DROPPED[target]
+        if verdict is _BLOCK:
             self._count("in-drop:blocked")
             return DROPPED[DropReason.BLOCKED]
-        if verdict == "ipsec":
-            self._count("in-drop:clear_text")
-            return DROPPED[DropReason.CLEAR_TEXT]
-        return Result(packet, None)
+        self._count("in-drop:clear_text")
+        return DROPPED[DropReason.CLEAR_TEXT]
 
     def _decide(self, layer: str, pkt: PacketView, ports: tuple[int, int]
                 ) -> tuple[str, FilterRecord | None]:
@@ -1492,21 +1581,6 @@ class Engine:
             return ctx
         return None
 
-    def _traffic_stats(self, d: str, ctx: SaContext, bundle: Bundle, n: int) -> None:
-        with self._stats_lock:
-            st = self._stats
-            st[f"{d}:packets"] = st.get(f"{d}:packets", 0) + 1
-            kind = f"{d}:tunnel" if ctx.tunnel else f"{d}:transport"
-            st[kind] = st.get(kind, 0) + n
-            for sa in bundle.sas:
-                cfg = sa.config
-                key = f"{d}:ah" if cfg.protocol == "ah" else f"{d}:esp"
-                st[key] = st.get(key, 0) + n
-                enc = getattr(cfg, "encryption", None)
-                if cfg.protocol == "esp" and enc is not None and \
-                        getattr(enc, "name", "null") != "null":
-                    st[f"{d}:encrypted"] = st.get(f"{d}:encrypted", 0) + n
-
     def _count_in_drop(self, packet: bytes, reason: DropReason) -> None:
         proto = _outer_protocol(packet)
         with self._stats_lock:
@@ -1516,6 +1590,24 @@ class Engine:
             if proto:
                 k = f"{proto}:{reason.value}"
                 st[k] = st.get(k, 0) + 1
+
+
+def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Bundle) -> None:
+    """Add a bundle's data-path counters to the statistics totals ``st`` (direction ``d``)."""
+    sas = b.sas
+    first = sas[0]
+    n = first.bytes
+    st[f"{d}:packets"] = st.get(f"{d}:packets", 0) + first.packets
+    kind = f"{d}:tunnel" if ctx.tunnel else f"{d}:transport"
+    st[kind] = st.get(kind, 0) + n
+    for sa in sas:
+        cfg = sa.config
+        key = f"{d}:ah" if cfg.protocol == "ah" else f"{d}:esp"
+        st[key] = st.get(key, 0) + sa.bytes
+        enc = getattr(cfg, "encryption", None)
+        if cfg.protocol == "esp" and enc is not None and getattr(enc, "name", "null") \
+                not in ("null", "null-aes-gmac"):
+            st[f"{d}:encrypted"] = st.get(f"{d}:encrypted", 0) + sa.bytes
 
 
 def id_of_outer(bundle: Bundle) -> int:
@@ -1529,7 +1621,22 @@ def _pid() -> int:
     return os.getpid()
 
 
-_LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}
+def _flow_key(packet: bytes) -> bytes | None:
+    """The bytes that decide a clear packet's classification, for the flow cache: protocol,
+    addresses and ports (ICMP type and code) of an unfragmented IPv4 packet without options;
+    None for anything else (classified without the cache)."""
+    if len(packet) < 24 or packet[0] != 0x45 or packet[6] & 0x3F or packet[7]:
+        return None
+    proto = packet[9]
+    if proto in _V4_PORTED:
+        return packet[9:24]
+    if proto == 1:
+        return packet[9:22]
+    return packet[9:20]
+
+
+def _is_loopback(version: int, addr: int) -> bool:
+    return addr >> 24 == 127 if version == 4 else addr == 1
 
 
 def _view(packet: bytes | bytearray | memoryview, outbound: bool, secured: bool = False
@@ -1552,8 +1659,7 @@ def _view(packet: bytes | bytearray | memoryview, outbound: bool, secured: bool 
     else:
         sport = dport = None
     flags = 0
-    lo = _LOOPBACK[f.version]
-    if ipaddress.ip_address(f.src) in lo or ipaddress.ip_address(f.dst) in lo:
+    if _is_loopback(f.version, src) or _is_loopback(f.version, dst):
         flags |= C.FWP_CONDITION_FLAG_IS_LOOPBACK
     if secured:
         flags |= C.FWP_CONDITION_FLAG_IS_IPSEC_SECURED
