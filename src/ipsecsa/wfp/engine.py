@@ -86,6 +86,13 @@ def _api(outs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except Fail as failure:
                     status = failure.status
                     log.debug("%s -> 0x%08X %s", fn.__name__, status, failure.detail)
+                except (AttributeError, TypeError, ValueError, KeyError) as exc:
+                    # An argument of a shape no check anticipated (a str for a structure, a list
+                    # for a GUID): the contract is a status, never an exception. Logged with
+                    # its traceback so that an engine bug hiding here is still visible.
+                    status = C.FWP_E_INVALID_PARAMETER
+                    log.info("%s: malformed argument (%s: %s) -> FWP_E_INVALID_PARAMETER",
+                             fn.__name__, type(exc).__name__, exc, exc_info=True)
                 else:
                     if outs == 0:
                         return C.ERROR_SUCCESS
@@ -111,6 +118,7 @@ class _Session:
     filters: set[int] = field(default_factory=set)  # dynamic filters it added
     subscriptions: set[int] = field(default_factory=set)
     enums: set[int] = field(default_factory=set)
+    ended: bool = False
 
     @property
     def dynamic(self) -> bool:
@@ -332,16 +340,18 @@ class Engine:
         with self._lock:
             if s.txn is not None:
                 self._abort(s)
-            for h in list(s.subscriptions):
-                sub = self._subs.pop(h, None)
-                if sub is not None:
-                    self._notifier.cancel(sub)
+            subs = [self._subs.pop(h) for h in list(s.subscriptions) if h in self._subs]
+            s.subscriptions.clear()
             for h in list(s.enums):
                 self._enums.pop(h, None)
+            s.ended = True
             if s.dynamic:
                 self._end_dynamic(s)
             del self._sessions[s.handle]
             self._session_keys.pop(s.key, None)
+        # Outside the lock: cancelling waits for a running callback, which may call the engine.
+        for sub in subs:
+            self._notifier.cancel(sub)
 
     def _end_dynamic(self, s: _Session) -> None:
         """B.7/F.16: a dynamic session's filters die with it; contexts naming them go first."""
@@ -494,6 +504,13 @@ class Engine:
             owner.filters.discard(rec.id)
 
         def undo() -> None:
+            if owner is not None and owner.ended:
+                # Its dynamic session ended meanwhile: the filter died with it (B.7), so the
+                # delete stands even though this transaction is undone.
+                self._filters.unpublish(rec)
+                self._changed()
+                self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
+                return
             self._filters.insert(rec)
             if owner is not None:
                 owner.filters.add(rec.id)
@@ -526,6 +543,8 @@ class Engine:
         self._txn_state(s)
         if key is None:
             raise Fail(C.FWP_E_NULL_POINTER, "key")
+        if not isinstance(key, uuid.UUID):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "key must be a GUID")
         with self._locked(s):
             return self._filter_get(s, self._filters.by_key.get(key))
 
@@ -559,8 +578,8 @@ class Engine:
         self._txn_state(s)
         if subscription is None or callback is None:
             raise Fail(C.FWP_E_NULL_POINTER, "subscription/callback")
-        if not callable(callback):
-            raise Fail(C.FWP_E_INVALID_PARAMETER, "callback must be callable")
+        if not isinstance(subscription, T.FWPM_FILTER_SUBSCRIPTION0) or not callable(callback):
+            raise Fail(C.FWP_E_INVALID_PARAMETER, "subscription/callback")
         flags = _uint(subscription.flags, 32, "flags")
         if flags & ~_NOTIFY_FLAGS:
             raise Fail(C.FWP_E_INVALID_FLAGS, f"subscription flags 0x{flags:x}")
@@ -1696,7 +1715,10 @@ def _filter_template(tpl: Any) -> Callable[[FilterRecord], bool]:
     """F.23: what an FWPM_FILTER_ENUM_TEMPLATE0 selects (validated here)."""
     if tpl is None:
         return lambda r: r.lifetime != "boottime"
-    if tpl.layerKey not in (None, T.GUID_NULL) and tpl.layerKey not in LAYERS:
+    if not isinstance(tpl, T.FWPM_FILTER_ENUM_TEMPLATE0):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, "enumTemplate must be an FWPM_FILTER_ENUM_TEMPLATE0")
+    if tpl.layerKey not in (None, T.GUID_NULL) and (
+            not isinstance(tpl.layerKey, uuid.UUID) or tpl.layerKey not in LAYERS):
         raise Fail(C.FWP_E_LAYER_NOT_FOUND, "enumTemplate.layerKey")
     et = _uint(tpl.enumType, 32, "enumType")
     if et >= C.FWP_FILTER_ENUM_TYPE_MAX:
@@ -1709,6 +1731,8 @@ def _filter_template(tpl: Any) -> Callable[[FilterRecord], bool]:
         raise Fail(C.FWP_E_NULL_POINTER, "calloutKey is required with FWP_ACTION_FLAG_CALLOUT")
     if tpl.numFilterConditions and tpl.filterCondition is None:
         raise Fail(C.FWP_E_NULL_POINTER, "filterCondition")
+    if tpl.filterCondition is not None and not isinstance(tpl.filterCondition, list):
+        raise Fail(C.FWP_E_INVALID_PARAMETER, "filterCondition must be a list")
     try:
         n = T.effective_count(tpl, "filterCondition")
     except (ValueError, TypeError) as exc:
