@@ -149,6 +149,8 @@ def _convert(obj: Any, cls: type) -> Any:
     """Copy the fields ``cls`` shares with ``obj`` (a *1 structure into its *0 form)."""
     if obj is None:
         return None
+    if type(obj) is cls:
+        return T.clone(obj)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {n: T.clone(getattr(obj, n)) for n in names if hasattr(obj, n)}
     return cls(**kwargs)
@@ -1425,11 +1427,15 @@ class Engine:
             if bundle is None:
                 return self._outbound_verdict(_NO_SA, packet)
         sas = bundle.sas
-        with ctx.lock:
+        lock = ctx.lock
+        lock.acquire()
+        try:
             result = sas[0].protect(packet, now)
             if len(sas) == 2 and result[0] is not None:
                 result = sas[1].protect(result[0], now)
             ctx.last_used = now
+        finally:
+            lock.release()
         if result[1] is not None:
             self._count(f"out-drop:{result[1].value}")
             if not (sas[0].usable and sas[-1].usable):
