@@ -390,10 +390,6 @@ def test_free_memory_accepts_what_the_engine_returns(bfe):
     assert bfe.FwpmFreeMemory0(flt) is None
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: FwpmEngineClose0 ends a dynamic session "
-                   "without the transaction lock, so another session's open transaction that "
-                   "deleted one of its filters puts the filter back on abort, after the session "
-                   "is gone (B.1/B.7: dynamic objects die with the session)")
 def test_dynamic_filter_is_not_resurrected_by_another_sessions_abort(bfe):
     static = open_engine(bfe)
     dyn = open_engine(bfe, session=session(flags=DYN))
@@ -406,10 +402,6 @@ def test_dynamic_filter_is_not_resurrected_by_another_sessions_abort(bfe):
     assert bfe.outbound(udp4(A4, B4, b"x")).drop is None
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: FwpmEngineClose0 cancels the session's "
-                   "subscriptions while holding the engine's state lock, so a running callback "
-                   "that calls the engine (here FwpmFilterGetById0) deadlocks with it (C.3: "
-                   "unsubscribing waits for the callback; hold no lock the callback needs)")
 def test_close_while_a_callback_calls_the_engine():
     import time
 
