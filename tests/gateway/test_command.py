@@ -20,8 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from .netns import GATEWAY, TUN, WIRE4, Netns, SaPair, sh, skip_reason, wait_for_link, \
-    wait_for_udp, write_sa_file
+from .netns import (
+    GATEWAY,
+    TUN,
+    WIRE4,
+    Netns,
+    SaPair,
+    sh,
+    skip_reason,
+    wait_for_link,
+    wait_for_udp,
+    write_sa_file,
+)
 
 NEEDS_NETNS = skip_reason()
 
