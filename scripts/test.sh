@@ -4,10 +4,17 @@
 # clear reason when it cannot be had), creates .venv, installs ipsecsa with its dev extra, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v tshark >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "installing tshark (for the Wireshark interop tests)..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null) \
-    || echo "warning: tshark could not be installed; its tests will be skipped"
+# The gateway's namespace tests need ping, tcpdump and ss (iproute2) as well; they skip with the
+# reason when they cannot have them.
+need=()
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing ${need[*]} (for the interop and gateway tests)..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${need[@]}" >/dev/null) || echo "warning: ${need[*]} could not be installed; their tests will be skipped"
 fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -3,7 +3,8 @@
 What the tests hold the engine to, and where it comes from:
 
 * RFC 4543 §4 Figure 5: the AH ICV field is IV (8 octets) ‖ ICV (16 octets); the IV is as in
-  §3.1 (8 octets, never repeated under a key: the engine uses the 64-bit sequence number),
+  §3.1 (8 octets, never repeated under a key: the engine uses the 64-bit sequence number XOR
+  the transform's random 64-bit ``iv_mask``, our CHOICE after Linux seqiv),
   the nonce is salt ‖ IV (§3.2), the tag is never truncated (§3.4); the key material is the
   AES key followed by the 4-octet salt (§5.4).
 * RFC 4543 §4 with verified erratum EID 3643: no ICV padding under IPv4 (AH = 12 + 24 = 36
@@ -30,6 +31,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
 from ipsecsa.crypto import INTEGRITY, make_ah_integrity
+from ipsecsa.crypto.transforms import COUNTER_IV
 from ipsecsa.datapath.ah import AhSA
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import ConfigError, DropReason, KeyLengthError
@@ -91,13 +93,13 @@ def _ipv4_checksum(hdr: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def _expected_wire(pkt: bytes, seq: int, esn: bool, key: bytes,
+def _expected_wire(pkt: bytes, seq: int, esn: bool, key: bytes, iv_mask: int,
                    iv_in_aad: bool = True) -> bytes:
     """The AH transport packet for ``pkt`` (no IPv4 options / IPv6 extension headers), built from
     RFC 4302 §2 / §3.3.3 and RFC 4543 §3-§4 with raw AESGCM. ``iv_in_aad=False`` gives the
     (wrong) reading in which the whole Authentication Data field is zeroed in the AAD."""
     aes_key, salt = key[:-4], key[-4:]
-    iv = seq.to_bytes(8, "big")  # RFC 4543 §3.1: a counter; the engine's is the sequence number
+    iv = (seq ^ iv_mask).to_bytes(8, "big")  # RFC 4543 §3.1: unique per key (seqiv-style)
     if pkt[0] >> 4 == 4:
         ahlen, pad = 36, b""  # 12 + 8 + 16, already a multiple of 32 bits (EID 3643)
         tlen = len(pkt) + ahlen
@@ -140,10 +142,11 @@ def test_ipv4_transport_icv_by_hand(esn: bool, aes_len: int) -> None:
     pkt = _packet(4, tos=0x2B, id=0x1234, flags="DF", ttl=61)
     wire = out.protect(pkt).packet
     assert wire is not None
-    expected = _expected_wire(pkt, start + 1, esn, _key(aes_len))
+    mask = out.integrity.iv_mask
+    expected = _expected_wire(pkt, start + 1, esn, _key(aes_len), mask)
     assert wire == expected
     # The reading in which the IV is zeroed in the AAD would give another tag (RFC 4543 §7).
-    assert wire != _expected_wire(pkt, start + 1, esn, _key(aes_len), iv_in_aad=False)
+    assert wire != _expected_wire(pkt, start + 1, esn, _key(aes_len), mask, iv_in_aad=False)
     assert inb.unprotect(wire).packet == pkt
 
 
@@ -154,7 +157,7 @@ def test_ipv6_transport_icv_by_hand(esn: bool) -> None:
     pkt = _packet(6, tc=0x2A, fl=0xBEEF, hlim=7)
     wire = out.protect(pkt).packet
     assert wire is not None
-    assert wire == _expected_wire(pkt, start + 1, esn, _key())
+    assert wire == _expected_wire(pkt, start + 1, esn, _key(), out.integrity.iv_mask)
     assert inb.unprotect(wire).packet == pkt
 
 
@@ -170,7 +173,7 @@ def test_ah_length_and_padding_per_erratum_3643(family: int, ahlen: int) -> None
     off = _ah_off(wire)
     assert len(wire) == len(pkt) + ahlen
     assert wire[off + 1] == ahlen // 4 - 2  # Payload Length: 7 (IPv4), 8 (IPv6)
-    assert wire[off + 12:off + 20] == (1).to_bytes(8, "big")  # IV = sequence number 1
+    assert wire[off + 12:off + 20] == (1 ^ out.integrity.iv_mask).to_bytes(8, "big")
     assert wire[off + 36:off + ahlen] == bytes(ahlen - 36)  # IPv6: 4 zero octets of padding
 
 
@@ -194,7 +197,7 @@ def test_round_trip(mode: str, outer: int, inner: int, esn: bool) -> None:
         seq = start + i + 1
         assert struct.unpack_from("!I", wire, off + 8)[0] == seq & 0xFFFFFFFF
         iv = wire[off + 12:off + 20]
-        assert iv == seq.to_bytes(8, "big")
+        assert iv == (seq ^ out.integrity.iv_mask).to_bytes(8, "big")
         ivs.add(iv)
         if mode == "tunnel":
             assert wire[off + ahlen:] == pkt
@@ -219,7 +222,7 @@ def test_key_sizes_round_trip_and_differ(aes_len: int) -> None:
 def test_iv_source_is_used_and_the_receiver_reads_the_iv_from_the_packet() -> None:
     ivs = iter([bytes.fromhex("0123456789abcdef"), bytes.fromhex("fedcba9876543210")])
     out = SecurityAssociation.from_dict(_sa_dict("transport", 4, False, direction="outbound"),
-                                        iv_source=lambda seq: next(ivs))
+                                        unsafe_iv_source=lambda seq: next(ivs))
     inb = SecurityAssociation.from_dict(_sa_dict("transport", 4, False, direction="inbound"))
     for iv in ("0123456789abcdef", "fedcba9876543210"):
         pkt = _packet(4, payload=iv.encode())
@@ -314,9 +317,10 @@ def _data(off: int = 32, n: int = 90) -> bytes:
 @pytest.mark.parametrize("aes_len", [16, 24, 32])
 def test_transform_shape_and_esn(aes_len: int) -> None:
     key = _key(aes_len)
-    plain = make_ah_integrity(GMAC, key, esn=False)
-    esn = make_ah_integrity(GMAC, key, esn=True)
+    plain = make_ah_integrity(GMAC, key, esn=False, unsafe_iv_source=COUNTER_IV)
+    esn = make_ah_integrity(GMAC, key, esn=True, unsafe_iv_source=COUNTER_IV)
     assert plain.icv_len == 24 and plain.iv_len == 8 and plain.algorithm == "aes-gmac"
+    assert plain.iv_mask == 0  # the override decides the IVs
     data = _data()
     field = plain.compute(data, SEQ, 32)
     assert len(field) == 24 and field[:8] == SEQ.to_bytes(8, "big")
@@ -351,9 +355,9 @@ def test_transform_rejects_tampering() -> None:
 
 
 def test_transform_iv_source_and_keys() -> None:
-    ah = make_ah_integrity(GMAC, _key(), esn=False, iv_source=lambda seq: b"\xaa" * 8)
+    ah = make_ah_integrity(GMAC, _key(), esn=False, unsafe_iv_source=lambda seq: b"\xaa" * 8)
     assert ah.compute(_data(), 1, 32)[:8] == b"\xaa" * 8
-    short = make_ah_integrity(GMAC, _key(), esn=False, iv_source=lambda seq: b"\xaa" * 12)
+    short = make_ah_integrity(GMAC, _key(), esn=False, unsafe_iv_source=lambda seq: b"\xaa" * 12)
     with pytest.raises(ConfigError):
         short.compute(_data(), 1, 32)
     for n in (16, 24, 32, 21):  # the AES key without its salt, or a wrong length

@@ -49,7 +49,7 @@ def test_matches_scapy(case: tuple, esn: bool) -> None:
     assert body[: e.iv_len] == iv
     hdr = spi.to_bytes(4, "big") + seq_lo.to_bytes(4, "big")
     t = make_esp_transform(
-        e, ek, resolve_integrity(integ), ik, esn=esn, iv_source=lambda s: iv
+        e, ek, resolve_integrity(integ), ik, esn=esn, unsafe_iv_source=lambda s: iv
     )
     plaintext = t.open(hdr, seq, iv, body[e.iv_len :])
     assert plaintext is not None, "our open() rejected scapy's packet"

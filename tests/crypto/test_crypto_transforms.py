@@ -102,24 +102,26 @@ def test_esn_and_non_esn_differ_only_when_high_bits_set(enc: str, integ: str) ->
     ek, ik = _keys(enc, integ)
     fixed_iv = bytes(ENCRYPTION[enc].iv_len)
     a = make_esp_transform(ENCRYPTION[enc], ek, INTEGRITY[integ], ik, esn=False,
-                           iv_source=lambda s: fixed_iv)
+                           unsafe_iv_source=lambda s: fixed_iv)
     b = make_esp_transform(ENCRYPTION[enc], ek, INTEGRITY[integ], ik, esn=True,
-                           iv_source=lambda s: fixed_iv)
+                           unsafe_iv_source=lambda s: fixed_iv)
     pt = _plaintext(a.block_size)
     iv, c = a.seal(_header(5), 5, pt)
     assert b.open(_header(5), 5, iv, c) is None
 
 
-def test_counter_iv_is_the_sequence_number_and_cbc_iv_is_random() -> None:
+def test_counter_iv_is_the_masked_sequence_number_and_cbc_iv_is_random() -> None:
+    """Counter IVs are ``seq ^ iv_mask`` (tests/crypto/test_iv_uniqueness.py has the rest)."""
     gcm = _make("aes-gcm-16", "none", False)
-    assert gcm.seal(_header(SEQ), SEQ, bytes(16))[0] == SEQ.to_bytes(8, "big")
+    assert gcm.seal(_header(SEQ), SEQ, bytes(16))[0] == (SEQ ^ gcm.iv_mask).to_bytes(8, "big")
     cbc = _make("aes-cbc", "hmac-sha256-128", False)
+    assert cbc.iv_mask == 0
     ivs = {cbc.seal(_header(1), 1, bytes(16))[0] for _ in range(50)}
     assert len(ivs) == 50
 
 
 def test_iv_source_length_is_checked() -> None:
-    t = _make("aes-cbc", "hmac-sha1-96", False, iv_source=lambda s: bytes(8))
+    t = _make("aes-cbc", "hmac-sha1-96", False, unsafe_iv_source=lambda s: bytes(8))
     with pytest.raises(ConfigError):
         t.seal(_header(1), 1, bytes(16))
 
@@ -136,9 +138,9 @@ def test_des_is_3des_with_repeated_key() -> None:
     k = os.urandom(8)
     fixed = bytes(8)
     des = make_esp_transform(ENCRYPTION["des-cbc"], k, None, None, esn=False,
-                             iv_source=lambda s: fixed)
+                             unsafe_iv_source=lambda s: fixed)
     tdes = make_esp_transform(ENCRYPTION["3des-cbc"], k * 3, None, None, esn=False,
-                              iv_source=lambda s: fixed)
+                              unsafe_iv_source=lambda s: fixed)
     pt = os.urandom(24)
     assert des.seal(_header(1), 1, pt) == tdes.seal(_header(1), 1, pt)
 

@@ -89,7 +89,7 @@ def test_rfc3686_aes_ctr(v: dict) -> None:
         None,
         None,
         esn=False,
-        iv_source=lambda seq: iv,
+        unsafe_iv_source=lambda seq: iv,
     )
     hdr = bytes(8)
     got_iv, ct = t.seal(hdr, 1, bytes.fromhex(v["plaintext"]))
@@ -120,7 +120,7 @@ def test_draft_mcgrew_gcm_gmac_esp(v: dict) -> None:
         None,
         None,
         esn=v["esn"],
-        iv_source=lambda s: iv,
+        unsafe_iv_source=lambda s: iv,
     )
     hdr = v["spi"].to_bytes(4, "big") + (seq & 0xFFFFFFFF).to_bytes(4, "big")
     packet = bytes.fromhex(v["packet_out"])

@@ -2,7 +2,7 @@
 
 Every vector is a published one, transcribed into ``tests/vectors/`` (see its README) and checked
 there against raw ``cryptography`` primitives by ``test_vector_files.py``. Here the same vectors go
-through ``SecurityAssociation.from_dict(..., iv_source=...)`` -> ``protect`` / ``unprotect``:
+through ``SecurityAssociation.from_dict(..., unsafe_iv_source=...)`` -> ``protect`` / ``unprotect``:
 
 * RFC 3602 §4 cases 5-8 (``rfc3602_aes_cbc_esp.json``): AES-CBC-128, no integrity
   (encryption-only ESP), IPv4 transport (5, 6) and tunnel (7, 8) packets, before and after ESP.
@@ -76,12 +76,12 @@ def ipv4(proto: int, payload: bytes, src: str = "192.0.2.1", dst: str = "192.0.2
 
 
 def fixed_iv(iv_hex: str, expected_seq: int):
-    """The known-answer ``iv_source``: the vector's IV, and a check that the engine asks for it
+    """The known-answer ``unsafe_iv_source``: the vector's IV, and a check that the engine asks for it
     with the vector's full (64-bit with ESN) sequence number."""
     iv = bytes.fromhex(iv_hex)
 
     def source(seq: int) -> bytes:
-        assert seq == expected_seq, f"iv_source called for seq {seq:#x}, vector is {expected_seq:#x}"
+        assert seq == expected_seq, f"unsafe_iv_source called for seq {seq:#x}, vector is {expected_seq:#x}"
         return iv
 
     return source
@@ -90,7 +90,7 @@ def fixed_iv(iv_hex: str, expected_seq: int):
 def sa_pair(desc: dict, seq: int, iv_hex: str) -> tuple[SecurityAssociation, SecurityAssociation]:
     """(outbound SA whose next packet is ``seq`` with the vector IV, inbound SA expecting ``seq``)."""
     out = SecurityAssociation.from_dict({**desc, "direction": "outbound", "seq": seq - 1},
-                                        iv_source=fixed_iv(iv_hex, seq))
+                                        unsafe_iv_source=fixed_iv(iv_hex, seq))
     inb = SecurityAssociation.from_dict({**desc, "direction": "inbound", "seq": seq - 1})
     return out, inb
 
@@ -258,7 +258,7 @@ def test_gcm_draft_case4_spi_zero() -> None:
 
     key = bytes.fromhex(v["key"] + v["salt"])
     t = make_esp_transform(resolve_encryption("aes-gcm-16"), key, None, None, esn=False,
-                           iv_source=fixed_iv(v["iv"], v["seq"]))
+                           unsafe_iv_source=fixed_iv(v["iv"], v["seq"]))
     header = struct.pack("!II", v["spi"], v["seq"])
     iv, body = t.seal(header, v["seq"], bytes.fromhex(v["plaintext"]))
     packet_out = bytes.fromhex(v["packet_out"])

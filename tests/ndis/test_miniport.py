@@ -3,7 +3,7 @@
 OID buffers are built as a Windows transport would: ``pack_add_sa`` writes every member with
 ``struct`` at the offsets of ``shared/spec/windows-layouts-x64.json`` (independent of our codec);
 other tests use the codec's encoders. Packets go through ``send``/``receive`` and are compared
-with the all-software data path (same keys, same ``iv_source`` so CBC IVs match) and checked
+with the all-software data path (same keys, same ``unsafe_iv_source`` so CBC IVs match) and checked
 with scapy's ``scapy.layers.ipsec`` (test-only oracle). Every refusal asserts the exact status,
 that the buffer comes back unchanged, and that the miniport's tables did not change.
 """
@@ -85,7 +85,7 @@ KEYLEN = {"null": 0, "des-cbc": 8, "3des-cbc": 24, "hmac-md5-96": 16, "hmac-sha1
           "none": 0}
 
 
-def iv_source(seq: int) -> bytes:
+def unsafe_iv_source(seq: int) -> bytes:
     return (seq * 0x0101010101).to_bytes(8, "big")
 
 
@@ -170,7 +170,7 @@ def sw_sa(direction: str, *, protocol: str = "esp", spi: int, enc: str = "3des-c
         obj["integrity"] = {"algorithm": integ, "key": KEYS[integ].hex()}
     if encap:
         obj["encapsulation"] = {"type": "udp", "sport": 4500, "dport": 4500}
-    return SecurityAssociation.from_dict(obj, iv_source=iv_source if IVLEN.get(enc) else None)
+    return SecurityAssociation.from_dict(obj, unsafe_iv_source=unsafe_iv_source if IVLEN.get(enc) else None)
 
 
 def inner(n: int, src: str = LOCAL, dst: str = PEER, *, tos: int = 0) -> bytes:
@@ -478,7 +478,7 @@ def _check_scapy_esp(wire: bytes, enc: str, integ: str, spi: int, expect_payload
 @pytest.mark.parametrize(("enc", "integ"), ESP_CASES)
 @pytest.mark.parametrize("mode", ["transport", "tunnel"])
 def test_esp_send_receive_match_software(enc: str, integ: str, mode: str) -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     tunnel = mode == "tunnel"
     h_out = add_esp(mp, inbound=False, spi=SPI_OUT, enc=enc, integ=integ, tunnel=tunnel)
     add_esp(mp, inbound=True, spi=SPI_IN, enc=enc, integ=integ, tunnel=tunnel)
@@ -580,7 +580,7 @@ def test_ah_send_receive_match_software(integ: str, mode: str) -> None:
     ("hmac-md5-96", "null", "hmac-md5-96"), ("hmac-sha1-96", "3des-cbc", "none"),
 ])
 def test_esp_ah_bundle(ah_integ: str, esp_enc: str, esp_integ: str) -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     entries = [esp_entry(SPI_OUT, esp_enc, esp_integ), ah_entry(SPI_AH, ah_integ)]
     keymat = esp_keymat(esp_enc, esp_integ) + KEYS[ah_integ]
     res = {}
@@ -731,7 +731,7 @@ def test_destination_with_mask_zero_is_a_host() -> None:
 
 
 def test_delete_stops_traffic() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     h_out = add_esp(mp, inbound=False, spi=SPI_OUT)
     h_in = add_esp(mp, inbound=True, spi=SPI_IN)
     s_out = sw_sa("outbound", spi=SPI_OUT)
@@ -752,7 +752,7 @@ def test_delete_stops_traffic() -> None:
 
 
 def test_send_refuses_packets_not_shaped_like_the_sa() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     h = add_esp(mp, inbound=False, spi=SPI_OUT)
     pkt = inner(2)
     wire = sw_sa("outbound", spi=SPI_OUT).protect(pkt).packet
@@ -769,7 +769,7 @@ def test_send_refuses_packets_not_shaped_like_the_sa() -> None:
 
 
 def test_tunnel_addresses_written_by_the_nic() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     h = add_esp(mp, inbound=False, spi=SPI_OUT, tunnel=True)
     s_out = sw_sa("outbound", spi=SPI_OUT, mode="tunnel")
     pkt = inner(3)
@@ -787,11 +787,11 @@ def test_keymat_integrity_first_flag() -> None:
     wire = s_out.protect(pkt).packet
     prepared = prepare_esp(wire, 20, pkt[20:], 17, iv_len=8, icv_len=12, block=8)
     buf = pack_add_sa(entries=[esp_entry(SPI_OUT, enc, integ)], keymat=swapped)
-    good = Miniport(keymat_order="integrity-first", iv_source=iv_source)
+    good = Miniport(keymat_order="integrity-first", unsafe_iv_source=unsafe_iv_source)
     st, out = good.oid_request(Oid.TCP_TASK_IPSEC_ADD_SA, buf)
     assert st == NdisStatus.SUCCESS
     assert good.send(prepared, struct.unpack_from("<Q", out, ADD["OffloadHandle"])[0]) == wire
-    wrong = Miniport(iv_source=iv_source)  # conf-first reads the keys the other way round
+    wrong = Miniport(unsafe_iv_source=unsafe_iv_source)  # conf-first reads the keys the other way round
     st, out = wrong.oid_request(Oid.TCP_TASK_IPSEC_ADD_SA, buf)
     assert st == NdisStatus.SUCCESS
     assert wrong.send(prepared, struct.unpack_from("<Q", out, ADD["OffloadHandle"])[0]) != wire
@@ -834,7 +834,7 @@ def del_udp(mp: Miniport, handle: int, entry: int) -> int:
 
 @pytest.mark.parametrize("mode", ["transport", "tunnel"])
 def test_udpesp_send_receive_and_ike_passthrough(mode: str) -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     tunnel = mode == "tunnel"
     h_out, e_out = add_udp(mp, inbound=False, spi=SPI_OUT, tunnel=tunnel)
     assert e_out == 0  # outbound: the entry handle is left as it was (NULL)
@@ -975,7 +975,7 @@ def test_sa_delete_req_after_resources_once_per_sa() -> None:
 
 
 def test_oid_requests_serialised_against_traffic() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     h_out = add_esp(mp, inbound=False, spi=SPI_OUT)
     pkt = inner(6)
     wire = sw_sa("outbound", spi=SPI_OUT).protect(pkt).packet

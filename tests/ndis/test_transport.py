@@ -47,7 +47,7 @@ KEYS = {"des-cbc": bytes(range(1, 9)), "3des-cbc": bytes(range(10, 34)), "null":
         "hmac-sha1-96": bytes(range(60, 80)), "hmac-sha256-128": bytes(32)}
 
 
-def iv_source(seq: int) -> bytes:
+def unsafe_iv_source(seq: int) -> bytes:
     return (seq * 0x0301030103).to_bytes(8, "big")
 
 
@@ -70,7 +70,7 @@ def sa_dict(direction: str, *, side: str, spi: int, protocol: str = "esp",
 
 def make(obj: dict) -> SecurityAssociation:
     cbc = obj.get("encryption", {}).get("algorithm") in ("des-cbc", "3des-cbc", "aes-cbc")
-    return SecurityAssociation.from_dict(obj, iv_source=iv_source if cbc else None)
+    return SecurityAssociation.from_dict(obj, unsafe_iv_source=unsafe_iv_source if cbc else None)
 
 
 def pair(side: str, spi_out: int, spi_in: int, **kw: object
@@ -102,7 +102,7 @@ CASES = [
 def test_offloaded_pair_matches_software(case: tuple) -> None:
     protocol, enc, integ, mode, encap = case
     kw = {"protocol": protocol, "enc": enc, "integ": integ, "mode": mode, "encap": encap}
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     transport = OffloadTransport(mp)
     a_out, a_in = pair("a", 0x1111, 0x2222, **kw)       # offloaded, our side
     sw_out, sw_in = pair("a", 0x1111, 0x2222, **kw)     # software twin of our side
@@ -255,7 +255,7 @@ def test_udp_parser_entries_reference_counted() -> None:
 
 
 def test_sa_delete_request_honoured_and_software_carries_on() -> None:
-    mp = Miniport(capacity=2, iv_source=iv_source)
+    mp = Miniport(capacity=2, unsafe_iv_source=unsafe_iv_source)
     transport = OffloadTransport(mp)
     a_out, a_in = pair("a", 0xE00, 0xE01)
     b_out, _b_in = pair("b", 0xE01, 0xE00)
@@ -274,7 +274,7 @@ def test_sa_delete_request_honoured_and_software_carries_on() -> None:
 
 def test_fallbacks_when_the_nic_lost_the_sa() -> None:
     """CryptoDone = 0 on receive and an unprocessed send both fall back to software."""
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     transport = OffloadTransport(mp)
     a_out, a_in = pair("a", 0x1A00, 0x1A01)
     sw_out, _ = pair("a", 0x1A00, 0x1A01)
@@ -293,7 +293,7 @@ def test_fallbacks_when_the_nic_lost_the_sa() -> None:
 
 
 def test_handles_in_returned_buffers_are_the_ones_used_for_send() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     transport = OffloadTransport(mp)
     a_out, a_in = pair("a", 0x2A00, 0x2A01)
     h_out, h_in = transport.offload(a_out, a_in)
@@ -352,7 +352,7 @@ def test_transport_selectors_refused_when_no_or_several_filters() -> None:
 def test_same_inbound_spi_on_two_local_addresses() -> None:
     """SPIs are unique per destination (A.1, F.4): two pairs with one inbound SPI on different
     local addresses both offload, and each receives its own traffic."""
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     transport = OffloadTransport(mp)
     local2, peer2 = "192.0.2.2", "198.51.100.8"
 
@@ -424,7 +424,7 @@ class _Flaky:
 
 
 def test_failed_delete_leaves_everything_for_a_retry() -> None:
-    mp = Miniport(iv_source=iv_source)
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
     refuse: set[int] = set()
 
     def fail(oid: int, buf: bytes) -> object:

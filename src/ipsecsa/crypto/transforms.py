@@ -12,13 +12,25 @@ Two things cannot be hoisted out of the per-packet path, because cryptography's 
 per packet, and so does GCM with a truncated 8- or 12-byte ICV on the receive side (the AEAD class
 verifies only full 16-byte tags). Those contexts reuse the per-SA ``algorithms.AES`` object.
 
-IVs (RFC 4303 §3.3.2; the engine never reuses a sequence number under one SA, RFC 4303 §3.3.3):
+IVs (RFC 4303 §3.3.2):
 
-* GCM, CCM, ChaCha20-Poly1305, GMAC and CTR use the 64-bit sequence number, big-endian, as the
-  8-byte IV: a counter is exactly what RFC 4106 §3.1, RFC 4309 §3.1, RFC 7634 §2.1, RFC 4543 §3.1
-  and RFC 3686 §3 ask for (unique per key, need not be unpredictable).
+* GCM, CCM, ChaCha20-Poly1305, null-AES-GMAC, CTR (ESP) and AES-GMAC (AH) need an 8-byte IV that is
+  never repeated under one key; it need not be unpredictable (RFC 4106 §3.1, RFC 4309 §3.1,
+  RFC 7634 §2.1, RFC 4543 §3.1, RFC 3686 §3). A bare sequence number would do *if* every key had
+  exactly one sender whose counter never restarted -- but two SA objects built from one
+  description, or an SA file reloaded with a stale ``seq``, both start at the same number, and
+  for GCM a repeated nonce also gives away the authentication key. Our CHOICE, modelled on Linux's
+  ``seqiv`` template: each transform object draws a random 64-bit ``iv_mask`` at construction
+  (``os.urandom(8)``) and the IV of a packet is ``(seq ^ iv_mask)`` as 8 bytes big-endian, ``seq``
+  being the full 64-bit (ESN) number. Within one object the IVs are unique because ``seq`` never
+  repeats under one SA (RFC 4303 §3.3.3, the engine enforces it); between objects sharing a key
+  they collide only with the probability of two random 64-bit values meeting.
+  The receiver reads the IV from the packet, so the mask never has to be known to the peer.
 * CBC uses ``os.urandom`` per packet: RFC 3602 §3 / RFC 2451 require an unpredictable IV.
-* ``iv_source(seq) -> bytes`` overrides both, for known-answer tests.
+  ``iv_mask`` is 0 on transforms that have no counter IV (CBC, null, the AH MACs).
+* ``unsafe_iv_source(seq) -> bytes`` overrides both, for known-answer tests only (``iv_mask`` is
+  then 0); :data:`COUNTER_IV` is the ready-made override "IV = the sequence number", which some
+  published vectors assume. Never for traffic.
 
 Extended sequence numbers: AEAD AAD is SPI ‖ seq-high ‖ seq-low (RFC 4106 §5, RFC 4309 §5,
 RFC 7634 §2.3, RFC 4543 §5); for integrity algorithms seq-high is appended after the ESP payload
@@ -49,6 +61,9 @@ except ImportError:  # pragma: no cover - older cryptography
     TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
 
 IvSource = Callable[[int], bytes]
+
+#: Bits of an 8-byte counter IV (``iv_mask`` and the sequence number are both 64-bit).
+_U64 = 0xFFFFFFFFFFFFFFFF
 
 
 class _SealFn(Protocol):
@@ -140,12 +155,15 @@ class EspTransform:
 
     # Slotted: one transform per installed SA. ``seal``/``open`` are slots of each subclass
     # (the specialised per-SA functions), shadowing the documenting methods below.
-    __slots__ = ("algorithm", "block_size", "icv_len", "iv_len")
+    __slots__ = ("algorithm", "block_size", "icv_len", "iv_len", "iv_mask")
 
     iv_len: int
     icv_len: int
     block_size: int
     algorithm: str
+    #: The random 64-bit mask of this object's counter IVs (``seq ^ iv_mask``, module doc); 0 for
+    #: CBC and null (no counter IV) and when ``unsafe_iv_source`` decides the IVs.
+    iv_mask: int
 
     def __repr__(self) -> str:
         return (
@@ -160,37 +178,67 @@ class EspTransform:
         raise NotImplementedError
 
 
+def COUNTER_IV(seq: int) -> bytes:
+    """``unsafe_iv_source`` giving IV = the 64-bit sequence number, big-endian (8 bytes).
+
+    Known-answer tests only: the IVs some published vectors assume. Two SA objects sharing a key
+    would send the same IVs; the default (a per-object random ``iv_mask``) exists to prevent it.
+    Refused for CBC, whose IVs must be unpredictable.
+    """
+    return _PACK_Q(seq)
+
+
+def _new_iv_mask() -> int:
+    """A fresh random 64-bit mask for one transform object's counter IVs (see module doc)."""
+    return int.from_bytes(os.urandom(8), "big")
+
+
 def _checked_iv_source(source: IvSource, n: int) -> IvSource:
     def iv_of(seq: int) -> bytes:
         iv = source(seq)
         if len(iv) != n:
-            raise ConfigError("iv_source", f"expected {n}-byte IVs, got {len(iv)}")
+            raise ConfigError("unsafe_iv_source", f"expected {n}-byte IVs, got {len(iv)}")
         return bytes(iv)
 
     return iv_of
 
 
+def _counter_ivs(unsafe_iv_source: IvSource | None) -> tuple[int, IvSource]:
+    """``(iv_mask, iv_of)`` for a counter-IV transform: a fresh random mask and
+    ``iv_of(seq) = (seq ^ mask)`` as 8 bytes big-endian, or mask 0 and the checked override."""
+    if unsafe_iv_source is not None:
+        return 0, _checked_iv_source(unsafe_iv_source, 8)
+    mask = _new_iv_mask()
+    pack_q = _PACK_Q
+
+    def iv_of(seq: int) -> bytes:
+        return pack_q((seq ^ mask) & _U64)
+
+    return mask, iv_of
+
+
 # Hot path. The sealing/opening functions are closures over the per-SA values (bound AEAD method,
 # salt, precompiled structs) and are stored on the instance: no attribute lookups, no branches,
 # no bound-method creation per packet.
-_PACK_Q = struct.Struct(">Q").pack  # the 64-bit sequence number as the 8-byte counter IV
+_PACK_Q = struct.Struct(">Q").pack  # a 64-bit counter as the 8-byte IV
 _PACK_ESN_AAD = struct.Struct(">4sQ").pack  # SPI (first 4 bytes of the header) ‖ seq-hi ‖ seq-lo
 
 
-def _aead_seal(encrypt: Callable[..., bytes], salt: bytes, esn: bool) -> _SealFn:
+def _aead_seal(encrypt: Callable[..., bytes], salt: bytes, esn: bool, mask: int) -> _SealFn:
+    # seq and mask are both below 2**64, so seq ^ mask is too: no masking needed per packet.
     pack_q = _PACK_Q
     if esn:
         pack_aad = _PACK_ESN_AAD
 
         def seal_esn(esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
-            iv = pack_q(seq)
+            iv = pack_q(seq ^ mask)
             return iv, encrypt(salt + iv, plaintext, pack_aad(esp_header, seq))
 
         return seal_esn
 
     def seal(esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
         # Without ESN the AAD is the ESP header itself (SPI ‖ seq-low): no copy.
-        iv = pack_q(seq)
+        iv = pack_q(seq ^ mask)
         return iv, encrypt(salt + iv, plaintext, esp_header)
 
     return seal
@@ -217,13 +265,16 @@ def _aead_open(decrypt: Callable[..., bytes], salt: bytes, esn: bool) -> _OpenFn
     return open_
 
 
-
 class _AeadTransform(EspTransform):
     """RFC 4106 AES-GCM, RFC 4309 AES-CCM, RFC 7634 ChaCha20-Poly1305: nonce = salt ‖ IV."""
 
-    __slots__ = ("_aes", "_decrypt", "_drop", "_encrypt", "_esn", "_iv_of", "_n", "_salt", "open", "seal")
+    __slots__ = (
+        "_aes", "_decrypt", "_drop", "_encrypt", "_esn", "_iv_of", "_n", "_salt", "open", "seal",
+    )
 
-    def __init__(self, enc: EncryptionAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None):
+    def __init__(
+        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None
+    ):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
         self.icv_len = enc.icv_len
@@ -239,7 +290,7 @@ class _AeadTransform(EspTransform):
             aead = ChaCha20Poly1305(cipher_key)
         self._encrypt = aead.encrypt
         self._decrypt = aead.decrypt
-        self._iv_of = None if iv_source is None else _checked_iv_source(iv_source, 8)
+        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
         # GCM with a truncated ICV: tag = the first n bytes of the full tag (RFC 4106 §6, SP
         # 800-38D §5.2.1.2). Sealing drops the tail; opening needs a Cipher context (see module doc).
         self._drop = _GCM_FULL_TAG - n if enc.kind == "gcm" else 0
@@ -253,13 +304,15 @@ class _AeadTransform(EspTransform):
             self.open = self._open_truncated_gcm  # type: ignore[method-assign]
         else:
             self.open = _aead_open(self._decrypt, self._salt, esn)  # type: ignore[method-assign]
-        if self._iv_of is not None or self._drop:
+        if unsafe_iv_source is not None or self._drop:
             self.seal = self._seal_general  # type: ignore[method-assign]
         else:
-            self.seal = _aead_seal(self._encrypt, self._salt, esn)  # type: ignore[method-assign]
+            self.seal = _aead_seal(  # type: ignore[method-assign]
+                self._encrypt, self._salt, esn, self.iv_mask
+            )
 
     def _seal_general(self, esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
-        iv = _PACK_Q(seq) if self._iv_of is None else self._iv_of(seq)
+        iv = self._iv_of(seq)
         aad = _PACK_ESN_AAD(esp_header, seq) if self._esn else esp_header
         out = self._encrypt(self._salt + iv, plaintext, aad)
         if self._drop:
@@ -294,8 +347,9 @@ class _GmacTransform(EspTransform):
 
     __slots__ = ("_decrypt", "_encrypt", "_esn", "_iv_of", "_salt", "open", "seal")
 
-
-    def __init__(self, enc: EncryptionAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None):
+    def __init__(
+        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None
+    ):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
         self.icv_len = enc.icv_len
@@ -305,13 +359,13 @@ class _GmacTransform(EspTransform):
         self._encrypt = aead.encrypt
         self._decrypt = aead.decrypt
         self._esn = esn
-        self._iv_of = None if iv_source is None else _checked_iv_source(iv_source, 8)
+        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
         # Slots shadowing EspTransform's documenting methods (see _AeadTransform).
         self.seal = self._seal_gmac  # type: ignore[method-assign]
         self.open = self._open_gmac  # type: ignore[method-assign]
 
     def _seal_gmac(self, esp_header: bytes, seq: int, plaintext: bytes) -> tuple[bytes, bytes]:
-        iv = _PACK_Q(seq) if self._iv_of is None else self._iv_of(seq)
+        iv = self._iv_of(seq)
         head = _PACK_ESN_AAD(esp_header, seq) if self._esn else esp_header
         tag = self._encrypt(self._salt + iv, b"", b"".join((head, iv, plaintext)))
         return iv, plaintext + tag
@@ -335,8 +389,9 @@ class _EncryptThenMac(EspTransform):
     With integrity ``none`` the ICV is empty (encryption-only ESP) and ``open`` cannot fail.
     """
 
-    __slots__ = ("_cipher_alg", "_esn", "_iv_of", "_kind", "_mac", "_mode", "_nonce", "open", "seal")
-
+    __slots__ = (
+        "_cipher_alg", "_esn", "_iv_of", "_kind", "_mac", "_mode", "_nonce", "open", "seal",
+    )
 
     def __init__(
         self,
@@ -345,7 +400,7 @@ class _EncryptThenMac(EspTransform):
         integ: IntegrityAlgorithm | None,
         integ_key: bytes | None,
         esn: bool,
-        iv_source: IvSource | None,
+        unsafe_iv_source: IvSource | None,
     ):
         self.algorithm = enc.name if integ is None else f"{enc.name}+{integ.name}"
         self.iv_len = enc.iv_len
@@ -367,13 +422,21 @@ class _EncryptThenMac(EspTransform):
             self._nonce = key[-4:]
         self._mac = None if integ is None or integ.icv_len == 0 else _make_mac(integ, integ_key or b"")
         self.icv_len = 0 if self._mac is None else integ.icv_len  # type: ignore[union-attr]
-        if iv_source is not None:
-            self._iv_of = _checked_iv_source(iv_source, self.iv_len)
+        self.iv_mask = 0
+        if enc.kind == "ctr":
+            self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
+        elif unsafe_iv_source is not None:
+            if unsafe_iv_source is COUNTER_IV:
+                raise ConfigError(
+                    "unsafe_iv_source",
+                    f"COUNTER_IV is for counter-IV algorithms; {enc.name} needs "
+                    "unpredictable IVs (RFC 3602 §3)" if enc.kind == "cbc"
+                    else f"COUNTER_IV is for counter-IV algorithms; {enc.name} has no IV",
+                )
+            self._iv_of = _checked_iv_source(unsafe_iv_source, self.iv_len)
         elif enc.kind == "cbc":
             n = self.iv_len
             self._iv_of = lambda seq: os.urandom(n)
-        elif enc.kind == "ctr":
-            self._iv_of = _PACK_Q
         else:
             self._iv_of = lambda seq: b""
         # Slots shadowing EspTransform's documenting methods (see _AeadTransform).
@@ -432,13 +495,16 @@ def make_esp_transform(
     integ_key: bytes | None,
     *,
     esn: bool,
-    iv_source: IvSource | None = None,
+    unsafe_iv_source: IvSource | None = None,
 ) -> EspTransform:
     """Build the per-SA ESP transform; validates the combination and the key lengths.
 
     Raises :class:`ConfigError` for a combination RFC 4303 does not allow (null encryption
     without integrity, an AEAD with a separate integrity algorithm, AH-only ``aes-gmac`` in ESP)
     and :class:`KeyLengthError` naming ``encryption.key`` / ``integrity.key``.
+
+    ``unsafe_iv_source(seq) -> bytes`` replaces IV generation -- known-answer tests only (module
+    doc); without it counter IVs are ``seq ^ iv_mask`` with a fresh random mask per transform.
     """
     if integ is not None and integ.name == "none":
         integ = None
@@ -450,8 +516,8 @@ def make_esp_transform(
                 f"{enc.name} is a combined-mode algorithm with its own ICV; integrity must be none",
             )
         if enc.kind == "gmac":
-            return _GmacTransform(enc, enc_key, esn, iv_source)
-        return _AeadTransform(enc, enc_key, esn, iv_source)
+            return _GmacTransform(enc, enc_key, esn, unsafe_iv_source)
+        return _AeadTransform(enc, enc_key, esn, unsafe_iv_source)
     if integ is None:
         if enc.kind == "null":
             raise ConfigError(
@@ -467,7 +533,7 @@ def make_esp_transform(
         if integ_key is None:
             raise ConfigError(_INTEG_KEY, f"{integ.name} needs a key")
         check_key(integ, integ_key, _INTEG_KEY)
-    return _EncryptThenMac(enc, enc_key, integ, integ_key, esn, iv_source)
+    return _EncryptThenMac(enc, enc_key, integ, integ_key, esn, unsafe_iv_source)
 
 
 # --- AH -----------------------------------------------------------------------------------------
@@ -491,6 +557,8 @@ class AhIntegrity:
     """
 
     iv_len = 0
+    #: No IV, so no mask (see :class:`_AhGmacIntegrity` for the one AH algorithm with an IV).
+    iv_mask = 0
 
     def __init__(self, integ: IntegrityAlgorithm, key: bytes, esn: bool) -> None:
         self.algorithm = integ.name
@@ -514,7 +582,8 @@ class AhIntegrity:
 class _AhGmacIntegrity(AhIntegrity):
     """RFC 4543 §4 AUTH_AES_GMAC: the AH ICV field is IV (8) ‖ GMAC tag (16), ``icv_len`` 24.
 
-    Nonce = salt ‖ IV (§3.2), IV = the 64-bit sequence number or ``iv_source(seq)`` (§3.1),
+    Nonce = salt ‖ IV (§3.2), IV = ``seq ^ iv_mask`` like ESP's counter IVs (module doc; §3.1
+    asks only for uniqueness per key) or ``unsafe_iv_source(seq)``,
     full untruncated tag (§3.4). AAD = the AH ICV input of RFC 4302 §3.3.3 (``data``: mutable
     fields zeroed, everything after AH, seq-high appended with ESN) with the IV *in place* at the
     start of the ICV field and only the tag (and the sender's padding) zeroed: "the IV is included
@@ -524,7 +593,7 @@ class _AhGmacIntegrity(AhIntegrity):
     iv_len = 8
 
     def __init__(
-        self, integ: IntegrityAlgorithm, key: bytes, esn: bool, iv_source: IvSource | None
+        self, integ: IntegrityAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None
     ) -> None:
         self.algorithm = integ.name
         self.icv_len = self.iv_len + integ.icv_len
@@ -534,7 +603,7 @@ class _AhGmacIntegrity(AhIntegrity):
         self._salt = bytes(key[-n:])
         self._encrypt = aead.encrypt
         self._decrypt = aead.decrypt
-        self._iv_of = _PACK_Q if iv_source is None else _checked_iv_source(iv_source, self.iv_len)
+        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
 
     def _aad(self, data: bytes, seq: int, iv: bytes, icv_off: int) -> bytes:
         mv = memoryview(data)
@@ -564,7 +633,7 @@ def make_ah_integrity(
     key: bytes,
     *,
     esn: bool,
-    iv_source: IvSource | None = None,
+    unsafe_iv_source: IvSource | None = None,
 ) -> AhIntegrity:
     """Build the per-SA AH integrity object.
 
@@ -572,14 +641,15 @@ def make_ah_integrity(
     signature: whether seq-high enters the ICV is a property of the SA, and ``compute(data, seq)``
     cannot know it otherwise. It is required on purpose: a silent default would make ESN AH SAs
     compute a wrong ICV.
-    ``iv_source`` is used by AES-GMAC (RFC 4543 §4) only and ignored by the MACs.
+    ``unsafe_iv_source`` (known-answer tests only) is used by AES-GMAC (RFC 4543 §4) only and
+    ignored by the MACs.
     """
     if integ.name == "none":
         raise ConfigError("integrity.algorithm", "AH requires an integrity algorithm")
     check_key(integ, key, _INTEG_KEY)
     if integ.name == "aes-gmac":
-        return _AhGmacIntegrity(integ, key, esn, iv_source)
+        return _AhGmacIntegrity(integ, key, esn, unsafe_iv_source)
     return AhIntegrity(integ, key, esn)
 
 
-__all__ = ["AhIntegrity", "EspTransform", "make_ah_integrity", "make_esp_transform"]
+__all__ = ["COUNTER_IV", "AhIntegrity", "EspTransform", "make_ah_integrity", "make_esp_transform"]

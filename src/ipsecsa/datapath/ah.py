@@ -161,13 +161,13 @@ class AhSA(SecurityAssociation):
     )
 
     # ----------------------------------------------------------------- per-SA preparation
-    def _build(self, iv_source: IvSource | None) -> None:
+    def _build(self, unsafe_iv_source: IvSource | None) -> None:
         c = self.config
         integ = c.integrity
         if integ is None or integ.name == "none" or c.integrity_key is None:
             raise ConfigError("integrity.algorithm", "AH requires an integrity algorithm")
         self.integrity = ai = make_ah_integrity(integ, c.integrity_key.bytes, esn=c.esn,
-                                                iv_source=iv_source)
+                                                unsafe_iv_source=unsafe_iv_source)
         #: The crypto step; a NIC model or native engine may replace these two. Called with
         #: the offset of the ICV field in the data as last argument (AES-GMAC carries its IV
         #: there, RFC 4543 §4: IV ‖ tag; the MACs ignore it).

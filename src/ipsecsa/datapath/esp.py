@@ -111,13 +111,13 @@ class EspSA(SecurityAssociation):
     )
 
     # ----------------------------------------------------------------- per-SA preparation
-    def _build(self, iv_source: IvSource | None) -> None:
+    def _build(self, unsafe_iv_source: IvSource | None) -> None:
         c = self.config
         key = c.encryption_key.bytes if c.encryption_key is not None else b""
         ikey = c.integrity_key.bytes if c.integrity_key is not None else None
         integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
         self.transform = t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
-                                                iv_source=iv_source)
+                                                unsafe_iv_source=unsafe_iv_source)
         #: The crypto step; a NIC model or native engine may replace these two.
         self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
         self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open

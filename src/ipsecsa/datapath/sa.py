@@ -114,7 +114,7 @@ class SecurityAssociation:
     _window: ReplayWindow
 
     def __init__(self, config: Any, *, now: float | None = None,
-                 iv_source: IvSource | None = None) -> None:
+                 unsafe_iv_source: IvSource | None = None) -> None:
         if config.protocol != self.PROTOCOL:
             raise ConfigError("protocol", f"{type(self).__name__} cannot carry a "
                                           f"{config.protocol} SA")
@@ -144,7 +144,7 @@ class SecurityAssociation:
         self._life = lifetime_marks(Limits.of(config.soft), Limits.of(config.hard), installed)
         self._timed = self._life.timed
         self._refresh_marks()
-        self._build(iv_source)
+        self._build(unsafe_iv_source)
         self.state = next_state(self.state, SaTrigger.INSTALL)
         if self.direction != "inbound" and self._seq >= self._seq_max:
             # An SA that can send and has used its last number is exhausted from the start
@@ -167,29 +167,34 @@ class SecurityAssociation:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, config: Any, *, now: float | None = None,
-                    iv_source: IvSource | None = None) -> SecurityAssociation:
+                    unsafe_iv_source: IvSource | None = None) -> SecurityAssociation:
         """Build the ESP or AH SA a validated :class:`SaConfig` describes.
 
-        ``iv_source(seq) -> bytes`` replaces IV generation; it exists for known-answer tests and
-        must never be used for traffic (a repeated IV under GCM/CTR/ChaCha20 is catastrophic).
+        ``unsafe_iv_source(seq) -> bytes`` replaces IV generation: known-answer tests only, never
+        traffic (a repeated IV under GCM/CCM/CTR/ChaCha20 is catastrophic; for GCM it also gives
+        away the authentication key). Without it, counter IVs are ``seq ^ iv_mask`` with a random
+        mask per SA object, so two objects built from one description never share IVs
+        (:mod:`ipsecsa.crypto.transforms`). ``ipsecsa.crypto.transforms.COUNTER_IV`` is the
+        override "IV = sequence number" that some published vectors assume.
         """
         if config.protocol == "esp":
             from ipsecsa.datapath.esp import EspSA
 
-            return EspSA(config, now=now, iv_source=iv_source)
+            return EspSA(config, now=now, unsafe_iv_source=unsafe_iv_source)
         from ipsecsa.datapath.ah import AhSA
 
-        return AhSA(config, now=now, iv_source=iv_source)
+        return AhSA(config, now=now, unsafe_iv_source=unsafe_iv_source)
 
     @classmethod
     def from_dict(cls, obj: dict, *, now: float | None = None,
-                  iv_source: IvSource | None = None) -> SecurityAssociation:
+                  unsafe_iv_source: IvSource | None = None) -> SecurityAssociation:
         """Build an SA from one object of the SA description format (``sa-format.md``).
 
-        Raises :class:`~ipsecsa.errors.ConfigError` naming the offending field."""
+        Raises :class:`~ipsecsa.errors.ConfigError` naming the offending field.
+        ``unsafe_iv_source``: known-answer tests only, see :meth:`from_config`."""
         from ipsecsa.config import parse_sa
 
-        return cls.from_config(parse_sa(obj), now=now, iv_source=iv_source)
+        return cls.from_config(parse_sa(obj), now=now, unsafe_iv_source=unsafe_iv_source)
 
     def to_dict(self) -> dict:
         """The SA in the description format, with ``seq`` at its current value so that a saved
@@ -198,7 +203,7 @@ class SecurityAssociation:
         obj["seq"] = self.seq
         return obj
 
-    def _build(self, iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
+    def _build(self, unsafe_iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property

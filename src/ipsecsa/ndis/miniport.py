@@ -337,9 +337,9 @@ class Miniport:
     ``conf_algorithms`` (OffloadConf values; NONE is null-ESP), ``integrity_algorithms``
     (OffloadIntegrity values), ``ah``/``esp`` (operations), ``transport``/``tunnel`` (modes),
     ``udp_esp`` (the UDP-ESP OIDs and subtypes), ``ah_esp_combined`` (2-entry SAs).
-    ``keymat_order`` is the F.1 compatibility flag. ``iv_source(seq) -> bytes`` makes CBC IVs
-    deterministic for tests only; by default the NIC generates them (A.1: a NIC offering DES
-    generates the IV itself).
+    ``keymat_order`` is the F.1 compatibility flag. ``unsafe_iv_source(seq) -> bytes`` makes CBC
+    IVs deterministic -- known-answer tests only; by default the NIC generates them (A.1: a NIC
+    offering DES generates the IV itself).
     """
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY,
@@ -350,7 +350,7 @@ class Miniport:
                  ah: bool = True, esp: bool = True, transport: bool = True, tunnel: bool = True,
                  udp_esp: bool = True, ah_esp_combined: bool = True,
                  keymat_order: Literal["conf-first", "integrity-first"] = "conf-first",
-                 iv_source: IvSource | None = None) -> None:
+                 unsafe_iv_source: IvSource | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if keymat_order not in ("conf-first", "integrity-first"):
@@ -367,7 +367,7 @@ class Miniport:
         self.udp_esp = bool(udp_esp)
         self.ah_esp_combined = bool(ah_esp_combined)
         self.keymat_order = keymat_order
-        self._iv_source = iv_source
+        self._unsafe_iv_source = unsafe_iv_source
         self.stats = MiniportStats()
         self._lock = threading.Lock()
         self._sas: dict[int, OffloadedSa] = {}
@@ -659,8 +659,9 @@ class Miniport:
             try:
                 if e.Operation == OffloadOperation.ENCRYPT:
                     enc = ENCRYPTION[_CONF_ALG[e.ConfAlgo.algoIdentifier]]
-                    t = make_esp_transform(enc, ckey, integ, ikey if integ else None, esn=False,
-                                           iv_source=self._iv_source if enc.iv_len else None)
+                    t = make_esp_transform(
+                        enc, ckey, integ, ikey if integ else None, esn=False,
+                        unsafe_iv_source=self._unsafe_iv_source if enc.iv_len else None)
                     ops.append(_Op(PROTO_ESP, e.SPI, e.ConfAlgo.algoIdentifier, integ_id, esp=t,
                                    iv_len=t.iv_len, icv_len=t.icv_len, block=t.block_size))
                 else:

@@ -1,0 +1,193 @@
+"""``ipsecsa gateway``: run a gateway in the foreground (the contract of issue 17).
+
+    ipsecsa gateway --tun NAME --sa-file F --local IP [--port 4500] [--peer IP]
+                    [--transport udp|raw] [--keepalive S] [--mtu N] [--stats-json FILE]
+
+Order of work, so that failures leave nothing behind: arguments, then the SA file (an unusable
+one is one line and exit 3 before any device exists), then the TUN (within a second of the start),
+then the socket. SIGTERM / SIGINT stop it (exit 0, the TUN removed with its descriptor), SIGUSR1
+prints the counters, SIGHUP re-reads the SA file (a rekey: see :mod:`ipsecsa.gateway.safile`).
+
+Exit status: 0 stopped by a signal; 2 wrong arguments; 3 unusable SA file; 4 the TUN or the
+socket could not be set up (no permission, name taken, address not local).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ipsecsa.errors import ConfigError
+from ipsecsa.gateway.core import KEEPALIVE_INTERVAL, NATT_PORT, TRANSPORTS
+from ipsecsa.gateway.loop import Gateway
+from ipsecsa.gateway.safile import InstalledSas, load_for_gateway
+from ipsecsa.gateway.stats import format_stats
+from ipsecsa.gateway.tun import check_name
+from ipsecsa.sad.database import SaDatabase
+from ipsecsa.securefile import write_secret_file
+
+log = logging.getLogger("ipsecsa.gateway")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_SA_FILE = 3
+EXIT_SYSTEM = 4
+
+PROG = "ipsecsa gateway"
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _address(_ctx: Any, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise click.BadParameter(f"not an IP address: {value!r}", param=param) from None
+
+
+def _tun_name(_ctx: Any, param: click.Parameter, value: str) -> str:
+    try:
+        check_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
+@click.command("gateway", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--tun", "tun", required=True, callback=_tun_name, metavar="NAME",
+              help="TUN device to create (addresses and routes are the administrator's).")
+@click.option("--sa-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="F", help="SA file ({\"sas\": [...]}): this host's outbound and inbound SAs.")
+@click.option("--local", required=True, callback=_address, metavar="IP",
+              help="Local address to bind (the inbound SAs' dst).")
+@click.option("--port", default=NATT_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="UDP port for ESP in UDP (RFC 3948).")
+@click.option("--peer", callback=_address, metavar="IP",
+              help="Send to this address instead of each outbound SA's dst.")
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="udp", show_default=True,
+              help="ESP in UDP, or raw ESP (IP protocol 50; needs CAP_NET_RAW).")
+@click.option("--keepalive", default=KEEPALIVE_INTERVAL, show_default=True,
+              type=click.FloatRange(min=0), metavar="SECONDS",
+              help="NAT-T keepalive after this much idle time (0: never).")
+@click.option("--mtu", type=click.IntRange(68, 65535), default=None,
+              help="TUN MTU (default: the path MTU less the SAs' ESP overhead).")
+@click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write the counters here on SIGUSR1 and at exit.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def gateway_command(tun: str, sa_file: Path, local: Any, port: int, peer: Any, transport: str,
+                    keepalive: float, mtu: int | None, stats_json: Path | None,
+                    verbose: int) -> None:
+    """Run an IPsec gateway on a TUN device in the foreground."""
+    code = run_gateway(tun=tun, sa_file=sa_file, local=local, port=port, peer=peer,
+                       transport=transport, keepalive=keepalive, mtu=mtu, stats_json=stats_json,
+                       verbose=verbose)
+    sys.exit(code)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
+
+
+def _write_stats(path: Path, stats: dict) -> None:
+    # No keys in statistics, but the file names SAs and peers: owner-only, written atomically.
+    write_secret_file(path, (json.dumps(stats, indent=2) + "\n").encode())
+
+
+def run_gateway(*, tun: str, sa_file: Path, local: Any, port: int = NATT_PORT, peer: Any = None,
+                transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
+                mtu: int | None = None, stats_json: Path | None = None, verbose: int = 0) -> int:
+    """The gateway command's work, as an exit status (see the module docstring)."""
+    _setup_logging(verbose)
+    if peer is not None and peer.version != local.version:
+        click.echo(f"{PROG}: error: --peer {peer} and --local {local} are of different "
+                   "families", err=True)
+        return EXIT_USAGE
+    try:
+        configs = load_for_gateway(sa_file, local=local, port=port, transport=transport)
+    except ConfigError as exc:
+        click.echo(f"{PROG}: error: SA file: {exc}", err=True)
+        return EXIT_SA_FILE
+    except OSError as exc:
+        click.echo(f"{PROG}: error: SA file {sa_file}: {exc.strerror}", err=True)
+        return EXIT_SA_FILE
+    sad = SaDatabase()
+    gw: Gateway | None = None
+    installed = InstalledSas(sad, on_retire=lambda sa: gw.core.retire(sa) if gw else None)
+    try:
+        installed.sync(configs)
+    except ConfigError as exc:
+        click.echo(f"{PROG}: error: SA file: {exc}", err=True)
+        return EXIT_SA_FILE
+    gw = Gateway(sad, tun=tun, local=local, port=port, peer=peer, transport=transport,
+                 keepalive=keepalive, mtu=mtu)
+    try:
+        gw.open()
+    except OSError as exc:
+        click.echo(f"{PROG}: error: {exc.strerror or exc}", err=True)
+        gw.close()
+        return EXIT_SYSTEM
+
+    def report() -> None:
+        stats = gw.stats()
+        sys.stderr.write(format_stats(stats))
+        sys.stderr.flush()
+        if stats_json is not None:
+            try:
+                _write_stats(stats_json, stats)
+            except OSError as exc:
+                log.error("cannot write %s: %s", stats_json, exc.strerror)
+
+    def reload() -> None:
+        try:
+            new = load_for_gateway(sa_file, local=local, port=port, transport=transport)
+            added, kept, removed = installed.sync(new)
+        except (ConfigError, OSError) as exc:
+            log.error("SA file not reloaded, the SAs in use stay: %s", exc)
+            return
+        log.warning("SA file reloaded: %d added, %d kept, %d removed", added, kept, removed)
+
+    signal.signal(signal.SIGTERM, lambda *_: gw.stop())
+    signal.signal(signal.SIGINT, lambda *_: gw.stop())
+    signal.signal(signal.SIGUSR1, lambda *_: gw.call_soon(report))
+    signal.signal(signal.SIGHUP, lambda *_: gw.call_soon(reload))
+    try:
+        gw.run()
+    finally:
+        gw.close()
+        report()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: the process's); returns the exit status. A usage
+    error is one line (``ipsecsa gateway: error: ...``) and status 2."""
+    try:
+        gateway_command.main(args=list(argv) if argv is not None else sys.argv[1:],
+                             prog_name=PROG, standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.Abort:
+        return EXIT_USAGE
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return EXIT_OK
+
+
+__all__ = ["EXIT_OK", "EXIT_SA_FILE", "EXIT_SYSTEM", "EXIT_USAGE", "gateway_command", "main",
+           "run_gateway"]

@@ -1,0 +1,214 @@
+"""The gateway as a running thing: a TUN device, a socket, and an epoll loop between them and the
+sans-IO :class:`~ipsecsa.gateway.core.GatewayCore`.
+
+One thread does everything, in batches: when the TUN is readable, every packet ready (up to a
+batch) is read, protected by the core and sent; when the socket is readable, likewise the other
+way. Timers (keepalives, SA lifetimes, MTU changes) run between batches. :meth:`Gateway.stop` and
+:meth:`Gateway.call_soon` may be called from any thread or from a signal handler: they queue the
+work and wake the loop through a socket pair, so a stop takes effect within one loop turn.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+from ipsecsa.gateway.core import KEEPALIVE_INTERVAL, NATT_PORT, GatewayCore, Output
+from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, tun_mtu_for
+from ipsecsa.gateway.transport import RawEspTransport, UdpTransport, path_mtu
+from ipsecsa.gateway.tun import Tun
+from ipsecsa.sad.database import SaDatabase
+
+log = logging.getLogger("ipsecsa.gateway")
+
+# --- implementation constants ------------------------------------------------------------------
+#: Packets taken from the TUN or the socket per turn before the other side gets its turn.
+BATCH = 64
+#: How often the TUN's MTU and the route MTU to the peers are read back.
+MTU_POLL_INTERVAL = 2.0
+
+
+class Gateway:
+    """A userspace IPsec gateway: the TUN ``tun``, ESP to the peers of ``sad``'s outbound SAs.
+
+    ``sad`` may be changed while the gateway runs (SAs added, replaced, deleted): each packet is
+    classified and looked up afresh, so a change takes effect at once. Use as a context manager,
+    or :meth:`open` / :meth:`run` / :meth:`close`::
+
+        with Gateway(sad, tun="ipsec0", local="192.0.2.1") as gw:
+            gw.run()            # until gw.stop() (another thread, a signal handler)
+
+    ``mtu`` fixes the TUN's MTU; by default it is computed from the outbound SAs' overhead and the
+    MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`).
+    """
+
+    def __init__(self, sad: SaDatabase, *, tun: str, local: str | ipaddress.IPv4Address |
+                 ipaddress.IPv6Address, port: int = NATT_PORT,
+                 peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+                 transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
+                 mtu: int | None = None, batch: int = BATCH) -> None:
+        self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
+                                keepalive=keepalive)
+        self.sad = sad
+        self.tun_name = tun
+        self.mtu = mtu
+        self.batch = batch
+        self.tun: Tun | None = None
+        self.net: UdpTransport | RawEspTransport | None = None
+        self.tun_mtu = 0
+        self._calls: collections.deque[Callable[[], Any]] = collections.deque()
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # ----------------------------------------------------------------- setup
+    def _peer_hosts(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        core = self.core
+        if core.peer is not None:
+            return {core.peer}
+        return {bundle.sas[0].config.dst for _h, d, bundle in self.sad if d == "outbound"}
+
+    def _route_mtu(self) -> int:
+        mtus = [path_mtu(self.core.local, host, DEFAULT_PATH_MTU) for host in self._peer_hosts()]
+        return min(mtus) if mtus else DEFAULT_PATH_MTU
+
+    def open(self) -> Gateway:
+        """Create the TUN, then bind the socket (raises TunError / TransportError)."""
+        core = self.core
+        core.set_path_mtu(self._route_mtu())
+        outbound = [b.sas[0] for _h, d, b in self.sad if d == "outbound"]
+        mtu = self.mtu if self.mtu is not None else tun_mtu_for(outbound, core.path_mtu)
+        self.tun = Tun(self.tun_name, mtu=mtu)
+        self.tun_mtu = mtu
+        try:
+            if core.transport == "udp":
+                self.net = UdpTransport(core.local, core.port)
+            else:
+                self.net = RawEspTransport(core.local)
+        except OSError:
+            self.tun.close()
+            self.tun = None
+            raise
+        log.info("TUN %s (MTU %d) up; ESP over %s on %s port %d; path MTU %d", self.tun_name,
+                 mtu, core.transport, core.local, core.port, core.path_mtu)
+        return self
+
+    def close(self) -> None:
+        """Close the socket and the TUN (which removes the device)."""
+        if self.net is not None:
+            self.net.close()
+            self.net = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- control (any thread)
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from another thread or a signal handler)."""
+        self._stopping = True
+        self._wake()
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the loop's thread between two batches (safe from a signal handler)."""
+        self._calls.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already awake (buffer full) or closing
+
+    def stats(self) -> dict:
+        """The core's statistics plus the TUN's MTU."""
+        s = self.core.stats()
+        s["gateway"]["tun"] = self.tun_name
+        s["gateway"]["tun_mtu"] = self.tun_mtu
+        return s
+
+    # ----------------------------------------------------------------- the loop
+    def _perform(self, out: Output) -> None:
+        counters = self.core.counters
+        net, tun = self.net, self.tun
+        assert net is not None and tun is not None
+        if out.net:
+            failed = net.send_batch(out.net)
+            counters.net_tx += len(out.net) - failed
+            counters.send_errors += failed
+        if out.tun:
+            failed = tun.write_batch(out.tun)
+            counters.send_errors += failed
+
+    def _poll_mtu(self) -> None:
+        assert self.tun is not None
+        self.core.set_path_mtu(self._route_mtu())
+        try:
+            mtu = self.tun.mtu
+        except OSError:
+            return
+        if mtu != self.tun_mtu:
+            log.info("TUN %s MTU changed %d -> %d (following it)", self.tun_name, self.tun_mtu,
+                     mtu)
+            self.tun_mtu = mtu
+
+    def run(self) -> None:
+        """Carry traffic until :meth:`stop`. Opens the gateway first if needed."""
+        if self.tun is None:
+            self.open()
+        tun, net, core = self.tun, self.net, self.core
+        assert tun is not None and net is not None
+        sel = selectors.DefaultSelector()
+        sel.register(tun.fd, selectors.EVENT_READ, "tun")
+        sel.register(net.fileno(), selectors.EVENT_READ, "net")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        batch = self.batch
+        next_mtu_poll = time.monotonic() + MTU_POLL_INTERVAL
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                due = min(core.next_timer(), next_mtu_poll)
+                if now >= due:
+                    if now >= next_mtu_poll:
+                        next_mtu_poll = now + MTU_POLL_INTERVAL
+                        self._poll_mtu()
+                    self._perform(core.handle_timer(now))
+                    continue
+                for key, _ev in sel.select(due - now):
+                    what = key.data
+                    if what == "tun":
+                        pkts = tun.read_batch(batch)
+                        if pkts:
+                            self._perform(core.from_tun(pkts))
+                    elif what == "net":
+                        grams = net.recv_batch(batch)
+                        if grams:
+                            self._perform(core.from_net(grams))
+                    else:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                while self._calls:
+                    self._calls.popleft()()
+        finally:
+            sel.close()
+
+
+__all__ = ["BATCH", "Gateway"]
