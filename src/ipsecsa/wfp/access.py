@@ -38,6 +38,12 @@ _VALID_RIGHTS = C.FWPM_GENERIC_ALL | C.FWPM_GENERIC_READ | C.FWPM_GENERIC_WRITE 
     | C.FWPM_GENERIC_EXECUTE
 
 
+def _key(principal: str) -> str:
+    """Windows account names are case-insensitive (``LAB\\Alice`` is ``lab\\alice``): entries
+    are kept and looked up under the case-folded name."""
+    return principal.casefold()
+
+
 def principal_of(identity: object) -> str | None:
     """The principal an ``authIdentity`` names: ``Domain\\User``, or ``User`` without a domain;
     the owner for None. None if the identity is unusable (no user name)."""
@@ -58,7 +64,7 @@ class AccessControl:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, int]] = {c: {} for c in CONTAINERS}
-        self._entries["engine"][EVERYONE] = C.FWPM_ACTRL_OPEN | C.FWPM_ACTRL_CLASSIFY
+        self._entries["engine"][_key(EVERYONE)] = C.FWPM_ACTRL_OPEN | C.FWPM_ACTRL_CLASSIFY
 
     @staticmethod
     def _check(container: str, rights: int) -> None:
@@ -75,23 +81,28 @@ class AccessControl:
         self._check(container, rights)
         if not isinstance(principal, str) or not principal:
             raise ValueError("principal must be a non-empty name")
+        key = _key(principal)
         with self._lock:
             table = self._entries[container]
-            table[principal] = table.get(principal, 0) | rights
+            table[key] = table.get(key, 0) | rights
 
     def revoke(self, principal: str, rights: int, container: str = "engine") -> None:
         """Remove ``rights`` from ``principal``'s entry on ``container``."""
         self._check(container, rights)
+        if not isinstance(principal, str) or not principal:
+            raise ValueError("principal must be a non-empty name")
+        key = _key(principal)
         with self._lock:
             table = self._entries[container]
-            left = table.get(principal, 0) & ~rights
+            left = table.get(key, 0) & ~rights
             if left:
-                table[principal] = left
+                table[key] = left
             else:
-                table.pop(principal, None)
+                table.pop(key, None)
 
     def entries(self) -> dict[str, dict[str, int]]:
-        """A copy of every container's allow entries (for persistence and inspection)."""
+        """A copy of every container's allow entries (for persistence and inspection), under
+        case-folded principal names."""
         with self._lock:
             return {c: dict(t) for c, t in self._entries.items()}
 
@@ -99,13 +110,13 @@ class AccessControl:
         """Replace the entries (a reopened durable engine)."""
         with self._lock:
             for c in CONTAINERS:
-                self._entries[c] = dict(entries.get(c, {}))
+                self._entries[c] = {_key(p): r for p, r in entries.get(c, {}).items()}
 
     def is_admin(self, principal: str) -> bool:
         if principal == OWNER:
             return True
         with self._lock:
-            held = self._entries["engine"].get(principal, 0)
+            held = self._entries["engine"].get(_key(principal), 0)
         return held & C.FWPM_GENERIC_ALL == C.FWPM_GENERIC_ALL
 
     def rights(self, principal: str, container: str) -> int:
@@ -113,11 +124,12 @@ class AccessControl:
         Everyone's)."""
         if self.is_admin(principal):
             return C.FWPM_GENERIC_ALL
+        key, everyone = _key(principal), _key(EVERYONE)
         with self._lock:
             held = 0
             for c in {"engine", container}:
                 table = self._entries[c]
-                held |= table.get(principal, 0) | table.get(EVERYONE, 0)
+                held |= table.get(key, 0) | table.get(everyone, 0)
         return held
 
     def allowed(self, principal: str, container: str, needed: int) -> bool:
