@@ -460,3 +460,20 @@ def test_enum_handles_need_no_right_after_creation(bfe, owner, world):
     st, eh = bfe.FwpmFilterCreateEnumHandle0(h, None)
     assert st == OK
     assert bfe.FwpmFilterEnum0(owner, eh, 10) == (wfp.ERROR_INVALID_HANDLE, None, None)
+
+
+def test_principal_names_are_case_insensitive(bfe, owner, world):
+    """Windows account names are case-insensitive: a grant to LAB\\Alice is one to lab\\alice."""
+    h = open_engine(bfe, alice_identity())
+    bfe.grant("lab\\ALICE", wfp.FWPM_ACTRL_READ, "filters")
+    assert bfe.FwpmFilterGetById0(h, world["block"])[0] == OK
+    bfe.revoke("Lab\\Alice", wfp.FWPM_ACTRL_READ, "filters")
+    assert bfe.FwpmFilterGetById0(h, world["block"]) == (DENIED, None)
+    bfe.revoke("everyone", wfp.FWPM_ACTRL_OPEN, "engine")
+    assert bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, alice_identity(), None) == \
+        (DENIED, None)
+    bfe.grant("LAB\\alice", wfp.FWPM_GENERIC_ALL, "engine")
+    upper = wfp.SEC_WINNT_AUTH_IDENTITY_W(User="ALICE", Domain="lab")
+    assert open_engine(bfe, upper)
+    with pytest.raises(ValueError):
+        bfe.revoke("", wfp.FWPM_ACTRL_READ, "filters")
