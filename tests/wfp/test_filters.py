@@ -1528,3 +1528,23 @@ def test_add_and_delete_in_one_transaction_notify_at_commit_in_order(bfe, h):
                                                    (wfp.FWPM_CHANGE_DELETE, fid)]
     assert sent(bfe) is None
     assert all_filters(bfe, h) == []
+
+
+def test_filter_in_use_until_the_expire_linger_ends():
+    """F.16: a context in the expire linger (F.8: 60 s) still references its filters; once the
+    linger is over the context is gone and the filters can be deleted."""
+    now = [500.0]
+    bfe = wfp.Engine(clock=lambda: now[0])
+    try:
+        h = open_engine(bfe)
+        fin, fout = ipsec_pair(bfe, h)
+        ctx = create_context(bfe, h, fout)
+        assert bfe.IPsecSaContextExpire0(h, ctx) == OK
+        now[0] += 59
+        assert bfe.FwpmFilterDeleteById0(h, fout) == wfp.FWP_E_IN_USE
+        now[0] += 2
+        assert bfe.FwpmFilterDeleteById0(h, fout) == OK
+        assert bfe.FwpmFilterDeleteById0(h, fin) == OK
+        assert bfe.IPsecSaContextGetById1(h, ctx) == (wfp.FWP_E_NOT_FOUND, None)
+    finally:
+        bfe.close()
