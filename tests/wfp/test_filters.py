@@ -1548,3 +1548,67 @@ def test_filter_in_use_until_the_expire_linger_ends():
         assert bfe.IPsecSaContextGetById1(h, ctx) == (wfp.FWP_E_NOT_FOUND, None)
     finally:
         bfe.close()
+
+
+def test_verdicts_follow_every_change(bfe, h):
+    """Filters come and go (implicitly, in committed and in aborted transactions) while the
+    same few flows are sent again and again: after every change each flow's verdict is the
+    reference evaluator's for the filters in force, so no remembered decision outlives a
+    change."""
+    import ipaddress
+    import random
+
+    rnd = random.Random(4711)
+    live: dict[int, tuple[int, int, list[list[Any]]]] = {}
+    flows = [(src, dst, sp, dp) for src in ("192.0.2.1", "192.0.2.9")
+             for dst in ("198.51.100.2", "198.51.100.200", "10.0.0.3")
+             for sp, dp in ((5000, 6000), (500, 500), (8, 3))]
+
+    def new_rule() -> tuple[wfp.FWPM_FILTER0, tuple[int, int, list[list[Any]]]]:
+        parts = [_random_condition(rnd, False) for _ in range(rnd.choice([0, 1, 2]))]
+        action, weight = rnd.choice([BLOCK, PERMIT]), rnd.randrange(0, 8)
+        by_field: dict[Any, list[Any]] = {}
+        for c, pred in parts:
+            by_field.setdefault(c.fieldKey, []).append(pred)
+        flt = plain_filter("outbound", action, [c for c, _ in parts],
+                           weight=val(wfp.FWP_UINT64, uint64=weight))
+        return flt, (weight, action, list(by_field.values()))
+
+    def check() -> None:
+        order = sorted(live.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        for src, dst, sp, dp in flows:
+            view = (int(ipaddress.IPv4Address(src)), int(ipaddress.IPv4Address(dst)), 17, sp,
+                    dp, 0)
+            want = None
+            for _, (_, action, fields) in order:
+                if all(any(pred(view) for pred in preds) for preds in fields):
+                    want = DropReason.BLOCKED if action == BLOCK else None
+                    break
+            for _ in range(2):  # the second packet of the flow may come from a cache
+                assert sent(bfe, src, dst, sport=sp, dport=dp) == want, (src, dst, sp, dp)
+
+    for step in range(60):
+        op = rnd.choice(["add", "add", "delete", "txn"])
+        if op == "add":
+            flt, rule = new_rule()
+            live[add_filter(bfe, h, flt)] = rule
+        elif op == "delete" and live:
+            fid = rnd.choice(sorted(live))
+            assert bfe.FwpmFilterDeleteById0(h, fid) == OK
+            del live[fid]
+        elif op == "txn":
+            assert bfe.FwpmTransactionBegin0(h, 0) == OK
+            pending = dict(live)
+            flt, rule = new_rule()
+            pending[add_filter(bfe, h, flt)] = rule
+            if live:
+                fid = rnd.choice(sorted(live))
+                assert bfe.FwpmFilterDeleteById0(h, fid) == OK
+                del pending[fid]
+            check()  # traffic still sees the state before the transaction
+            if rnd.random() < 0.5:
+                assert bfe.FwpmTransactionCommit0(h) == OK
+                live = pending
+            else:
+                assert bfe.FwpmTransactionAbort0(h) == OK
+        check()
