@@ -286,3 +286,27 @@ def test_deleting_or_expiring_stops_outbound_at_once(direction: str) -> None:
         assert a.bfe.IPsecSaContextDeleteById0(a.h, a.ctx) == 0
     after = a.bfe.outbound(udp4(A4, B4, b"after"))
     assert after.drop is DropReason.NO_POLICY
+
+
+def test_flow_cache_keys_on_the_flow_not_on_per_packet_header_fields() -> None:
+    a, b = prepare(A4, B4), prepare(B4, A4)
+    establish(a, b, Gcm())
+    for ident in range(50):
+        p = bytearray(udp4(A4, B4, b"same flow"))
+        p[4:6] = ident.to_bytes(2, "big")  # identification (checksum now stale: not checked)
+        assert a.bfe.outbound(bytes(p)).drop is None
+    assert len(a.bfe._flows) == 1
+
+
+def test_silent_drop_callout_blocks_even_when_permit_if_unregistered() -> None:
+    bfe = wfp.Engine()
+    h = open_engine(bfe)
+    flt = wfp.FWPM_FILTER0(
+        displayData=wfp.FWPM_DISPLAY_DATA0(name="silent drop"),
+        layerKey=wfp.FWPM_LAYER_OUTBOUND_TRANSPORT_V4,
+        flags=wfp.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED,
+        action=wfp.FWPM_ACTION0(type=wfp.FWP_ACTION_CALLOUT_TERMINATING,
+                                calloutKey=wfp.FWPM_CALLOUT_WFP_TRANSPORT_LAYER_V4_SILENT_DROP))
+    add_filter(bfe, h, flt)
+    assert bfe.outbound(udp4(A4, B4, b"dropped")).drop is DropReason.BLOCKED
+    bfe.close()

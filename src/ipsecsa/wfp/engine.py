@@ -211,7 +211,7 @@ class Engine:
         self._stats: dict[str, int] = {}
         #: Decisions per flow (see _decision): valid while ``_gen`` is unchanged.
         self._gen = 0
-        self._flows: dict[bytes, tuple[int, str, Any]] = {}
+        self._flows: dict[tuple[Any, ...], tuple[int, str, Any]] = {}
 
     # ================================================================ the engine itself
     def close(self) -> None:
@@ -1407,8 +1407,8 @@ class Engine:
         hit = None
         if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x3F or packet[7]):
             proto = packet[9]
-            hit = self._flows.get(packet[9:24] if proto in _V4_PORTED else
-                                  packet[9:22] if proto == 1 else packet[9:20])
+            hit = self._flows.get((proto, packet[12:24] if proto in _V4_PORTED else
+                                   packet[12:22] if proto == 1 else packet[12:20]))
         if hit is not None and hit[0] == self._gen:
             verdict, target = hit[1], hit[2]
         else:
@@ -1466,7 +1466,7 @@ class Engine:
         a packet of a known flow costs one slice and one dict probe."""
         key = _flow_key(packet)
         if key is not None and (secured or not outbound):
-            key = (b"S" if secured else b"I") + key  # inbound flows keyed apart from outbound
+            key = ("S" if secured else "I", *key)  # inbound flows keyed apart from outbound
         gen = self._gen  # read before computing: a change meanwhile makes this entry stale
         flows = self._flows
         if key is not None and not fresh:
@@ -1578,6 +1578,9 @@ class Engine:
                 return "ipsec", rec
             if a == C.FWP_ACTION_CALLOUT_INSPECTION:
                 continue
+            if c is not None and c.name.endswith(("_SILENT_DROP", "_SILENT_DROP_V4",
+                                                  "_SILENT_DROP_V6")):
+                return "block", rec  # a built-in callout, always registered: it drops
             # A callout nothing has registered here: Block, or Permit when the filter says so.
             if rec.stored.flags & C.FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED:
                 return "permit", rec
@@ -1646,18 +1649,19 @@ def _pid() -> int:
     return os.getpid()
 
 
-def _flow_key(packet: bytes) -> bytes | None:
-    """The bytes that decide a clear packet's classification, for the flow cache: protocol,
+def _flow_key(packet: bytes) -> tuple[Any, ...] | None:
+    """What decides a clear packet's classification, for the flow cache: protocol, then
     addresses and ports (ICMP type and code) of an unfragmented IPv4 packet without options;
-    None for anything else (classified without the cache)."""
+    None for anything else (classified without the cache). Nothing per-packet (identification,
+    checksum, TTL) is part of it, so every packet of a flow hits."""
     if len(packet) < 24 or packet[0] != 0x45 or packet[6] & 0x3F or packet[7]:
         return None
     proto = packet[9]
     if proto in _V4_PORTED:
-        return packet[9:24]
+        return (proto, packet[12:24])
     if proto == 1:
-        return packet[9:22]
-    return packet[9:20]
+        return (proto, packet[12:22])
+    return (proto, packet[12:20])
 
 
 def _is_loopback(version: int, addr: int) -> bool:
