@@ -133,7 +133,7 @@ def udp_packet(size: int) -> bytes:
     return hdr[:10] + struct.pack("!H", s) + hdr[12:] + udp
 
 
-def packets(n: int, size: int, slices: int = 7) -> tuple[float, float]:
+def packets(n: int, size: int, slices: int = 25) -> tuple[float, float]:
     key = os.urandom(20)
     bfe = wfp.Engine()
     _, h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, None, None)
