@@ -33,7 +33,7 @@ from typing import Any
 from ipsecsa.datapath.esp import HELD
 from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.datapath.sa import SecurityAssociation
-from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
@@ -333,6 +333,8 @@ class SaDatabase:
     def classify(self, packet: bytes) -> Bundle | None:
         """The outbound bundle whose filter covers ``packet`` (None: no policy).
         Raises MalformedPacket for packets that do not parse."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         if len(packet) >= 24 and packet[0] == 0x45:
             # IPv4 without options (the common case), parsed here; everything else by flow_of.
             _, tlen, frag, proto, src, dst = _V4.unpack_from(packet)
@@ -367,6 +369,8 @@ class SaDatabase:
     # ----------------------------------------------------------------- the data path
     def outbound(self, packet: bytes, now: float | None = None) -> Result:
         """Classify ``packet`` and apply its bundle (ESP, then AH). Unmatched → NO_POLICY."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         try:
             bundle = self.classify(packet)
         except MalformedPacket as exc:
@@ -382,6 +386,8 @@ class SaDatabase:
     def inbound(self, packet: bytes, now: float | None = None) -> Result:
         """Find the SA of an arriving IPsec packet by its outermost SPI and remove the bundle's
         protection (AH, then ESP). Fragments are reassembled first (RFC 4303 §3.4.1)."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         try:
             hit = self._locate(packet)
         except MalformedPacket as exc:
