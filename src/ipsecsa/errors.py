@@ -43,6 +43,11 @@ class UnknownAlgorithmError(ConfigError):
     """An algorithm name, alias or number is not known."""
 
 
+class AmbiguousAlgorithmError(UnknownAlgorithmError):
+    """An algorithm name that different tools read differently (bare ``hmac(sha256)``: a 96-bit
+    ICV to ``ip xfrm``, 128 to RFC 4868). Refused with a "did you mean", never guessed."""
+
+
 class KeyLengthError(ConfigError):
     """A key has a length the algorithm does not accept."""
 
@@ -148,6 +153,7 @@ class DropReason(enum.Enum):
 
 
 __all__ = [
+    "AmbiguousAlgorithmError",
     "ConfigError",
     "DirectionError",
     "DropReason",
