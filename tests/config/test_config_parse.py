@@ -10,7 +10,12 @@ import pytest
 
 from ipsecsa.config import Lifetime, SaConfig, UdpEncapsulation, parse_sa
 from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY, accepted_key_lengths
-from ipsecsa.errors import AmbiguousAlgorithmError, ConfigError, KeyLengthError, UnknownAlgorithmError
+from ipsecsa.errors import (
+    AmbiguousAlgorithmError,
+    ConfigError,
+    KeyLengthError,
+    UnknownAlgorithmError,
+)
 
 DELETE = object()
 

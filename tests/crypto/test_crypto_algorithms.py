@@ -154,13 +154,14 @@ def test_non_rfc_truncation_message_is_clear() -> None:
         "know; supported: 128 bits (hmac-sha256-128) or 96 bits (hmac-sha256-96, legacy)")
 
 
+SHA256_SUGGESTION = ("did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' "
+                     "(old Linux default)?")
+
+
 @pytest.mark.parametrize(("name", "suggestion"), [
-    ("hmac(sha256)", "did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' "
-                     "(old Linux default)?"),
-    ("HMAC(SHA256)", "did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' "
-                     "(old Linux default)?"),
-    ("hmac-sha256", "did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' "
-                    "(old Linux default)?"),
+    ("hmac(sha256)", SHA256_SUGGESTION),
+    ("HMAC(SHA256)", SHA256_SUGGESTION),
+    ("hmac-sha256", SHA256_SUGGESTION),
     ("hmac(sha384)", "did you mean 'hmac-sha384-192' (RFC 4868)?"),
     ("hmac(sha512)", "did you mean 'hmac-sha512-256' (RFC 4868)?"),
     ("hmac-sha2-512", "did you mean 'hmac-sha512-256' (RFC 4868)?"),
