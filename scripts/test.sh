@@ -11,6 +11,14 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
+# strongSwan for the gateway's live interop test: charon, swanctl, and the plugins it loads
+# (kernel-libipsec: userspace ESP, since the kernel may have no XFRM; openssl/gcm, chapoly,
+# curve25519).
+[ -x /usr/lib/ipsec/charon ] || need+=(strongswan-charon)
+command -v swanctl >/dev/null 2>&1 || need+=(strongswan-swanctl)
+[ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need+=(libcharon-extra-plugins)
+[ -e /usr/lib/ipsec/plugins/libstrongswan-chapoly.so ] || need+=(libstrongswan-extra-plugins)
+[ -e /usr/lib/ipsec/plugins/libstrongswan-openssl.so ] || need+=(libstrongswan-standard-plugins)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "installing ${need[*]} (for the interop and gateway tests)..."
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -43,8 +43,40 @@ class UnknownAlgorithmError(ConfigError):
     """An algorithm name, alias or number is not known."""
 
 
+class AmbiguousAlgorithmError(UnknownAlgorithmError):
+    """An algorithm name that different tools read differently (bare ``hmac(sha256)``: a 96-bit
+    ICV to ``ip xfrm``, 128 to RFC 4868). Refused with a "did you mean", never guessed."""
+
+
 class KeyLengthError(ConfigError):
     """A key has a length the algorithm does not accept."""
+
+
+class DirectionError(ConfigError):
+    """An operation the SA's ``direction`` does not allow: ``protect`` on an inbound SA or on one
+    whose description has no direction (the offline tools' "either way" SA, which may only
+    unprotect), ``unprotect`` on an outbound SA. A caller mistake, so an exception naming the
+    field ``direction`` rather than a counted drop."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("direction", message)
+
+
+def packet_type_error(packet: object) -> TypeError:
+    """The one ``TypeError`` every packet entry point raises for a packet that is not
+    bytes-like (``protect``/``unprotect`` and their batches, the SA database, the miniport)."""
+    return TypeError(
+        f"packet must be bytes, bytearray or memoryview, not {type(packet).__name__}")
+
+
+def as_packet(packet: object) -> bytes:
+    """``packet`` as ``bytes`` (a copy of a bytearray/memoryview), or :func:`packet_type_error`.
+
+    Entry points call it only when ``packet.__class__ is not bytes``, so the common case costs
+    one comparison."""
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        return bytes(packet)
+    raise packet_type_error(packet)
 
 
 class SaStateError(IpsecsaError):
@@ -115,7 +147,8 @@ class DropReason(enum.Enum):
     BAD_CHECKSUM = "bad_checksum"
     #: Packet too big for the path after encapsulation, with DF set.
     TOO_BIG = "too_big"
-    #: The SA is administratively not usable (deleted, or direction does not allow the operation).
+    #: The SA is not usable (deleted, or not yet installed). A call its ``direction`` does not
+    #: allow is a caller mistake and raises :class:`DirectionError` instead.
     SA_UNUSABLE = "sa_unusable"
     #: A filter blocked the packet (a BLOCK action, or an IPsec callout with no SA to use).
     BLOCKED = "blocked"
@@ -124,11 +157,15 @@ class DropReason(enum.Enum):
 
 
 __all__ = [
+    "AmbiguousAlgorithmError",
     "ConfigError",
+    "DirectionError",
     "DropReason",
     "IpsecsaError",
     "KeyLengthError",
     "MalformedPacket",
     "SaStateError",
     "UnknownAlgorithmError",
+    "as_packet",
+    "packet_type_error",
 ]

@@ -10,7 +10,12 @@ import pytest
 
 from ipsecsa.config import Lifetime, SaConfig, UdpEncapsulation, parse_sa
 from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY, accepted_key_lengths
-from ipsecsa.errors import ConfigError, KeyLengthError, UnknownAlgorithmError
+from ipsecsa.errors import (
+    AmbiguousAlgorithmError,
+    ConfigError,
+    KeyLengthError,
+    UnknownAlgorithmError,
+)
 
 DELETE = object()
 
@@ -125,8 +130,10 @@ ERROR_CASES: list[tuple[str, Any, str, type[ConfigError]]] = [
      "integrity.algorithm", ConfigError),
     ("integrity-unknown", mutate(ESP_CBC, integrity__algorithm="crc32"), "integrity.algorithm",
      UnknownAlgorithmError),
-    ("integrity-truncation-not-rfc", mutate(ESP_CBC, integrity__algorithm="hmac(sha256) 96"),
+    ("integrity-truncation-not-known", mutate(ESP_CBC, integrity__algorithm="hmac(sha256) 64"),
      "integrity.algorithm", UnknownAlgorithmError),
+    ("integrity-ambiguous", mutate(ESP_CBC, integrity__algorithm="hmac(sha256)"),
+     "integrity.algorithm", AmbiguousAlgorithmError),
     # AH rules
     ("ah-with-encryption", mutate(AH, encryption={"algorithm": "aes-cbc", "key": CBC_KEY}),
      "encryption", ConfigError),
@@ -362,6 +369,7 @@ def test_encryption_aliases_resolve_to_canonical(alias: Any, canonical: str, key
     ("AUTH_HMAC_SHA2_256_128", "hmac-sha256-128"),
     (12, "hmac-sha256-128"),
     ("hmac(sha256) 128", "hmac-sha256-128"),
+    ("hmac(sha256) 96", "hmac-sha256-96"),
     ("sha256", "hmac-sha256-128"),
     ("IPSEC_AUTH_TYPE_SHA_256", "hmac-sha256-128"),
 ])
@@ -487,3 +495,14 @@ def test_to_dict_is_json_and_canonical() -> None:
     assert out["integrity"] == {"algorithm": "hmac-sha256-128", "key": SHA256_KEY}
     assert out["direction"] == "inbound"
     assert not {"df", "ttl", "dscp"} & out.keys()
+
+
+@pytest.mark.parametrize("name", ["hmac-sha256-96", "hmac(sha256) 96", "sha256_96"])
+def test_legacy_hmac_sha256_96_parses_with_a_warning(name: str, caplog: Any) -> None:
+    """Captures of old Linux tunnels (``auth-trunc hmac(sha256) ... 96``) can be read."""
+    with caplog.at_level("WARNING", logger="ipsecsa.config"):
+        cfg = parse_sa(mutate(_esp("aes-cbc", "hmac-sha256-128"), integrity__algorithm=name))
+    assert cfg.integrity is INTEGRITY["hmac-sha256-96"]
+    assert cfg.warnings == ("hmac-sha256-96 is a legacy algorithm, kept for interoperability only",)
+    assert any("hmac-sha256-96 is a legacy algorithm" in r.getMessage() for r in caplog.records)
+    assert cfg.to_dict()["integrity"]["algorithm"] == "hmac-sha256-96"

@@ -19,7 +19,12 @@ from ipsecsa.crypto import (
     resolve_encryption,
     resolve_integrity,
 )
-from ipsecsa.errors import ConfigError, KeyLengthError, UnknownAlgorithmError
+from ipsecsa.errors import (
+    AmbiguousAlgorithmError,
+    ConfigError,
+    KeyLengthError,
+    UnknownAlgorithmError,
+)
 
 ENC_ALIASES: list[tuple[object, str, int | None]] = [
     # canonical (case-insensitive)
@@ -84,9 +89,11 @@ INTEG_ALIASES: list[tuple[object, str, int | None]] = [
     ("AUTH_HMAC_SHA2_512_256", "hmac-sha512-256", None), (14, "hmac-sha512-256", None),
     ("hmac(md5)", "hmac-md5-96", None), ("hmac(md5) 96", "hmac-md5-96", None),
     ("hmac(sha1)", "hmac-sha1-96", None), ("hmac(sha1)/96", "hmac-sha1-96", None),
-    ("hmac(sha256)", "hmac-sha256-128", None), ("hmac(sha256) 128", "hmac-sha256-128", None),
-    ("hmac(sha384)", "hmac-sha384-192", None), ("hmac(sha384) 192", "hmac-sha384-192", None),
-    ("hmac(sha512)", "hmac-sha512-256", None), ("hmac(sha512)/256", "hmac-sha512-256", None),
+    ("hmac(sha256) 128", "hmac-sha256-128", None), ("hmac(sha256) 96", "hmac-sha256-96", None),
+    ("hmac(sha256)/96", "hmac-sha256-96", None), ("sha256_96", "hmac-sha256-96", None),
+    ("sha2_256_96", "hmac-sha256-96", None), ("HMAC-SHA256-96", "hmac-sha256-96", None),
+    ("hmac(sha384) 192", "hmac-sha384-192", None),
+    ("hmac(sha512)/256", "hmac-sha512-256", None),
     ("xcbc(aes)", "aes-xcbc-96", None), ("cmac(aes)", "aes-cmac-96", None),
     ("md5", "hmac-md5-96", None), ("sha1", "hmac-sha1-96", None),
     ("sha256", "hmac-sha256-128", None), ("sha384", "hmac-sha384-192", None),
@@ -128,8 +135,8 @@ def test_unknown_encryption_names_field(name: object) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["rot13", 3, 6, 99, "hmac(sha256) 96", "hmac(sha1) 160", "hmac(sha512)/384", "sha256_96",
-     "sha2_256_96", "hmac(whirlpool)", False],
+    ["rot13", 3, 6, 99, "hmac(sha256) 64", "hmac(sha1) 160", "hmac(sha512)/384", "sha384_96",
+     "hmac(whirlpool)", "hmac(sha256)", "hmac(sha384)", "hmac(sha512)", False],
     ids=str,
 )
 def test_unknown_integrity_names_field(name: object) -> None:
@@ -140,10 +147,40 @@ def test_unknown_integrity_names_field(name: object) -> None:
 
 
 def test_non_rfc_truncation_message_is_clear() -> None:
-    with pytest.raises(UnknownAlgorithmError, match="only 128 bits"):
-        resolve_integrity("hmac(sha256) 96")
-    with pytest.raises(UnknownAlgorithmError, match="RFC 4868"):
-        resolve_integrity("sha256_96")
+    with pytest.raises(UnknownAlgorithmError) as exc:
+        resolve_integrity("hmac(sha256) 64")
+    assert str(exc.value) == (
+        "integrity.algorithm: hmac(sha256) truncated to 64 bits is not an ESP/AH algorithm we "
+        "know; supported: 128 bits (hmac-sha256-128) or 96 bits (hmac-sha256-96, legacy)")
+
+
+SHA256_SUGGESTION = ("did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' "
+                     "(old Linux default)?")
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [
+    ("hmac(sha256)", SHA256_SUGGESTION),
+    ("HMAC(SHA256)", SHA256_SUGGESTION),
+    ("hmac-sha256", SHA256_SUGGESTION),
+    ("hmac(sha384)", "did you mean 'hmac-sha384-192' (RFC 4868)?"),
+    ("hmac(sha512)", "did you mean 'hmac-sha512-256' (RFC 4868)?"),
+    ("hmac-sha2-512", "did you mean 'hmac-sha512-256' (RFC 4868)?"),
+])
+def test_names_tools_read_differently_are_refused_with_a_suggestion(name: str,
+                                                                     suggestion: str) -> None:
+    """Bare ``hmac(sha256)``: a 96-bit ICV to ``ip xfrm``'s ``auth``, 128 bits to RFC 4868."""
+    with pytest.raises(AmbiguousAlgorithmError) as exc:
+        resolve_integrity(name)
+    assert exc.value.field == "integrity.algorithm"
+    assert isinstance(exc.value, ConfigError)
+    assert str(exc.value).endswith(suggestion)
+
+
+def test_hmac_sha256_96_is_legacy_sha256_truncated_to_96_bits() -> None:
+    alg = INTEGRITY["hmac-sha256-96"]
+    assert (alg.icv_len, alg.key_sizes, alg.legacy) == (12, (32,), True)
+    rows = {(r["kind"], r["name"]): r for r in list_algorithms()}
+    assert "[legacy]" in str(rows[("integrity", "hmac-sha256-96")]["description"])
 
 
 def test_encryption_parameters() -> None:

@@ -64,6 +64,22 @@ def test_rfc4868_hmac_sha2(v: dict) -> None:
     assert not ah.verify(data + b"\x00", 0, icv)
 
 
+SHA256_VECTORS = [v for v in RFC4868 if v["algorithm"] == "hmac-sha256-128"]
+
+
+@pytest.mark.parametrize("v", SHA256_VECTORS, ids=_ids(SHA256_VECTORS))
+def test_legacy_hmac_sha256_96_is_the_rfc4868_value_truncated_to_96_bits(v: dict) -> None:
+    """hmac-sha256-96 (non-standard, old Linux default) keeps the leftmost 96 bits of the same
+    HMAC-SHA-256 whose leftmost 128 bits RFC 4868 §2.7.2 lists (truncation as in RFC 2104 §5)."""
+    key, data = bytes.fromhex(v["key"]), bytes.fromhex(v["data"])
+    icv96 = bytes.fromhex(v["icv"])[:12]
+    ah = make_ah_integrity(INTEGRITY["hmac-sha256-96"], key, esn=False)
+    assert ah.icv_len == 12
+    assert ah.compute(data, 0) == icv96
+    assert ah.verify(data, 0, icv96)
+    assert not ah.verify(data, 0, bytes.fromhex(v["icv"]))  # the 128-bit ICV is another one
+
+
 @pytest.mark.parametrize("v", RFC3566, ids=_ids(RFC3566))
 def test_rfc3566_aes_xcbc(v: dict) -> None:
     key, data = bytes.fromhex(v["key"]), bytes.fromhex(v["data"])

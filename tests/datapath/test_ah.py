@@ -46,7 +46,7 @@ from ipsecsa.datapath.ah import AhSA
 from ipsecsa.datapath.esp import HELD
 from ipsecsa.datapath.events import HardLifetimeExpired, SequenceNumberExhausted
 from ipsecsa.datapath.sa import SecurityAssociation
-from ipsecsa.errors import ConfigError, DropReason
+from ipsecsa.errors import ConfigError, DirectionError, DropReason
 
 SPI = 0x1001
 V4 = ("192.0.2.1", "192.0.2.2")
@@ -497,8 +497,11 @@ def test_wrong_protocol_and_family() -> None:
     plain = inner_packet(4, "transport")
     assert inb.unprotect(plain).drop is DropReason.WRONG_PROTOCOL
     assert inb.unprotect(b"").drop is DropReason.TRUNCATED
-    assert inb.protect(plain).drop is DropReason.SA_UNUSABLE
-    assert out.unprotect(out.protect(plain).packet).drop is DropReason.SA_UNUSABLE
+    with pytest.raises(DirectionError):
+        inb.protect(plain)
+    with pytest.raises(DirectionError):
+        out.unprotect(out.protect(plain).packet)
+    assert inb.counters.drops == {DropReason.WRONG_PROTOCOL: 1, DropReason.TRUNCATED: 1}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,7 +23,7 @@ from ipsecsa.datapath.events import (
     SoftLifetimeExpired,
 )
 from ipsecsa.datapath.state import TRANSITIONS, SaState, SaTrigger, next_state
-from ipsecsa.errors import DropReason, SaStateError
+from ipsecsa.errors import DirectionError, DropReason, IpsecsaError, SaStateError
 
 T0 = 1000.0
 SPI = 0xC0000202
@@ -358,8 +358,10 @@ def test_delete(direction: str | None) -> None:
     prot = peer.protect(packet(SHAPES[0])).packet
     sa.delete()
     assert sa.state is SaState.DEAD and not sa.usable
-    assert sa.protect(packet(SHAPES[0]), T0).drop is DropReason.SA_UNUSABLE
-    assert sa.unprotect(prot, T0).drop is DropReason.SA_UNUSABLE
+    if direction == "outbound":
+        assert sa.protect(packet(SHAPES[0]), T0).drop is DropReason.SA_UNUSABLE
+    else:
+        assert sa.unprotect(prot, T0).drop is DropReason.SA_UNUSABLE
     assert sa.next_timer() is None
     sa.handle_timer(T0 + 100)
     assert sa.drain_events() == []  # a deleted SA raises no lifetime events
@@ -379,13 +381,28 @@ def test_direction_is_enforced() -> None:
     inbound = make("inbound")
     outbound = make("outbound")
     prot = outbound.protect(packet(SHAPES[0])).packet
-    assert inbound.protect(packet(SHAPES[0])).drop is DropReason.SA_UNUSABLE
-    assert outbound.unprotect(prot).drop is DropReason.SA_UNUSABLE
-    assert inbound.counters.drops == {DropReason.SA_UNUSABLE: 1}
+    # A caller mistake: a typed error naming the field, not a counted drop.
+    with pytest.raises(DirectionError) as exc:
+        inbound.protect(packet(SHAPES[0]))
+    assert exc.value.field == "direction" and "inbound" in str(exc.value)
+    with pytest.raises(DirectionError) as exc:
+        outbound.unprotect(prot)
+    assert exc.value.field == "direction" and "outbound" in str(exc.value)
+    with pytest.raises(DirectionError):
+        inbound.protect_batch([packet(SHAPES[0])])
+    with pytest.raises(DirectionError):
+        outbound.unprotect_batch([prot])
+    assert inbound.counters.drops == {} and outbound.counters.drops == {}
+    assert outbound.seq == 1  # the refused calls consumed nothing
     assert inbound.unprotect(prot).ok  # the refused call changed nothing
-    both = SecurityAssociation.from_dict({k: v for k, v in sa_dict("outbound").items()
-                                          if k != "direction"})
-    assert both.unprotect(both.protect(packet(SHAPES[0])).packet).ok
+    # No direction (offline tools): may unprotect, may not protect.
+    either = SecurityAssociation.from_dict({k: v for k, v in sa_dict("outbound").items()
+                                            if k != "direction"})
+    assert either.unprotect(prot).packet == packet(SHAPES[0])
+    with pytest.raises(DirectionError) as exc:
+        either.protect(packet(SHAPES[0]))
+    assert exc.value.field == "direction" and "no direction" in str(exc.value)
+    assert isinstance(exc.value, IpsecsaError)
 
 
 def test_events_queue_is_drained_oldest_first() -> None:

@@ -2,6 +2,8 @@
 
     tcpxfer.py serve HOST PORT (recv | send NBYTES SEED)   one connection, then exit
     tcpxfer.py connect HOST PORT (recv | send NBYTES SEED)
+    tcpxfer.py udp-echo HOST PORT COUNT      echo COUNT datagrams back, then exit
+    tcpxfer.py udp-ping HOST PORT COUNT      send COUNT datagrams, print how many came back intact
 
 The sender streams NBYTES pseudo-random bytes (SHA-256 counter mode of SEED, so both ends can be
 checked without storing the data); both ends print {"bytes": n, "sha256": hex}.
@@ -46,9 +48,36 @@ def work(conn: socket.socket, args: list[str]) -> dict:
     return {"bytes": total, "sha256": h.hexdigest()}
 
 
+def udp(role: str, host: str, port: int, count: int, family: int) -> None:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if role == "udp-echo":
+        s.bind((host, port))
+        print("listening", flush=True)
+        s.settimeout(60)
+        for _ in range(count):
+            data, addr = s.recvfrom(65535)
+            s.sendto(data, addr)
+        print(json.dumps({"echoed": count}), flush=True)
+        return
+    s.settimeout(2)
+    ok = 0
+    for i in range(count):
+        msg = hashlib.sha256(str(i).encode()).digest() * (1 + i % 40)  # 32..1280 bytes
+        s.sendto(msg, (host, port))
+        try:
+            data, _ = s.recvfrom(65535)
+        except TimeoutError:
+            continue
+        ok += data == msg
+    print(json.dumps({"sent": count, "echoed_intact": ok}), flush=True)
+
+
 def main() -> None:
     role, host, port, *rest = sys.argv[1:]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if role.startswith("udp-"):
+        udp(role, host, int(port), int(rest[0]), family)
+        return
     if role == "serve":
         srv = socket.socket(family, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,3 +277,60 @@ def test_raw_esp_transport(tmp_path: Path) -> None:
         assert sent == got
     finally:
         assert end_tunnel(t) == [0, 0], (t.log(0), t.log(1))
+
+
+def _reload_both(t: Tunnel, a_sas: list[dict], b_sas: list[dict], step: int) -> None:
+    """Rewrite both SA files and SIGHUP both gateways; wait until each has reloaded."""
+    write_sa_file(t.dir / "a.json", a_sas)
+    write_sa_file(t.dir / "b.json", b_sas)
+    for p in t.procs:
+        p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    for side in (0, 1):
+        while t.log(side).count("SA file reloaded") < step:
+            assert time.monotonic() < deadline, t.log(side)
+            time.sleep(0.01)
+
+
+def test_rekey_under_traffic(tmp_path: Path) -> None:
+    old, new = SaPair(0x0A0B0101, 0x0B0A0101), SaPair(0x0A0B0102, 0x0B0A0102)
+    t = start_tunnel(tmp_path, old, "k")
+    results: list = []
+    try:
+        xfer = threading.Thread(target=lambda: results.append(tcp_transfer(
+            t.wire.b, SITE4[1], t.wire.a, nbytes=24 * MB)))
+        xfer.start()
+        deadline = time.monotonic() + 10
+        while t.stats(0)["sas"][0]["packets"] + t.stats(0)["sas"][1]["packets"] < 500:
+            assert time.monotonic() < deadline, "the transfer did not start"
+        # Make before break: (1) new inbound SAs on both sides, (2) outbound switches to the new
+        # SAs, (3) the old inbound SAs go once nothing can be in flight on them.
+        _reload_both(t, old.a_side() + new.a_side(outbound=False),
+                     old.b_side() + new.b_side(outbound=False), 1)
+        _reload_both(t, new.a_side() + old.a_side(outbound=False),
+                     new.b_side() + old.b_side(outbound=False), 2)
+        time.sleep(0.2)
+        _reload_both(t, new.a_side(), new.b_side(), 3)
+        xfer.join(timeout=120)
+        assert not xfer.is_alive()
+        sent, got = results[0]
+        assert sent == got and got["bytes"] == 24 * MB
+        stats = [t.stats(side) for side in (0, 1)]
+    finally:
+        codes = end_tunnel(t)
+    assert codes == [0, 0]
+    for side, st in enumerate(stats):
+        by_spi = {int(s["spi"], 16): s for s in st["sas"]}
+        out_old, out_new = (old.spi_ab, new.spi_ab) if side == 0 else (old.spi_ba, new.spi_ba)
+        in_old, in_new = (old.spi_ba, new.spi_ba) if side == 0 else (old.spi_ab, new.spi_ab)
+        # The switch shows in the counters: both generations carried the transfer.
+        for spi in (out_old, out_new, in_old, in_new):
+            assert by_spi[spi]["packets"] > 100, (spi, by_spi)
+        assert not by_spi[out_old]["installed"] and by_spi[out_new]["installed"]
+        assert not by_spi[in_old]["installed"] and by_spi[in_new]["installed"]
+        for s in st["sas"]:
+            assert not {"icv_failure", "replay", "bad_spi"} & set(s["drops"]), s
+        assert "bad_spi" not in st["drops"], st["drops"]
+        assert "reloaded: 1 added, 2 kept, 0 removed" in t.log(side)
+        assert "reloaded: 1 added, 2 kept, 1 removed" in t.log(side)
+        assert "reloaded: 0 added, 2 kept, 1 removed" in t.log(side)

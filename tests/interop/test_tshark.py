@@ -63,6 +63,7 @@ VERSION = installed_wireshark_version(TSHARK) or (0, 0, 0)
 ALGORITHMS = [
     ("aes-cbc", 16, "hmac-sha1-96"),
     ("aes-cbc", 16, "hmac-sha256-128"),
+    ("aes-cbc", 16, "hmac-sha256-96"),  # legacy, non-standard: Wireshark has it too
     ("aes-cbc", 24, "hmac-sha384-192"),
     ("aes-cbc", 32, "hmac-sha512-256"),
     ("aes-cbc", 32, "hmac-md5-96"),
@@ -83,8 +84,8 @@ ALGORITHMS = [
     ("null", 0, "hmac-sha512-256"),
 ]
 SALT = {"aes-ctr": 4, "aes-gcm-8": 4, "aes-gcm-12": 4, "aes-gcm-16": 4}
-INTEGRITY_KEY = {"hmac-sha1-96": 20, "hmac-sha256-128": 32, "hmac-sha384-192": 48,
-                 "hmac-sha512-256": 64, "hmac-md5-96": 16}
+INTEGRITY_KEY = {"hmac-sha1-96": 20, "hmac-sha256-128": 32, "hmac-sha256-96": 32,
+                 "hmac-sha384-192": 48, "hmac-sha512-256": 64, "hmac-md5-96": 16}
 #: (mode, outer IP version, inner IP version, UDP encapsulation).
 SHAPES = [
     ("transport", 4, 4, False),

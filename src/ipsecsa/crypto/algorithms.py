@@ -16,9 +16,19 @@ Why the tables look the way they do:
 * Specification constants (IANA numbers, RFC key and ICV sizes, Windows values) are spelled out
   with their source next to them; nothing is inferred from a name at run time except the
   strongSwan keyword grammar and the ``ip xfrm`` length suffix, which are parsed by two regexes.
-* A length suffix on an ``ip xfrm`` integrity name is accepted only when it is the truncation the
-  RFC defines (``hmac(sha256) 128``); ``hmac(sha256) 96`` (a pre-RFC 4868 Linux habit) is refused
-  with the field named, because the peer would compute a different ICV length.
+* A length suffix on an ``ip xfrm`` integrity name is accepted when it is the truncation the RFC
+  defines (``hmac(sha256) 128``) or a legacy algorithm we carry (``hmac(sha256) 96``, below);
+  any other length is refused with the field named, because the peer would compute a different
+  ICV length.
+* A name that two tools read differently is refused with a "did you mean", never guessed. Bare
+  ``hmac(sha256)`` is HMAC-SHA-256-96 to ``ip xfrm state add ... auth hmac(sha256)`` (the
+  kernel's pre-RFC 4868 default truncation) but HMAC-SHA-256-128 to everything that follows
+  RFC 4868; ``hmac(sha384)``/``hmac(sha512)`` and the suffixless ``hmac-sha256`` family are
+  refused the same way, so a truncation is always written down.
+* ``hmac-sha256-96`` is HMAC-SHA-256 truncated to 96 bits (draft-ietf-ipsec-ciph-sha-256-00,
+  never an RFC; the old Linux default): non-standard, carried as a legacy algorithm (warned like
+  3DES and MD5) so that captures of such tunnels can be read. Also reachable as ``ip xfrm``'s
+  ``auth-trunc hmac(sha256) 96`` and strongSwan's ``sha256_96``/``sha2_256_96``.
 * Keys never appear in messages: :func:`check_key` reports lengths only.
 """
 
@@ -28,7 +38,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ipsecsa.errors import KeyLengthError, UnknownAlgorithmError
+from ipsecsa.errors import AmbiguousAlgorithmError, KeyLengthError, UnknownAlgorithmError
 
 ENC_FIELD = "encryption.algorithm"
 INTEG_FIELD = "integrity.algorithm"
@@ -115,6 +125,8 @@ INTEGRITY: dict[str, IntegrityAlgorithm] = {
         IntegrityAlgorithm("hmac-md5-96", (16,), 12, True),
         IntegrityAlgorithm("hmac-sha1-96", (20,), 12, True),
         IntegrityAlgorithm("hmac-sha256-128", (32,), 16, False),
+        # draft-ietf-ipsec-ciph-sha-256-00 / old Linux default; non-standard, hence legacy.
+        IntegrityAlgorithm("hmac-sha256-96", (32,), 12, True),
         IntegrityAlgorithm("hmac-sha384-192", (48,), 24, False),
         IntegrityAlgorithm("hmac-sha512-256", (64,), 32, False),
         IntegrityAlgorithm("aes-xcbc-96", (16,), 12, False),
@@ -141,6 +153,7 @@ _DESCRIPTIONS = {
     "hmac-md5-96": "HMAC-MD5-96 (RFC 2403)",
     "hmac-sha1-96": "HMAC-SHA1-96 (RFC 2404)",
     "hmac-sha256-128": "HMAC-SHA-256-128 (RFC 4868)",
+    "hmac-sha256-96": "HMAC-SHA-256 truncated to 96 bits (non-standard, old Linux default)",
     "hmac-sha384-192": "HMAC-SHA-384-192 (RFC 4868)",
     "hmac-sha512-256": "HMAC-SHA-512-256 (RFC 4868)",
     "aes-xcbc-96": "AES-XCBC-MAC-96 (RFC 3566)",
@@ -292,6 +305,23 @@ _XFRM_INTEG: dict[str, tuple[str, int]] = {
     "digest_null": ("none", 0),
     "rfc4543(gcm(aes))": ("aes-gmac", 128),
 }
+#: Further truncations accepted for an ``ip xfrm`` integrity name: legacy algorithms we carry.
+_XFRM_INTEG_LEGACY: dict[tuple[str, int], str] = {("hmac(sha256)", 96): "hmac-sha256-96"}
+#: Names read differently by different tools: refused without a truncation, with a suggestion.
+#: ``ip xfrm ... auth hmac(sha256)`` takes the kernel's default truncation (96 bits for SHA-256,
+#: a pre-RFC 4868 habit); RFC 4868 and every IKE daemon mean 128.
+_AMBIGUOUS_INTEG: dict[str, str] = {
+    **{
+        name: "did you mean 'hmac-sha256-128' (RFC 4868) or 'hmac-sha256-96' (old Linux "
+        "default)?"
+        for name in ("hmac(sha256)", "hmac-sha256", "hmac-sha2-256")
+    },
+    **{
+        name: f"did you mean 'hmac-sha{bits}-{bits // 2}' (RFC 4868)?"
+        for bits in (384, 512)
+        for name in (f"hmac(sha{bits})", f"hmac-sha{bits}", f"hmac-sha2-{bits}")
+    },
+}
 _XFRM_LEN = re.compile(r"^(?P<name>\S+?)(?:\s+|/)(?P<bits>\d+)$")
 
 # --- strongSwan proposal keywords -------------------------------------------------------------
@@ -316,12 +346,11 @@ _SWAN_INTEG: dict[str, str] = {
     "sha2_512": "hmac-sha512-256",
     "aesxcbc": "aes-xcbc-96",
     "aescmac": "aes-cmac-96",
+    # strongSwan's pre-RFC 4868 interoperability keywords (its private-use AUTH_HMAC_SHA2_256_96).
+    "sha256_96": "hmac-sha256-96",
+    "sha2_256_96": "hmac-sha256-96",
 }
 _SWAN_INTEG_REFUSED = {
-    "sha256_96": "sha256_96 is HMAC-SHA-256 truncated to 96 bits, a pre-RFC 4868 Linux "
-    "interoperability mode; only the RFC 4868 sha256 (128-bit ICV) is supported",
-    "sha2_256_96": "sha2_256_96 is HMAC-SHA-256 truncated to 96 bits, a pre-RFC 4868 Linux "
-    "interoperability mode; only the RFC 4868 sha256 (128-bit ICV) is supported",
     "md5_128": "md5_128 (HMAC-MD5-128) is not an ESP/AH algorithm of RFC 2403",
     "sha1_160": "sha1_160 (HMAC-SHA1-160) is not an ESP/AH algorithm of RFC 2404",
 }
@@ -423,16 +452,24 @@ def lookup_integrity(name: str | int) -> Resolved:
     if key in _WIN_INTEG:
         canon, size = _WIN_INTEG[key]
         return Resolved(INTEGRITY[canon], size)
+    if key in _AMBIGUOUS_INTEG:
+        raise AmbiguousAlgorithmError(
+            INTEG_FIELD, f"{key!r} gives no ICV length and tools do not agree on one (ip xfrm's "
+            f"'auth hmac(sha256)' truncates to 96 bits, RFC 4868 to 128); {_AMBIGUOUS_INTEG[key]}")
     base, bits = key, None
     m = _XFRM_LEN.match(key)
     if m and "(" in m["name"] or (m and m["name"] == "digest_null"):
         base, bits = m["name"], int(m["bits"])
     if base in _XFRM_INTEG:
         canon, rfc_bits = _XFRM_INTEG[base]
+        if bits is not None and (base, bits) in _XFRM_INTEG_LEGACY:
+            return Resolved(INTEGRITY[_XFRM_INTEG_LEGACY[base, bits]], None)
         if bits is not None and bits != rfc_bits:
+            legacy = [f"{b} bits ({c}, legacy)" for (n, b), c in _XFRM_INTEG_LEGACY.items()
+                      if n == base]
             raise UnknownAlgorithmError(
-                INTEG_FIELD, f"{base} truncated to {bits} bits is not an RFC-defined ESP/AH "
-                f"algorithm; only {rfc_bits} bits ({canon}) is supported")
+                INTEG_FIELD, f"{base} truncated to {bits} bits is not an ESP/AH algorithm we "
+                f"know; supported: {' or '.join([f'{rfc_bits} bits ({canon})', *legacy])}")
         return Resolved(INTEGRITY[canon], None)
     if key in _SWAN_INTEG:
         return Resolved(INTEGRITY[_SWAN_INTEG[key]], None)

@@ -124,6 +124,7 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "hmac-md5-96": hashes.MD5,
     "hmac-sha1-96": hashes.SHA1,
     "hmac-sha256-128": hashes.SHA256,
+    "hmac-sha256-96": hashes.SHA256,
     "hmac-sha384-192": hashes.SHA384,
     "hmac-sha512-256": hashes.SHA512,
 }

@@ -57,7 +57,7 @@ from ipsecsa.crypto.transforms import make_ah_integrity
 from ipsecsa.datapath.result import HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.tunnel import OuterV4, OuterV6, inner_info
-from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.checksum import fold16, ones_sum
 from ipsecsa.packet.ipv4 import AH as PROTO_AH
 from ipsecsa.packet.ipv4 import HEADER_WORDS as _V4W
@@ -226,6 +226,8 @@ class AhSA(SecurityAssociation):
     def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
         """Transport mode: AH between the IP header (and IPv6 extension headers) and the
         upper-layer payload."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:
@@ -304,6 +306,8 @@ class AhSA(SecurityAssociation):
     # ----------------------------------------------------------------- outbound: tunnel
     def _out_tunnel(self, pkt: bytes, now: float | None = None) -> Result:
         """Tunnel mode: a new outer header, AH, then the whole inner packet (IPv4 or IPv6)."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:
@@ -333,6 +337,8 @@ class AhSA(SecurityAssociation):
     # ----------------------------------------------------------------- inbound
     def _in_any(self, pkt: bytes, now: float | None = None) -> Result:
         """Inbound, any family/mode: IP header (+ extension headers) → AH → payload."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:

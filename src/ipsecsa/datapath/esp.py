@@ -28,7 +28,7 @@ from ipsecsa.datapath.replay import ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.tunnel import ident_start
-from ipsecsa.errors import DropReason, MalformedPacket
+from ipsecsa.errors import DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.checksum import ones_sum
 from ipsecsa.packet.ipv4 import ESP as PROTO_ESP
 from ipsecsa.packet.ipv4 import HEADER_WORDS as _V4W
@@ -177,6 +177,8 @@ class EspSA(SecurityAssociation):
     def _out_transport(self, pkt: bytes, now: float | None = None) -> Result:
         """Transport mode: ESP between the IP header (and IPv6 extension headers) and the
         upper-layer payload."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:
@@ -266,6 +268,8 @@ class EspSA(SecurityAssociation):
     # ----------------------------------------------------------------- outbound: tunnel
     def _out_tunnel(self, pkt: bytes, now: float | None = None) -> Result:
         """Tunnel mode: the whole inner packet (IPv4 or IPv6) becomes the ESP payload."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:
@@ -368,6 +372,8 @@ class EspSA(SecurityAssociation):
     # ----------------------------------------------------------------- inbound
     def _in_any(self, pkt: bytes, now: float | None = None) -> Result:
         """Inbound, any family/mode: outer header → (UDP) → ESP → inner packet."""
+        if pkt.__class__ is not bytes:
+            pkt = as_packet(pkt)
         if self._slow:
             reason, now = self._gate(now)
             if reason is not None:

@@ -31,7 +31,7 @@ from ipsecsa.datapath.lifetime import INF, Limits, lifetime_marks
 from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64, ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.state import USABLE, SaState, SaTrigger, next_state
-from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DirectionError, DropReason, MalformedPacket
 from ipsecsa.packet.checksum import fold16, ones_sum
 from ipsecsa.packet.ecn import ecn_decapsulate, set_ecn
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
@@ -69,11 +69,15 @@ class SaCounters:
 
 
 class SecurityAssociation:
-    """One IPsec SA (one direction, or both for offline tools when ``direction`` is unset).
+    """One IPsec SA: outbound, inbound, or -- with ``direction`` unset -- receive-only for
+    offline tools that read captures in both directions with one description.
 
     Use :meth:`from_dict` (the format of ``sa-format.md``) or :meth:`from_config`.
     ``protect(packet, now=None)`` and ``unprotect(packet, now=None)`` take one whole IP packet
     and return a :class:`~ipsecsa.datapath.result.Result`; they never raise for bad packets.
+    They raise for caller mistakes: :class:`~ipsecsa.errors.DirectionError` when the SA's
+    ``direction`` does not allow the call (``protect`` needs ``outbound``; ``unprotect`` needs
+    ``inbound`` or no direction), ``TypeError`` when the packet is not bytes-like.
     """
 
     #: The protocol this class implements ("esp" or "ah"); set by subclasses.
@@ -146,7 +150,7 @@ class SecurityAssociation:
         self._refresh_marks()
         self._build(unsafe_iv_source)
         self.state = next_state(self.state, SaTrigger.INSTALL)
-        if self.direction != "inbound" and self._seq >= self._seq_max:
+        if self.direction == "outbound" and self._seq >= self._seq_max:
             # An SA that can send and has used its last number is exhausted from the start
             # (RFC 4303 §3.3.3 / RFC 4302 §3.3.2: sequence numbers never cycle). Deciding it
             # here keeps the per-packet paths free of the check.
@@ -217,10 +221,10 @@ class SecurityAssociation:
         The inbound path is bound only when the SA has a replay window (direction not
         ``outbound``): the inbound paths read ``_window`` unguarded."""
         out_fn, in_fn = self._select_paths()
-        if self.direction == "inbound":
-            out_fn = self._refuse
-        elif self.direction == "outbound":
-            in_fn = self._refuse
+        if self.direction != "outbound":
+            out_fn = self._refuse_protect
+        if self.direction == "outbound":
+            in_fn = self._refuse_unprotect
         # Instance attributes shadow the documented methods below: no dispatch per packet.
         self.protect = out_fn  # type: ignore[method-assign]
         self.unprotect = in_fn  # type: ignore[method-assign]
@@ -240,16 +244,30 @@ class SecurityAssociation:
 
     def protect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
         """``protect`` over a batch, in order (sequence numbers follow the batch order)."""
+        if isinstance(packets, (bytes, bytearray, memoryview)):
+            raise TypeError("protect_batch takes an iterable of packets, not one packet")
         fn = self.protect
         return [fn(p, now) for p in packets]
 
     def unprotect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
         """``unprotect`` over a batch, in order."""
+        if isinstance(packets, (bytes, bytearray, memoryview)):
+            raise TypeError("unprotect_batch takes an iterable of packets, not one packet")
         fn = self.unprotect
         return [fn(p, now) for p in packets]
 
-    def _refuse(self, packet: bytes, now: float | None = None) -> Result:
-        return self._drop(DropReason.SA_UNUSABLE)
+    def _refuse_protect(self, packet: bytes, now: float | None = None) -> Result:
+        # A caller mistake, not bad peer input: raised, never counted as a drop. An SA without
+        # a direction exists for offline tools that read captures; sending on it would let two
+        # objects made from one description (the other side's, too) number packets alike.
+        if self.direction is None:
+            raise DirectionError(f"SA 0x{self.spi:08x} has no direction: it may unprotect "
+                                 "(offline tools) but not protect; describe it as outbound")
+        raise DirectionError(f"SA 0x{self.spi:08x} is inbound: protect needs an outbound SA")
+
+    def _refuse_unprotect(self, packet: bytes, now: float | None = None) -> Result:
+        raise DirectionError(f"SA 0x{self.spi:08x} is outbound: unprotect needs an inbound SA "
+                             "(or one without a direction)")
 
     # ----------------------------------------------------------------- accounting
     def _drop(self, reason: DropReason) -> Result:
@@ -468,7 +486,7 @@ class SecurityAssociation:
                         if a is not None and a.name != "none")
         encap = " udp-encap" if getattr(c, "encapsulation", None) else ""
         return (f"spi=0x{self.spi:08x} {self.PROTOCOL} {self.mode}{encap} "
-                f"{self.direction or 'both'} {c.src}->{c.dst} {algs} esn={self.esn} "
+                f"{self.direction or 'undirected'} {c.src}->{c.dst} {algs} esn={self.esn} "
                 f"state={self.state.value}")
 
     def __repr__(self) -> str:

@@ -85,6 +85,7 @@ INTEGRITY_STRINGS: dict[str, str] = {
     "none": "NULL",
     "hmac-sha1-96": "HMAC-SHA-1-96 [RFC2404]",
     "hmac-sha256-128": "HMAC-SHA-256-128 [RFC4868]",
+    "hmac-sha256-96": "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]",
     "hmac-sha384-192": "HMAC-SHA-384-192 [RFC4868]",
     "hmac-sha512-256": "HMAC-SHA-512-256 [RFC4868]",
     "hmac-md5-96": "HMAC-MD5-96 [RFC2403]",

@@ -116,7 +116,7 @@ from ipsecsa.crypto.transforms import (
     make_ah_integrity,
     make_esp_transform,
 )
-from ipsecsa.errors import IpsecsaError, MalformedPacket
+from ipsecsa.errors import IpsecsaError, MalformedPacket, as_packet
 from ipsecsa.ndis.constants import (
     CryptoStatus,
     NdisEncapsulation,
@@ -717,6 +717,8 @@ class Miniport:
         Returns the wire packet; unprocessed (and counted in ``stats``) when the handle is
         not a live outbound SA's or the packet does not have the SA's shape.
         """
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         with self._lock:
             sa = self._sas.get(offload_handle)
             if sa is None or sa.inbound:
@@ -797,6 +799,8 @@ class Miniport:
         Returns the packet (plaintext in place of the ciphertext on success, as it was
         otherwise) and the receive view of the NBL info.
         """
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         with self._lock:
             found = self._lookup(packet)
             if found is None:

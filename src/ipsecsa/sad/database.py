@@ -34,7 +34,7 @@ from typing import Any
 from ipsecsa.datapath.esp import HELD
 from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.datapath.sa import SecurityAssociation
-from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
@@ -334,6 +334,8 @@ class SaDatabase:
     def classify(self, packet: bytes) -> Bundle | None:
         """The outbound bundle whose filter covers ``packet`` (None: no policy).
         Raises MalformedPacket for packets that do not parse."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         if len(packet) >= 24 and packet[0] == 0x45:
             # IPv4 without options (the common case), parsed here; everything else by flow_of.
             _, tlen, frag, proto, src, dst = _V4.unpack_from(packet)
@@ -368,6 +370,8 @@ class SaDatabase:
     # ----------------------------------------------------------------- the data path
     def outbound(self, packet: bytes, now: float | None = None) -> Result:
         """Classify ``packet`` and apply its bundle (ESP, then AH). Unmatched → NO_POLICY."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         try:
             bundle = self.classify(packet)
         except MalformedPacket as exc:
@@ -392,6 +396,8 @@ class SaDatabase:
         was found), for front ends that check the decapsulated packet against the policy of the
         SA it arrived through (the WFP engine's inbound callout, reference F.20). ``guard(sa)``,
         if given, is entered around the unprotect steps (a front end's per-SA lock)."""
+        if packet.__class__ is not bytes:
+            packet = as_packet(packet)
         try:
             hit = self._locate(packet)
         except MalformedPacket as exc:
