@@ -36,6 +36,8 @@ from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.selectors import selectors_match
 
 _SEQ_HIGH = ~0xFFFFFFFF
+#: RFC 3948 §2: IKE and UDP-encapsulated ESP share port 4500.
+NATT_PORT = 4500
 _U16 = struct.Struct("!H")
 
 
@@ -183,9 +185,11 @@ class OfflineSas:
 
         Transport mode: the packet's addresses are the SA's ``src``/``dst`` and its selectors
         (if any) cover it. Tunnel mode: its selectors cover it; a tunnel SA without selectors
-        covers every packet of either family. Packets that are already IPsec are never covered.
+        covers every packet of either family. Packets that are already IPsec (ESP, AH, or ESP in
+        UDP on port 4500) are never covered.
         """
-        if ipsec_id(ip) is not None:
+        ident = ipsec_id(ip)
+        if ident is not None and (ident.udp is None or NATT_PORT in ident.udp):
             return None
         try:
             flow = flow_of(ip)
