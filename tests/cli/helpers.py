@@ -69,9 +69,8 @@ def write_pcap(path, linktype: int, records: Sequence[tuple[int, bytes]], *,
     frac = 10**9 if nanosecond else 10**6
     with open(path, "wb") as f:
         f.write(struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype))
-        for ticks, frame in records:
-            f.write(struct.pack(order + "IIII", ticks // frac, ticks % frac, len(frame),
-                                len(frame)) + frame)
+        f.writelines(struct.pack(order + "IIII", ticks // frac, ticks % frac, len(frame),
+                                len(frame)) + frame for ticks, frame in records)
 
 
 def _block(kind: int, body: bytes) -> bytes:

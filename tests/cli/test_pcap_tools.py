@@ -27,7 +27,8 @@ def _frames(path):
 
 def _raw_records(path):
     """(header bytes, frame) of each classic pcap record, as stored."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     pos, out = 24, []
     while pos < len(data):
         caplen = struct.unpack_from("<I", data, pos + 8)[0]
@@ -54,7 +55,7 @@ def test_protect_covers_tunnel_traffic_only(protected_vlan, plain_vlan):
 
 def test_unprotect_restores_every_packet_and_keeps_timestamps(workdir, sa_file, plain_vlan,
                                                               protected_vlan):
-    src, records = plain_vlan
+    src = plain_vlan[0]
     out = workdir / "decrypted-vlan.pcap"
     run = ipsecsa("pcap", "unprotect", "-s", str(sa_file), str(protected_vlan[0]), str(out),
                   "--json")
@@ -121,8 +122,8 @@ def test_pcapng_two_interfaces_round_trip(workdir, sa_file):
 def test_scapy_made_esp_is_decrypted(workdir, sa_file):
     """ESP built by scapy (an independent implementation) on both SAs, Linux cooked v1."""
     from scapy.layers.inet import IP as SIP
-    from scapy.layers.ipsec import SecurityAssociation as ScapySA
     from scapy.layers.ipsec import ESP
+    from scapy.layers.ipsec import SecurityAssociation as ScapySA
 
     out_sa = ScapySA(ESP, spi=0xC0000101, crypt_algo="AES-GCM",
                      crypt_key=bytes.fromhex(SAS["sas"][0]["encryption"]["key"]),
@@ -224,8 +225,8 @@ def _fragment_v4(packet: bytes, size: int) -> list[bytes]:
 
 def test_fragmented_esp_is_reassembled(workdir, sa_file):
     from scapy.layers.inet import IP as SIP
-    from scapy.layers.ipsec import SecurityAssociation as ScapySA
     from scapy.layers.ipsec import ESP
+    from scapy.layers.ipsec import SecurityAssociation as ScapySA
 
     sa = ScapySA(ESP, spi=0xC0000101, crypt_algo="AES-GCM",
                  crypt_key=bytes.fromhex(SAS["sas"][0]["encryption"]["key"]), auth_algo="NULL",
@@ -252,7 +253,7 @@ def test_bad_capture_is_one_line(workdir, sa_file, protected_vlan, bad):
     if bad == "not-a-capture":
         path.write_text("hello, this is text\n")
     else:
-        path.write_bytes(open(protected_vlan[0], "rb").read()[:200])
+        path.write_bytes(protected_vlan[0].read_bytes()[:200])
     run = ipsecsa("pcap", "unprotect", "-s", str(sa_file), str(path), str(workdir / "o.pcap"),
                   check=False)
     assert run.returncode == 1
