@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "export": "ipsecsa.cli.keys:export_group",
     "sa": "ipsecsa.cli.sa:sa",
     "demo": "ipsecsa.cli.demo:demo",
+    "gateway": "ipsecsa.gateway.command:gateway_command",
 }
 
 #: Exit status for a user mistake or a failed operation (click uses 2 for usage errors).
