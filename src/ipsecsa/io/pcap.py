@@ -55,6 +55,9 @@ PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
 PCAPNG_OPT_ENDOFOPT = 0
 PCAPNG_OPT_IF_TSRESOL = 9
 PCAPNG_OPT_IF_TSOFFSET = 14
+#: Interface options whose value is text (if_name, if_description, if_os, if_hardware): kept
+#: verbatim when a capture is rewritten; if_tsresol/if_tsoffset are rewritten from their values.
+PCAPNG_TEXT_OPTIONS = frozenset({2, 3, 12, 15})
 #: Default timestamp resolution of a pcapng interface without ``if_tsresol``: microseconds.
 PCAPNG_DEFAULT_TSRESOL = 6
 
@@ -133,13 +136,38 @@ class Packet(NamedTuple):
     ip: bytes
 
 
+class Frame(NamedTuple):
+    """One record of a capture, IP or not, as the rewriting tools need it.
+
+    ``number`` is the 0-based position of the record among all packet records of the file (the
+    frame number Wireshark shows, minus one). ``ip`` is the IP packet (None for a frame that
+    carries none: ``skip`` then says why) and ``ip_offset`` where it starts in ``data``.
+    ``ts_raw`` is the timestamp as stored, in ticks of the interface's resolution (pcap:
+    ``seconds * 10**6 + microseconds``, or nanoseconds with the nanosecond magic; pcapng: the
+    64-bit tick count), so a rewritten capture keeps timestamps exactly; None for pcapng simple
+    packet blocks. ``section`` and ``interface`` locate the pcapng interface (0 for pcap).
+    """
+
+    number: int
+    ts: float | None
+    linktype: int
+    data: bytes
+    ip: bytes | None
+    ip_offset: int
+    origlen: int
+    section: int
+    interface: int
+    ts_raw: int | None
+    skip: str | None
+
+
 # ============================================================================ link layers
 def _ip_version(buf: bytes | memoryview, offset: int) -> int:
     return buf[offset] >> 4 if len(buf) > offset else 0
 
 
-def _trim_ip(frame: bytes, offset: int) -> bytes | None:
-    """The IP packet at ``offset`` of ``frame``, cut to its IP length; None if not IP."""
+def _ip_end(frame: bytes, offset: int) -> int | None:
+    """Where the IP packet at ``offset`` of ``frame`` ends; None if there is no IP packet."""
     version = _ip_version(frame, offset)
     avail = len(frame) - offset
     if version == 4:
@@ -157,19 +185,19 @@ def _trim_ip(frame: bytes, offset: int) -> bytes | None:
     # A length field larger than the frame (TSO/GRO captures report 0 or a wrong length) keeps
     # the frame as captured; the data path judges it.
     if 0 < total <= avail:
-        return frame[offset:offset + total]
-    return frame[offset:]
+        return offset + total
+    return len(frame)
 
 
-def _ethertype_ip(frame: bytes, ethertype: int, offset: int) -> bytes | None:
+def _ethertype_ip(frame: bytes, ethertype: int, offset: int) -> int | None:
     if ethertype == ETHERTYPE_IPV4 and _ip_version(frame, offset) == 4:
-        return _trim_ip(frame, offset)
+        return offset
     if ethertype == ETHERTYPE_IPV6 and _ip_version(frame, offset) == 6:
-        return _trim_ip(frame, offset)
+        return offset
     return None
 
 
-def _strip_ethernet(frame: bytes) -> bytes | None:
+def _strip_ethernet(frame: bytes) -> int | None:
     if len(frame) < ETHERNET_HEADER_LEN:
         return None
     offset = 12
@@ -185,19 +213,19 @@ def _strip_ethernet(frame: bytes) -> bytes | None:
     return _ethertype_ip(frame, ethertype, offset)
 
 
-def _strip_sll(frame: bytes) -> bytes | None:
+def _strip_sll(frame: bytes) -> int | None:
     if len(frame) < SLL_HEADER_LEN:
         return None
     return _ethertype_ip(frame, int.from_bytes(frame[14:16], "big"), SLL_HEADER_LEN)
 
 
-def _strip_sll2(frame: bytes) -> bytes | None:
+def _strip_sll2(frame: bytes) -> int | None:
     if len(frame) < SLL2_HEADER_LEN:
         return None
     return _ethertype_ip(frame, int.from_bytes(frame[0:2], "big"), SLL2_HEADER_LEN)
 
 
-def _strip_loopback(frame: bytes) -> bytes | None:
+def _strip_loopback(frame: bytes) -> int | None:
     # NULL stores the family in the capturing host's byte order, which the file does not record;
     # LOOP uses network order. Accept either order for both, and let the version nibble decide.
     if len(frame) < LOOPBACK_HEADER_LEN:
@@ -205,22 +233,22 @@ def _strip_loopback(frame: bytes) -> bytes | None:
     families = {int.from_bytes(frame[:4], "big"), int.from_bytes(frame[:4], "little")}
     version = _ip_version(frame, LOOPBACK_HEADER_LEN)
     if version == 4 and families & AF_INET_VALUES:
-        return _trim_ip(frame, LOOPBACK_HEADER_LEN)
+        return LOOPBACK_HEADER_LEN
     if version == 6 and families & AF_INET6_VALUES:
-        return _trim_ip(frame, LOOPBACK_HEADER_LEN)
+        return LOOPBACK_HEADER_LEN
     return None
 
 
-def _strip_raw(frame: bytes) -> bytes | None:
-    return _trim_ip(frame, 0)
+def _strip_raw(frame: bytes) -> int | None:
+    return 0
 
 
-def _strip_ipv4(frame: bytes) -> bytes | None:
-    return _trim_ip(frame, 0) if _ip_version(frame, 0) == 4 else None
+def _strip_ipv4(frame: bytes) -> int | None:
+    return 0 if _ip_version(frame, 0) == 4 else None
 
 
-def _strip_ipv6(frame: bytes) -> bytes | None:
-    return _trim_ip(frame, 0) if _ip_version(frame, 0) == 6 else None
+def _strip_ipv6(frame: bytes) -> int | None:
+    return 0 if _ip_version(frame, 0) == 6 else None
 
 
 _STRIPPERS = {
@@ -240,16 +268,43 @@ SUPPORTED_LINKTYPES = frozenset(_STRIPPERS)
 
 def ip_of_frame(linktype: int, frame: bytes) -> bytes | None:
     """The IP packet inside one link-layer ``frame``, or None (unsupported link type, not IP)."""
+    located = locate_ip(linktype, bytes(frame))
+    return None if located is None else bytes(frame)[located[0]:located[1]]
+
+
+def locate_ip(linktype: int, frame: bytes) -> tuple[int, int] | None:
+    """``(start, end)`` of the IP packet inside one link-layer ``frame`` (link-layer padding
+    after the IP length excluded), or None (unsupported link type, not IP)."""
     strip = _STRIPPERS.get(linktype)
-    return None if strip is None else strip(bytes(frame))
+    if strip is None:
+        return None
+    offset = strip(frame)
+    if offset is None:
+        return None
+    end = _ip_end(frame, offset)
+    return None if end is None else (offset, end)
 
 
 # ============================================================================ reader
-class _Interface(NamedTuple):
+class Interface(NamedTuple):
+    """A capture interface: the pcap file header, or one pcapng interface description block.
+
+    ``tsresol`` is the raw ``if_tsresol`` byte (6 = microseconds; the pcap nanosecond magic is
+    reported as 9) and ``options`` the pcapng options kept for rewriting (code, value) with
+    numeric values already in host order; ``linktype_field`` is pcap's whole 32-bit link-type
+    field (its upper bits carry FCS information).
+    """
+
     linktype: int
     snaplen: int
     ts_unit: float  # seconds per timestamp tick
     ts_offset: int  # seconds added to every timestamp
+    tsresol: int = PCAPNG_DEFAULT_TSRESOL
+    options: tuple[tuple[int, bytes], ...] = ()
+    linktype_field: int = 0
+
+
+_Interface = Interface
 
 
 class PcapReader:
@@ -274,8 +329,18 @@ class PcapReader:
         self.format = ""
         self._offset = 0
         self._started = False
+        self._index = 0
+        #: pcapng: the current section's interfaces (index = interface id); pcap: the one header.
+        self.interfaces: list[Interface] = []
+        #: pcapng: index of the current section (0-based).
+        self.section = -1
 
     # ------------------------------------------------------------------ plumbing
+    @property
+    def position(self) -> int:
+        """Bytes of the file consumed so far (for progress reports)."""
+        return self._offset
+
     def close(self) -> None:
         if self._owned:
             self._file.close()
@@ -308,25 +373,43 @@ class PcapReader:
         self._offset += n
         return data
 
-    def _frame(self, iface: _Interface, ts: float | None, data: bytes,
-               origlen: int) -> Packet | None:
-        strip = _STRIPPERS.get(iface.linktype)
-        if strip is None:
-            self.skipped[SKIP_UNSUPPORTED_LINKTYPE] += 1
+    def _frame(self, iface: _Interface, ts: float | None, data: bytes, origlen: int,
+               interface: int = 0, ts_raw: int | None = None) -> Frame:
+        index = self._index
+        self._index = index + 1
+        skip = None
+        start = end = 0
+        if iface.linktype not in _STRIPPERS:
+            skip = SKIP_UNSUPPORTED_LINKTYPE
             self.skipped_linktypes[iface.linktype] += 1
-            return None
-        if len(data) < origlen:
+        elif len(data) < origlen:
             # Cut by the snap length: the IP packet is incomplete and cannot be verified.
-            self.skipped[SKIP_TRUNCATED_CAPTURE] += 1
-            return None
-        ip = strip(data)
-        if ip is None:
-            self.skipped[SKIP_NON_IP] += 1
-            return None
-        return Packet(ts, iface.linktype, data, ip)
+            skip = SKIP_TRUNCATED_CAPTURE
+        else:
+            located = locate_ip(iface.linktype, data)
+            if located is None:
+                skip = SKIP_NON_IP
+            else:
+                start, end = located
+        if skip is not None:
+            self.skipped[skip] += 1
+            return Frame(index, ts, iface.linktype, data, None, 0, origlen,
+                         max(self.section, 0), interface, ts_raw, skip)
+        return Frame(index, ts, iface.linktype, data, data[start:end], start, origlen,
+                     max(self.section, 0), interface, ts_raw, None)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Packet]:
+        for frame in self.frames():
+            if frame.ip is not None:
+                yield Packet(frame.ts, frame.linktype, frame.data, frame.ip)
+
+    def frames(self) -> Iterator[Frame]:
+        """Every packet record of the file as a :class:`Frame`, IP or not, in file order.
+
+        Frames without an IP packet are yielded too (``ip`` None, ``skip`` the reason) and
+        counted in :attr:`skipped`; tools that rewrite a capture pass them through unchanged.
+        """
         if self._started:
             raise ValueError("a PcapReader can be iterated only once")
         self._started = True
@@ -344,7 +427,7 @@ class PcapReader:
             if sum(self.skipped.values()):
                 log.info("capture: skipped %s", dict(self.skipped))
 
-    def _pcap(self, head: bytes) -> Iterator[Packet]:
+    def _pcap(self, head: bytes) -> Iterator[Frame]:
         for order in ("<", ">"):
             (magic,) = struct.unpack(order + "I", head)
             if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
@@ -360,7 +443,11 @@ class PcapReader:
             raise PcapError(4, f"unsupported pcap version {major}.{_minor}")
         # Only the low 16 bits are the link type; the upper bits carry FCS information (the
         # P bit 0x04000000 and the FCS length, pcap-savefile(5) / draft-ietf-opsawg-pcap).
-        iface = _Interface(linktype_field & 0xFFFF, snaplen, tick, 0)
+        iface = _Interface(linktype_field & 0xFFFF, snaplen, tick, 0,
+                           9 if magic == PCAP_MAGIC_NS else 6, (), linktype_field)
+        self.interfaces = [iface]
+        self.section = 0
+        frac_per_s = 10**9 if magic == PCAP_MAGIC_NS else 10**6
         rec = struct.Struct(order + PCAP_RECORD_HEADER)
         while True:
             start = self._offset
@@ -372,11 +459,10 @@ class PcapReader:
                 raise PcapError(start, f"record claims {caplen} captured bytes, more than the "
                                        f"{MAX_RECORD_BYTES}-byte limit (corrupt file?)")
             data = self._read(caplen, "packet record", start)
-            pkt = self._frame(iface, ts_sec + ts_frac * tick, data, origlen)
-            if pkt is not None:
-                yield pkt
+            yield self._frame(iface, ts_sec + ts_frac * tick, data, origlen, 0,
+                              ts_sec * frac_per_s + ts_frac)
 
-    def _pcapng(self, first: bytes) -> Iterator[Packet]:
+    def _pcapng(self, first: bytes) -> Iterator[Frame]:
         pending: bytes | None = first
         order = "<"
         interfaces: list[_Interface] = []
@@ -408,6 +494,8 @@ class PcapReader:
                 if major != 1:
                     raise PcapError(start, f"unsupported pcapng version {major}")
                 interfaces = []
+                self.interfaces = interfaces
+                self.section += 1
                 seen_shb = True
                 continue
             if not seen_shb:
@@ -420,9 +508,7 @@ class PcapReader:
                     raise PcapError(start, f"more than {MAX_INTERFACES} interfaces in a section")
                 interfaces.append(self._interface(body, order, start))
             elif block_type in (PCAPNG_EPB, PCAPNG_OPB):
-                pkt = self._packet_block(block_type, body, order, interfaces, start)
-                if pkt is not None:
-                    yield pkt
+                yield self._packet_block(block_type, body, order, interfaces, start)
             elif block_type == PCAPNG_SPB:
                 if not interfaces:
                     raise PcapError(start, "simple packet block without an interface")
@@ -433,9 +519,7 @@ class PcapReader:
                 caplen = min(origlen, len(body) - 4)
                 if iface.snaplen:
                     caplen = min(caplen, iface.snaplen)
-                pkt = self._frame(iface, None, body[4:4 + caplen], origlen)
-                if pkt is not None:
-                    yield pkt
+                yield self._frame(iface, None, body[4:4 + caplen], origlen)
             # Other blocks (name resolution, statistics, decryption secrets, custom) carry no
             # packets; they were length-checked and are skipped.
 
@@ -460,6 +544,7 @@ class PcapReader:
             raise PcapError(start, "interface description block too short")
         linktype, _reserved, snaplen = struct.unpack(order + "HHI", body[:8])
         resol, offset_s = PCAPNG_DEFAULT_TSRESOL, 0
+        kept: list[tuple[int, bytes]] = []
         pos = 8
         while pos + 4 <= len(body):
             code, length = struct.unpack(order + "HH", body[pos:pos + 4])
@@ -473,13 +558,15 @@ class PcapReader:
                 resol = value[0]
             elif code == PCAPNG_OPT_IF_TSOFFSET and length >= 8:
                 (offset_s,) = struct.unpack(order + "q", value[:8])
+            elif code in PCAPNG_TEXT_OPTIONS:
+                kept.append((code, value))
             pos += (length + 3) & ~3
         exponent = resol & 0x7F
         unit = 2.0 ** -exponent if resol & 0x80 else 10.0 ** -exponent
-        return _Interface(linktype, snaplen, unit, offset_s)
+        return _Interface(linktype, snaplen, unit, offset_s, resol, tuple(kept))
 
     def _packet_block(self, block_type: int, body: bytes, order: str,
-                      interfaces: list[_Interface], start: int) -> Packet | None:
+                      interfaces: list[_Interface], start: int) -> Frame:
         if len(body) < 20:
             raise PcapError(start, "packet block too short")
         if block_type == PCAPNG_EPB:
@@ -494,8 +581,9 @@ class PcapReader:
             raise PcapError(start, f"packet block claims {caplen} captured bytes but holds "
                                    f"{len(body) - 20}")
         iface = interfaces[if_id]
-        ts = ((ts_hi << 32) | ts_lo) * iface.ts_unit + iface.ts_offset
-        return self._frame(iface, ts, body[20:20 + caplen], origlen)
+        ticks = (ts_hi << 32) | ts_lo
+        ts = ticks * iface.ts_unit + iface.ts_offset
+        return self._frame(iface, ts, body[20:20 + caplen], origlen, if_id, ticks)
 
 
 def read_packets(source: str | os.PathLike[str] | BinaryIO, *,
@@ -617,10 +705,13 @@ __all__ = [
     "MAX_BLOCK_BYTES",
     "MAX_RECORD_BYTES",
     "SUPPORTED_LINKTYPES",
+    "Frame",
+    "Interface",
     "Packet",
     "PcapError",
     "PcapReader",
     "PcapWriter",
     "ip_of_frame",
+    "locate_ip",
     "read_packets",
 ]

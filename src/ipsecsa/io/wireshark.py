@@ -272,6 +272,127 @@ def installed_wireshark_version(tshark: str = "tshark") -> tuple[int, int, int] 
     return int(m.group(4)), int(m.group(5)), 0
 
 
+# --- Reading an esp_sa table (ours, Wireshark's, or strongSwan's save-keys plugin's) ------------
+#: Display strings that name no ICV length of their own: the deprecated generic AES-GCM entry
+#: (Wireshark 2.x, and what strongSwan's save-keys plugin writes for every GCM SA) takes its ICV
+#: length from the "ANY n bit authentication" entry paired with it.
+_GENERIC_GCM = "aes-gcm [rfc4106]"
+_ANY_BITS = re.compile(r"^any (\d+) bit authentication")
+#: Entries of other tools' tables that differ from ours only by case or are older names.
+_EXTRA_ENCRYPTION = {"tripledes-cbc [rfc2451]": "3des-cbc"}
+_EXTRA_INTEGRITY = {
+    # draft-ietf-ipsec-ciph-sha-256-00: HMAC-SHA-256 truncated to 96 bits (old Linux default).
+    "hmac-sha-256-96 [draft-ietf-ipsec-ciph-sha-256-00]": "hmac-sha256-96",
+}
+_ENCRYPTION_BY_STRING = {v.lower(): k for k, v in {**ENCRYPTION_STRINGS,
+                                                   **MODERN_ENCRYPTION_STRINGS}.items()}
+_INTEGRITY_BY_STRING = {v.lower(): k for k, v in INTEGRITY_STRINGS.items()}
+
+
+def _uat_fields(line: str, lineno: int) -> list[str]:
+    """The fields of one UAT line: comma-separated, double-quoted, ``\\xHH`` escapes."""
+    from ipsecsa.io.keytext import KeyTextError
+
+    fields: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n or line[i] != '"':
+            raise KeyTextError(lineno, "expected a double-quoted field")
+        i += 1
+        value = []
+        while True:
+            if i >= n:
+                raise KeyTextError(lineno, "unterminated quoted field")
+            c = line[i]
+            if c == "\\" and i + 1 < n:
+                if line[i + 1] == "x" and i + 3 < n:
+                    value.append(chr(int(line[i + 2:i + 4], 16)))
+                    i += 4
+                    continue
+                value.append(line[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                i += 1
+                break
+            value.append(c)
+            i += 1
+        fields.append("".join(value))
+        while i < n and line[i] in " \t":
+            i += 1
+        if i < n:
+            if line[i] != ",":
+                raise KeyTextError(lineno, "expected a comma between fields")
+            i += 1
+    return fields
+
+
+def parse_esp_sa(text: str, *, mode: str = "tunnel",
+                 encapsulation: tuple[int, int] | None = None) -> list[Any]:
+    """SA objects (:class:`~ipsecsa.io.keytext.Imported`) from an ``esp_sa`` table.
+
+    Reads what :func:`esp_sa_lines` writes, Wireshark's own table (8 or 10 fields) and the
+    output of strongSwan's save-keys plugin (its generic "AES-GCM [RFC4106]" entry with an
+    "ANY n bit authentication" partner, "TripleDes-CBC"). The table records neither the mode
+    nor UDP encapsulation, so they come from ``mode`` and ``encapsulation`` (sport, dport);
+    the 10-field form's SN column sets ``esn``. Wildcard entries (``*``) cannot become an SA and
+    are refused, naming the line.
+    """
+    from ipsecsa.io.keytext import Imported, KeyTextError, hex_key
+
+    out: list[Imported] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        f = _uat_fields(line, lineno)
+        if len(f) not in (8, 10):
+            raise KeyTextError(lineno, f"an esp_sa entry has 8 or 10 fields, this one {len(f)}")
+        proto, src, dst, spi, enc_s, enc_key, auth_s, auth_key = f[:8]
+        if "*" in (src, dst, spi) or proto.lower() == "any":
+            raise KeyTextError(lineno, "a wildcard entry (*) does not identify one SA")
+        enc_l, auth_l = enc_s.strip().lower(), auth_s.strip().lower()
+        any_bits = _ANY_BITS.match(auth_l)
+        if enc_l == _GENERIC_GCM:
+            icv = int(any_bits.group(1)) // 8 if any_bits else 16
+            if icv not in (8, 12, 16):
+                raise KeyTextError(lineno, f"AES-GCM with a {icv * 8}-bit ICV is not defined")
+            enc = f"aes-gcm-{icv}"
+        else:
+            enc_name = _ENCRYPTION_BY_STRING.get(enc_l) or _EXTRA_ENCRYPTION.get(enc_l)
+            if enc_name is None:
+                raise KeyTextError(lineno, f"encryption {enc_s!r} has no ipsecsa equivalent")
+            enc = enc_name
+        sa: dict[str, Any] = {"spi": spi.strip(), "protocol": "esp", "mode": mode,
+                              "src": src.strip(), "dst": dst.strip()}
+        encryption: dict[str, Any] = {"algorithm": enc}
+        key = hex_key(enc_key, lineno, "encryption key") if enc_key.strip() else ""
+        if key:
+            encryption["key"] = key
+        sa["encryption"] = encryption
+        if any_bits is not None:
+            if enc not in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "chacha20-poly1305"):
+                raise KeyTextError(lineno, f"{auth_s!r} does not say which integrity algorithm "
+                                           "to verify with")
+        elif auth_l not in ("null", ""):
+            integ = _INTEGRITY_BY_STRING.get(auth_l) or _EXTRA_INTEGRITY.get(auth_l)
+            if integ is None:
+                raise KeyTextError(lineno, f"authentication {auth_s!r} has no ipsecsa equivalent")
+            sa["integrity"] = {"algorithm": integ,
+                               "key": hex_key(auth_key, lineno, "authentication key")}
+        if len(f) == 10:
+            sa["esn"] = f[8].strip().lower().startswith("64")
+            if sa["esn"] and f[9].strip() not in ("", "0"):
+                sa["seq"] = int(f[9].strip(), 16) << 32
+        if encapsulation is not None:
+            sa["encapsulation"] = {"type": "udp", "sport": encapsulation[0],
+                                   "dport": encapsulation[1]}
+        out.append(Imported(lineno, sa))
+    return out
+
+
 __all__ = [
     "DEFAULT_WIRESHARK_VERSION",
     "ENCRYPTION_STRINGS",
@@ -281,6 +402,7 @@ __all__ = [
     "PREF_DECRYPT",
     "esp_sa_lines",
     "installed_wireshark_version",
+    "parse_esp_sa",
     "tshark_preferences",
     "write_esp_sa_file",
 ]
