@@ -45,20 +45,22 @@ class Gateway:
             gw.run()            # until gw.stop() (another thread, a signal handler)
 
     ``mtu`` fixes the TUN's MTU; by default it is computed from the outbound SAs' overhead and the
-    MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`).
+    MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`). ``offload=False``
+    turns off UDP segmentation offload (see :mod:`ipsecsa.gateway.transport`).
     """
 
     def __init__(self, sad: SaDatabase, *, tun: str, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
                  transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
-                 mtu: int | None = None, batch: int = BATCH) -> None:
+                 mtu: int | None = None, batch: int = BATCH, offload: bool = True) -> None:
         self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
                                 keepalive=keepalive)
         self.sad = sad
         self.tun_name = tun
         self.mtu = mtu
         self.batch = batch
+        self.offload = offload
         self.tun: Tun | None = None
         self.net: UdpTransport | RawEspTransport | None = None
         self.tun_mtu = 0
@@ -89,13 +91,14 @@ class Gateway:
         self.tun_mtu = mtu
         try:
             if core.transport == "udp":
-                self.net = UdpTransport(core.local, core.port)
+                self.net = UdpTransport(core.local, core.port, offload=self.offload)
             else:
                 self.net = RawEspTransport(core.local)
         except OSError:
             self.tun.close()
             self.tun = None
             raise
+        self._size_segments()
         log.info("TUN %s (MTU %d) up; ESP over %s on %s port %d; path MTU %d", self.tun_name,
                  mtu, core.transport, core.local, core.port, core.path_mtu)
         return self
@@ -155,9 +158,15 @@ class Gateway:
             failed = tun.write_batch(out.tun)
             counters.send_errors += failed
 
+    def _size_segments(self) -> None:
+        """Datagrams batched with UDP segmentation offload must each fit the path unfragmented."""
+        if self.net is not None:
+            self.net.max_segment = self.core.path_mtu - (48 if self.core.v6 else 28)
+
     def _poll_mtu(self) -> None:
         assert self.tun is not None
         self.core.set_path_mtu(self._route_mtu())
+        self._size_segments()
         try:
             mtu = self.tun.mtu
         except OSError:
