@@ -157,8 +157,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         no_offload = functools.partial(run_ipsecsa, extra=("--no-offload",))
+        single = functools.partial(run_ipsecsa, extra=("--threads", "1"))
         for name, fn in (("bare veth", None), ("ipsecsa", run_ipsecsa),
                          ("ipsecsa --no-offload", no_offload),
+                         ("ipsecsa --threads 1", single),
                          ("strongSwan libipsec", run_libipsec if have_sw else None)):
             if fn is None and name != "bare veth":
                 print(f"skipping {name}: {sw.skip_reason()}", file=sys.stderr)

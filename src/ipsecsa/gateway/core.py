@@ -83,7 +83,10 @@ class GatewayCounters:
     keepalive_tx: int = 0
     ike_rx: int = 0
     icmp_tx: int = 0
+    #: Datagrams the socket refused, packets the TUN refused (kept apart: with two threads,
+    #: each counter has one writer).
     send_errors: int = 0
+    tun_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -389,20 +392,29 @@ class GatewayCore:
                 due = min(due, self._last_tx.get(addr, 0.0) + self.keepalive)
         return due
 
-    def handle_timer(self, now: float | None = None) -> Output:
-        """SA lifetimes, the list of peers, and NAT-T keepalives to peers idle for
-        ``keepalive`` seconds (RFC 3948 §2.3: one 0xFF octet)."""
+    def sa_timers(self, now: float, direction: str | None = None) -> None:
+        """Time-based SA work (lifetimes) of the SAs of ``direction`` (None: all), and their
+        events logged. Split by direction so that each SA's timers run in the thread that
+        carries its packets when the edge runs the two directions in two threads."""
+        for _h, d, bundle in self.sad:
+            if direction is None or d == direction:
+                for sa in bundle.sas:
+                    sa.handle_timer(now)
+                    for event in sa.drain_events():
+                        log.warning("SA 0x%08x: %s", sa.spi, type(event).__name__)
+
+    def handle_timer(self, now: float | None = None, *,
+                     sa_direction: str | None = None) -> Output:
+        """SA lifetimes (of ``sa_direction``'s SAs, None: all), the list of peers, and NAT-T
+        keepalives to peers idle for ``keepalive`` seconds (RFC 3948 §2.3: one 0xFF octet)."""
         if now is None:
             now = time.monotonic()
         net: list[tuple[bytes | memoryview, int, Address]] = []
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            self.sa_timers(now, sa_direction)
             peers: set[Address] = set()
             for _h, direction, bundle in self.sad:
-                for sa in bundle.sas:
-                    sa.handle_timer(now)
-                    for event in sa.drain_events():
-                        log.warning("SA 0x%08x: %s", sa.spi, type(event).__name__)
                 if direction == "outbound":
                     route = self.route_of(bundle.sas[0])
                     if route.addr is not None:
