@@ -1,4 +1,4 @@
-"""The compiled NDIS layouts and constants against shared/spec/windows-layouts-x64.json.
+"""The compiled NDIS layouts and constants against windows-layouts-x64.json (package data, src/ipsecsa/data/).
 
 Nothing here restates a number: sizes, offsets and bit positions come from the layouts' own field
 tables (ipsecsa.ndis.structs.LAYOUTS) and are compared with the JSON, read at test time.
@@ -7,16 +7,13 @@ tables (ipsecsa.ndis.structs.LAYOUTS) and are compared with the JSON, read at te
 from __future__ import annotations
 
 import enum
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ipsecsa.data import windows_layouts
 from ipsecsa.ndis import codec, constants, structs
 from ipsecsa.ndis.codec import FieldInfo, StructLayout, UnionLayout
-
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared/spec/windows-layouts-x64.json"
 
 #: The structures this package must encode (the ones the brief names), plus v2 readiness.
 REQUIRED = [
@@ -60,10 +57,7 @@ UDPESP_FLAG_SUFFIXES = ("_UDPESP_ENCAPTYPE_IKE", "_UDPESP_ENCAPTYPE_OTHER",
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"authoritative layouts JSON not found at {SPEC_PATH}; "
-                    "layout/constant checks need shared/spec next to the repository")
-    return json.loads(SPEC_PATH.read_text())
+    return windows_layouts()  # package data: src/ipsecsa/data/README.md
 
 
 # --- structures ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """ipsecsa.ndis.Miniport: the NIC side of NDIS IPsec offload v1.
 
 OID buffers are built as a Windows transport would: ``pack_add_sa`` writes every member with
-``struct`` at the offsets of ``shared/spec/windows-layouts-x64.json`` (independent of our codec);
+``struct`` at the offsets of ``windows-layouts-x64.json (package data)`` (independent of our codec);
 other tests use the codec's encoders. Packets go through ``send``/``receive`` and are compared
 with the all-software data path (same keys, same ``unsafe_iv_source`` so CBC IVs match) and checked
 with scapy's ``scapy.layers.ipsec`` (test-only oracle). Every refusal asserts the exact status,
@@ -10,11 +10,9 @@ that the buffer comes back unchanged, and that the miniport's tables did not cha
 
 from __future__ import annotations
 
-import json
 import struct
 import threading
 import warnings
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -25,6 +23,7 @@ from scapy.packet import Raw
 from ipsecsa import SecurityAssociation
 from ipsecsa.crypto.algorithms import INTEGRITY
 from ipsecsa.crypto.transforms import make_ah_integrity
+from ipsecsa.data import windows_layouts
 from ipsecsa.ndis import Miniport
 from ipsecsa.ndis.constants import (
     CryptoStatus,
@@ -56,10 +55,7 @@ from ipsecsa.packet.ipv4 import ipv4_ah_zero_mutable
 
 warnings.filterwarnings("ignore", message=".*TripleDES.*")
 
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared/spec/windows-layouts-x64.json"
-if not SPEC_PATH.is_file():  # pragma: no cover - the spec lives beside the checkout
-    pytest.skip(f"layouts JSON not found at {SPEC_PATH}", allow_module_level=True)
-LAYOUTS = json.loads(SPEC_PATH.read_text())
+LAYOUTS = windows_layouts()  # package data: src/ipsecsa/data/README.md
 
 
 def _offsets(name: str) -> dict[str, int]:

@@ -1,23 +1,22 @@
 """NDIS IPsec v1 structures: hand-built Windows buffers, round trips, truncation, hidden keys.
 
 Hand-built buffers are laid out with ``struct.pack_into`` at offsets read from
-shared/spec/windows-layouts-x64.json (as a Windows transport's compiler would place them), never
+windows-layouts-x64.json (package data, src/ipsecsa/data/) (as a Windows transport's compiler would place them), never
 with the codec under test.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import struct
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipsecsa.data import windows_layouts
 from ipsecsa.errors import IpsecsaError
 from ipsecsa.ndis import structs
 from ipsecsa.ndis.codec import FieldInfo, Scalar, StructLayout, UnionLayout
@@ -51,8 +50,6 @@ from ipsecsa.ndis.structs import (
     UdpEspEncapTypeEntry,
 )
 
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared/spec/windows-layouts-x64.json"
-
 # ESP 3DES-CBC + HMAC-SHA1, then AH HMAC-MD5 (the one two-entry combination, A.3); keys per F.1:
 # per entry in array order, confidentiality key then integrity key.
 ESP_SPI, AH_SPI = 0x12345678, 0xC0FFEE01
@@ -64,10 +61,7 @@ KEYMAT = KEY_3DES + KEY_SHA1 + KEY_MD5
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"authoritative layouts JSON not found at {SPEC_PATH}; hand-built buffers "
-                    "take their offsets from it")
-    return json.loads(SPEC_PATH.read_text())
+    return windows_layouts()  # package data: src/ipsecsa/data/README.md
 
 
 def offsets(spec: dict[str, Any], name: str) -> dict[str, int]:

@@ -389,7 +389,27 @@ class SecurityAssociation:
         return False
 
     def _inner_selectors_ok(self, inner: bytes) -> bool:
-        """Selector check of a whole (inner) packet; raises MalformedPacket if it won't parse."""
+        """Selector check of a whole (inner) packet; raises MalformedPacket if it won't parse.
+
+        An IPv4 packet without options whose total length fits the buffer (what tunnels carry
+        almost always) has its flow read straight from the header: the same values
+        :func:`flow_of` returns, without building a ``Flow`` — measured at ~60% of the outbound
+        tunnel cost in the gateway. Anything else goes through :func:`flow_of`.
+        tests/datapath/test_inner_selectors.py holds the two equal."""
+        n = len(inner)
+        if n >= 24 and inner[0] == 0x45 and 20 <= (inner[2] << 8 | inner[3]) <= n:
+            proto = inner[9]
+            if proto in PORTED_PROTOCOLS and not (inner[6] & 0x1F | inner[7]):
+                if (inner[2] << 8 | inner[3]) < 24:
+                    return selectors_match(self._selectors, flow_of(inner))  # TRUNCATED
+                sport, dport = _PORTS.unpack_from(inner, 20)
+            else:
+                sport = dport = 0
+            src, dst = inner[12:16], inner[16:20]
+            for sel in self._selectors:
+                if sel.matches(4, src, dst, proto, sport, dport):
+                    return True
+            return not self._selectors
         return selectors_match(self._selectors, flow_of(inner))
 
     def _inner_policy(self, inner: bytes) -> DropReason | None:

@@ -2,6 +2,7 @@
 
     ipsecsa gateway --tun NAME --sa-file F --local IP [--port 4500] [--peer IP]
                     [--transport udp|raw] [--keepalive S] [--mtu N] [--stats-json FILE]
+                    [--no-offload] [--threads 1|2] [-v]
 
 Order of work, so that failures leave nothing behind: arguments, then the SA file (an unusable
 one is one line and exit 3 before any device exists), then the TUN (within a second of the start),
@@ -87,14 +88,19 @@ def _tun_name(_ctx: Any, param: click.Parameter, value: str) -> str:
               help="TUN MTU (default: the path MTU less the SAs' ESP overhead).")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Write the counters here on SIGUSR1 and at exit.")
+@click.option("--no-offload", "no_offload", is_flag=True,
+              help="One datagram per send (no UDP GSO/GRO): what tcpdump on this host then shows "
+                   "is what goes on the wire.")
+@click.option("--threads", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="2: send and receive in two threads; 1: one thread for both.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def gateway_command(tun: str, sa_file: Path, local: Any, port: int, peer: Any, transport: str,
                     keepalive: float, mtu: int | None, stats_json: Path | None,
-                    verbose: int) -> None:
+                    no_offload: bool, threads: int, verbose: int) -> None:
     """Run an IPsec gateway on a TUN device in the foreground."""
     code = run_gateway(tun=tun, sa_file=sa_file, local=local, port=port, peer=peer,
                        transport=transport, keepalive=keepalive, mtu=mtu, stats_json=stats_json,
-                       verbose=verbose)
+                       offload=not no_offload, threads=threads, verbose=verbose)
     sys.exit(code)
 
 
@@ -110,7 +116,8 @@ def _write_stats(path: Path, stats: dict) -> None:
 
 def run_gateway(*, tun: str, sa_file: Path, local: Any, port: int = NATT_PORT, peer: Any = None,
                 transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
-                mtu: int | None = None, stats_json: Path | None = None, verbose: int = 0) -> int:
+                mtu: int | None = None, stats_json: Path | None = None, offload: bool = True,
+                threads: int = 2, verbose: int = 0) -> int:
     """The gateway command's work, as an exit status (see the module docstring)."""
     _setup_logging(verbose)
     if peer is not None and peer.version != local.version:
@@ -134,7 +141,7 @@ def run_gateway(*, tun: str, sa_file: Path, local: Any, port: int = NATT_PORT, p
         click.echo(f"{PROG}: error: SA file: {exc}", err=True)
         return EXIT_SA_FILE
     gw = Gateway(sad, tun=tun, local=local, port=port, peer=peer, transport=transport,
-                 keepalive=keepalive, mtu=mtu)
+                 keepalive=keepalive, mtu=mtu, offload=offload, threads=threads)
     try:
         gw.open()
     except OSError as exc:

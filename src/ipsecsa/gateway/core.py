@@ -83,7 +83,10 @@ class GatewayCounters:
     keepalive_tx: int = 0
     ike_rx: int = 0
     icmp_tx: int = 0
+    #: Datagrams the socket refused, packets the TUN refused (kept apart: with two threads,
+    #: each counter has one writer).
     send_errors: int = 0
+    tun_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -233,14 +236,20 @@ class GatewayCore:
         return _Route(addr, strip, max_inner(sa, self.path_mtu), v6)
 
     def from_tun(self, packets: Iterable[bytes], now: float | None = None) -> Output:
-        """Classify, protect and address a batch of packets the host routed into the TUN."""
+        """Classify, protect and address a batch of packets the host routed into the TUN.
+
+        Consecutive packets of one SA (a flow's burst) are protected with one ``protect_batch``
+        call, the SA's batch entry point (which a native engine may accelerate); sequence
+        numbers follow the order the TUN delivered them in."""
         if now is None:
             now = time.monotonic()
         net: list[tuple[bytes | memoryview, int, Address]] = []
         tun: list[bytes] = []
         classify = self.sad.classify
         routes = self._routes
-        last_tx = self._last_tx
+        run: list[bytes] = []
+        run_sa: SecurityAssociation | None = None
+        run_route: _Route | None = None
         n = 0
         for pkt in packets:
             n += 1
@@ -261,14 +270,30 @@ class GatewayCore:
                 continue
             if len(pkt) > route.limit and self._too_big(pkt, route.limit, now, tun):
                 continue
-            out, _reason = sa.protect(pkt, now)
-            if out is None:
-                continue  # counted by the SA under its drop reason
-            tos = out[1] if not route.v6_outer else (out[0] & 15) << 4 | out[1] >> 4
-            net.append((memoryview(out)[route.strip:], tos, route.addr))
-            last_tx[route.addr] = now
+            if sa is not run_sa:
+                if run:
+                    self._protect_run(run_sa, run_route, run, now, net)  # type: ignore[arg-type]
+                run, run_sa, run_route = [pkt], sa, route
+            else:
+                run.append(pkt)
+        if run:
+            self._protect_run(run_sa, run_route, run, now, net)  # type: ignore[arg-type]
         self.counters.tun_rx += n
         return Output(net, tun)
+
+    def _protect_run(self, sa: SecurityAssociation, route: _Route, run: list[bytes], now: float,
+                     net: list[tuple[bytes | memoryview, int, Address]]) -> None:
+        strip, addr, v6 = route.strip, route.addr, route.v6_outer
+        assert addr is not None
+        sent = False
+        for out, _reason in sa.protect_batch(run, now):
+            if out is None:
+                continue  # counted by the SA under its drop reason
+            tos = (out[0] & 15) << 4 | out[1] >> 4 if v6 else out[1]
+            net.append((memoryview(out)[strip:], tos, addr))
+            sent = True
+        if sent:
+            self._last_tx[addr] = now
 
     def _too_big(self, pkt: bytes, limit: int, now: float, tun: list[bytes]) -> bool:
         """A packet larger than what fits the path: True (and an ICMP error queued for the TUN)
@@ -367,20 +392,29 @@ class GatewayCore:
                 due = min(due, self._last_tx.get(addr, 0.0) + self.keepalive)
         return due
 
-    def handle_timer(self, now: float | None = None) -> Output:
-        """SA lifetimes, the list of peers, and NAT-T keepalives to peers idle for
-        ``keepalive`` seconds (RFC 3948 §2.3: one 0xFF octet)."""
+    def sa_timers(self, now: float, direction: str | None = None) -> None:
+        """Time-based SA work (lifetimes) of the SAs of ``direction`` (None: all), and their
+        events logged. Split by direction so that each SA's timers run in the thread that
+        carries its packets when the edge runs the two directions in two threads."""
+        for _h, d, bundle in self.sad:
+            if direction is None or d == direction:
+                for sa in bundle.sas:
+                    sa.handle_timer(now)
+                    for event in sa.drain_events():
+                        log.warning("SA 0x%08x: %s", sa.spi, type(event).__name__)
+
+    def handle_timer(self, now: float | None = None, *,
+                     sa_direction: str | None = None) -> Output:
+        """SA lifetimes (of ``sa_direction``'s SAs, None: all), the list of peers, and NAT-T
+        keepalives to peers idle for ``keepalive`` seconds (RFC 3948 §2.3: one 0xFF octet)."""
         if now is None:
             now = time.monotonic()
         net: list[tuple[bytes | memoryview, int, Address]] = []
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            self.sa_timers(now, sa_direction)
             peers: set[Address] = set()
             for _h, direction, bundle in self.sad:
-                for sa in bundle.sas:
-                    sa.handle_timer(now)
-                    for event in sa.drain_events():
-                        log.warning("SA 0x%08x: %s", sa.spi, type(event).__name__)
                 if direction == "outbound":
                     route = self.route_of(bundle.sas[0])
                     if route.addr is not None:

@@ -3,7 +3,14 @@ sans-IO :class:`~ipsecsa.gateway.core.GatewayCore`.
 
 One thread does everything, in batches: when the TUN is readable, every packet ready (up to a
 batch) is read, protected by the core and sent; when the socket is readable, likewise the other
-way. Timers (keepalives, SA lifetimes, MTU changes) run between batches. :meth:`Gateway.stop` and
+way. Timers (keepalives, SA lifetimes, MTU changes) run between batches. With ``threads=2`` the
+two directions run in two threads (the way strongSwan's libipsec splits its work): the calling
+thread reads the TUN, protects and sends, and runs the outbound SAs' timers, keepalives and
+:meth:`Gateway.call_soon` work; a second thread receives, unprotects, writes the TUN and runs the
+inbound SAs' timers. Each SA is used by one thread only; the SA database is thread-safe; each
+counter has one writer. The interpreter lock still runs one thread's Python code at a time, so
+what the second thread buys is overlap of system calls and OpenSSL with the other direction's
+Python work (measured in docs/PERFORMANCE.md). :meth:`Gateway.stop` and
 :meth:`Gateway.call_soon` may be called from any thread or from a signal handler: they queue the
 work and wake the loop through a socket pair, so a stop takes effect within one loop turn.
 """
@@ -15,11 +22,18 @@ import ipaddress
 import logging
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Self
 
-from ipsecsa.gateway.core import KEEPALIVE_INTERVAL, NATT_PORT, GatewayCore, Output
+from ipsecsa.gateway.core import (
+    HOUSEKEEPING_INTERVAL,
+    KEEPALIVE_INTERVAL,
+    NATT_PORT,
+    GatewayCore,
+    Output,
+)
 from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, tun_mtu_for
 from ipsecsa.gateway.transport import RawEspTransport, UdpTransport, path_mtu
 from ipsecsa.gateway.tun import Tun
@@ -45,20 +59,31 @@ class Gateway:
             gw.run()            # until gw.stop() (another thread, a signal handler)
 
     ``mtu`` fixes the TUN's MTU; by default it is computed from the outbound SAs' overhead and the
-    MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`).
+    MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`). ``offload=False``
+    turns off UDP segmentation offload (see :mod:`ipsecsa.gateway.transport`); ``threads=1``
+    runs both directions in the calling thread (see the module docstring).
     """
 
     def __init__(self, sad: SaDatabase, *, tun: str, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
                  transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
-                 mtu: int | None = None, batch: int = BATCH) -> None:
+                 mtu: int | None = None, batch: int = BATCH, offload: bool = True,
+                 threads: int = 2) -> None:
+        if threads not in (1, 2):
+            raise ValueError(f"threads is 1 or 2, not {threads}")
         self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
                                 keepalive=keepalive)
         self.sad = sad
         self.tun_name = tun
         self.mtu = mtu
         self.batch = batch
+        self.offload = offload
+        self.threads = threads
+        self._rx_thread: threading.Thread | None = None
+        self._rx_wake_r, self._rx_wake_w = socket.socketpair()
+        self._rx_wake_r.setblocking(False)
+        self._rx_wake_w.setblocking(False)
         self.tun: Tun | None = None
         self.net: UdpTransport | RawEspTransport | None = None
         self.tun_mtu = 0
@@ -89,13 +114,14 @@ class Gateway:
         self.tun_mtu = mtu
         try:
             if core.transport == "udp":
-                self.net = UdpTransport(core.local, core.port)
+                self.net = UdpTransport(core.local, core.port, offload=self.offload)
             else:
                 self.net = RawEspTransport(core.local)
         except OSError:
             self.tun.close()
             self.tun = None
             raise
+        self._size_segments()
         log.info("TUN %s (MTU %d) up; ESP over %s on %s port %d; path MTU %d", self.tun_name,
                  mtu, core.transport, core.local, core.port, core.path_mtu)
         return self
@@ -108,8 +134,8 @@ class Gateway:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        self._wake_r.close()
-        self._wake_w.close()
+        for s in (self._wake_r, self._wake_w, self._rx_wake_r, self._rx_wake_w):
+            s.close()
 
     def __enter__(self) -> Self:
         self.open()
@@ -130,10 +156,11 @@ class Gateway:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # already awake (buffer full) or closing
+        for w in (self._wake_w, self._rx_wake_w):
+            try:
+                w.send(b"\0")
+            except OSError:
+                pass  # already awake (buffer full) or closing
 
     def stats(self) -> dict:
         """The core's statistics plus the TUN's MTU."""
@@ -144,6 +171,7 @@ class Gateway:
 
     # ----------------------------------------------------------------- the loop
     def _perform(self, out: Output) -> None:
+        """Send and write what the core asked for (the sending thread's counters)."""
         counters = self.core.counters
         net, tun = self.net, self.tun
         assert net is not None and tun is not None
@@ -151,13 +179,48 @@ class Gateway:
             failed = net.send_batch(out.net)
             counters.net_tx += len(out.net) - failed
             counters.send_errors += failed
-        if out.tun:
-            failed = tun.write_batch(out.tun)
-            counters.send_errors += failed
+        if out.tun:  # ICMP errors only (from_net's packets are written where they arise)
+            counters.icmp_tx -= tun.write_batch(out.tun)  # one the TUN refused was not sent
+
+    def _run_inbound(self) -> None:
+        """The receiving thread (``threads=2``): socket -> core -> TUN, inbound SA timers."""
+        tun, net, core = self.tun, self.net, self.core
+        assert tun is not None and net is not None
+        sel = selectors.DefaultSelector()
+        sel.register(net.fileno(), selectors.EVENT_READ, "net")
+        sel.register(self._rx_wake_r, selectors.EVENT_READ, "wake")
+        batch = self.batch
+        next_timer = time.monotonic() + HOUSEKEEPING_INTERVAL
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if now >= next_timer:
+                    next_timer = now + HOUSEKEEPING_INTERVAL
+                    core.sa_timers(now, "inbound")
+                for key, _ev in sel.select(next_timer - now):
+                    if key.data == "net":
+                        grams = net.recv_batch(batch)
+                        if grams:
+                            out = core.from_net(grams)
+                            if out.tun:
+                                core.counters.tun_errors += tun.write_batch(out.tun)
+                    else:
+                        _drain(self._rx_wake_r)
+        except Exception:  # pragma: no cover - a bug: stop the gateway rather than go deaf
+            log.exception("receiving thread failed; stopping")
+            self.stop()
+        finally:
+            sel.close()
+
+    def _size_segments(self) -> None:
+        """Datagrams batched with UDP segmentation offload must each fit the path unfragmented."""
+        if self.net is not None:
+            self.net.max_segment = self.core.path_mtu - (48 if self.core.v6 else 28)
 
     def _poll_mtu(self) -> None:
         assert self.tun is not None
         self.core.set_path_mtu(self._route_mtu())
+        self._size_segments()
         try:
             mtu = self.tun.mtu
         except OSError:
@@ -175,8 +238,15 @@ class Gateway:
         assert tun is not None and net is not None
         sel = selectors.DefaultSelector()
         sel.register(tun.fd, selectors.EVENT_READ, "tun")
-        sel.register(net.fileno(), selectors.EVENT_READ, "net")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        sa_direction = None
+        if self.threads == 2:
+            sa_direction = "outbound"
+            self._rx_thread = threading.Thread(target=self._run_inbound, name="ipsecsa-rx",
+                                               daemon=True)
+            self._rx_thread.start()
+        else:
+            sel.register(net.fileno(), selectors.EVENT_READ, "net")
         batch = self.batch
         next_mtu_poll = time.monotonic() + MTU_POLL_INTERVAL
         try:
@@ -187,7 +257,7 @@ class Gateway:
                     if now >= next_mtu_poll:
                         next_mtu_poll = now + MTU_POLL_INTERVAL
                         self._poll_mtu()
-                    self._perform(core.handle_timer(now))
+                    self._perform(core.handle_timer(now, sa_direction=sa_direction))
                     continue
                 for key, _ev in sel.select(due - now):
                     what = key.data
@@ -198,17 +268,27 @@ class Gateway:
                     elif what == "net":
                         grams = net.recv_batch(batch)
                         if grams:
-                            self._perform(core.from_net(grams))
+                            out = core.from_net(grams)
+                            core.counters.tun_errors += tun.write_batch(out.tun)
                     else:
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except BlockingIOError:
-                            pass
+                        _drain(self._wake_r)
                 while self._calls:
                     self._calls.popleft()()
         finally:
+            self._stopping = True
+            self._wake()
+            if self._rx_thread is not None:
+                self._rx_thread.join()
+                self._rx_thread = None
             sel.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 __all__ = ["BATCH", "Gateway"]

@@ -10,8 +10,8 @@ def format_stats(stats: dict) -> str:
         (f"gateway {g.get('tun', '?')} (MTU {g.get('tun_mtu', '?')}, "
          f"path MTU {g['path_mtu']}) {g['transport']} {g['local']}:{g['port']}"),
         ("  tun rx {tun_rx} tx {tun_tx} | net rx {net_rx} tx {net_tx} | keepalive rx "
-        "{keepalive_rx} tx {keepalive_tx} | ike rx {ike_rx} | icmp tx {icmp_tx} | send errors "
-        "{send_errors}").format(**g),
+        "{keepalive_rx} tx {keepalive_tx} | ike rx {ike_rx} | icmp tx {icmp_tx} | errors: send "
+        "{send_errors} tun {tun_errors}").format(**g),
     ]
     if stats["drops"]:
         lines.append("  dropped before an SA: " + ", ".join(
