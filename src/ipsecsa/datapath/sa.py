@@ -371,6 +371,13 @@ class SecurityAssociation:
             for _ in range(self._reasm.expire(now)):
                 self._drop(DropReason.FRAGMENT)
 
+    def restore_counters(self, packets: int, nbytes: int, now: float | None = None) -> None:
+        """Continue the packet and byte counts of an SA that existed before (a reopened durable
+        store): its lifetimes keep counting, so a restart never extends an SA's life."""
+        self.packets, self.bytes = packets, nbytes
+        if packets >= self._pmark or nbytes >= self._bmark:
+            self._lifetime_crossed(now)
+
     def delete(self) -> None:
         """End the SA: every later packet is dropped as SA_UNUSABLE."""
         if self.state is not SaState.DEAD:

@@ -102,6 +102,11 @@ class SaContext:
     #: The outbound SAs have packet or byte limits (only then is each packet followed by a
     #: check of whether it used the last of them).
     limited: bool = False
+    #: Durable engines: the outbound sequence numbers reserved on disk, per SA of the bundle
+    #: (a packet never gets a number beyond them), and inbound packets since the last
+    #: checkpoint of counters and replay edge.
+    out_limits: list[int] | None = None
+    unsaved: int = 0
 
     def next_timer(self) -> float | None:
         """When the engine must look at this context again (lifetime, idle time, linger)."""

@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import itertools
 import logging
+import os
 import secrets
 import threading
 import time
@@ -35,12 +36,15 @@ from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.sad import Bundle, SaDatabase, SadError
+from ipsecsa.store.sqlite import Snapshot, SqliteStore, StoreError, key_from_environment
 from ipsecsa.wfp import constants as C
+from ipsecsa.wfp import persist
 from ipsecsa.wfp import types as T
 from ipsecsa.wfp.access import AccessControl, principal_of
 from ipsecsa.wfp.conditions import PacketView, same_conditions
 from ipsecsa.wfp.contexts import EXPIRE_LINGER_SECONDS, CtxOp, CtxState, SaContext, next_state
 from ipsecsa.wfp.filters import (
+    FIRST_FILTER_ID,
     FilterRecord,
     FilterTable,
     effective_weight,
@@ -48,6 +52,7 @@ from ipsecsa.wfp.filters import (
     validate_filter,
 )
 from ipsecsa.wfp.notify import Notifier, Subscription
+from ipsecsa.wfp.persist import CHECKPOINT_PACKETS, SEQ_BLOCK
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
 from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
 from ipsecsa.wfp.status import Fail
@@ -180,11 +185,9 @@ class Engine:
     transaction lock is real time.
     """
 
-    def __init__(self, *, database: str | None = None, clock: Callable[[], float] | None = None,
-                 offload: Any = None) -> None:
-        if database is not None:
-            raise NotImplementedError("durable engine state (database=) is not built yet "
-                                      "(issue 12); use database=None")
+    def __init__(self, *, database: str | os.PathLike[str] | None = None,
+                 clock: Callable[[], float] | None = None, offload: Any = None,
+                 database_key: bytes | None = None) -> None:
         if offload is not None:
             raise NotImplementedError("offloading SA contexts to an NDIS NIC (offload=) is not "
                                       "built yet (issue 13); use offload=None")
@@ -212,6 +215,16 @@ class Engine:
         #: Decisions per flow (see _decision): valid while ``_gen`` is unchanged.
         self._gen = 0
         self._flows: dict[tuple[Any, ...], tuple[int, str, Any]] = {}
+        #: The durable store (issue 12), or None for today's in-memory engine.
+        self._store: SqliteStore | None = None
+        if database is not None:
+            self._store = SqliteStore(database, database_key or key_from_environment())
+            try:
+                self._load(self._store.load())
+            except BaseException:
+                self._notifier.close()
+                self._store.close()
+                raise
 
     # ================================================================ the engine itself
     def close(self) -> None:
@@ -221,6 +234,9 @@ class Engine:
                 return
             self._closed = True
             self._changed()  # no cached decision outlives the engine
+            if self._store is not None:
+                self._checkpoint(list(self._contexts.values()))
+                self._store.close()
             self._sessions.clear()
             self._contexts.clear()
         self._notifier.close()
@@ -229,10 +245,14 @@ class Engine:
         """ipsecsa's choice (no IPsecSaDbSetSecurityInfo0): allow ``principal`` the ``rights``
         on ``"engine"`` (inherited by every container), ``"ipsec_sa_db"`` or ``"filters"``."""
         self._acl.grant(principal, rights, container)
+        if self._store is not None:
+            self._store.put_grants(self._acl.entries())
 
     def revoke(self, principal: str, rights: int, container: str = "engine") -> None:
         """Take ``rights`` back from ``principal`` on ``container``; effective at once."""
         self._acl.revoke(principal, rights, container)
+        if self._store is not None:
+            self._store.put_grants(self._acl.entries())
 
     # ---------------------------------------------------------------- common checks
     def _session(self, handle: object) -> _Session:
@@ -463,6 +483,7 @@ class Engine:
                 if rec.lifetime != "boottime":  # F.15: stored, not enforced
                     self._filters.publish(rec)
                     self._changed()
+                self._persist_filter(rec)
                 self._filter_changed(rec, C.FWPM_CHANGE_ADD)
 
             self._record(s, undo, publish)
@@ -520,6 +541,8 @@ class Engine:
         def publish() -> None:
             self._filters.unpublish(rec)
             self._changed()
+            if self._store is not None and rec.lifetime != "dynamic":
+                self._store.delete_filter(rec.id)
             self._filter_changed(rec, C.FWPM_CHANGE_DELETE)
 
         self._record(s, undo, publish)
@@ -757,6 +780,7 @@ class Engine:
             ctx = SaContext(ctx_id, CtxState.CREATED, v1, tr.stored, tr.version, tr.tunnel,
                             tr.local, tr.remote, rec.id, now, last_used=now)
             self._contexts[ctx_id] = ctx
+            self._persist_ctx(ctx)
             self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_ADD)
             return self._cached_inbound_filter(rec), ctx_id
 
@@ -828,6 +852,7 @@ class Engine:
                 ctx.spi = self._allocate_spi(ctx.local)
             self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
             ctx.state = nxt
+            self._persist_ctx(ctx)
             return (ctx.spi,)
 
     def _take_spi_traffic(self, ctx: SaContext, tr: _Traffic, encap: Any, rec: FilterRecord,
@@ -884,6 +909,7 @@ class Engine:
             ctx.spi = spi
             self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
             ctx.state = nxt
+            self._persist_ctx(ctx)
 
     def _build_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
                    ) -> tuple[SecurityAssociation, ...]:
@@ -950,6 +976,10 @@ class Engine:
                     else min(ctx.idle_seconds, spec.idle_seconds)
             ctx.last_used = now
             ctx.state = nxt
+            if not inbound:
+                # Reserve the first block of sequence numbers before any packet can use one.
+                ctx.out_limits = [sa.seq + SEQ_BLOCK for sa in sas]
+            self._persist_ctx(ctx, sync=not inbound)
             self._schedule(ctx)
 
     @_api(0)
@@ -1021,6 +1051,7 @@ class Engine:
                     traffic.tunnelPolicyId = ctx.traffic.tunnelPolicyId
                     ctx.traffic = traffic
                     self._changed()
+            self._persist_ctx(ctx)
 
     @_api(0)
     def IPsecSaContextExpire0(self, engineHandle: Any, id: Any) -> None:
@@ -1061,6 +1092,7 @@ class Engine:
         ctx.outbound_given = None
         ctx.state = CtxState.EXPIRING
         ctx.linger_until = now + EXPIRE_LINGER_SECONDS
+        self._persist_ctx(ctx)
         self._schedule(ctx)
 
     def _delete_ctx(self, ctx: SaContext) -> None:
@@ -1075,6 +1107,8 @@ class Engine:
             self._retire("in", ctx, b)
             ctx.inbound_handle = ctx.inbound_bundle = None
         self._release_spi(ctx)
+        if self._store is not None:
+            self._store.delete_context(ctx.id)
         self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_DELETE)
 
     # ---------------------------------------------------------------- reading contexts
@@ -1346,6 +1380,120 @@ class Engine:
     def IPsecGetStatistics1(self, engineHandle: Any) -> tuple[Any]:
         return (self._get_statistics(engineHandle),)
 
+    # ================================================================ durable state
+    def _persist_filter(self, rec: FilterRecord) -> None:
+        if self._store is None or rec.lifetime == "dynamic":
+            return
+        with self._store.transaction():
+            self._store.put_filter(rec.id, str(rec.key), rec.lifetime,
+                                   persist.filter_body(rec.stored))
+            self._store.put_meta("next_filter_id", str(self._filters.next_id))
+
+    def _persist_ctx(self, ctx: SaContext, sync: bool = False) -> None:
+        """Write a context whole: before the call that changed it returns (durability: every
+        acknowledged call survives a crash of the process; ``sync`` for reservations)."""
+        if self._store is None:
+            return
+        body, secret = persist.context_rows(ctx, self._clock)
+        with self._store.transaction(sync=sync):
+            self._store.put_context(ctx.id, body, secret)
+            self._store.put_meta("next_ctx_id", str(self._next_ctx))
+            self._store.put_sa_state(self._sa_rows(ctx))
+        ctx.unsaved = 0
+
+    @staticmethod
+    def _sa_rows(ctx: SaContext) -> list[tuple[int, str, int, int, int, int]]:
+        rows = []
+        if ctx.inbound_bundle is not None:
+            rows += [(ctx.id, "in", i, sa.seq, sa.packets, sa.bytes)
+                     for i, sa in enumerate(ctx.inbound_bundle.sas)]
+        if ctx.outbound_bundle is not None and ctx.out_limits is not None:
+            rows += [(ctx.id, "out", i, limit, sa.packets, sa.bytes)
+                     for i, (sa, limit) in enumerate(zip(ctx.outbound_bundle.sas,
+                                                         ctx.out_limits, strict=True))]
+        return rows
+
+    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...]) -> None:
+        """The next block of outbound sequence numbers, synced to disk before any is used
+        (called with the context's lock held, so no packet of it passes meanwhile)."""
+        ctx.out_limits = [sa.seq + SEQ_BLOCK for sa in sas]
+        if self._store is not None:
+            self._store.put_sa_state(self._sa_rows(ctx), sync=True)
+
+    def _checkpoint(self, ctxs: list[SaContext]) -> None:
+        """Write contexts' counters and replay edges (not synced: process-crash safe)."""
+        if self._store is None:
+            return
+        rows = [r for c in ctxs for r in self._sa_rows(c)]
+        if rows:
+            self._store.put_sa_state(rows)
+        for c in ctxs:
+            c.unsaved = 0
+
+    def _load(self, snap: Snapshot) -> None:
+        """Bring a stored engine back: the same ids, filters, contexts, SAs and grants."""
+        now = self._clock()
+        self._acl.load(snap.grants)
+        meta = snap.meta
+        self._filters.next_id = max(int(meta.get("next_filter_id", FIRST_FILTER_ID)),
+                                    FIRST_FILTER_ID)
+        self._next_ctx = int(meta.get("next_ctx_id", 1))
+        for fid, key, lifetime, body in snap.filters:
+            stored = persist.filter_from_body(body)
+            try:
+                layer, action, callout, compiled, _, _ = validate_filter(stored, False)
+            except Fail as exc:
+                raise StoreError(f"{self._store.path if self._store else ''}: stored filter "
+                                 f"{fid} no longer validates (0x{exc.status:08X})") from exc
+            rec = FilterRecord(fid, uuid.UUID(key), stored, layer,
+                               int(stored.effectiveWeight.uint64), action, callout, compiled,
+                               lifetime)
+            self._filters.insert(rec)
+            if lifetime != "boottime":
+                self._filters.publish(rec)
+            self._filters.next_id = max(self._filters.next_id, fid + 1)
+        for cid, body, secret in snap.contexts:
+            ctx, parts = persist.context_from_rows(cid, body, secret, self._clock)
+            self._next_ctx = max(self._next_ctx, cid + 1)
+            if ctx.outbound_filter not in self._filters.by_id or (
+                    ctx.inbound_filter and ctx.inbound_filter not in self._filters.by_id):
+                # Its filters were dynamic and died with the process: so does the context.
+                if self._store is not None:
+                    self._store.delete_context(cid)
+                continue
+            self._restore_sas(ctx, parts, snap, now)
+            self._contexts[cid] = ctx
+            if ctx.spi is not None:
+                self._spis.setdefault(ctx.local, set()).add(ctx.spi)
+            self._schedule(ctx)
+        self._changed()
+
+    def _restore_sas(self, ctx: SaContext, parts: dict[str, Any], snap: Snapshot,
+                     now: float) -> None:
+        for direction in ("in", "out"):
+            descs = parts[f"{direction}bound_sas"]
+            if not descs:
+                continue
+            sas = []
+            for i, desc in enumerate(descs):
+                state = snap.sa_state.get((ctx.id, direction, i))
+                if state is not None:
+                    # outbound: continue after the reserved block; inbound: the stored edge.
+                    desc = dict(desc, seq=max(desc.get("seq", 0), state[0]))
+                sa = SecurityAssociation.from_dict(desc, now=now)
+                if state is not None:
+                    sa.restore_counters(max(sa.packets, state[1]), max(sa.bytes, state[2]), now)
+                sas.append(sa)
+            bundle = Bundle(tuple(sas))
+            if direction == "in":
+                ctx.inbound_bundle = bundle
+                ctx.inbound_handle = self._sad.add_inbound(bundle)
+                self._ctx_of_sa[id_of_outer(bundle)] = ctx
+            else:
+                ctx.outbound_bundle = bundle
+                self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
+                self._reserve(ctx, bundle.sas)  # a fresh block beyond everything used
+
     # ================================================================ timers
     def _schedule(self, ctx: SaContext) -> None:
         t = ctx.next_timer()
@@ -1430,6 +1578,9 @@ class Engine:
         lock = ctx.lock
         lock.acquire()
         try:
+            limits = ctx.out_limits
+            if limits is not None and sas[0].seq >= limits[0]:
+                self._reserve(ctx, sas)  # the block is used up: reserve (and sync) the next
             result = sas[0].protect(packet, now)
             if len(sas) == 2 and result[0] is not None:
                 result = sas[1].protect(result[0], now)
@@ -1531,6 +1682,10 @@ class Engine:
             self._count_in_drop(packet, DropReason.SA_UNUSABLE)
             return DROPPED[DropReason.SA_UNUSABLE]
         ctx.last_used = now
+        if self._store is not None:
+            ctx.unsaved += 1
+            if ctx.unsaved >= CHECKPOINT_PACKETS:
+                self._checkpoint([ctx])
         verdict, target = self._decision(inner, False, secured=True)
         if verdict is _PASS and not ctx.tunnel:
             return result

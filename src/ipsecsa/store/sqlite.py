@@ -1,0 +1,325 @@
+"""The durable store on SQLite: one file (WAL mode), a versioned schema, optional encryption of
+the columns that hold keys.
+
+Durability (documented in docs/store.md):
+
+* Every write the engine acknowledges is committed before the call returns. In WAL mode with
+  ``synchronous=NORMAL`` a commit survives a crash of the process (SIGKILL): the WAL is in the
+  operating system's page cache, and SQLite recovers it on the next open.
+* Sequence-number reservations are committed with ``synchronous=FULL`` (the WAL is fsynced), so
+  they also survive a crash of the machine: losing one is the one failure that would make an SA
+  send an (SPI, sequence number) twice.
+
+The file is created 0600 (and its directory 0700 when it has to be made), SQLite gives the WAL
+and shared-memory files the database's permissions. A file that is not an SQLite database, fails
+SQLite's quick check, belongs to another application or was written by a newer schema is refused
+with :class:`StoreError` naming the file; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ipsecsa.errors import IpsecsaError
+
+#: "IPSA": marks the file as ipsecsa's (PRAGMA application_id).
+APPLICATION_ID = 0x49505341
+#: The schema this code writes. Older files are migrated forward on open; newer are refused.
+SCHEMA_VERSION = 2
+_HEADER = b"SQLite format 3\x00"
+_KEY_CHECK = b"ipsecsa database key check"
+
+
+class StoreError(IpsecsaError):
+    """The database cannot be used: corrupt, foreign, too new, or the key is wrong."""
+
+
+# Version 1: everything of a context in its row. Version 2 moves the per-SA hot state
+# (reserved sequence numbers, counters, replay edge) to its own table, so the frequent
+# reservation and checkpoint writes touch one small row instead of rewriting the context.
+_SCHEMA_V1 = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE grants(container TEXT NOT NULL, principal TEXT NOT NULL, rights INTEGER NOT NULL,
+                    PRIMARY KEY(container, principal));
+CREATE TABLE filters(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, lifetime TEXT NOT NULL,
+                     body TEXT NOT NULL);
+CREATE TABLE contexts(id INTEGER PRIMARY KEY, body TEXT NOT NULL, secret BLOB NOT NULL);
+"""
+_MIGRATIONS: dict[int, str] = {
+    2: """
+CREATE TABLE sa_state(ctx INTEGER NOT NULL, dir TEXT NOT NULL, idx INTEGER NOT NULL,
+                      seq INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+                      PRIMARY KEY(ctx, dir, idx));
+""",
+}
+
+
+@dataclass
+class Snapshot:
+    """Everything a reopened engine needs, as stored."""
+
+    meta: dict[str, str] = field(default_factory=dict)
+    grants: dict[str, dict[str, int]] = field(default_factory=dict)
+    filters: list[tuple[int, str, str, str]] = field(default_factory=list)  # id,key,life,body
+    contexts: list[tuple[int, str, bytes]] = field(default_factory=list)  # id, body, secret
+    sa_state: dict[tuple[int, str, int], tuple[int, int, int]] = field(default_factory=dict)
+
+
+def key_from_environment() -> bytes | None:
+    """``IPSECSA_DB_KEY`` (64 hex digits) or ``IPSECSA_DB_KEY_FILE`` (a file holding them)."""
+    text = os.environ.get("IPSECSA_DB_KEY")
+    source = "IPSECSA_DB_KEY"
+    if not text and os.environ.get("IPSECSA_DB_KEY_FILE"):
+        source = os.environ["IPSECSA_DB_KEY_FILE"]
+        try:
+            text = Path(source).read_text(encoding="ascii").strip()
+        except OSError as exc:
+            raise StoreError(f"{source}: cannot read the database key: {exc.strerror}") from exc
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise StoreError(f"{source}: the database key must be 64 hex digits") from None
+    if len(key) != 32:
+        raise StoreError(f"{source}: the database key must be 32 bytes (64 hex digits)")
+    return key
+
+
+class SqliteStore:
+    """The engine's state in one SQLite file. Thread-safe (one connection, one lock)."""
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes | None = None) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._aead = AESGCM(key) if key is not None else None
+        if key is not None and len(key) != 32:
+            raise StoreError("the database key must be 32 bytes")
+        self._check_file()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: not a usable ipsecsa database ({exc})") from exc
+        except StoreError:
+            self._db.close()
+            raise
+
+    # ---------------------------------------------------------------- opening
+    def _check_file(self) -> None:
+        p = self.path
+        if not p.exists():
+            if not p.parent.exists():
+                p.parent.mkdir(parents=True, mode=0o700)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
+            return
+        size = p.stat().st_size
+        if size == 0:
+            return
+        with open(p, "rb") as fh:
+            header = fh.read(100)
+        if len(header) < 100 or not header.startswith(_HEADER):
+            raise StoreError(f"{p}: not an SQLite database (or truncated): refused")
+        page = int.from_bytes(header[16:18], "big") or 65536
+        if page == 1:
+            page = 65536
+        pages = int.from_bytes(header[28:32], "big")
+        wal = p.with_name(p.name + "-wal")
+        if pages and size < pages * page and not (wal.exists() and wal.stat().st_size):
+            raise StoreError(f"{p}: truncated ({size} bytes, the header says "
+                             f"{pages * page}): refused")
+
+    def _open(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"{self.path}: cannot use WAL mode ({mode})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError(f"{self.path}: corrupt ({check}): refused")
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app == 0 and version == 0 and tables == 0:
+            with self._txn():
+                for stmt in _statements(_SCHEMA_V1):
+                    db.execute(stmt)
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute("PRAGMA user_version = 1")
+            version = 1
+        elif app != APPLICATION_ID:
+            raise StoreError(f"{self.path}: not an ipsecsa database (application id "
+                             f"0x{app:08x}): refused")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: written by a newer ipsecsa (schema {version}, this "
+                             f"version reads up to {SCHEMA_VERSION}): refused")
+        while version < SCHEMA_VERSION:
+            version += 1
+            with self._txn():
+                for stmt in _statements(_MIGRATIONS[version]):
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {version}")
+        self._check_key()
+
+    def _check_key(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if row is None:
+            # No key check yet: a database made without a key. Given one now, it becomes an
+            # encrypted database (clear rows are sealed as they are rewritten).
+            if self._aead is not None:
+                nonce = os.urandom(12)
+                blob = nonce + self._aead.encrypt(nonce, _KEY_CHECK, None)
+                with self._txn():
+                    self._db.execute("INSERT INTO meta VALUES ('key_check', ?)", (blob.hex(),))
+            return
+        if self._aead is None:
+            raise StoreError(f"{self.path}: the database's keys are encrypted; give the "
+                             "database key (IPSECSA_DB_KEY or IPSECSA_DB_KEY_FILE)")
+        blob = bytes.fromhex(row[0])
+        try:
+            self._aead.decrypt(blob[:12], blob[12:], None)
+        except InvalidTag:
+            raise StoreError(f"{self.path}: wrong database key") from None
+
+    # ---------------------------------------------------------------- secrets
+    def seal(self, what: str, plain: bytes) -> bytes:
+        """The stored form of a column holding keys: ``E1`` nonce ‖ AES-256-GCM, or ``P1`` and
+        the plain bytes when no database key is configured. ``what`` binds it to its row."""
+        if self._aead is None:
+            return b"P1" + plain
+        nonce = os.urandom(12)
+        return b"E1" + nonce + self._aead.encrypt(nonce, plain, what.encode())
+
+    def open_secret(self, what: str, stored: bytes) -> bytes:
+        if stored[:2] == b"P1":
+            return bytes(stored[2:])
+        if stored[:2] != b"E1":
+            raise StoreError(f"{self.path}: unknown secret format in {what}")
+        if self._aead is None:
+            raise StoreError(f"{self.path}: {what} is encrypted; give the database key")
+        try:
+            return self._aead.decrypt(bytes(stored[2:14]), bytes(stored[14:]), what.encode())
+        except InvalidTag:
+            raise StoreError(f"{self.path}: {what} does not decrypt (wrong key, or the row "
+                             "was tampered with)") from None
+
+    # ---------------------------------------------------------------- writes
+    @contextlib.contextmanager
+    def _txn(self, sync: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            if sync:
+                self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+            except BaseException:
+                self._depth = 0
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._depth = 0
+                self._db.execute("COMMIT")
+            finally:
+                if sync:
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def transaction(self, sync: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Group writes into one commit (``sync``: fsync the WAL at commit)."""
+        return self._txn(sync)
+
+    def put_meta(self, key: str, value: str) -> None:
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def put_grants(self, entries: dict[str, dict[str, int]]) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM grants")
+            db.executemany("INSERT INTO grants VALUES (?, ?, ?)",
+                           [(c, p, r) for c, t in entries.items() for p, r in t.items()])
+
+    def put_filter(self, fid: int, key: str, lifetime: str, body: str) -> None:
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?, ?, ?)",
+                       (fid, key, lifetime, body))
+
+    def delete_filter(self, fid: int) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM filters WHERE id = ?", (fid,))
+
+    def put_context(self, cid: int, body: str, secret: bytes) -> None:
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?)",
+                       (cid, body, self.seal(f"context {cid}", secret)))
+
+    def delete_context(self, cid: int) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM contexts WHERE id = ?", (cid,))
+            db.execute("DELETE FROM sa_state WHERE ctx = ?", (cid,))
+
+    def put_sa_state(self, rows: list[tuple[int, str, int, int, int, int]],
+                     sync: bool = False) -> None:
+        with self._txn(sync) as db:
+            db.executemany("INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    # ---------------------------------------------------------------- reading
+    def load(self) -> Snapshot:
+        with self._lock:
+            db = self._db
+            snap = Snapshot()
+            snap.meta = dict(db.execute("SELECT key, value FROM meta"))
+            for c, p, r in db.execute("SELECT container, principal, rights FROM grants"):
+                snap.grants.setdefault(c, {})[p] = r
+            snap.filters = list(db.execute(
+                "SELECT id, key, lifetime, body FROM filters ORDER BY id"))
+            snap.contexts = [(cid, body, self.open_secret(f"context {cid}", secret))
+                             for cid, body, secret in db.execute(
+                                 "SELECT id, body, secret FROM contexts ORDER BY id")]
+            snap.sa_state = {(c, d, i): (s, p, b) for c, d, i, s, p, b in db.execute(
+                "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state")}
+            return snap
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+Opener = Callable[[str, "bytes | None"], SqliteStore]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
