@@ -19,6 +19,7 @@ with :class:`StoreError` naming the file; nothing is half-loaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -47,7 +48,9 @@ class StoreError(IpsecsaError):
 
 # Version 1: everything of a context in its row. Version 2 moves the per-SA hot state
 # (reserved sequence numbers, counters, replay edge) to its own table, so the frequent
-# reservation and checkpoint writes touch one small row instead of rewriting the context.
+# reservation and checkpoint writes touch one small row instead of rewriting the context; and
+# gives filter and context rows a digest, so a damaged row is refused rather than half-read
+# (SQLite checks its page structure, not the bytes of the values).
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE grants(container TEXT NOT NULL, principal TEXT NOT NULL, rights INTEGER NOT NULL,
@@ -61,6 +64,8 @@ _MIGRATIONS: dict[int, str] = {
 CREATE TABLE sa_state(ctx INTEGER NOT NULL, dir TEXT NOT NULL, idx INTEGER NOT NULL,
                       seq INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
                       PRIMARY KEY(ctx, dir, idx));
+ALTER TABLE filters ADD COLUMN digest BLOB;
+ALTER TABLE contexts ADD COLUMN digest BLOB;
 """,
 }
 
@@ -268,8 +273,8 @@ class SqliteStore:
 
     def put_filter(self, fid: int, key: str, lifetime: str, body: str) -> None:
         with self._txn() as db:
-            db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?, ?, ?)",
-                       (fid, key, lifetime, body))
+            db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?, ?, ?, ?)",
+                       (fid, key, lifetime, body, _digest(key, lifetime, body)))
 
     def delete_filter(self, fid: int) -> None:
         with self._txn() as db:
@@ -277,8 +282,9 @@ class SqliteStore:
 
     def put_context(self, cid: int, body: str, secret: bytes) -> None:
         with self._txn() as db:
-            db.execute("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?)",
-                       (cid, body, self.seal(f"context {cid}", secret)))
+            sealed = self.seal(f"context {cid}", secret)
+            db.execute("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)",
+                       (cid, body, sealed, _digest(str(cid), body, sealed)))
 
     def delete_context(self, cid: int) -> None:
         with self._txn() as db:
@@ -292,26 +298,55 @@ class SqliteStore:
 
     # ---------------------------------------------------------------- reading
     def load(self) -> Snapshot:
+        """Everything stored, checked row by row; any damage is a StoreError naming the file
+        (nothing is half-loaded: the engine builds nothing until this returns)."""
         with self._lock:
-            db = self._db
+            try:
+                return self._load()
+            except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:
+                raise StoreError(f"{self.path}: corrupt ({exc}): refused") from exc
+
+    def _load(self) -> Snapshot:
+        db = self._db
+        db.text_factory = bytes  # decode ourselves: a damaged value must not escape as garbage
+        try:
             snap = Snapshot()
-            snap.meta = dict(db.execute("SELECT key, value FROM meta"))
+            snap.meta = {k.decode(): v.decode() for k, v in db.execute(
+                "SELECT key, value FROM meta")}
             for c, p, r in db.execute("SELECT container, principal, rights FROM grants"):
-                snap.grants.setdefault(c, {})[p] = r
-            snap.filters = list(db.execute(
-                "SELECT id, key, lifetime, body FROM filters ORDER BY id"))
-            snap.contexts = [(cid, body, self.open_secret(f"context {cid}", secret))
-                             for cid, body, secret in db.execute(
-                                 "SELECT id, body, secret FROM contexts ORDER BY id")]
-            snap.sa_state = {(c, d, i): (s, p, b) for c, d, i, s, p, b in db.execute(
+                snap.grants.setdefault(c.decode(), {})[p.decode()] = r
+            for fid, key, lifetime, body, digest in db.execute(
+                    "SELECT id, key, lifetime, body, digest FROM filters ORDER BY id"):
+                key, lifetime, body = key.decode(), lifetime.decode(), body.decode()
+                if digest is not None and digest != _digest(key, lifetime, body):
+                    raise StoreError(f"{self.path}: corrupt: filter {fid} fails its digest")
+                snap.filters.append((fid, key, lifetime, body))
+            for cid, body, secret, digest in db.execute(
+                    "SELECT id, body, secret, digest FROM contexts ORDER BY id"):
+                body = body.decode()
+                if digest is not None and digest != _digest(str(cid), body, secret):
+                    raise StoreError(f"{self.path}: corrupt: SA context {cid} fails its digest")
+                snap.contexts.append((cid, body, self.open_secret(f"context {cid}", secret)))
+            snap.sa_state = {(c, d.decode(), i): (s, p, b) for c, d, i, s, p, b in db.execute(
                 "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state")}
             return snap
+        finally:
+            db.text_factory = str
 
     def close(self) -> None:
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+
+
+def _digest(*parts: str | bytes) -> bytes:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else bytes(part)
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.digest()[:16]
 
 
 def _statements(script: str) -> list[str]:

@@ -467,6 +467,8 @@ class Engine:
             if key in self._filters.by_key:
                 raise Fail(C.FWP_E_ALREADY_EXISTS, "filterKey is in use")
             fid = self._filters.allocate_id()
+            if self._store is not None:  # ids never come back, not even after a restart
+                self._store.put_meta("next_filter_id", str(self._filters.next_id))
             weight = effective_weight(filter.weight, compiled.count, fid)
             rec = FilterRecord(fid, key, stored_copy(filter, fid, key, weight, conds), layer,
                                weight, action, callout, compiled, lifetime,
@@ -1384,10 +1386,7 @@ class Engine:
     def _persist_filter(self, rec: FilterRecord) -> None:
         if self._store is None or rec.lifetime == "dynamic":
             return
-        with self._store.transaction():
-            self._store.put_filter(rec.id, str(rec.key), rec.lifetime,
-                                   persist.filter_body(rec.stored))
-            self._store.put_meta("next_filter_id", str(self._filters.next_id))
+        self._store.put_filter(rec.id, str(rec.key), rec.lifetime, persist.filter_body(rec.stored))
 
     def _persist_ctx(self, ctx: SaContext, sync: bool = False) -> None:
         """Write a context whole: before the call that changed it returns (durability: every
@@ -1433,8 +1432,14 @@ class Engine:
     def _load(self, snap: Snapshot) -> None:
         """Bring a stored engine back: the same ids, filters, contexts, SAs and grants."""
         now = self._clock()
-        self._acl.load(snap.grants)
         meta = snap.meta
+        if "created" not in meta:  # a new database: it starts with the default DACL (D.2)
+            assert self._store is not None
+            with self._store.transaction():
+                self._store.put_grants(self._acl.entries())
+                self._store.put_meta("created", str(time.time()))
+        else:
+            self._acl.load(snap.grants)
         self._filters.next_id = max(int(meta.get("next_filter_id", FIRST_FILTER_ID)),
                                     FIRST_FILTER_ID)
         self._next_ctx = int(meta.get("next_ctx_id", 1))

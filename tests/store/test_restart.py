@@ -1,0 +1,326 @@
+"""Durable engine state (issue 12): everything that is not dynamic comes back after close() with
+the same ids, compared field by field through the engine's own calls (keys included); sequence
+numbers continue beyond what was reserved; lifetimes keep running by wall clock; bad files are
+refused with a clear error naming the file; older schemas are migrated; keys can be encrypted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipsecsa import wfp
+from ipsecsa.errors import DropReason
+from ipsecsa.store.sqlite import SCHEMA_VERSION, StoreError
+from ipsecsa.wfp import persist
+
+from wfp.helpers import (
+    A4,
+    B4,
+    add_filter,
+    addr_conditions,
+    ah_sa,
+    bundle,
+    cbc_sha1_sa,
+    gcm_sa,
+    ipsec_filter,
+    open_engine,
+    traffic,
+    udp4,
+)
+
+
+def filters(bfe: wfp.Engine, h: int, remote: str = B4, **kw: Any) -> tuple[int, int]:
+    conds = addr_conditions(A4, remote)
+    return (add_filter(bfe, h, ipsec_filter("inbound", conds, **kw)),
+            add_filter(bfe, h, ipsec_filter("outbound", conds, **kw)))
+
+
+def getspi(fin: int, remote: str = B4) -> wfp.IPSEC_GETSPI1:
+    return wfp.IPSEC_GETSPI1(inboundIpsecTraffic=traffic(A4, remote, fin),
+                             ipVersion=wfp.FWP_IP_VERSION_V4)
+
+
+def snapshot(bfe: wfp.Engine, h: int) -> dict[str, Any]:
+    """Everything observable through the API, for before/after comparison."""
+    out: dict[str, Any] = {}
+    _, eh = bfe.FwpmFilterCreateEnumHandle0(h, wfp.FWPM_FILTER_ENUM_TEMPLATE0(
+        flags=wfp.FWP_FILTER_ENUM_FLAG_INCLUDE_BOOTTIME, actionMask=0xFFFFFFFF))
+    out["filters"] = bfe.FwpmFilterEnum0(h, eh, 1000)[1]
+    _, eh = bfe.IPsecSaContextCreateEnumHandle0(h, None)
+    out["contexts"] = bfe.IPsecSaContextEnum1(h, eh, 1000)[1]
+    return out
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "ipsecsa.db"
+
+
+def build(bfe: wfp.Engine, h: int) -> dict[str, int]:
+    """One object of every kind and every context state."""
+    ids: dict[str, int] = {}
+    ids["fin"], ids["fout"] = filters(bfe, h)
+    ids["persistent"] = add_filter(bfe, h, ipsec_filter(
+        "outbound", addr_conditions(A4, "203.0.113.9"), flags=wfp.FWPM_FILTER_FLAG_PERSISTENT))
+    ids["boottime"] = add_filter(bfe, h, ipsec_filter(
+        "outbound", addr_conditions(A4, "203.0.113.10"), flags=wfp.FWPM_FILTER_FLAG_BOOTTIME))
+    t = traffic(A4, B4, ids["fout"])
+    for state in ("created", "spi", "inbound", "established", "expiring", "bundle"):
+        st, _, cid = bfe.IPsecSaContextCreate1(h, t, None)
+        assert st == 0
+        ids[state] = cid
+        if state == "created":
+            continue
+        st, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(ids["fin"]))
+        assert st == 0
+        if state == "spi":
+            continue
+        sas = (cbc_sha1_sa(spi, os.urandom(16), os.urandom(20)), ah_sa(spi, os.urandom(20))) \
+            if state == "bundle" else (gcm_sa(spi, os.urandom(20)),)
+        assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(*sas)) == 0
+        if state == "inbound":
+            continue
+        out = (cbc_sha1_sa(0xC1000000 + cid, os.urandom(16), os.urandom(20)),
+               ah_sa(0xC1000000 + cid, os.urandom(20))) if state == "bundle" \
+            else (gcm_sa(0xC1000000 + cid, os.urandom(20)),)
+        assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(
+            *out, lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=3600))) == 0
+        if state == "expiring":
+            assert bfe.IPsecSaContextExpire0(h, cid) == 0
+    return ids
+
+
+def test_every_kind_of_object_survives_close_with_the_same_ids(db: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    ids = build(bfe, h)
+    bfe.grant("LAB\\alice", wfp.FWPM_ACTRL_READ | wfp.FWPM_ACTRL_ENUM, "ipsec_sa_db")
+    dyn = open_engine(bfe, session=wfp.FWPM_SESSION0(flags=wfp.FWPM_SESSION_FLAG_DYNAMIC))
+    dynamic_id = add_filter(bfe, dyn, ipsec_filter("outbound", addr_conditions(A4, "192.0.2.99")))
+    before = snapshot(bfe, h)
+    assert len(before["contexts"]) == 6
+    bfe.close()
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
+    assert oct(db.parent.stat().st_mode & 0o777) == "0o700"
+
+    again = wfp.Engine(database=db)
+    h2 = open_engine(again)
+    after = snapshot(again, h2)
+    dynamic = [f for f in before["filters"] if f.filterId == dynamic_id]
+    assert after["filters"] == [f for f in before["filters"] if f.filterId != dynamic_id]
+    assert dynamic and again.FwpmFilterGetById0(h2, dynamic_id)[0] == wfp.FWP_E_FILTER_NOT_FOUND
+    assert after["contexts"] == before["contexts"]  # keys included: the blobs compare by value
+    # Each state answers the next call as before.
+    assert again.IPsecSaContextGetSpi1(h2, ids["created"], getspi(ids["fin"]))[0] == 0
+    assert again.IPsecSaContextExpire0(h2, ids["expiring"]) == wfp.FWP_E_INCOMPATIBLE_SA_STATE
+    # Id counters continue (F.19 and the context counter).
+    assert add_filter(again, h2, ipsec_filter("outbound", addr_conditions(A4, "192.0.2.7"))) \
+        == dynamic_id + 1
+    assert again.IPsecSaContextCreate1(h2, traffic(A4, B4, ids["fout"]), None)[2] \
+        == ids["bundle"] + 1
+    # Grants survive.
+    alice = open_engine(again, wfp.SEC_WINNT_AUTH_IDENTITY_W(User="alice", Domain="LAB"))
+    assert again.IPsecSaContextGetById1(alice, ids["established"])[0] == 0
+    assert again.FwpmFilterGetById0(alice, ids["fin"])[0] == wfp.ERROR_ACCESS_DENIED
+    again.close()
+
+
+def _peer(local: str = B4, remote: str = A4) -> tuple[wfp.Engine, int, int, int]:
+    peer = wfp.Engine()
+    hp = open_engine(peer)
+    conds = addr_conditions(local, remote)
+    fin = add_filter(peer, hp, ipsec_filter("inbound", conds))
+    fout = add_filter(peer, hp, ipsec_filter("outbound", conds))
+    _, _, cid = peer.IPsecSaContextCreate1(hp, traffic(local, remote, fout), None)
+    _, spi = peer.IPsecSaContextGetSpi1(hp, cid, wfp.IPSEC_GETSPI1(
+        inboundIpsecTraffic=traffic(local, remote, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
+    return peer, hp, cid, spi
+
+
+def _pair(db: Path) -> tuple[wfp.Engine, int, int, wfp.Engine, int, int, bytes, bytes]:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    peer, hp, pcid, pspi = _peer()
+    k_in, k_out = os.urandom(20), os.urandom(20)
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, k_in))) == 0
+    assert peer.IPsecSaContextAddInbound1(hp, pcid, bundle(gcm_sa(pspi, k_out))) == 0
+    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(gcm_sa(pspi, k_out))) == 0
+    assert peer.IPsecSaContextAddOutbound1(hp, pcid, bundle(gcm_sa(spi, k_in))) == 0
+    return bfe, h, cid, peer, hp, pcid, k_in, k_out
+
+
+def seq_of(wire: bytes) -> int:
+    return struct.unpack_from("!I", wire, 24)[0]
+
+
+def test_traffic_continues_across_a_restart_and_never_reuses_a_sequence_number(db: Path) -> None:
+    bfe, h, cid, peer, hp, pcid, _, _ = _pair(db)
+    sent = [seq_of(bfe.outbound(udp4(A4, B4, b"%d" % i)).packet) for i in range(10)]
+    for i in range(10):
+        assert peer.inbound(bfe.outbound(udp4(A4, B4, b"x")).packet).drop is None
+    replayable = peer.outbound(udp4(B4, A4, b"from the peer")).packet
+    assert bfe.inbound(replayable).drop is None
+    bfe.close()
+    again = wfp.Engine(database=db)
+    wire = again.outbound(udp4(A4, B4, b"after")).packet
+    assert seq_of(wire) > max(sent) + 10  # continues beyond the reserved block: never reused
+    assert seq_of(wire) == persist.SEQ_BLOCK + 1
+    assert peer.inbound(wire).drop is None
+    # The replay edge survived: the packet received before the restart is a replay now.
+    assert again.inbound(replayable).drop is DropReason.REPLAY
+    assert again.inbound(peer.outbound(udp4(B4, A4, b"new")).packet).drop is None
+    h2 = open_engine(again)
+    _, ctx = again.IPsecSaContextGetById1(h2, cid)
+    assert ctx.outboundSa is not None
+    again.close()
+    peer.close()
+
+
+def test_counters_and_packet_lifetimes_keep_counting(db: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, bytes(20)))) == 0
+    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(
+        gcm_sa(0xC2000001, bytes(20)), lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimePackets=5))) == 0
+    for _ in range(3):
+        assert bfe.outbound(udp4(A4, B4, b"p")).drop is None
+    bfe.close()
+    again = wfp.Engine(database=db)
+    results = [again.outbound(udp4(A4, B4, b"p")).drop for _ in range(4)]
+    assert results[:2] == [None, None]
+    assert results[2] is not None  # 5 packets in all: a restart did not extend the SA's life
+    again.close()
+
+
+def test_lifetime_seconds_run_by_wall_clock_while_closed(db: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, bytes(20)))) == 0
+    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(
+        gcm_sa(0xC2000001, bytes(20)), lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=100))) == 0
+    bfe.close()
+    real = persist.time.time
+    monkeypatch.setattr(persist.time, "time", lambda: real() + 101)  # the engine was down 101 s
+    again = wfp.Engine(database=db)
+    assert again.outbound(udp4(A4, B4, b"late")).drop is DropReason.NO_POLICY
+    h2 = open_engine(again)
+    assert again.IPsecSaContextGetById1(h2, cid)[1].outboundSa is None  # expired meanwhile
+    again.close()
+    monkeypatch.setattr(persist.time, "time", lambda: real() + 200)  # the linger ended too
+    third = wfp.Engine(database=db)
+    h3 = open_engine(third)
+    assert third.IPsecSaContextGetById1(h3, cid)[0] == wfp.FWP_E_NOT_FOUND
+    third.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "newer", "bitflip"])
+def test_bad_files_are_refused_naming_the_file(db: Path, damage: str) -> None:
+    bfe = wfp.Engine(database=db)
+    build(bfe, open_engine(bfe))
+    bfe.close()
+    raw = db.read_bytes()
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database" * 100)
+    elif damage == "truncated":
+        db.write_bytes(raw[: len(raw) // 2])
+    elif damage == "foreign":
+        db.unlink()
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE t(x)")
+        con.execute("PRAGMA application_id = 42")
+        con.commit()
+        con.close()
+    elif damage == "newer":
+        con = sqlite3.connect(db)
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        con.commit()
+        con.close()
+    else:  # one byte of a stored SA context changed: SQLite's page checks cannot see it
+        data = bytearray(raw)
+        at = data.index(b'"tunnel":false')
+        data[at + 10] ^= 0x01  # false -> galse
+        db.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as info:
+        wfp.Engine(database=db)
+    assert str(db) in str(info.value)
+
+
+def test_a_version_1_database_is_migrated(db: Path) -> None:
+    from ipsecsa.store import sqlite as store_sqlite
+
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    ids = build(bfe, h)
+    before = snapshot(bfe, h)
+    bfe.close()
+    # Turn it into exactly what version 1 wrote: no sa_state table (per-SA state only in the
+    # rows) and no digests (SQLite >= 3.35 drops columns).
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE sa_state")
+    con.execute("ALTER TABLE filters DROP COLUMN digest")
+    con.execute("ALTER TABLE contexts DROP COLUMN digest")
+    assert [r[1] for r in con.execute("PRAGMA table_info(contexts)")] == ["id", "body", "secret"]
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    assert store_sqlite.SCHEMA_VERSION == 2
+    again = wfp.Engine(database=db)
+    h2 = open_engine(again)
+    assert snapshot(again, h2)["contexts"] == before["contexts"]
+    assert again.outbound(udp4(A4, B4, b"migrated")).drop is None
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    con.close()
+    again.close()
+    assert ids
+
+
+def test_keys_at_rest_can_be_encrypted(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    bfe = wfp.Engine(database=db, database_key=key)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    secret = bytes(range(100, 120))
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, secret))) == 0
+    before = snapshot(bfe, h)
+    bfe.close()
+    raw = b"".join(p.read_bytes() for p in db.parent.iterdir())
+    assert secret not in raw and secret.hex().encode() not in raw
+    with pytest.raises(StoreError, match="encrypted"):
+        wfp.Engine(database=db)
+    with pytest.raises(StoreError, match="wrong database key"):
+        wfp.Engine(database=db, database_key=os.urandom(32))
+    monkeypatch.setenv("IPSECSA_DB_KEY", key.hex())
+    again = wfp.Engine(database=db)
+    assert snapshot(again, open_engine(again))["contexts"] == before["contexts"]
+    again.close()
+
+
+def test_without_a_key_the_keys_are_in_the_file_and_it_is_0600(db: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, bytes(20)))) == 0
+    bfe.close()
+    for p in db.parent.iterdir():
+        assert p.stat().st_mode & 0o077 == 0, p
