@@ -13,12 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from ipsecsa import wfp
-from ipsecsa.errors import DropReason
-from ipsecsa.store.sqlite import SCHEMA_VERSION, StoreError
-from ipsecsa.wfp import persist
-
 from wfp.helpers import (
     A4,
     B4,
@@ -33,6 +27,11 @@ from wfp.helpers import (
     traffic,
     udp4,
 )
+
+from ipsecsa import wfp
+from ipsecsa.errors import DropReason
+from ipsecsa.store.sqlite import SCHEMA_VERSION, StoreError
+from ipsecsa.wfp import persist
 
 
 def filters(bfe: wfp.Engine, h: int, remote: str = B4, **kw: Any) -> tuple[int, int]:
@@ -163,7 +162,7 @@ def seq_of(wire: bytes) -> int:
 
 
 def test_traffic_continues_across_a_restart_and_never_reuses_a_sequence_number(db: Path) -> None:
-    bfe, h, cid, peer, hp, pcid, _, _ = _pair(db)
+    bfe, _h, cid, peer, _hp, _pcid, _, _ = _pair(db)
     sent = [seq_of(bfe.outbound(udp4(A4, B4, b"%d" % i)).packet) for i in range(10)]
     for i in range(10):
         assert peer.inbound(bfe.outbound(udp4(A4, B4, b"x")).packet).drop is None
