@@ -47,6 +47,7 @@ from ipsecsa.wfp.filters import (
     FIRST_FILTER_ID,
     FilterRecord,
     FilterTable,
+    conditions_key,
     effective_weight,
     stored_copy,
     validate_filter,
@@ -790,13 +791,8 @@ class Engine:
         """F.16: the lowest-id inbound filter of the same kind with the same conditions."""
         layer = GUID_OF[_LAYER_NAMES[("inbound", out.layer.version)]]
         role = ("inbound", out.ipsec_role[1] if out.ipsec_role else "transport")
-        best = 0
-        for rec in self._filters.by_id.values():
-            if rec.stored.layerKey == layer and rec.ipsec_role == role and (
-                    not best or rec.id < best) and same_conditions(
-                    rec.stored.filterCondition, out.stored.filterCondition):
-                best = rec.id
-        return best
+        ids = self._filters.by_conditions.get(conditions_key(out, layer, role))
+        return min(ids) if ids else 0
 
     @_api(2)
     def IPsecSaContextCreate0(self, engineHandle: Any, outboundTraffic: Any) -> tuple[int, int]:
@@ -979,9 +975,10 @@ class Engine:
             ctx.last_used = now
             ctx.state = nxt
             if not inbound:
-                # Reserve the first block of sequence numbers before any packet can use one.
-                ctx.out_limits = [sa.seq + SEQ_BLOCK for sa in sas]
-            self._persist_ctx(ctx, sync=not inbound)
+                # Nothing is reserved yet: the first packet reserves (and syncs) the first
+                # block, so a control-plane call costs no fsync.
+                ctx.out_limits = [sa.seq for sa in sas]
+            self._persist_ctx(ctx)
             self._schedule(ctx)
 
     @_api(0)
@@ -1497,7 +1494,8 @@ class Engine:
             else:
                 ctx.outbound_bundle = bundle
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
-                self._reserve(ctx, bundle.sas)  # a fresh block beyond everything used
+                # Continue from the stored reservation; the first packet reserves the next.
+                ctx.out_limits = [sa.seq for sa in bundle.sas]
 
     # ================================================================ timers
     def _schedule(self, ctx: SaContext) -> None:

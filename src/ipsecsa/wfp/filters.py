@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipsecsa.sad import Classifier
+from ipsecsa.store.codec import encode
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp.conditions import Compiled, PacketView, compile_conditions
 from ipsecsa.wfp.registry import (
@@ -194,6 +195,9 @@ class FilterTable:
         self.by_key: dict[uuid.UUID, FilterRecord] = {}
         self.next_id = FIRST_FILTER_ID
         self._index: dict[str, Classifier[FilterRecord]] = {}
+        #: IPsec filters by (layer, role, conditions as a set): F.16's "cached inbound filter"
+        #: of a Create is one probe here instead of a scan of every filter.
+        self.by_conditions: dict[tuple[Any, ...], set[int]] = {}
 
     # --------------------------------------------------------------- changes
     def allocate_id(self) -> int:
@@ -206,12 +210,20 @@ class FilterTable:
         with self.lock:
             self.by_id[rec.id] = rec
             self.by_key[rec.key] = rec
+            if rec.ipsec_role is not None:
+                self.by_conditions.setdefault(conditions_key(rec), set()).add(rec.id)
 
     def remove(self, rec: FilterRecord) -> None:
         with self.lock:
             self.by_id.pop(rec.id, None)
             if self.by_key.get(rec.key) is rec:
                 del self.by_key[rec.key]
+            if rec.ipsec_role is not None:
+                ids = self.by_conditions.get(conditions_key(rec))
+                if ids is not None:
+                    ids.discard(rec.id)
+                    if not ids:
+                        del self.by_conditions[conditions_key(rec)]
 
     def publish(self, rec: FilterRecord) -> None:
         """Make ``rec`` visible to classification (transport layers only)."""
@@ -257,6 +269,12 @@ class FilterTable:
                 hits.append(rec)
         hits.sort(key=_order)
         return hits
+
+
+def conditions_key(rec: FilterRecord, layer: Any = None, role: Any = None) -> tuple[Any, ...]:
+    """(layer, IPsec role, the filter's conditions as a set) — what F.16 compares."""
+    conds = frozenset(encode(c) for c in rec.stored.filterCondition)
+    return (layer or rec.stored.layerKey, role or rec.ipsec_role, conds)
 
 
 def _order(rec: FilterRecord) -> tuple[int, int]:
