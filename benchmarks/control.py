@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ipsecsa import wfp
 from ipsecsa.datapath.sa import SecurityAssociation
+from ipsecsa.wfp.persist import SEQ_BLOCK
 
 A, B = "192.0.2.1", "198.51.100.2"
 
@@ -99,8 +100,8 @@ def life_cycle(bfe: wfp.Engine, h: int, remote: str, key: bytes) -> None:
     check(bfe.FwpmFilterDeleteById0(h, fin))
 
 
-def cycles(threads: int, seconds: float) -> float:
-    bfe = wfp.Engine()
+def cycles(threads: int, seconds: float, database: Path | None = None) -> float:
+    bfe = wfp.Engine(database=database)
     key = os.urandom(20)
     done = [0] * threads
     stop = time.perf_counter() + seconds
@@ -121,6 +122,72 @@ def cycles(threads: int, seconds: float) -> float:
     elapsed = time.perf_counter() - start
     bfe.close()
     return sum(done) / elapsed
+
+
+def reopen(n: int, workdir: Path) -> tuple[float, float, float]:
+    """(seconds to write n established contexts, seconds to reopen them, bytes of memory per
+    reopened context by tracemalloc)."""
+    import tracemalloc
+
+    db = workdir / "reopen.db"
+    bfe = wfp.Engine(database=db)
+    _, h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, None, None)
+    key = os.urandom(20)
+    t = time.perf_counter()
+    for i in range(n):
+        remote = str(ipaddress.IPv4Address("10.0.0.0") + i + 1)
+        conds = conditions(A, remote)
+        _, fin = bfe.FwpmFilterAdd0(h, ipsec_filter(True, conds), None)
+        _, fout = bfe.FwpmFilterAdd0(h, ipsec_filter(False, conds), None)
+        _, _, ctx = bfe.IPsecSaContextCreate1(h, traffic(A, remote, fout), None)
+        _, spi = bfe.IPsecSaContextGetSpi1(h, ctx, wfp.IPSEC_GETSPI1(
+            inboundIpsecTraffic=traffic(A, remote, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
+        check(bfe.IPsecSaContextAddInbound1(h, ctx, gcm_bundle(spi, key)))
+        check(bfe.IPsecSaContextAddOutbound1(h, ctx, gcm_bundle(0xC0000000 + i, key)))
+    write = time.perf_counter() - t
+    bfe.close()
+    tracemalloc.start()
+    t = time.perf_counter()
+    again = wfp.Engine(database=db)
+    load = time.perf_counter() - t
+    mem = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(again._contexts) == n
+    again.close()
+    return write, load, mem / n
+
+
+def reservation_cost(n: int, size: int, workdir: Path) -> tuple[float, float]:
+    """bfe.outbound's rate on an in-memory engine and on a durable one (sequence numbers
+    reserved in synced blocks), best slices, same run."""
+    rates = []
+    for database in (None, workdir / "seq.db"):
+        rates.append(outbound_rate(n, size, database))
+    return rates[0], rates[1]
+
+
+def outbound_rate(n: int, size: int, database: Path | None, slices: int = 25) -> float:
+    key = os.urandom(20)
+    bfe = wfp.Engine(database=database)
+    _, h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, None, None)
+    conds = conditions(A, B)
+    _, fin = bfe.FwpmFilterAdd0(h, ipsec_filter(True, conds), None)
+    _, fout = bfe.FwpmFilterAdd0(h, ipsec_filter(False, conds), None)
+    _, _, ctx = bfe.IPsecSaContextCreate1(h, traffic(A, B, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, ctx, wfp.IPSEC_GETSPI1(
+        inboundIpsecTraffic=traffic(A, B, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
+    check(bfe.IPsecSaContextAddInbound1(h, ctx, gcm_bundle(spi, key)))
+    check(bfe.IPsecSaContextAddOutbound1(h, ctx, gcm_bundle(0xC0FFEE01, key)))
+    pkt = udp_packet(size)
+    per = max(1, n // slices)
+    best = 0.0
+    for _ in range(slices):
+        t = time.perf_counter()
+        for _ in range(per):
+            bfe.outbound(pkt)
+        best = max(best, per / (time.perf_counter() - t))
+    bfe.close()
+    return best
 
 
 def udp_packet(size: int) -> bytes:
@@ -168,14 +235,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--packets", type=int, default=140_000)
     ap.add_argument("--size", type=int, default=64, help="IP packet size in bytes")
+    ap.add_argument("--reopen", type=int, default=100_000,
+                    help="contexts in the reopen measurement (0: skip it)")
     args = ap.parse_args(argv)
+    import tempfile
     print(f"# ipsecsa benchmarks/control.py  python {sys.version.split()[0]}  "
           f"cores {os.cpu_count()}")
     print("\nSA-context life cycles (2 filters, Create, GetSpi, AddInbound, AddOutbound, "
           "DeleteById, 2 filter deletes)")
-    print(f"{'callers':>8} {'cycles/s':>10}")
-    for threads in (1, 4):
-        print(f"{threads:>8} {cycles(threads, args.seconds):>10,.0f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print(f"{'callers':>8} {'in memory':>10} {'durable':>10}")
+        for threads in (1, 4):
+            mem = cycles(threads, args.seconds)
+            dur = cycles(threads, args.seconds, work / f"cycles{threads}.db")
+            print(f"{threads:>8} {mem:>10,.0f} {dur:>10,.0f}   (target durable, 1 caller: "
+                  f">= 2,000/s)")
+        inmem, durable = reservation_cost(args.packets, args.size, work)
+        print(f"\nbfe.outbound, durable engine (sequence numbers reserved in synced blocks of "
+              f"{SEQ_BLOCK}):\n  in memory {inmem:,.0f}/s  durable {durable:,.0f}/s  cost "
+              f"{1 - durable / inmem:+.1%}  (target < 5 %)")
+        if args.reopen:
+            write, load, per = reopen(args.reopen, work)
+            print(f"\nreopen: {args.reopen:,} established contexts written in {write:.1f} s, "
+                  f"reopened in {load:.1f} s (target < 10 s), {per:,.0f} B of Python memory "
+                  f"per context")
     print(f"\nbfe.outbound vs SecurityAssociation.protect, ESP AES-128-GCM, transport, "
           f"{args.size}-byte packets")
     for size in sorted({args.size, 1400}):

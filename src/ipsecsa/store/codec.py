@@ -27,15 +27,27 @@ _CLASSES.update({name: obj for name, obj in vars(T).items()
                  and name.startswith("IPSEC_") and name.endswith("_ID0")})
 
 
+#: Field names per class, in declaration order (dataclasses.fields is slow to call per value).
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 class CodecError(ValueError):
     """A stored value that does not decode to a known structure."""
 
 
 def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {"$": type(value).__name__}
-        for f in dataclasses.fields(value):
-            out[f.name] = to_jsonable(getattr(value, f.name))
+    cls = type(value)
+    if cls in _NAMES or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        out: dict[str, Any] = {"$": cls.__name__}
+        for name in _names(cls):
+            out[name] = to_jsonable(getattr(value, name))
         return out
     if isinstance(value, uuid.UUID):
         return {"$g": str(value)}
@@ -62,10 +74,10 @@ def from_jsonable(value: Any) -> Any:
         cls = _CLASSES.get(name) if isinstance(name, str) else None
         if cls is None:
             raise CodecError(f"unknown structure {name!r} in the store")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _names(cls)
         kwargs = {k: from_jsonable(v) for k, v in value.items() if k != "$"}
-        if set(kwargs) - names:
-            raise CodecError(f"{name}: unknown fields {sorted(set(kwargs) - names)}")
+        if not kwargs.keys() <= set(names):
+            raise CodecError(f"{name}: unknown fields {sorted(set(kwargs) - set(names))}")
         return cls(**kwargs)
     return value
 
