@@ -19,6 +19,10 @@ command -v swanctl >/dev/null 2>&1 || need+=(strongswan-swanctl)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need+=(libcharon-extra-plugins)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-chapoly.so ] || need+=(libstrongswan-extra-plugins)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-openssl.so ] || need+=(libstrongswan-standard-plugins)
+# The native ESP fast path (ipsecsa._fastesp) is C over OpenSSL libcrypto >= 3.0: a compiler and
+# the libcrypto headers. Without them the package still installs, on the pure-Python path.
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "installing ${need[*]} (for the interop and gateway tests)..."
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -27,4 +31,9 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# Where the extension can be built, the suite must run on it: a build that silently failed would
+# otherwise leave CI testing only the fallback (tests/native/test_native_path.py checks).
+if command -v cc >/dev/null 2>&1 && dpkg -s libssl-dev >/dev/null 2>&1; then
+  export IPSECSA_REQUIRE_NATIVE=1
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -18,6 +18,7 @@ from ipsecsa.datapath import (
     SequenceNumberExhausted,
     SoftLifetimeExpired,
 )
+from ipsecsa.datapath import native as _native
 from ipsecsa.errors import (
     ConfigError,
     DropReason,
@@ -29,6 +30,14 @@ from ipsecsa.errors import (
 from ipsecsa.loader import load_sas
 
 __version__ = "0.1.0"
+
+
+def info() -> dict[str, object]:
+    """What this installation runs on: the version, whether the native ESP fast path is on
+    (``native``) and, when it is off, why (``why_off``), and the libcrypto it uses."""
+    import cryptography
+
+    return {"version": __version__, "cryptography": cryptography.__version__, **_native.info()}
 
 __all__ = [
     "ConfigError",
@@ -46,5 +55,6 @@ __all__ = [
     "SequenceNumberExhausted",
     "SoftLifetimeExpired",
     "UnknownAlgorithmError",
+    "info",
     "load_sas",
 ]

@@ -131,6 +131,9 @@ class DropReason(enum.Enum):
     EXPIRED = "expired"
     #: Outbound sequence number space exhausted; RFC 4303 forbids wrapping.
     SEQ_EXHAUSTED = "seq_exhausted"
+    #: Outbound: the next sequence number is beyond ``seq_limit`` (the numbers reserved durably)
+    #: and the SA's ``seq_limit_hook`` did not extend it; no number was spent.
+    SEQ_UNRESERVED = "seq_unreserved"
     #: An ESP packet with next header 59 (RFC 4303 §2.6 dummy packet): discarded by design.
     DUMMY_PACKET = "dummy_packet"
     #: RFC 6040 ECN decapsulation: outer CE over a Not-ECT inner packet must be dropped.

@@ -18,6 +18,9 @@ from ipsecsa.datapath.result import HELD
 from ipsecsa.packet.ipv4 import build_ipv4_header
 from ipsecsa.packet.udp import build_udp
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 SRC, DST = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 7])
 GCM_KEY = "00112233445566778899aabbccddeeff" + "cafebabe"
 

@@ -25,6 +25,9 @@ from ipsecsa.errors import DropReason
 from ipsecsa.packet.checksum import internet_checksum
 from ipsecsa.packet.udp import udp_checksum
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 HELD = Result(None, None)
 ESP = 50
 GCM_KEY = "00112233445566778899aabbccddeeff" + "cafebabe"

@@ -35,6 +35,9 @@ from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY
 from ipsecsa.datapath.result import Result
 from ipsecsa.errors import DropReason
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 SETTINGS = settings(deadline=None, max_examples=150,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -37,6 +37,9 @@ from ipsecsa.crypto.algorithms import resolve_encryption
 from ipsecsa.crypto.transforms import make_esp_transform
 from ipsecsa.errors import ConfigError, DropReason
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 PROTO_ESP = 50
 PROTO_IPIP = 4

@@ -25,6 +25,9 @@ from ipsecsa.datapath.events import (
 from ipsecsa.datapath.state import TRANSITIONS, SaState, SaTrigger, next_state
 from ipsecsa.errors import DirectionError, DropReason, IpsecsaError, SaStateError
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 T0 = 1000.0
 SPI = 0xC0000202
 KEY = "00112233445566778899aabbccddeeff" + "01020304"

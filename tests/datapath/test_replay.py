@@ -3,11 +3,17 @@
 References: RFC 4303 §3.4.3 (window rule, check before / update after the ICV) and Appendix A
 (ESN high-half inference, Cases A and B). Appendix A gives no numeric examples, so test 22 walks
 its four inference rows with concrete numbers instead.
+
+Every test runs twice: on :class:`ReplayWindow` and on its C twin ``ipsecsa._fastesp.Replay``
+(the window of SAs on the native fast path), made through ``new_window(..., native=True)``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+from conftest import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +21,18 @@ from ipsecsa.datapath.replay import (
     ESN_INFERENCE_WINDOW_WHEN_OFF,
     MAX_REPLAY_WINDOW,
     ReplayWindow,
+    new_window,
 )
 from ipsecsa.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the module against the Python window or, by rebinding ``ReplayWindow``, the C one."""
+    if request.param == "native":
+        require_native()
+        monkeypatch.setitem(globals(), "ReplayWindow", functools.partial(new_window, native=True))
+    return request.param
 
 WRAP = 1 << 32  # first sequence number of high half 1
 SEQ64_MAX = (1 << 64) - 1

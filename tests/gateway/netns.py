@@ -178,7 +178,9 @@ def write_sa_file(path: Path, sas: list[dict]) -> Path:
     return path
 
 
-GATEWAY = [sys.executable, "-m", "ipsecsa.gateway"]
+#: The command as users run it (``ipsecsa gateway``; ``python -m ipsecsa.gateway`` is the same
+#: command without the root group, tested in test_command.py).
+GATEWAY = [sys.executable, "-m", "ipsecsa", "gateway"]
 
 
 def start_gateway(ns: Netns, sa_file: Path, local: str, *extra: str, tun: str = TUN,

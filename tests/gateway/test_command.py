@@ -36,8 +36,14 @@ from .netns import (
 NEEDS_NETNS = skip_reason()
 
 
-def run(*args: str, ns: Netns | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-    cmd = [*GATEWAY, *args]
+#: ``python -m ipsecsa.gateway``: the command alone, without the ``ipsecsa`` group.
+STANDALONE = [sys.executable, "-m", "ipsecsa.gateway"]
+ENTRIES = pytest.mark.parametrize("entry", [GATEWAY, STANDALONE], ids=["ipsecsa", "module"])
+
+
+def run(*args: str, ns: Netns | None = None, timeout: float = 30,
+        entry: list[str] = GATEWAY) -> subprocess.CompletedProcess:
+    cmd = [*entry, *args]
     return sh(*(ns.cmd(*cmd) if ns else cmd), check=False, timeout=timeout)
 
 
@@ -58,14 +64,16 @@ def one_line(res: subprocess.CompletedProcess) -> str:
     ["--tun", "x", "--sa-file", "f.json", "--local", "192.0.2.1", "--peer", "2001:db8::1"],
     ["--tun", "x", "--sa-file", "f.json", "--local", "192.0.2.1", "--bogus"],
 ])
-def test_wrong_arguments_one_line_exit_2(args: list[str]) -> None:
-    res = run(*args)
+@ENTRIES
+def test_wrong_arguments_one_line_exit_2(args: list[str], entry: list[str]) -> None:
+    res = run(*args, entry=entry)
     assert res.returncode == 2
     one_line(res)
 
 
-def test_help_exits_0() -> None:
-    res = run("--help")
+@ENTRIES
+def test_help_exits_0(entry: list[str]) -> None:
+    res = run("--help", entry=entry)
     assert res.returncode == 0 and "--sa-file" in res.stdout
 
 
@@ -75,12 +83,13 @@ def test_help_exits_0() -> None:
     ('{"sas": [{"spi": 1}]}', "sas[0]"),
     ('{"sas": []}', "no outbound SA"),
 ])
-def test_unusable_sa_file_one_line_exit_3(tmp_path: Path, content: str | None, words: str
-                                          ) -> None:
+@ENTRIES
+def test_unusable_sa_file_one_line_exit_3(tmp_path: Path, content: str | None, words: str,
+                                          entry: list[str]) -> None:
     f = tmp_path / "sa.json"
     if content is not None:
         f.write_text(content)
-    res = run("--tun", "ipsatest0", "--sa-file", str(f), "--local", WIRE4[0])
+    res = run("--tun", "ipsatest0", "--sa-file", str(f), "--local", WIRE4[0], entry=entry)
     assert res.returncode == 3
     assert words in one_line(res)
     assert not os.path.exists("/sys/class/net/ipsatest0")  # nothing created

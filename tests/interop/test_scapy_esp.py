@@ -74,6 +74,9 @@ from ipsecsa import SecurityAssociation
 from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY
 from ipsecsa.errors import DropReason
 
+#: Every test here runs on the Python reference and on the native fast path (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 ESP = scapy_ipsec.ESP
 ScapySA = scapy_ipsec.SecurityAssociation
 

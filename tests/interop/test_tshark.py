@@ -44,9 +44,11 @@ if TSHARK is None:
                 allow_module_level=True)
 
 scapy_all = pytest.importorskip("scapy.all")
+from conftest import BACKENDS, require_native
 from scapy.all import IP, UDP, IPv6, Raw, raw
 
 import ipsecsa
+from ipsecsa.datapath import native
 from ipsecsa.errors import ConfigError
 from ipsecsa.io.pcap import PcapWriter
 from ipsecsa.io.wireshark import (
@@ -194,9 +196,20 @@ def _bytes(layers: dict, name: str) -> bytes | None:
     return bytes.fromhex(values[0].replace(":", "")) if values else None
 
 
-@pytest.fixture(scope="module")
-def decoded(tmp_path_factory):
-    """Protect every case's packets, write one pcap and one esp_sa file, run tshark once."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def decoded(request, tmp_path_factory):
+    """Protect every case's packets, write one pcap and one esp_sa file, run tshark once; once
+    with SAs on the Python data path and once on the native fast path (tests/conftest.py)."""
+    if request.param == "native":
+        require_native()
+    old = native.set_default(None if request.param == "native" else False)
+    try:
+        return _decoded(tmp_path_factory)
+    finally:
+        native.set_default(old)
+
+
+def _decoded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tshark")
     config_dir = tmp / "profile"
     config_dir.mkdir()

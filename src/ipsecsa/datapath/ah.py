@@ -206,6 +206,8 @@ class AhSA(SecurityAssociation):
         ``covered_head``/``covered_payload`` are ``head``/``payload`` as the ICV covers them.
         Called only once nothing can refuse the packet any more, so a sequence number is never
         consumed by a drop."""
+        if self._seq >= self._seq_limit and (refused := self._over_limit()) is not None:
+            return self._drop(refused)
         seq = self._seq + 1
         self._seq = seq
         ah = _AH_HEAD.pack(next_header, self._plen_field, 0, self.spi, seq & 0xFFFFFFFF)

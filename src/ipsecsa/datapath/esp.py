@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ipsecsa.crypto.transforms import make_esp_transform
+from ipsecsa.datapath import native as _native
 from ipsecsa.datapath.replay import ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
 from ipsecsa.datapath.sa import IvSource, SecurityAssociation
 from ipsecsa.datapath.tunnel import ident_start
-from ipsecsa.errors import DropReason, MalformedPacket, as_packet
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.checksum import ones_sum
 from ipsecsa.packet.ipv4 import ESP as PROTO_ESP
 from ipsecsa.packet.ipv4 import HEADER_WORDS as _V4W
@@ -90,14 +91,19 @@ class EspSA(SecurityAssociation):
         "_encap",
         "_icvlen",
         "_ident",
+        "_in_batch",
         "_ivlen",
         "_min_esp",
+        "_nat",
         "_o4addr",
         "_o4proto",
         "_o4sum",
         "_open",
+        "_out_batch",
         "_outer_extra",
         "_overhead",
+        "_py_in",
+        "_py_out",
         "_seal",
         "_spi_b",
         "_sport",
@@ -111,7 +117,29 @@ class EspSA(SecurityAssociation):
     )
 
     # ----------------------------------------------------------------- per-SA preparation
+    def _wants_native(self, config: object, native: bool | None) -> bool:
+        if native is None:
+            native = _native.default()
+        if native is False:
+            return False
+        ok = _native.available() and _native.supports(config)
+        if native and not ok:
+            raise ConfigError("native", _native.why_off() or "the native fast path does not "
+                                        "implement this SA's algorithms")
+        return ok
+
+    def _new_window(self, config: object, use_native: bool) -> ReplayWindow:
+        c = config
+        if use_native:
+            # The C twin of ReplayWindow, shared by the native engine and the Python path.
+            return _native.new_window(c.replay_window, c.esn, c.seq)  # type: ignore[attr-defined]
+        return super()._new_window(config, use_native)
+
+    def _attach_native(self, unsafe_iv_source: IvSource | None) -> None:
+        self._nat = _native.engine_for(self, unsafe_iv_source)
+
     def _build(self, unsafe_iv_source: IvSource | None) -> None:
+        self._nat = None
         c = self.config
         key = c.encryption_key.bytes if c.encryption_key is not None else b""
         ikey = c.integrity_key.bytes if c.integrity_key is not None else None
@@ -162,12 +190,52 @@ class EspSA(SecurityAssociation):
             return self._out_tunnel, self._in_any
         return self._out_transport, self._in_any
 
+    def _bind(self) -> None:
+        """Bind the Python paths (``_py_out``/``_py_in``: the reference, and where the native
+        engine hands packets it does not take), then put the native engine in front of them
+        for the directions this SA may use."""
+        super()._bind()
+        self._py_out, self._py_in = self.protect, self.unprotect
+        self._out_batch = self._in_batch = None
+        nat = self._nat
+        if nat is None:
+            return
+        if self.direction == "outbound":
+            self.protect = nat.protect  # type: ignore[method-assign]
+            self._out_batch = nat.protect_batch
+        if self.direction != "outbound":
+            self.unprotect = nat.unprotect  # type: ignore[method-assign]
+            self._in_batch = nat.unprotect_batch
+
+    @property
+    def native(self) -> bool:
+        """Whether this SA runs on the native fast path (:mod:`ipsecsa.datapath.native`)."""
+        return self._nat is not None
+
+    def protect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
+        """``protect`` over a batch, in order (sequence numbers follow the batch order); on the
+        native path one call, with the GIL released around the crypto of large batches."""
+        if self._out_batch is not None:
+            if isinstance(packets, (bytes, bytearray, memoryview)):
+                raise TypeError("protect_batch takes an iterable of packets, not one packet")
+            return self._out_batch(packets, now)
+        return super().protect_batch(packets, now)
+
+    def unprotect_batch(self, packets: Iterable[bytes], now: float | None = None
+                        ) -> list[Result]:
+        """``unprotect`` over a batch, in order: the verdicts of the same packets one by one."""
+        if self._in_batch is not None:
+            if isinstance(packets, (bytes, bytearray, memoryview)):
+                raise TypeError("unprotect_batch takes an iterable of packets, not one packet")
+            return self._in_batch(packets, now)
+        return super().unprotect_batch(packets, now)
+
     # ----------------------------------------------------------------- shared pieces
     def _encrypt(self, payload: bytes, next_header: int) -> tuple[int, bytes]:
         """Pad, number and seal ``payload``: returns (seq, ESP header ‖ IV ‖ ciphertext ‖ ICV)."""
         n = len(payload) + 2
         pad = -n & self._bmask
-        seq = self._seq + 1
+        seq = self._seq + 1  # the caller checked seq_limit
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
         iv, body = self._seal(esp_hdr, seq, payload + _TRAILER[pad << 8 | next_header])
@@ -211,6 +279,8 @@ class EspSA(SecurityAssociation):
             out_proto = PROTO_ESP
         if new_len > MAX_IPV4_LEN:  # decided before a sequence number is spent
             return self._drop(DropReason.TOO_BIG)
+        if self._seq >= self._seq_limit and (refused := self._over_limit()) is not None:
+            return self._drop(refused)
         seq = self._seq + 1
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
@@ -255,6 +325,8 @@ class EspSA(SecurityAssociation):
         udp_len = 8 if self._encap is not None else 0
         if ins - 40 + udp_len + esp_len > 0xFFFF:  # decided before a sequence number is spent
             return self._drop(DropReason.TOO_BIG)
+        if self._seq >= self._seq_limit and (refused := self._over_limit()) is not None:
+            return self._drop(refused)
         seq, esp = self._encrypt(pkt[ins:end], next_header)
         head = bytearray(pkt[:ins])
         if self._encap is not None:
@@ -320,6 +392,8 @@ class EspSA(SecurityAssociation):
                 return self._drop(DropReason.TOO_BIG)
         elif elen + self._outer_extra > MAX_IPV4_LEN:
             return self._drop(DropReason.TOO_BIG)
+        if self._seq >= self._seq_limit and (refused := self._over_limit()) is not None:
+            return self._drop(refused)
         seq = self._seq + 1
         self._seq = seq
         esp_hdr = self._spi_b + _U32(seq & 0xFFFFFFFF)
@@ -466,28 +540,42 @@ class EspSA(SecurityAssociation):
         if self.mode == "tunnel":
             return self._deliver_tunnel(plain, dlen, next_header, outer_ecn, now)
         # --- transport: rebuild the packet around the payload
-        payload = plain[:dlen]
-        hdr, src, dst = self._rebuild_transport(pkt, off, dlen, next_header,
-                                                ch if version == 6 else None)
-        upper, l4_off = next_header, 0
-        if version == 6 and next_header in _V6_EXT_AFTER_ESP:
-            # RFC 4303 §3.1.1: destination options may follow ESP; the selectors and the
-            # checksum fix-up concern the upper layer behind them.
-            try:
-                upper_ch = parse_ipv6_chain(hdr + payload, stop_at_ipsec=False)
-            except MalformedPacket as exc:
-                return self._drop(exc.reason)
-            upper, l4_off = upper_ch.upper_protocol, upper_ch.upper_offset - len(hdr)
-        if self._encap is not None and upper in (PROTO_TCP, PROTO_UDP):
-            # RFC 3948 §3.1.2: a NAT changed the addresses the transport checksum covered.
-            payload = payload[:l4_off] + fix_l4_checksum(src, dst, upper, payload[l4_off:])
-        if self._selectors and not self._selectors_ok(version, src, dst, upper,
-                                                      payload, l4_off):
-            return self._drop(DropReason.SELECTOR_MISMATCH)
+        hdr, _src, _dst = self._rebuild_transport(pkt, off, dlen, next_header,
+                                                  ch if version == 6 else None)
+        out = hdr + plain[:dlen]
+        if (self._encap is not None or self._selectors
+                or (version == 6 and next_header in _V6_EXT_AFTER_ESP)):
+            checked = self._transport_checks(out, len(hdr), next_header)
+            if isinstance(checked, DropReason):
+                return self._drop(checked)
+            out = checked
         self.packets = p = self.packets + 1
         self.bytes = b = self.bytes + len(hdr) + dlen
         if p >= self._pmark or b >= self._bmark:
             self._lifetime_crossed(now)
-        return _new(Result, (hdr + payload, None))
+        return _new(Result, (out, None))
+
+    def _transport_checks(self, out: bytes, hlen: int, next_header: int) -> bytes | DropReason:
+        """Transport mode, inbound, after the header ``out[:hlen]`` was rebuilt around the
+        payload: extension headers after ESP, the NAT checksum fix-up and the selectors.
+        Returns the packet to deliver or why it is refused. (The native engine calls this too.)
+        """
+        version = out[0] >> 4
+        upper, l4_off = next_header, hlen
+        if version == 6 and next_header in _V6_EXT_AFTER_ESP:
+            # RFC 4303 §3.1.1: destination options may follow ESP; the selectors and the
+            # checksum fix-up concern the upper layer behind them.
+            try:
+                upper_ch = parse_ipv6_chain(out, stop_at_ipsec=False)
+            except MalformedPacket as exc:
+                return exc.reason
+            upper, l4_off = upper_ch.upper_protocol, upper_ch.upper_offset
+        src, dst = (out[12:16], out[16:20]) if version == 4 else (out[8:24], out[24:40])
+        if self._encap is not None and upper in (PROTO_TCP, PROTO_UDP):
+            # RFC 3948 §3.1.2: a NAT changed the addresses the transport checksum covered.
+            out = out[:l4_off] + fix_l4_checksum(src, dst, upper, out[l4_off:])
+        if self._selectors and not self._selectors_ok(version, src, dst, upper, out, l4_off):
+            return DropReason.SELECTOR_MISMATCH
+        return out
 
 __all__ = ["DROPPED", "HELD", "PAD", "EspSA", "NicStep"]

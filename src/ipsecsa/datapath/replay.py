@@ -51,6 +51,7 @@ __all__ = [
     "SEQ_MAX_32",
     "SEQ_MAX_64",
     "ReplayWindow",
+    "new_window",
 ]
 
 # --- Specification constants (RFC 4303) -------------------------------------------------------
@@ -84,6 +85,40 @@ _WORD_MASK = _WORD_BITS - 1
 _ALL_ONES = (1 << _WORD_BITS) - 1
 
 
+def _validate(size: int, esn: bool, top: int) -> int:
+    """Check a window's parameters (ConfigError naming the field); returns the top limit."""
+    if type(size) is not int or not (
+        size == 0 or MIN_REPLAY_WINDOW <= size <= MAX_REPLAY_WINDOW
+    ):
+        raise ConfigError(
+            "replay_window",
+            f"must be 0 (off) or an integer from {MIN_REPLAY_WINDOW} to {MAX_REPLAY_WINDOW}",
+        )
+    if not isinstance(esn, bool):
+        raise ConfigError("esn", "must be a boolean")
+    limit = SEQ_MAX_64 if esn else SEQ_MAX_32
+    if type(top) is not int or not 0 <= top <= limit:
+        raise ConfigError(
+            "seq", f"must be an integer from 0 to 2^{64 if esn else 32} - 1 (highest received)"
+        )
+    return limit
+
+
+def new_window(size: int, esn: bool, top: int = 0, *, native: bool = False) -> ReplayWindow:
+    """A window: this module's :class:`ReplayWindow`, or with ``native`` its C twin
+    ``ipsecsa._fastesp.Replay`` (same API and semantics; what an SA on the native fast path
+    holds, shared by both paths). The arguments are checked here either way."""
+    _validate(size, esn, top)
+    if native:
+        from ipsecsa.datapath import native as _native
+
+        win = _native.new_window(size, esn, top)
+        if win is None:
+            raise ConfigError("native", _native.why_off() or "native fast path unavailable")
+        return win  # type: ignore[no-any-return]
+    return ReplayWindow(size, esn, top)
+
+
 def _ring_words(size: int) -> int:
     """Words in the ring for a ``size``-packet window: a power of two, at least one spare.
 
@@ -106,20 +141,7 @@ class ReplayWindow:
     __slots__ = ("_esn", "_infer_w", "_max", "_nmask", "_ring", "_size", "_top")
 
     def __init__(self, size: int, esn: bool, top: int = 0) -> None:
-        if type(size) is not int or not (
-            size == 0 or MIN_REPLAY_WINDOW <= size <= MAX_REPLAY_WINDOW
-        ):
-            raise ConfigError(
-                "replay_window",
-                f"must be 0 (off) or an integer from {MIN_REPLAY_WINDOW} to {MAX_REPLAY_WINDOW}",
-            )
-        if not isinstance(esn, bool):
-            raise ConfigError("esn", "must be a boolean")
-        limit = SEQ_MAX_64 if esn else SEQ_MAX_32
-        if type(top) is not int or not 0 <= top <= limit:
-            raise ConfigError(
-                "seq", f"must be an integer from 0 to 2^{64 if esn else 32} - 1 (highest received)"
-            )
+        limit = _validate(size, esn, top)
         self._size = size
         self._esn = esn
         self._top = top

@@ -96,6 +96,8 @@ class SecurityAssociation:
         "_reasm",
         "_selectors",
         "_seq",
+        "_seq_hook",
+        "_seq_limit",
         "_seq_max",
         "_slow",
         "_state",
@@ -118,7 +120,7 @@ class SecurityAssociation:
     _window: ReplayWindow
 
     def __init__(self, config: Any, *, now: float | None = None,
-                 unsafe_iv_source: IvSource | None = None) -> None:
+                 unsafe_iv_source: IvSource | None = None, native: bool | None = None) -> None:
         if config.protocol != self.PROTOCOL:
             raise ConfigError("protocol", f"{type(self).__name__} cannot carry a "
                                           f"{config.protocol} SA")
@@ -138,8 +140,12 @@ class SecurityAssociation:
         self._seq_max = SEQ_MAX_64 if config.esn else SEQ_MAX_32
         #: Outbound: the last sequence number used (the next packet gets _seq + 1).
         self._seq: int = config.seq
+        #: Outbound: the highest sequence number that may be sent (see :attr:`seq_limit`).
+        self._seq_limit: int = self._seq_max
+        self._seq_hook: Callable[[SecurityAssociation, int], None] | None = None
+        use_native = self._wants_native(config, native)
         if config.direction != "outbound":
-            self._window = ReplayWindow(config.replay_window, config.esn, top=config.seq)
+            self._window = self._new_window(config, use_native)
         self._selectors: tuple[Any, ...] = tuple(config.selectors)
         self._reasm: Reassembler | None = None
         #: A NIC doing the crypto step (``ipsecsa.ndis.transport``), or None for software.
@@ -149,6 +155,8 @@ class SecurityAssociation:
         self._timed = self._life.timed
         self._refresh_marks()
         self._build(unsafe_iv_source)
+        if use_native:
+            self._attach_native(unsafe_iv_source)
         self.state = next_state(self.state, SaTrigger.INSTALL)
         if self.direction == "outbound" and self._seq >= self._seq_max:
             # An SA that can send and has used its last number is exhausted from the start
@@ -171,7 +179,8 @@ class SecurityAssociation:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, config: Any, *, now: float | None = None,
-                    unsafe_iv_source: IvSource | None = None) -> SecurityAssociation:
+                    unsafe_iv_source: IvSource | None = None,
+                    native: bool | None = None) -> SecurityAssociation:
         """Build the ESP or AH SA a validated :class:`SaConfig` describes.
 
         ``unsafe_iv_source(seq) -> bytes`` replaces IV generation: known-answer tests only, never
@@ -180,25 +189,31 @@ class SecurityAssociation:
         mask per SA object, so two objects built from one description never share IVs
         (:mod:`ipsecsa.crypto.transforms`). ``ipsecsa.crypto.transforms.COUNTER_IV`` is the
         override "IV = sequence number" that some published vectors assume.
+        ``native``: None (default) uses the native ESP fast path where it is available and
+        implements the SA's algorithms (:mod:`ipsecsa.datapath.native`); False forces the
+        pure-Python path; True requires the native one (ConfigError ``native`` if it cannot).
         """
         if config.protocol == "esp":
             from ipsecsa.datapath.esp import EspSA
 
-            return EspSA(config, now=now, unsafe_iv_source=unsafe_iv_source)
+            return EspSA(config, now=now, unsafe_iv_source=unsafe_iv_source,
+                         native=native)
         from ipsecsa.datapath.ah import AhSA
 
-        return AhSA(config, now=now, unsafe_iv_source=unsafe_iv_source)
+        return AhSA(config, now=now, unsafe_iv_source=unsafe_iv_source, native=native)
 
     @classmethod
     def from_dict(cls, obj: dict, *, now: float | None = None,
-                  unsafe_iv_source: IvSource | None = None) -> SecurityAssociation:
+                  unsafe_iv_source: IvSource | None = None,
+                  native: bool | None = None) -> SecurityAssociation:
         """Build an SA from one object of the SA description format (``sa-format.md``).
 
         Raises :class:`~ipsecsa.errors.ConfigError` naming the offending field.
         ``unsafe_iv_source``: known-answer tests only, see :meth:`from_config`."""
         from ipsecsa.config import parse_sa
 
-        return cls.from_config(parse_sa(obj), now=now, unsafe_iv_source=unsafe_iv_source)
+        return cls.from_config(parse_sa(obj), now=now, unsafe_iv_source=unsafe_iv_source,
+                               native=native)
 
     def to_dict(self) -> dict:
         """The SA in the description format, with ``seq`` at its current value so that a saved
@@ -208,6 +223,19 @@ class SecurityAssociation:
         return obj
 
     def _build(self, unsafe_iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _wants_native(self, config: Any, native: bool | None) -> bool:
+        """Whether this SA runs on the native fast path (ESP overrides); AH never does."""
+        if native:
+            raise ConfigError("native", f"no native fast path for {self.PROTOCOL}")
+        return False
+
+    def _new_window(self, config: Any, use_native: bool) -> ReplayWindow:
+        """The inbound anti-replay window (the native engine brings its own C twin)."""
+        return ReplayWindow(config.replay_window, config.esn, top=config.seq)
+
+    def _attach_native(self, unsafe_iv_source: IvSource | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -326,6 +354,49 @@ class SecurityAssociation:
         if self._events is None:
             self._events = deque(maxlen=MAX_QUEUED_EVENTS)
         self._events.append(event)
+
+    # ----------------------------------------------------------------- sequence reservation
+    @property
+    def seq_limit(self) -> int:
+        """Outbound: the highest sequence number this SA may send (default: the protocol's
+        maximum, 2^32 - 1 or 2^64 - 1 with ESN).
+
+        This is the hook for a durable store that reserves outbound sequence numbers in blocks
+        (so that a restart never reuses one): it sets ``seq_limit`` to the end of the block it
+        has made durable, and :attr:`seq_limit_hook` to be called when the block runs out. The
+        native fast path never sends a number beyond the limit; it hands that packet to the
+        Python path, which calls the hook and then either sends (the hook raised the limit) or
+        drops the packet as ``SEQ_UNRESERVED`` without spending a number. Setting ``None``
+        removes the limit."""
+        return self._seq_limit
+
+    @seq_limit.setter
+    def seq_limit(self, value: int | None) -> None:
+        if value is None:
+            value = self._seq_max
+        if type(value) is not int or not 0 <= value <= self._seq_max:
+            raise ConfigError("seq_limit", f"must be an integer from 0 to {self._seq_max}")
+        self._seq_limit = value
+
+    @property
+    def seq_limit_hook(self) -> Callable[[SecurityAssociation, int], None] | None:
+        """Called as ``hook(sa, seq)`` when the next outbound number ``seq`` would pass
+        :attr:`seq_limit`; it may raise ``sa.seq_limit`` (after reserving durably)."""
+        return self._seq_hook
+
+    @seq_limit_hook.setter
+    def seq_limit_hook(self, hook: Callable[[SecurityAssociation, int], None] | None) -> None:
+        if hook is not None and not callable(hook):
+            raise ConfigError("seq_limit_hook", "must be callable or None")
+        self._seq_hook = hook
+
+    def _over_limit(self) -> DropReason | None:
+        """Run when the next sequence number would pass ``seq_limit`` (before it is spent):
+        None if the hook made room, else the drop reason."""
+        seq = self._seq + 1
+        if self._seq_hook is not None:
+            self._seq_hook(self, seq)
+        return None if seq <= self._seq_limit else DropReason.SEQ_UNRESERVED
 
     # ----------------------------------------------------------------- owner API
     @property

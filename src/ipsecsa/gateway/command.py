@@ -68,7 +68,21 @@ def _tun_name(_ctx: Any, param: click.Parameter, value: str) -> str:
     return value
 
 
-@click.command("gateway", context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsage(click.Command):
+    """Usage errors as the one line the contract promises (``ipsecsa gateway: error: ...``,
+    status 2), whether the command runs alone or under the ``ipsecsa`` group (whose click
+    default would print usage, hint and error on three lines)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.command("gateway", cls=_OneLineUsage,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--tun", "tun", required=True, callback=_tun_name, metavar="NAME",
               help="TUN device to create (addresses and routes are the administrator's).")
 @click.option("--sa-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -105,8 +119,17 @@ def gateway_command(tun: str, sa_file: Path, local: Any, port: int, peer: Any, t
 
 
 def _setup_logging(verbose: int) -> None:
+    """Log lines on stderr: through the ``ipsecsa`` command's handler when it set one up (its
+    ``--debug`` wins), or ``ipsecsa gateway: <message>`` when run alone."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    logger = logging.getLogger("ipsecsa")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
 
 
 def _write_stats(path: Path, stats: dict) -> None:
@@ -184,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: the process's); returns the exit status. A usage
     error is one line (``ipsecsa gateway: error: ...``) and status 2."""
     try:
-        gateway_command.main(args=list(argv) if argv is not None else sys.argv[1:],
-                             prog_name=PROG, standalone_mode=False)
+        status = gateway_command.main(args=list(argv) if argv is not None else sys.argv[1:],
+                                      prog_name=PROG, standalone_mode=False)
     except click.UsageError as exc:
         click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
         return EXIT_USAGE
@@ -193,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:
         return int(exc.code or 0)
-    return EXIT_OK
+    # click returns the status of an Exit (--help: 0, a usage error: 2) instead of raising it
+    return status if isinstance(status, int) else EXIT_OK
 
 
 __all__ = ["EXIT_OK", "EXIT_SA_FILE", "EXIT_SYSTEM", "EXIT_USAGE", "gateway_command", "main",

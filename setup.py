@@ -1,0 +1,35 @@
+"""Build of the optional native ESP fast path (``ipsecsa._fastesp``, C over OpenSSL EVP).
+
+Everything else about the package is in ``pyproject.toml``. The extension is ``optional``: if it
+cannot be built (no compiler, no ``libssl-dev``), the package still installs and runs on the
+pure-Python data path, and ``ipsecsa.info()`` says why the fast path is off.
+
+``IPSECSA_SANITIZE=1`` builds it with AddressSanitizer and UndefinedBehaviorSanitizer (used by
+``scripts/sanitize.sh``; the interpreter must then run with libasan preloaded).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+_cflags = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+           "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+_ldflags: list[str] = []
+if os.environ.get("IPSECSA_SANITIZE") == "1":
+    _san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-g", "-O1"]
+    _cflags += _san
+    _ldflags += _san
+
+setup(
+    ext_modules=[
+        Extension(
+            "ipsecsa._fastesp",
+            ["src/ipsecsa/_fastesp.c"],
+            libraries=["crypto"],
+            extra_compile_args=_cflags,
+            extra_link_args=_ldflags,
+            optional=True,
+        )
+    ]
+)
