@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine (Python 3.11+).
 # Installs tshark from Debian when possible (the Wireshark interop tests need it; they skip with a
-# clear reason when it cannot be had), creates .venv, installs ipsecsa with its dev extra, runs pytest.
+# clear reason when it cannot be had), creates .venv, installs ipsecsa with its dev extra (pytest,
+# ruff, mypy, ...), runs ruff and mypy, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The gateway's namespace tests need ping, tcpdump and ss (iproute2) as well; they skip with the
@@ -36,4 +37,7 @@ python3 -m venv .venv
 if command -v cc >/dev/null 2>&1 && dpkg -s libssl-dev >/dev/null 2>&1; then
   export IPSECSA_REQUIRE_NATIVE=1
 fi
+# The configured quality gates (pyproject: [tool.ruff], [tool.mypy]) run first; they take seconds.
+echo "ruff..." && .venv/bin/python -m ruff check src tests benchmarks
+echo "mypy..." && .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

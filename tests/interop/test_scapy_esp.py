@@ -403,7 +403,7 @@ def _quiet_config_warnings() -> Iterator[None]:
     logger.setLevel(level)
 
 
-@pytest.mark.parametrize(("enc", "auth", "layout", "esn", "key_index"), _matrix())
+@pytest.mark.parametrize(("enc", "auth", "layout", "esn", "key_index"), list(_matrix()))
 def test_scapy_interop(enc: str, auth: str, layout: Layout, esn: bool, key_index: int) -> None:
     rnd = random.Random(f"{enc}/{auth}/{layout.id}/{esn}")
     pair = make_pair(enc, auth, layout, esn, rnd, key_index, start_seq(rnd, esn, PACKETS))

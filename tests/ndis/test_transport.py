@@ -476,3 +476,53 @@ def test_offload_rolls_back_the_first_add_on_any_exception(exc: BaseException) -
     assert a_out._nic is None and a_in._nic is None
     transport.offload(a_out, a_in)  # nothing left behind: the pair offloads afterwards
     assert len(mp.sa_handles()) == 2
+
+
+@pytest.mark.parametrize("nic, sas, field", [
+    ({"conf_algorithms": [OffloadConf.DES]}, {}, "outbound.encryption.algorithm"),
+    ({"integrity_algorithms": [OffloadIntegrity.MD5]}, {}, "outbound.integrity.algorithm"),
+    ({"tunnel": False}, {"mode": "tunnel"}, "outbound.mode"),
+    ({"ah": False}, {"protocol": "ah"}, "outbound.direction"),
+    ({"udp_esp": False}, {"encap": True}, "outbound.encapsulation"),
+], ids=["3des", "sha1", "tunnel", "ah", "udp-esp"])
+def test_capabilities_refuse_before_any_request(nic: dict, sas: dict, field: str) -> None:
+    """A.9/A.11: with the NIC's NDIS_IPSEC_OFFLOAD_V1 given, what it does not advertise is a
+    NotOffloadableError naming the field, and nothing reaches the NIC."""
+    mp = Miniport(**nic)
+    asked: list[int] = []
+    transport = OffloadTransport(_Flaky(mp, lambda oid, buf: asked.append(oid)),
+                                 capabilities=mp.capabilities())
+    with pytest.raises(NotOffloadableError) as err:
+        transport.offload(*pair("a", 0x7A00, 0x7A01, **sas))
+    assert err.value.field == field and asked == []
+    assert OffloadTransport(Miniport(), capabilities=Miniport().capabilities()).offload(
+        *pair("a", 0x7A00, 0x7A01, **sas))  # the default NIC offers all of it
+
+
+def test_sa_delete_request_hook_and_a_refused_delete_never_escape_the_packet() -> None:
+    mp = Miniport(capacity=2, unsafe_iv_source=unsafe_iv_source)
+    refuse = [True]
+    transport = OffloadTransport(_Flaky(mp, lambda oid, buf: NdisStatus.FAILURE if refuse[0]
+                                        and oid == Oid.TCP_TASK_IPSEC_DELETE_SA else None))
+    told: list[tuple[int, ...]] = []
+    transport.on_delete_request = told.append
+    a_out, a_in = pair("a", 0x8A00, 0x8A01)
+    b_out, _ = pair("b", 0x8A01, 0x8A00)
+    h_out, h_in = transport.offload(a_out, a_in)
+    with pytest.raises(OffloadError):
+        transport.offload(*pair("a", 0x8B00, 0x8B01))  # RESOURCES: the NIC will ask for room
+    q = packet(random.Random(2), PEER, LOCAL)
+    assert a_in.unprotect(b_out.protect(q).packet).packet == q  # delivered, nothing raised
+    assert told == [] and transport.handles == (h_out, h_in)  # still bound: retry possible
+    refuse[0] = False
+    with pytest.raises(UnknownHandleError):
+        transport.remove([h_out, 12345])
+    transport.remove([h_out, h_in, 12345], missing_ok=True)
+    assert transport.handles == () and mp.sa_handles() == ()
+    # and a request that succeeds is reported to the hook once, with both handles
+    h_out, h_in = transport.offload(a_out, a_in)
+    with pytest.raises(OffloadError):
+        transport.offload(*pair("a", 0x8C00, 0x8C01))
+    assert a_in.unprotect(b_out.protect(packet(random.Random(3), PEER, LOCAL)).packet).drop \
+        is None
+    assert told == [(h_in, h_out)] and mp.sa_handles() == ()

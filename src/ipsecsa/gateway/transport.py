@@ -32,6 +32,8 @@ IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DONT = 0
 IPV6_MTU = 24
 IPPROTO_ESP = 50
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -76,11 +78,16 @@ class _Socket:
 
     def _tune(self) -> None:
         s = self.sock
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        # The *FORCE variants pass net.core.[rw]mem_max (CAP_NET_ADMIN, which the gateway has for
+        # its TUN anyway): the defaults cap a buffer at ~208 KiB, a handful of GRO trains.
+        for force, opt in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
             try:
-                s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
             except OSError:
-                pass
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    pass
         if self.v6:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)

@@ -49,7 +49,18 @@ Choices of ours (not Windows behaviour):
   (``EspSA``'s seal, ``AhSA._sign``), so no half-built packet leaves and no second copy of the
   crypto lives here.
 * **SaDeleteReq** is honoured at once: the inbound SA it arrived on and its paired outbound SA are
-  removed from the NIC (two DELETE requests, A.10); both SAs carry on in software.
+  removed from the NIC (two DELETE requests, A.10); both SAs carry on in software, with their own
+  sequence counter and replay window (the NIC never held either, A.1). A DELETE the NIC refuses
+  then is logged and leaves that SA bound (a later :meth:`OffloadTransport.remove` may retry): the
+  packet that carried the request is still delivered, nothing escapes the data path.
+  ``on_delete_request(handles)``, when set, is called afterwards with the handles removed, outside
+  the transport's lock (the WFP engine learns there that a context left the NIC).
+* **Capabilities (A.9, A.11 rule 1).** Given ``capabilities`` (the NDIS_IPSEC_OFFLOAD_V1 the
+  miniport reports, decoded or as its 28 bytes), :meth:`OffloadTransport.offload` also refuses,
+  with :class:`NotOffloadableError` and before any request, an SA whose protocol, direction
+  (Send/Receive), mode, algorithms or UDP-ESP subtype the NIC does not advertise. The IPv4AH
+  Md5/Sha_1 bits describe the integrity algorithm of AH and ESP alike (A.9). Without it the NIC
+  is asked and its NOT_SUPPORTED is an :class:`OffloadError`.
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -75,6 +86,7 @@ from ipsecsa.ndis.constants import (
     OffloadSaFlags,
     Oid,
     UdpEncapType,
+    UdpEspCapability,
 )
 from ipsecsa.ndis.structs import (
     ADD_SA_OFFLOAD_HANDLE_OFFSET,
@@ -85,8 +97,10 @@ from ipsecsa.ndis.structs import (
     AlgoInfo,
     DeleteSa,
     DeleteUdpEspSa,
+    IpsecOffloadV1,
     NblInfoReceive,
     UdpEspEncapTypeEntry,
+    decode_ipsec_offload_v1,
     encode_add_sa,
     encode_add_udpesp_sa,
     encode_delete_sa,
@@ -106,6 +120,7 @@ __all__ = [
     "OffloadTransport",
     "UnknownHandleError",
     "build_add_request",
+    "check_capabilities",
 ]
 
 # --- specification constants -------------------------------------------------------------
@@ -276,6 +291,42 @@ def build_add_request(sa: SecurityAssociation, *, inbound: bool,
     return Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA, encode_add_udpesp_sa(udp)
 
 
+def check_capabilities(sa: SecurityAssociation, caps: IpsecOffloadV1, *, inbound: bool) -> None:
+    """Raise :class:`NotOffloadableError` when the NIC whose NDIS_IPSEC_OFFLOAD_V1 is ``caps``
+    does not advertise what ``sa`` needs (A.9); run after :func:`build_add_request` accepted it.
+
+    Checked: the protocol group's Send (outbound) or Receive (inbound), its Transport or Tunnel,
+    the cipher (Des, TripleDes, NullEsp), the integrity algorithm (IPv4AH.Md5/Sha_1, which A.9
+    gives for AH and ESP payloads alike) and for UDP-encapsulated ESP the ``*_OTHER`` subtype
+    of the mode in ``Supported.Flags`` (A.7, A.9).
+    """
+    which = "inbound" if inbound else "outbound"
+    c = sa.config
+    esp = isinstance(sa, EspSA)
+    group: object = caps.IPv4ESP if esp else caps.IPv4AH
+    name = "IPv4ESP" if esp else "IPv4AH"
+    wanted = [("Receive" if inbound else "Send", f"{which}.direction"),
+              ("Tunnel" if c.mode == "tunnel" else "Transport", f"{which}.mode")]
+    if esp:
+        enc = c.encryption.name if c.encryption is not None else "null"
+        member = {"des-cbc": "Des", "3des-cbc": "TripleDes", "null": "NullEsp"}[enc]
+        wanted.append((member, f"{which}.encryption.algorithm"))
+    for member, field in wanted:
+        if not getattr(group, member):
+            raise NotOffloadableError(field, f"the NIC does not advertise {name}.{member}")
+    integ = c.integrity.name if c.integrity is not None else "none"
+    member = {"hmac-md5-96": "Md5", "hmac-sha1-96": "Sha_1"}[integ]
+    if not getattr(caps.IPv4AH, member):
+        raise NotOffloadableError(f"{which}.integrity.algorithm",
+                                  f"the NIC does not advertise IPv4AH.{member}")
+    if esp and c.encapsulation is not None:
+        bit = (UdpEspCapability.TUN_UDPESP_ENCAPTYPE_OTHER if c.mode == "tunnel"
+               else UdpEspCapability.TPT_UDPESP_ENCAPTYPE_OTHER)
+        if not caps.Supported.Flags & bit:
+            raise NotOffloadableError(f"{which}.encapsulation",
+                                      f"the NIC does not parse UDP-ESP ({bit.name})")
+
+
 # --- the crypto steps bound to the SAs ---------------------------------------------------------
 
 
@@ -355,8 +406,13 @@ class _Bound:
 class OffloadTransport:
     """Offloads ipsecsa SA pairs to a miniport and binds their crypto step to it."""
 
-    def __init__(self, miniport: MiniportLike, *, keymat_order: str | None = None) -> None:
+    def __init__(self, miniport: MiniportLike, *, keymat_order: str | None = None,
+                 capabilities: IpsecOffloadV1 | bytes | None = None) -> None:
         self.miniport = miniport
+        #: What the NIC advertised (A.9), checked before every ADD; None: not checked.
+        self.capabilities: IpsecOffloadV1 | None = (
+            decode_ipsec_offload_v1(capabilities) if isinstance(capabilities, (bytes, bytearray))
+            else capabilities)
         self.keymat_order: str = str(keymat_order or getattr(miniport, "keymat_order",
                                                              "conf-first"))
         self._lock = threading.RLock()
@@ -365,6 +421,8 @@ class OffloadTransport:
         self._entries: dict[tuple[int, int], list[int]] = {}
         #: Handles removed because the NIC asked (SaDeleteReq), in order.
         self.delete_requests_honoured: list[int] = []
+        #: Called with the handles removed after a SaDeleteReq, outside the transport's lock.
+        self.on_delete_request: Callable[[tuple[int, ...]], None] | None = None
 
     @property
     def handles(self) -> tuple[int, ...]:
@@ -375,7 +433,7 @@ class OffloadTransport:
         """Add the pair to the NIC (outbound first) and bind both; returns (out, in) handles.
 
         Raises :class:`NotOffloadableError` before any request when either SA cannot be carried
-        by offload v1, and :class:`OffloadError` (with the NDIS_STATUS) when the NIC refuses.
+        by offload v1 or (with ``capabilities``) is not offered by the NIC, and :class:`OffloadError` (with the NDIS_STATUS) when the NIC refuses.
         Whatever goes wrong once the first ADD succeeded (an OffloadError or any other
         exception), what was added is deleted again before the exception propagates.
         """
@@ -396,6 +454,9 @@ class OffloadTransport:
             oid_in, buf_in = build_add_request(sa_in, inbound=True,
                                                keymat_order=self.keymat_order, filter=filter,
                                                entry_handle=known[0] if known else 0)
+            if self.capabilities is not None:
+                check_capabilities(sa_out, self.capabilities, inbound=False)
+                check_capabilities(sa_in, self.capabilities, inbound=True)
             udp_out = oid_out == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA
             udp_in = oid_in == Oid.TCP_TASK_IPSEC_ADD_UDPESP_SA
             added: list[tuple[int, bool, int]] = []  # (handle, udp, entry handle to drop)
@@ -419,11 +480,12 @@ class OffloadTransport:
             self._bound[h_in] = _Bound(sa_in, True, udp_in, entry_key, h_out)
             return h_out, h_in
 
-    def remove(self, handles: Iterable[int]) -> None:
+    def remove(self, handles: Iterable[int], *, missing_ok: bool = False) -> None:
         """Delete these SAs from the NIC and unbind them (they carry on in software).
 
         Raises :class:`UnknownHandleError` before anything is deleted if a handle is not bound
-        here. Otherwise every handle is processed; the bookkeeping of a handle changes only once
+        here, unless ``missing_ok`` (handles already gone, e.g. after a SaDeleteReq raced with
+        the caller, are then skipped). Otherwise every handle is processed; the bookkeeping of a handle changes only once
         its DELETE succeeded, so an SA whose DELETE failed stays bound and offloaded exactly as
         before (the caller may retry), and the first failure is raised afterwards as
         :class:`OffloadError`.
@@ -432,7 +494,9 @@ class OffloadTransport:
         with self._lock:
             handles = list(dict.fromkeys(handles))
             unknown = [h for h in handles if h not in self._bound]
-            if unknown:
+            if missing_ok:
+                handles = [h for h in handles if h in self._bound]
+            elif unknown:
                 raise UnknownHandleError("handles", f"{unknown} are not offloaded by this "
                                                     "transport")
             for handle in handles:
@@ -505,11 +569,22 @@ class OffloadTransport:
             sa._nic = _AhNicStep(self, sa, handle)
 
     def _delete_requested(self, handle: int) -> None:
-        """SaDeleteReq on the inbound SA ``handle``: delete it and its paired outbound SA."""
+        """SaDeleteReq on the inbound SA ``handle``: delete it and its paired outbound SA.
+
+        Runs inside a packet's receive step, so it never raises: a refused DELETE is logged and
+        that SA stays bound (module docstring)."""
         with self._lock:
             b = self._bound.get(handle)
             if b is None:
                 return
             pair = [handle] + ([b.peer] if b.peer in self._bound else [])
-            self.delete_requests_honoured.extend(pair)
-            self.remove(pair)
+            try:
+                self.remove(pair)
+            except OffloadError as exc:
+                log.warning("SaDeleteReq on offload handle %d: %s; the SA stays on the NIC",
+                            handle, exc)
+            gone = tuple(h for h in pair if h not in self._bound)
+            self.delete_requests_honoured.extend(gone)
+        hook = self.on_delete_request
+        if hook is not None and gone:
+            hook(gone)

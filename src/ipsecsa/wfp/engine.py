@@ -53,6 +53,7 @@ from ipsecsa.wfp.filters import (
     validate_filter,
 )
 from ipsecsa.wfp.notify import Notifier, Subscription
+from ipsecsa.wfp.offload import NicOffload
 from ipsecsa.wfp.persist import CHECKPOINT_PACKETS, SEQ_BLOCK
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
 from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
@@ -183,15 +184,18 @@ class Engine:
 
     ``clock`` returns seconds (default :func:`time.monotonic`); lifetimes, idle timeouts, the
     expire linger and the one-hour transaction limit use it. Waiting for another session's
-    transaction lock is real time.
+    transaction lock is real time. ``offload`` is a NIC with the :mod:`ipsecsa.ndis` miniport
+    interface (e.g. ``ipsecsa.ndis.Miniport()``): established contexts' SA pairs are offloaded
+    to it, best effort (:mod:`ipsecsa.wfp.offload`).
     """
 
     def __init__(self, *, database: str | os.PathLike[str] | None = None,
                  clock: Callable[[], float] | None = None, offload: Any = None,
                  database_key: bytes | None = None) -> None:
-        if offload is not None:
-            raise NotImplementedError("offloading SA contexts to an NDIS NIC (offload=) is not "
-                                      "built yet (issue 13); use offload=None")
+        #: issue 13: SA pairs of established contexts go to this NIC (best effort), see .offload.
+        self._offload = NicOffload(offload) if offload is not None else None
+        #: Test hook (known-answer tests only): the ``unsafe_iv_source`` of every SA built here.
+        self._unsafe_iv_source: Callable[[int], bytes] | None = None
         self._clock: Callable[[], float] = clock or time.monotonic
         self._closed = False
         self._lock = threading.RLock()
@@ -240,6 +244,8 @@ class Engine:
                 self._store.close()
             self._sessions.clear()
             self._contexts.clear()
+            if self._offload is not None:  # issue 13: the NIC keeps no SA of a stopped engine
+                self._offload.close()
         self._notifier.close()
 
     def grant(self, principal: str, rights: int, container: str = "engine") -> None:
@@ -919,7 +925,8 @@ class Engine:
         for part, spi in zip(spec.sas, spec.spis, strict=True):
             obj = describe(part, spi, direction, mode, local, remote, ctx.udp_encap, spec)
             try:
-                sas.append(SecurityAssociation.from_dict(obj, now=now))
+                sas.append(SecurityAssociation.from_dict(
+                    obj, now=now, unsafe_iv_source=self._unsafe_iv_source))
             except ConfigError as exc:
                 raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
         return tuple(sas)
@@ -980,6 +987,8 @@ class Engine:
                 ctx.out_limits = [sa.seq for sa in sas]
             self._persist_ctx(ctx)
             self._schedule(ctx)
+            if not inbound and self._offload is not None:
+                self._offload.established(ctx)  # issue 13: before AddOutbound returns
 
     @_api(0)
     def IPsecSaContextAddInbound0(self, engineHandle: Any, id: Any, inboundBundle: Any) -> None:
@@ -1081,6 +1090,8 @@ class Engine:
                 if not lst:
                     del self._by_out_filter[ctx.outbound_filter]
             self._changed()
+            if self._offload is not None:
+                self._offload.outbound_gone(ctx)  # issue 13: off the NIC at once
             for sa in b.sas:
                 sa.delete()
             self._retire("out", ctx, b)
@@ -1105,6 +1116,8 @@ class Engine:
                 sa.delete()
             self._retire("in", ctx, b)
             ctx.inbound_handle = ctx.inbound_bundle = None
+        if self._offload is not None:
+            self._offload.removed(ctx)  # issue 13: nothing of it stays on the NIC
         self._release_spi(ctx)
         if self._store is not None:
             self._store.delete_context(ctx.id)
@@ -1314,7 +1327,7 @@ class Engine:
         agg = T.IPSEC_AGGREGATE_SA_STATISTICS0(
             activeSas=active, pendingSaNegotiations=pending, totalSasAdded=g("totalSasAdded"),
             totalSasDeleted=g("totalSasDeleted"), successfulRekeys=0, activeTunnels=tunnels,
-            offloadedSas=sum(2 for c in self._contexts.values() if c.offloaded))
+            offloadedSas=self._offload.sa_count() if self._offload is not None else 0)
         esp = T.IPSEC_ESP_DROP_PACKET_STATISTICS0(
             invalidSpisOnInbound=g("esp:bad_spi"),
             decryptionFailuresOnInbound=g("esp:bad_padding") + g("esp:bad_length"),
