@@ -555,3 +555,22 @@ def test_linktype_field_with_fcs_bits_is_read_as_its_low_16_bits(tmp_path):
     path.write_bytes(header + record)
     packets = list(ipsecsa.io.pcap.read_packets(path))
     assert len(packets) == 1 and packets[0].ip == ip
+
+
+def test_pcap_writer_creates_captures_0600_like_key_files(tmp_path):
+    """A capture may hold decrypted traffic: 0600 whatever the umask, and an existing
+    world-readable file is narrowed when it is rewritten (issue 10)."""
+    fresh, old = tmp_path / "fresh.pcap", tmp_path / "old.pcap"
+    old.write_bytes(b"stale")
+    os.chmod(old, 0o644)
+    old_umask = os.umask(0)
+    try:
+        for path in (fresh, old):
+            with PcapWriter(path) as w:
+                w.write(P4)
+    finally:
+        os.umask(old_umask)
+    for path in (fresh, old):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        out, skipped = _read(path)
+        assert [p.data for p in out] == [P4] and not skipped

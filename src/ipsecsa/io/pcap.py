@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import IO, BinaryIO, NamedTuple, Self
 
 from ipsecsa.errors import ConfigError, IpsecsaError
+from ipsecsa.securefile import SECRET_FILE_MODE
 
 log = logging.getLogger("ipsecsa.io.pcap")
 
@@ -614,8 +615,9 @@ class PcapWriter:
     ``write(packet, ts=None)`` appends one IP packet (``ts`` in seconds since the epoch; now if
     None). With ``LINKTYPE_ETHERNET`` each packet gets the fixed synthetic header
     ``02:00:00:00:00:01 -> 02:00:00:00:00:02`` with the ethertype of its IP version. A path is
-    opened (and truncated) here and closed by :meth:`close` / the ``with`` block; a file object
-    passed in is flushed but left open.
+    opened (and truncated) here with mode 0600 -- it may hold decrypted traffic, so it is kept
+    like a key file (an existing file is narrowed to 0600 too) -- and closed by :meth:`close` /
+    the ``with`` block; a file object passed in is flushed but left open.
     """
 
     def __init__(self, target: str | os.PathLike[str] | BinaryIO,
@@ -631,7 +633,16 @@ class PcapWriter:
         self.snaplen = snaplen
         self._frac = 10**9 if nanosecond else 10**6
         if isinstance(target, (str, os.PathLike)):
-            self._file: IO[bytes] = open(target, "wb")  # noqa: SIM115 - closed in close()
+            # 0600 from the first byte, like key files: a capture we write may hold decrypted
+            # traffic. fchmod also narrows an existing file that O_CREAT leaves as it was.
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | getattr(os, "O_CLOEXEC", 0), SECRET_FILE_MODE)
+            try:
+                os.fchmod(fd, SECRET_FILE_MODE)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._file: IO[bytes] = os.fdopen(fd, "wb")
             self._owned = True
         else:
             self._file = target
