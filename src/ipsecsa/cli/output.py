@@ -33,7 +33,7 @@ json_option = click.option("--json", "as_json", is_flag=True,
 
 def sa_file_option(required: bool = True) -> Callable[[Any], Any]:
     return click.option("--sa-file", "-s", "sa_file", required=required, metavar="FILE",
-                        help="SA file ({\"sas\": [...]}, JSON or TOML; docs/sa-format-extensions.md).")
+                        help="SA file ({\"sas\": [...]}, JSON or TOML; docs/sa-format.md).")
 
 
 def load_sas(path: str, *, quiet: bool = False) -> list[SaConfig]:

@@ -1,4 +1,4 @@
-"""The SA description of ``shared/spec/sa-format.md``: parse, validate, load and dump.
+"""The SA description of ``docs/sa-format.md``: parse, validate, load and dump.
 
 ``SaConfig`` is the validated form; ``parse_sa`` turns one JSON object into it and
 ``SaConfig.to_dict`` back; ``load_sa_file``/``dump_sa_file`` handle ``{"sas": [...]}`` files.

@@ -1,4 +1,4 @@
-"""The typed, validated form of one SA description (``shared/spec/sa-format.md``).
+"""The typed, validated form of one SA description (``docs/sa-format.md``).
 
 :class:`SaConfig` is the single place where the *meaning* of a description is checked: ranges,
 which protocol may use which algorithm, lifetimes, mode-specific options. It validates itself on
@@ -180,7 +180,7 @@ class SaConfig:
     algorithm object is normalised to ``None`` so there is one way to say "no integrity".
     ``encryption`` is ``None`` exactly for AH. ``*_key`` is ``None`` exactly when its algorithm is.
     ``df``/``ttl``/``dscp`` are ipsecsa extensions for the outer header in tunnel mode
-    (``docs/sa-format-extensions.md``). ``warnings`` is derived: accepted but discouraged choices.
+    (``docs/sa-format.md``). ``warnings`` is derived: accepted but discouraged choices.
     """
 
     spi: int

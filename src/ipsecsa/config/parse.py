@@ -1,4 +1,4 @@
-"""sa-format JSON objects to :class:`SaConfig` and back (``shared/spec/sa-format.md``).
+"""sa-format JSON objects to :class:`SaConfig` and back (``docs/sa-format.md``).
 
 This module checks the *shape*: known keys at every level, JSON types, hex keys, algorithm names
 and aliases. The meaning (ranges, protocol/algorithm rules, lifetimes) is checked by
@@ -27,7 +27,7 @@ from ipsecsa.selectors import Selector
 _SA_KEYS = frozenset({
     "spi", "protocol", "mode", "direction", "src", "dst", "encryption", "integrity", "esn",
     "replay_window", "encapsulation", "selectors", "lifetime", "seq", "tfc_padding",
-    # ipsecsa extensions (docs/sa-format-extensions.md)
+    # ipsecsa extensions (docs/sa-format.md)
     "df", "ttl", "dscp",
 })
 _ALG_KEYS = frozenset({"algorithm", "key"})

@@ -1,6 +1,6 @@
 """The algorithm registry: canonical names, their parameters, and every alias people paste.
 
-The canonical names are those of ``shared/spec/sa-format.md``. Everything an SA description may
+The canonical names are those of ``docs/sa-format.md``. Everything an SA description may
 say instead (IKEv2 transform names and numbers, Linux ``ip xfrm`` names, strongSwan proposal
 keywords, Windows constants) resolves to one :class:`EncryptionAlgorithm` or
 :class:`IntegrityAlgorithm` here, so that the rest of the engine only ever sees canonical objects.
