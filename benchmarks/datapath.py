@@ -1,15 +1,22 @@
-"""Data-path throughput: ipsecsa protect/unprotect against raw cryptography and scapy.
+"""Data-path throughput: the native fast path and the Python path against their ceilings.
 
-A benchmark, not a test: run it as a script. For each algorithm and payload size it measures,
+A benchmark, not a test: run it as a script. For each algorithm and packet size it measures,
 in the same run and on the same payloads,
 
-* ``raw``: the bare ``cryptography`` call an ESP implementation cannot avoid (one AEAD
-  encrypt/decrypt; for CBC+HMAC one CBC encryptor plus one HMAC) — the ceiling;
-* ``ipsecsa``: ``SecurityAssociation.protect`` / ``unprotect`` (one packet per call) and the
-  batch forms;
-* ``scapy``: ``scapy.layers.ipsec.SecurityAssociation.encrypt`` / ``decrypt`` (if installed).
+* ``C loop``: the ceiling for per-packet AEAD here -- exactly the EVP calls one ESP packet needs
+  (new IV, AAD, payload, final, tag) in a C loop with the key set once
+  (``benchmarks/evp_ceiling.c``, compiled by this script against the system libcrypto);
+* ``raw``: the bare ``cryptography`` call an ESP implementation in Python cannot avoid (one
+  AEAD encrypt/decrypt; for CBC+HMAC one CBC encryptor plus one HMAC);
+* ``python``: ``SecurityAssociation.protect`` / ``unprotect`` on the pure-Python path
+  (``native=False``), one packet per call;
+* ``native``: the same calls on the native fast path (``ipsecsa._fastesp``), one packet per
+  call and ``protect_batch``/``unprotect_batch`` of 64;
+* ``scapy``: ``scapy.layers.ipsec.SecurityAssociation.encrypt`` / ``decrypt`` (if installed);
+* ``openssl speed -evp`` (informational: OpenSSL 3.0's ``speed`` re-keys on every operation);
+* two threads protecting (and unprotecting) batches on two SAs against one thread.
 
-It prints packets/s and the ratios ipsecsa/raw and ipsecsa/scapy. Single core, single thread.
+It prints packets/s and the ratios native batch / C loop. Single core unless stated.
 Usage: ``python benchmarks/datapath.py [--quick] [--mode tunnel|transport] [--markdown]``.
 """
 
@@ -18,8 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from hmac import compare_digest as hmac_compare
@@ -29,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 import ipsecsa
+from ipsecsa.datapath import native
 from ipsecsa.packet.ipv4 import build_ipv4_header
 from ipsecsa.packet.udp import build_udp
 
@@ -123,8 +135,8 @@ def _raw_calls(name: str, keys: dict, data: bytes) -> tuple[Callable[[], object]
     return enc, dec
 
 
-def _sa_pair(name: str, mode: str, keys: dict) -> tuple[ipsecsa.SecurityAssociation,
-                                                        ipsecsa.SecurityAssociation]:
+def _sa_pair(name: str, mode: str, keys: dict, use_native: bool = False
+             ) -> tuple[ipsecsa.SecurityAssociation, ipsecsa.SecurityAssociation]:
     spec = ALGORITHMS[name]
     base = {"spi": 0xC0001000, "protocol": "esp", "mode": mode,
             "src": "10.0.0.1" if mode == "transport" else "192.0.2.1",
@@ -132,9 +144,52 @@ def _sa_pair(name: str, mode: str, keys: dict) -> tuple[ipsecsa.SecurityAssociat
             "encryption": {"algorithm": spec["encryption"][0], "key": keys["enc"].hex()}}
     if spec["integrity"]:
         base["integrity"] = {"algorithm": spec["integrity"][0], "key": keys["int"].hex()}
-    out = ipsecsa.SecurityAssociation.from_dict(dict(base, direction="outbound"))
-    inn = ipsecsa.SecurityAssociation.from_dict(dict(base, direction="inbound"))
+    out = ipsecsa.SecurityAssociation.from_dict(dict(base, direction="outbound"),
+                                                native=use_native)
+    inn = ipsecsa.SecurityAssociation.from_dict(dict(base, direction="inbound"),
+                                                native=use_native)
     return out, inn
+
+
+# ------------------------------------------------------------------------ the C-loop ceiling
+_EVP_NAMES = {"aes-gcm-128": "aes-128-gcm", "chacha20-poly1305": "chacha20-poly1305"}
+
+
+def _build_ceiling() -> str | None:
+    """Compile evp_ceiling.c against the system libcrypto; the binary's path or None."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evp_ceiling.c")
+    exe = os.path.join(tempfile.mkdtemp(prefix="ipsecsa-bench-"), "evp_ceiling")
+    done = subprocess.run([cc, "-O2", "-o", exe, src, "-lcrypto"], capture_output=True,
+                          check=False)
+    return exe if done.returncode == 0 else None
+
+
+def _ceiling(exe: str | None, name: str, enc: bool, size: int, n: int, repeat: int
+             ) -> float | None:
+    if exe is None or name not in _EVP_NAMES:
+        return None
+    out = subprocess.run([exe, _EVP_NAMES[name], "enc" if enc else "dec", str(size), str(n),
+                          str(repeat)], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def _openssl_speed(name: str, size: int) -> float | None:
+    """``openssl speed -evp`` in packets/s of ``size`` bytes (informational)."""
+    if name not in _EVP_NAMES or shutil.which("openssl") is None:
+        return None
+    out = subprocess.run(["openssl", "speed", "-evp", _EVP_NAMES[name], "-bytes", str(size),
+                          "-seconds", "1"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"([0-9.]+)k\s*$", out.strip())
+    return float(m.group(1)) * 1000 / size if m else None
+
+
+def _esp_plaintext_len(size: int, mode: str) -> int:
+    """Bytes the AEAD processes for a ``size``-byte inner packet (payload, padding, trailer)."""
+    body = size if mode == "tunnel" else size - 20
+    return body + 2 + (-(body + 2) % 4)
 
 
 def _scapy_pair(name: str, mode: str, keys: dict):
@@ -157,38 +212,44 @@ def _scapy_pair(name: str, mode: str, keys: dict):
 def run(quick: bool, mode: str, markdown: bool) -> list[dict]:
     n = 2000 if quick else 20000
     repeat = 3 if quick else 5
+    exe = _build_ceiling()
     rows = []
     for name, spec in ALGORITHMS.items():
         keys = {"enc": os.urandom(spec["encryption"][1]),
                 "int": os.urandom(spec["integrity"][1]) if spec["integrity"] else b""}
-        out, inn = _sa_pair(name, mode, keys)
+        py_out, _ = _sa_pair(name, mode, keys)
+        nat_out, _ = _sa_pair(name, mode, keys, True)
         scapy = _scapy_pair(name, mode, keys)
         for size in SIZES:
             pkt = _packet(size - 28) if size > 28 else _packet(0)
-            prot = out.protect(pkt).packet
-            assert inn.unprotect(prot).packet == pkt
             raw_enc, raw_dec = _raw_calls(name, keys, pkt)
+            ptlen = _esp_plaintext_len(size, mode)
             row = {"algorithm": name, "size": size, "mode": mode}
+            row["ceiling_protect"] = _ceiling(exe, name, True, ptlen, n * 5, repeat)
+            row["ceiling_unprotect"] = _ceiling(exe, name, False, ptlen, n * 5, repeat)
             row["raw_protect"] = _rate(raw_enc, n, repeat)
             row["raw_unprotect"] = _rate(raw_dec, n, repeat)
-            row["protect"] = _rate(lambda out=out, pkt=pkt: out.protect(pkt), n, repeat)
+            row["py_protect"] = _rate(lambda sa=py_out, pkt=pkt: sa.protect(pkt), n, repeat)
+            row["protect"] = _rate(lambda sa=nat_out, pkt=pkt: sa.protect(pkt), n, repeat)
             batch = [pkt] * 64
-            row["protect_batch"] = 64 * _rate(lambda out=out, b=batch: out.protect_batch(b), n // 64,
-                                              repeat)
+            row["protect_batch"] = 64 * _rate(
+                lambda sa=nat_out, b=batch: sa.protect_batch(b), n // 64 * 4, repeat)
             # Inbound: a stream of distinct packets (sequence numbers 1..n) through a fresh SA
             # with the default anti-replay window, so check+commit do their real work.
             fresh_out = _sa_pair(name, mode, keys)[0]
-            stream = [fresh_out.protect(pkt).packet for _ in range(n)]
+            stream = [fresh_out.protect(pkt).packet for _ in range(n * 4)]
 
-            def fresh_in(name=name, keys=keys):
-                return _sa_pair(name, mode, keys)[1]
+            def fresh_in(name=name, keys=keys, use_native=False):
+                return _sa_pair(name, mode, keys, use_native)[1]
 
-            row["unprotect"] = _rate_stream(fresh_in, stream, repeat)
-            row["unprotect_batch"] = _rate_stream(fresh_in, stream, repeat, batch=True)
+            assert fresh_in(use_native=True).unprotect(stream[0]).packet == pkt
+            row["py_unprotect"] = _rate_stream(fresh_in, stream[:n], repeat)
+            row["unprotect"] = _rate_stream(lambda: fresh_in(use_native=True), stream, repeat)
+            row["unprotect_batch"] = _rate_stream(lambda: fresh_in(use_native=True), stream,
+                                                  repeat, batch=True)
             if scapy is not None:
                 ssa, IP = scapy
-                sp = IP(pkt)
-                enc = ssa.encrypt(sp)
+                enc = ssa.encrypt(IP(pkt))
                 sn = max(200, n // 20)
                 row["scapy_protect"] = _rate(
                     lambda ssa=ssa, IP=IP, pkt=pkt: bytes(ssa.encrypt(IP(pkt))), sn, repeat)
@@ -200,23 +261,71 @@ def run(quick: bool, mode: str, markdown: bool) -> list[dict]:
     return rows
 
 
-def _print_row(r: dict, markdown: bool) -> None:
-    def k(x: float) -> str:
-        return f"{x / 1000:.0f}k"
+def threads(mode: str, quick: bool) -> dict[str, float]:
+    """AES-GCM-128, 1400 bytes: packets/s of protect_batch/unprotect_batch of 64 on one SA in
+    one thread, and on two SAs in two threads (the GIL released around the crypto)."""
+    seconds = 1.0 if quick else 3.0
+    keys = {"enc": os.urandom(20), "int": b""}
+    pkt = _packet(1400 - 28)
+    batch = [pkt] * 64
+    out: dict[str, float] = {}
+    for direction in ("protect", "unprotect"):
+        for k in (1, 2):
+            sas = [_sa_pair("aes-gcm-128", mode, keys, True) for _ in range(k)]
+            streams = []
+            if direction == "unprotect":
+                for o, _ in sas:
+                    streams.append([r.packet for r in o.protect_batch([pkt] * 50000)])
+            counts = [0] * k
+            stop = threading.Event()
 
-    sp = r.get("scapy_protect")
-    su = r.get("scapy_unprotect")
+            def work(j: int, sas=sas, streams=streams, counts=counts, stop=stop,
+                     direction=direction) -> None:
+                o, i = sas[j]
+                pos = 0
+                while not stop.is_set():
+                    if direction == "protect":
+                        o.protect_batch(batch)
+                    else:
+                        s = streams[j]
+                        if pos + 64 > len(s):
+                            break
+                        i.unprotect_batch(s[pos:pos + 64])
+                        pos += 64
+                    counts[j] += 64
+
+            ts = [threading.Thread(target=work, args=(j,)) for j in range(k)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            time.sleep(seconds if direction == "protect" else seconds / 3)
+            stop.set()
+            for t in ts:
+                t.join()
+            out[f"{direction}_{k}"] = sum(counts) / (time.perf_counter() - t0)
+    return out
+
+
+def _print_row(r: dict, markdown: bool) -> None:
+    def k(x: float | None) -> str:
+        return "-" if x is None else f"{x / 1000:.0f}k"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "-" if not a or not b else f"{a / b:.2f}"
+
+    sp, su = r.get("scapy_protect"), r.get("scapy_unprotect")
     cells = [r["algorithm"], str(r["size"]),
-             k(r["raw_protect"]), k(r["protect"]), k(r["protect_batch"]),
-             f"{r['protect'] / r['raw_protect']:.2f}",
-             f"{r['protect'] / sp:.0f}x" if sp else "-",
-             k(r["raw_unprotect"]), k(r["unprotect"]), k(r["unprotect_batch"]),
-             f"{r['unprotect'] / r['raw_unprotect']:.2f}",
-             f"{r['unprotect'] / su:.0f}x" if su else "-"]
+             k(r["ceiling_protect"]), k(r["raw_protect"]), k(r["py_protect"]), k(r["protect"]),
+             k(r["protect_batch"]), ratio(r["protect_batch"], r["ceiling_protect"]),
+             f"{r['protect_batch'] / sp:.0f}x" if sp else "-",
+             k(r["ceiling_unprotect"]), k(r["raw_unprotect"]), k(r["py_unprotect"]),
+             k(r["unprotect"]), k(r["unprotect_batch"]),
+             ratio(r["unprotect_batch"], r["ceiling_unprotect"]),
+             f"{r['unprotect_batch'] / su:.0f}x" if su else "-"]
     if markdown:
-        print("| " + " | ".join(cells) + " |")
+        print("| " + " | ".join(cells) + " |", flush=True)
     else:
-        print("  ".join(f"{c:>10}" for c in cells))
+        print("  ".join(f"{c:>9}" for c in cells), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,23 +334,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
+    if not native.available():
+        print(f"native fast path off: {native.why_off()}", file=sys.stderr)
+        return 2
     print(f"# {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.machine()}, {os.cpu_count()} cpus; cryptography "
-          f"{__import__('cryptography').__version__}; mode={args.mode}; pkt/s, best of runs")
-    head = ["algorithm", "bytes", "raw enc", "protect", "batch", "prot/raw", "vs scapy",
-            "raw dec", "unprotect", "batch", "unprot/raw", "vs scapy"]
+          f"{__import__('cryptography').__version__}; {ipsecsa.info()['openssl']}; "
+          f"mode={args.mode}; pkt/s, best of runs")
+    head = ["algorithm", "bytes", "C loop enc", "raw enc", "python", "native", "batch",
+            "batch/C", "vs scapy", "C loop dec", "raw dec", "python", "native", "batch",
+            "batch/C", "vs scapy"]
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
     else:
-        print("  ".join(f"{c:>10}" for c in head))
+        print("  ".join(f"{c:>9}" for c in head))
     rows = run(args.quick, args.mode, args.markdown)
-    gcm = [r for r in rows if r["algorithm"] == "aes-gcm-128" and r["size"] in (64, 1400)]
-    worst = min(min(r["protect"] / r["raw_protect"], r["unprotect"] / r["raw_unprotect"])
-                for r in gcm)
-    print(f"# AES-GCM worst ratio to raw cryptography at 64/1400 bytes: {worst:.2f} "
-          f"(target 0.60); median over all rows "
-          f"{statistics.median(r['protect'] / r['raw_protect'] for r in rows):.2f}")
+    for r in rows:
+        if r["size"] in (64, 1400) and r["algorithm"] in _EVP_NAMES:
+            sp = _openssl_speed(r["algorithm"], r["size"])
+            if sp:
+                print(f"# openssl speed -evp {_EVP_NAMES[r['algorithm']]} {r['size']} bytes: "
+                      f"{sp / 1000:.0f}k pkt/s; native batch protect / that = "
+                      f"{r['protect_batch'] / sp:.2f}")
+    worst = min(min(r["protect_batch"] / r["ceiling_protect"],
+                    r["unprotect_batch"] / r["ceiling_unprotect"])
+                for r in rows if r["size"] in (64, 1400) and r["ceiling_protect"])
+    print(f"# AEAD worst ratio native batch / C loop at 64 and 1400 bytes: {worst:.2f} "
+          "(target 0.75)")
+    t = threads(args.mode, args.quick)
+    print(f"# two threads on two SAs (aes-gcm-128, 1400 B, batches of 64): protect "
+          f"{t['protect_2'] / 1000:.0f}k vs one thread {t['protect_1'] / 1000:.0f}k = "
+          f"{t['protect_2'] / t['protect_1']:.2f}x; unprotect {t['unprotect_2'] / 1000:.0f}k vs "
+          f"{t['unprotect_1'] / 1000:.0f}k = {t['unprotect_2'] / t['unprotect_1']:.2f}x "
+          "(target 1.6x)")
     return 0
 
 
