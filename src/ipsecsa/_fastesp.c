@@ -331,26 +331,28 @@ static PyTypeObject Replay_Type = {
 };
 
 /* ================================================================== Esp */
+/* One per installed SA, so kept small (the SA database holds millions): narrow fields, EVP
+ * contexts created on first use (an idle SA costs no OpenSSL memory), keys kept until then. */
 typedef struct {
     PyObject_HEAD
     PyObject *sa;         /* the SecurityAssociation (strong; GC-traversed) */
     ReplayObject *replay; /* its window, or NULL on an outbound-only SA */
     PyObject *iv_source;  /* deterministic IV source for known-answer tests, or NULL */
-    pthread_mutex_t lock; /* around the EVP contexts */
     EVP_CIPHER_CTX *ectx, *dctx;
     EVP_MAC_CTX *emac, *dmac;
     const EVP_CIPHER *cipher;
+    const char *md;       /* HMAC digest name (a static string) */
     uint64_t iv_mask;
-    uint32_t spi;
-    int alg, keylen, ikeylen, icvlen, ivlen, bmask, block, check_blocks, min_esp, overhead;
-    int tunnel, v6, encap, esn, tfc, ttl, dscp, df_fixed, alen;
-    uint32_t o4sum;
-    uint16_t sport, dport;
+    pthread_mutex_t lock; /* around the EVP contexts */
+    uint32_t spi, o4sum, tfc;
+    uint16_t sport, dport, min_esp, overhead;
+    int16_t dscp, df_fixed;
+    uint8_t alg, keylen, ikeylen, icvlen, ivlen, bmask, block, check_blocks;
+    uint8_t tunnel, v6, encap, esn, ttl, alen;
     uint8_t src[16], dst[16];
     uint8_t salt[4];
     uint8_t key[32];
     uint8_t ikey[64];
-    char md[16];
 } EspObject;
 
 static PyTypeObject Esp_Type;
@@ -447,7 +449,12 @@ static int store_view(EspObject *self, View *v, int outbound)
 static PyObject *drop_obj(EspObject *self, PyObject *reason)
 {
     PyObject *d = SLOT(self, off_drops);
-    if (!d || !PyDict_Check(d)) {
+    if (!d || d == Py_None) {  /* created on the SA's first drop, as SecurityAssociation._drop does */
+        d = PyDict_New();
+        if (!d) return NULL;
+        Py_XSETREF(SLOT(self, off_drops), d);
+    }
+    if (!PyDict_Check(d)) {
         PyErr_SetString(PyExc_TypeError, "SA _drops is not a dict");
         return NULL;
     }
@@ -503,7 +510,7 @@ static int ensure_cipher(EspObject *self, int enc)
             EVP_MAC_CTX *m = EVP_MAC_CTX_new(m_hmac);
             if (!m) return 0;
             OSSL_PARAM p[2] = {
-                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, self->md, 0),
+                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)self->md, 0),
                 OSSL_PARAM_construct_end()};
             if (!EVP_MAC_init(m, self->ikey, (size_t)self->ikeylen, p)) {
                 EVP_MAC_CTX_free(m);
@@ -1582,26 +1589,34 @@ static PyObject *Esp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     EspObject *self = (EspObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     pthread_mutex_init(&self->lock, NULL);
-    int len, saltlen;
-    self->alg = alg;
-    if (copy_bytes(key, self->key, 32, &self->keylen, "key") ||
+    int len, saltlen, keylen, ikeylen;
+    self->alg = (uint8_t)alg;
+    if (copy_bytes(key, self->key, 32, &keylen, "key") ||
         copy_bytes(salt, self->salt, 4, &saltlen, "salt"))
         goto fail;
+    self->keylen = (uint8_t)keylen;
     if (alg == ALG_GCM || alg == ALG_GMAC) {
-        int ix = self->keylen == 16 ? 0 : self->keylen == 24 ? 1 : self->keylen == 32 ? 2 : -1;
+        int ix = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
         if (ix < 0 || saltlen != 4) goto badkey;
         self->cipher = c_gcm[ix];
     } else if (alg == ALG_CHACHA) {
-        if (self->keylen != 32 || saltlen != 4) goto badkey;
+        if (keylen != 32 || saltlen != 4) goto badkey;
         self->cipher = c_chacha;
     } else if (alg == ALG_CBC_HMAC) {
-        int ix = self->keylen == 16 ? 0 : self->keylen == 24 ? 1 : self->keylen == 32 ? 2 : -1;
+        int ix = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
         if (ix < 0) goto badkey;
         self->cipher = c_cbc[ix];
-        if (copy_bytes(ikey, self->ikey, 64, &self->ikeylen, "ikey")) goto fail;
+        if (copy_bytes(ikey, self->ikey, 64, &ikeylen, "ikey")) goto fail;
+        self->ikeylen = (uint8_t)ikeylen;
         const char *m = PyUnicode_AsUTF8(md);
-        if (!m || strlen(m) >= sizeof self->md) goto fail;
-        strcpy(self->md, m);
+        static const char *digests[] = {"SHA1", "SHA256", "SHA384", "SHA512"};
+        self->md = NULL;
+        for (size_t i = 0; m && i < sizeof digests / sizeof digests[0]; i++)
+            if (!strcmp(m, digests[i])) self->md = digests[i];
+        if (!self->md) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "unknown HMAC digest");
+            goto fail;
+        }
     } else {
         PyErr_SetString(PyExc_ValueError, "unknown algorithm");
         goto fail;
@@ -1611,20 +1626,22 @@ static PyObject *Esp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         goto fail;
     }
     if (icv < 0 || icv > 32 || (alg != ALG_CBC_HMAC && icv > 16) || ivl < 0 || ivl > 16 ||
-        block < 1 || block > 16 || (block & (block - 1))) {
+        block < 1 || block > 16 || (block & (block - 1)) || ttl < 0 || ttl > 255 ||
+        dscp < -1 || dscp > 63 || (df != -1 && df != 0 && df != 0x4000) || tfc < 0 ||
+        sport < 0 || sport > 65535 || dport < 0 || dport > 65535) {
         PyErr_SetString(PyExc_ValueError, "bad lengths");
         goto fail;
     }
-    self->icvlen = icv;
-    self->ivlen = ivl;
-    self->block = block;
-    self->bmask = block - 1;
+    self->icvlen = (uint8_t)icv;
+    self->ivlen = (uint8_t)ivl;
+    self->block = (uint8_t)block;
+    self->bmask = (uint8_t)(block - 1);
     self->check_blocks = block > 4;
-    self->min_esp = ESP_HDR + ivl + (block > 4 ? block : 4) + icv;
-    self->overhead = ESP_HDR + ivl + icv;
-    self->tunnel = tunnel;
-    self->v6 = v6;
-    self->encap = encap;
+    self->min_esp = (uint16_t)(ESP_HDR + ivl + (block > 4 ? block : 4) + icv);
+    self->overhead = (uint16_t)(ESP_HDR + ivl + icv);
+    self->tunnel = (uint8_t)tunnel;
+    self->v6 = (uint8_t)v6;
+    self->encap = (uint8_t)encap;
     self->sport = (uint16_t)sport;
     self->dport = (uint16_t)dport;
     self->alen = v6 ? 16 : 4;
@@ -1633,11 +1650,11 @@ static PyObject *Esp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "address length");
         goto fail;
     }
-    self->ttl = ttl;
-    self->dscp = dscp;
-    self->df_fixed = df;
-    self->tfc = tfc;
-    self->esn = esn;
+    self->ttl = (uint8_t)ttl;
+    self->dscp = (int16_t)dscp;
+    self->df_fixed = (int16_t)df;
+    self->tfc = (uint32_t)tfc;
+    self->esn = (uint8_t)esn;
     self->iv_mask = iv_mask;
     if (!v6)
         self->o4sum = (0x45u << 8) + ((uint32_t)ttl << 8) + (uint32_t)(encap ? PROTO_UDP : PROTO_ESP) +

@@ -189,9 +189,12 @@ def COUNTER_IV(seq: int) -> bytes:
     return _PACK_Q(seq)
 
 
-def _new_iv_mask() -> int:
+def new_iv_mask() -> int:
     """A fresh random 64-bit mask for one transform object's counter IVs (see module doc)."""
     return int.from_bytes(os.urandom(8), "big")
+
+
+_new_iv_mask = new_iv_mask
 
 
 def _checked_iv_source(source: IvSource, n: int) -> IvSource:
@@ -204,12 +207,14 @@ def _checked_iv_source(source: IvSource, n: int) -> IvSource:
     return iv_of
 
 
-def _counter_ivs(unsafe_iv_source: IvSource | None) -> tuple[int, IvSource]:
-    """``(iv_mask, iv_of)`` for a counter-IV transform: a fresh random mask and
-    ``iv_of(seq) = (seq ^ mask)`` as 8 bytes big-endian, or mask 0 and the checked override."""
+def _counter_ivs(unsafe_iv_source: IvSource | None, mask: int | None = None
+                 ) -> tuple[int, IvSource]:
+    """``(iv_mask, iv_of)`` for a counter-IV transform: a fresh random mask (or the given one)
+    and ``iv_of(seq) = (seq ^ mask)`` as 8 bytes big-endian, or mask 0 and the checked override."""
     if unsafe_iv_source is not None:
         return 0, _checked_iv_source(unsafe_iv_source, 8)
-    mask = _new_iv_mask()
+    if mask is None:
+        mask = _new_iv_mask()
     pack_q = _PACK_Q
 
     def iv_of(seq: int) -> bytes:
@@ -274,7 +279,8 @@ class _AeadTransform(EspTransform):
     )
 
     def __init__(
-        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None
+        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None,
+        iv_mask: int | None = None,
     ):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
@@ -291,7 +297,7 @@ class _AeadTransform(EspTransform):
             aead = ChaCha20Poly1305(cipher_key)
         self._encrypt = aead.encrypt
         self._decrypt = aead.decrypt
-        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
+        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source, iv_mask)
         # GCM with a truncated ICV: tag = the first n bytes of the full tag (RFC 4106 §6, SP
         # 800-38D §5.2.1.2). Sealing drops the tail; opening needs a Cipher context (see module doc).
         self._drop = _GCM_FULL_TAG - n if enc.kind == "gcm" else 0
@@ -349,7 +355,8 @@ class _GmacTransform(EspTransform):
     __slots__ = ("_decrypt", "_encrypt", "_esn", "_iv_of", "_salt", "open", "seal")
 
     def __init__(
-        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None
+        self, enc: EncryptionAlgorithm, key: bytes, esn: bool, unsafe_iv_source: IvSource | None,
+        iv_mask: int | None = None,
     ):
         self.algorithm = enc.name
         self.iv_len = enc.iv_len
@@ -360,7 +367,7 @@ class _GmacTransform(EspTransform):
         self._encrypt = aead.encrypt
         self._decrypt = aead.decrypt
         self._esn = esn
-        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
+        self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source, iv_mask)
         # Slots shadowing EspTransform's documenting methods (see _AeadTransform).
         self.seal = self._seal_gmac  # type: ignore[method-assign]
         self.open = self._open_gmac  # type: ignore[method-assign]
@@ -402,6 +409,7 @@ class _EncryptThenMac(EspTransform):
         integ_key: bytes | None,
         esn: bool,
         unsafe_iv_source: IvSource | None,
+        iv_mask: int | None = None,
     ):
         self.algorithm = enc.name if integ is None else f"{enc.name}+{integ.name}"
         self.iv_len = enc.iv_len
@@ -425,7 +433,7 @@ class _EncryptThenMac(EspTransform):
         self.icv_len = 0 if self._mac is None else integ.icv_len  # type: ignore[union-attr]
         self.iv_mask = 0
         if enc.kind == "ctr":
-            self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source)
+            self.iv_mask, self._iv_of = _counter_ivs(unsafe_iv_source, iv_mask)
         elif unsafe_iv_source is not None:
             if unsafe_iv_source is COUNTER_IV:
                 raise ConfigError(
@@ -497,6 +505,7 @@ def make_esp_transform(
     *,
     esn: bool,
     unsafe_iv_source: IvSource | None = None,
+    iv_mask: int | None = None,
 ) -> EspTransform:
     """Build the per-SA ESP transform; validates the combination and the key lengths.
 
@@ -505,7 +514,10 @@ def make_esp_transform(
     and :class:`KeyLengthError` naming ``encryption.key`` / ``integrity.key``.
 
     ``unsafe_iv_source(seq) -> bytes`` replaces IV generation -- known-answer tests only (module
-    doc); without it counter IVs are ``seq ^ iv_mask`` with a fresh random mask per transform.
+    doc); without it counter IVs are ``seq ^ iv_mask`` with a fresh random mask per transform,
+    or with ``iv_mask`` when given: an SA that builds its transform only when its Python path
+    first needs it draws the mask up front, so that its native path (which uses the mask from
+    the start) and the Python path share it and never repeat an IV (ipsecsa.datapath.native).
     """
     if integ is not None and integ.name == "none":
         integ = None
@@ -517,8 +529,8 @@ def make_esp_transform(
                 f"{enc.name} is a combined-mode algorithm with its own ICV; integrity must be none",
             )
         if enc.kind == "gmac":
-            return _GmacTransform(enc, enc_key, esn, unsafe_iv_source)
-        return _AeadTransform(enc, enc_key, esn, unsafe_iv_source)
+            return _GmacTransform(enc, enc_key, esn, unsafe_iv_source, iv_mask)
+        return _AeadTransform(enc, enc_key, esn, unsafe_iv_source, iv_mask)
     if integ is None:
         if enc.kind == "null":
             raise ConfigError(
@@ -534,7 +546,18 @@ def make_esp_transform(
         if integ_key is None:
             raise ConfigError(_INTEG_KEY, f"{integ.name} needs a key")
         check_key(integ, integ_key, _INTEG_KEY)
-    return _EncryptThenMac(enc, enc_key, integ, integ_key, esn, unsafe_iv_source)
+    return _EncryptThenMac(enc, enc_key, integ, integ_key, esn, unsafe_iv_source, iv_mask)
+
+
+def esp_lengths(enc: EncryptionAlgorithm, integ: IntegrityAlgorithm | None
+                ) -> tuple[int, int, int]:
+    """``(iv_len, icv_len, block_size)`` of the transform :func:`make_esp_transform` would build
+    for this (valid) combination, without building it."""
+    if integ is not None and integ.name == "none":
+        integ = None
+    if enc.aead:
+        return enc.iv_len, enc.icv_len, enc.block_size
+    return enc.iv_len, 0 if integ is None else integ.icv_len, enc.block_size
 
 
 # --- AH -----------------------------------------------------------------------------------------
@@ -653,4 +676,5 @@ def make_ah_integrity(
     return AhIntegrity(integ, key, esn)
 
 
-__all__ = ["COUNTER_IV", "AhIntegrity", "EspTransform", "make_ah_integrity", "make_esp_transform"]
+__all__ = ["COUNTER_IV", "AhIntegrity", "EspTransform", "esp_lengths", "make_ah_integrity",
+           "make_esp_transform", "new_iv_mask"]

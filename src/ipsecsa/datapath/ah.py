@@ -161,7 +161,7 @@ class AhSA(SecurityAssociation):
     )
 
     # ----------------------------------------------------------------- per-SA preparation
-    def _build(self, unsafe_iv_source: IvSource | None) -> None:
+    def _build(self, unsafe_iv_source: IvSource | None, native: bool = False) -> None:
         c = self.config
         integ = c.integrity
         if integ is None or integ.name == "none" or c.integrity_key is None:

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ipsecsa.crypto.transforms import make_esp_transform
+from ipsecsa.crypto.transforms import EspTransform, esp_lengths, make_esp_transform, new_iv_mask
 from ipsecsa.datapath import native as _native
 from ipsecsa.datapath.replay import ReplayWindow
 from ipsecsa.datapath.result import DROPPED, HELD, Result
@@ -91,7 +91,8 @@ class EspSA(SecurityAssociation):
         "_encap",
         "_icvlen",
         "_ident",
-        "_in_batch",
+        "_iv_mask",
+        "_iv_src",
         "_ivlen",
         "_min_esp",
         "_nat",
@@ -99,24 +100,45 @@ class EspSA(SecurityAssociation):
         "_o4proto",
         "_o4sum",
         "_open",
-        "_out_batch",
         "_outer_extra",
         "_overhead",
-        "_py_in",
-        "_py_out",
         "_seal",
         "_spi_b",
         "_sport",
         "_src",
         "_tfc",
+        "_transform",
         "_ttl",
         "_v6",
         "protect",
-        "transform",
         "unprotect",
     )
 
+    #: The Python path's crypto step; None on a native SA until the Python path first needs it.
+    _transform: EspTransform | None
+
     # ----------------------------------------------------------------- per-SA preparation
+    @property
+    def transform(self) -> EspTransform:
+        """The per-SA crypto step of the Python path (:mod:`ipsecsa.crypto.transforms`); on the
+        native path built on first use."""
+        t = self._transform
+        return self._make_transform() if t is None else t
+
+    def _make_transform(self) -> EspTransform:
+        c = self.config
+        key = c.encryption_key.bytes if c.encryption_key is not None else b""
+        ikey = c.integrity_key.bytes if c.integrity_key is not None else None
+        integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
+        t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
+                               unsafe_iv_source=self._iv_src,
+                               iv_mask=getattr(self, "_iv_mask", None))
+        self._transform = t
+        #: The crypto step of the Python path (a NIC model does it instead when ``_nic`` is set).
+        self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
+        self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open
+        return t
+
     def _wants_native(self, config: object, native: bool | None) -> bool:
         if native is None:
             native = _native.default()
@@ -138,19 +160,25 @@ class EspSA(SecurityAssociation):
     def _attach_native(self, unsafe_iv_source: IvSource | None) -> None:
         self._nat = _native.engine_for(self, unsafe_iv_source)
 
-    def _build(self, unsafe_iv_source: IvSource | None) -> None:
+    def _build(self, unsafe_iv_source: IvSource | None, native: bool = False) -> None:
         self._nat = None
         c = self.config
-        key = c.encryption_key.bytes if c.encryption_key is not None else b""
-        ikey = c.integrity_key.bytes if c.integrity_key is not None else None
         integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
-        self.transform = t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
-                                                unsafe_iv_source=unsafe_iv_source)
-        #: The crypto step; a NIC model or native engine may replace these two.
-        self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
-        self._open: Callable[[bytes, int, bytes, bytes], bytes | None] = t.open
+        self._iv_src = unsafe_iv_source
+        if native:
+            # The native engine does the crypto; the Python transform (and its cryptography
+            # objects, ~1.4 KB per SA) is built only if the Python path ever needs it, with the
+            # counter-IV mask drawn here so that both paths share it. ``_seal``/``_open`` stay
+            # unset until then: the Python path is entered through _py_out/_py_in, which build.
+            self._transform = None
+            self._iv_mask = 0 if unsafe_iv_source is not None else new_iv_mask()
+            ivlen, icvlen, block = esp_lengths(c.encryption, integ)
+        else:
+            t = self._make_transform()
+            self._iv_mask = t.iv_mask
+            ivlen, icvlen, block = t.iv_len, t.icv_len, t.block_size
         replay = self._replay
-        if t.icv_len == 0 and replay is not None and replay.size:
+        if icvlen == 0 and replay is not None and replay.size:
             # Encryption-only ESP: nothing authenticates the sequence number, so a forged packet
             # would move the window and lock out the genuine traffic (RFC 4303 §3.4.3 updates
             # the window only after integrity verification). Anti-replay is therefore off;
@@ -158,13 +186,13 @@ class EspSA(SecurityAssociation):
             log.warning("SA 0x%08x: encryption-only ESP, anti-replay turned off (no ICV to "
                         "protect the window)", c.spi)
             self._window = ReplayWindow(0, c.esn, top=replay.top)
-        self._ivlen = t.iv_len
-        self._icvlen = t.icv_len
-        self._block = t.block_size
-        self._bmask = t.block_size - 1
-        self._check_blocks = t.block_size > 4
-        self._overhead = ESP_HEADER_LEN + t.iv_len + t.icv_len
-        self._min_esp = ESP_HEADER_LEN + t.iv_len + max(t.block_size, 4) + t.icv_len
+        self._ivlen = ivlen
+        self._icvlen = icvlen
+        self._block = block
+        self._bmask = block - 1
+        self._check_blocks = block > 4
+        self._overhead = ESP_HEADER_LEN + ivlen + icvlen
+        self._min_esp = ESP_HEADER_LEN + ivlen + max(block, 4) + icvlen
         self._spi_b = _U32(c.spi)
         self._tfc = c.tfc_padding if c.mode == "tunnel" else 0
         encap = c.encapsulation
@@ -191,21 +219,29 @@ class EspSA(SecurityAssociation):
         return self._out_transport, self._in_any
 
     def _bind(self) -> None:
-        """Bind the Python paths (``_py_out``/``_py_in``: the reference, and where the native
-        engine hands packets it does not take), then put the native engine in front of them
-        for the directions this SA may use."""
+        """Bind the Python paths, then put the native engine in front of them for the
+        direction this SA may use (it hands what it does not take to ``_py_out``/``_py_in``)."""
         super()._bind()
-        self._py_out, self._py_in = self.protect, self.unprotect
-        self._out_batch = self._in_batch = None
         nat = self._nat
         if nat is None:
             return
         if self.direction == "outbound":
             self.protect = nat.protect  # type: ignore[method-assign]
-            self._out_batch = nat.protect_batch
-        if self.direction != "outbound":
+        else:
             self.unprotect = nat.unprotect  # type: ignore[method-assign]
-            self._in_batch = nat.unprotect_batch
+
+    def _py_out(self, pkt: bytes, now: float | None = None) -> Result:
+        """The Python path of ``protect`` (the reference): where the native engine hands the
+        packets it does not take. Builds the Python transform on first use."""
+        if self._transform is None:
+            self._make_transform()
+        return (self._out_tunnel if self.mode == "tunnel" else self._out_transport)(pkt, now)
+
+    def _py_in(self, pkt: bytes, now: float | None = None) -> Result:
+        """The Python path of ``unprotect``; see :meth:`_py_out`."""
+        if self._transform is None:
+            self._make_transform()
+        return self._in_any(pkt, now)
 
     @property
     def native(self) -> bool:
@@ -215,19 +251,21 @@ class EspSA(SecurityAssociation):
     def protect_batch(self, packets: Iterable[bytes], now: float | None = None) -> list[Result]:
         """``protect`` over a batch, in order (sequence numbers follow the batch order); on the
         native path one call, with the GIL released around the crypto of large batches."""
-        if self._out_batch is not None:
+        nat = self._nat
+        if nat is not None and self.direction == "outbound":
             if isinstance(packets, (bytes, bytearray, memoryview)):
                 raise TypeError("protect_batch takes an iterable of packets, not one packet")
-            return self._out_batch(packets, now)
+            return nat.protect_batch(packets, now)  # type: ignore[no-any-return]
         return super().protect_batch(packets, now)
 
     def unprotect_batch(self, packets: Iterable[bytes], now: float | None = None
                         ) -> list[Result]:
         """``unprotect`` over a batch, in order: the verdicts of the same packets one by one."""
-        if self._in_batch is not None:
+        nat = self._nat
+        if nat is not None and self.direction != "outbound":
             if isinstance(packets, (bytes, bytearray, memoryview)):
                 raise TypeError("unprotect_batch takes an iterable of packets, not one packet")
-            return self._in_batch(packets, now)
+            return nat.unprotect_batch(packets, now)  # type: ignore[no-any-return]
         return super().unprotect_batch(packets, now)
 
     # ----------------------------------------------------------------- shared pieces

@@ -121,7 +121,6 @@ def engine_for(sa: Any, unsafe_iv_source: Any) -> Any:
     c = sa.config
     if mod is None or not supports(c):
         return None
-    t = sa.transform
     key = bytes(c.encryption_key.bytes)
     enc = c.encryption.name
     if enc in _AEAD:
@@ -130,12 +129,12 @@ def engine_for(sa: Any, unsafe_iv_source: Any) -> Any:
         alg, cipher_key, salt = mod.ALG_CBC_HMAC, key, b""
         ikey, md = bytes(c.integrity_key.bytes), _HMAC[c.integrity.name]
     return mod.Esp(
-        sa, alg, cipher_key, salt, ikey, md, t.icv_len, t.iv_len, t.block_size,
+        sa, alg, cipher_key, salt, ikey, md, sa._icvlen, sa._ivlen, sa._block,
         sa.mode == "tunnel", sa._v6, sa._encap is not None, sa._sport, sa._dport,
         sa._src, sa._dst, sa._ttl, -1 if sa._dscp is None else sa._dscp,
         -1 if sa._df_fixed is None else sa._df_fixed, sa._tfc, sa.esn,
         sa._window if getattr(sa, "_window", None) is not None else None,
-        t.iv_mask, unsafe_iv_source)
+        sa._iv_mask, unsafe_iv_source)
 
 
 def new_window(size: int, esn: bool, top: int) -> Any:

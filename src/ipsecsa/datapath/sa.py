@@ -135,7 +135,7 @@ class SecurityAssociation:
         self.bytes = 0
         # Only reasons that occur get an entry, and the event queue exists once an event does:
         # most SAs never drop a packet or expire, and each empty container costs memory.
-        self._drops: dict[DropReason, int] = {}
+        self._drops: dict[DropReason, int] | None = None
         self._events: deque[SaEvent] | None = None
         self._seq_max = SEQ_MAX_64 if config.esn else SEQ_MAX_32
         #: Outbound: the last sequence number used (the next packet gets _seq + 1).
@@ -154,7 +154,7 @@ class SecurityAssociation:
         self._life = lifetime_marks(Limits.of(config.soft), Limits.of(config.hard), installed)
         self._timed = self._life.timed
         self._refresh_marks()
-        self._build(unsafe_iv_source)
+        self._build(unsafe_iv_source, use_native)
         if use_native:
             self._attach_native(unsafe_iv_source)
         self.state = next_state(self.state, SaTrigger.INSTALL)
@@ -222,7 +222,8 @@ class SecurityAssociation:
         obj["seq"] = self.seq
         return obj
 
-    def _build(self, unsafe_iv_source: IvSource | None) -> None:  # pragma: no cover - abstract
+    def _build(self, unsafe_iv_source: IvSource | None,
+               native: bool = False) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _wants_native(self, config: Any, native: bool | None) -> bool:
@@ -300,6 +301,8 @@ class SecurityAssociation:
     # ----------------------------------------------------------------- accounting
     def _drop(self, reason: DropReason) -> Result:
         d = self._drops
+        if d is None:
+            d = self._drops = {}
         d[reason] = d.get(reason, 0) + 1
         return DROPPED[reason]
 
@@ -415,7 +418,7 @@ class SecurityAssociation:
 
     @property
     def counters(self) -> SaCounters:
-        return SaCounters(self.packets, self.bytes, dict(self._drops))
+        return SaCounters(self.packets, self.bytes, dict(self._drops) if self._drops else {})
 
     def drain_events(self) -> list[SaEvent]:
         """Return and forget the queued events, oldest first."""
