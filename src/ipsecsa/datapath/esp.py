@@ -133,6 +133,8 @@ class EspSA(SecurityAssociation):
         t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
                                unsafe_iv_source=self._iv_src,
                                iv_mask=getattr(self, "_iv_mask", None))
+        if self._nat is not None:
+            self._python_fields()
         self._transform = t
         #: The crypto step of the Python path (a NIC model does it instead when ``_nic`` is set).
         self._seal: Callable[[bytes, int, bytes], tuple[bytes, bytes]] = t.seal
@@ -193,25 +195,32 @@ class EspSA(SecurityAssociation):
         self._check_blocks = block > 4
         self._overhead = ESP_HEADER_LEN + ivlen + icvlen
         self._min_esp = ESP_HEADER_LEN + ivlen + max(block, 4) + icvlen
-        self._spi_b = _U32(c.spi)
         self._tfc = c.tfc_padding if c.mode == "tunnel" else 0
         encap = c.encapsulation
         self._encap = encap
         self._sport = encap.sport if encap else 0
         self._dport = encap.dport if encap else 0
         self._v6 = c.src.version == 6
-        src, dst = c.src.packed, c.dst.packed
-        outer_proto = PROTO_UDP if encap else PROTO_ESP
-        dscp = None if c.dscp == "copy" else c.dscp
-        self._src, self._dst, self._ttl, self._dscp = src, dst, c.ttl, dscp
+        self._ttl = c.ttl
+        self._dscp = None if c.dscp == "copy" else c.dscp
         self._df_fixed = None if c.df == "copy" else (0x4000 if c.df == "set" else 0)
-        # Outer IPv4 header: the checksum contribution of everything constant, once per SA.
-        self._o4proto = outer_proto
-        self._o4addr = src + dst
-        self._o4sum = (0x45 << 8) + (c.ttl << 8) + outer_proto + (
-            sum(struct.unpack("!HHHH", src + dst)) if not self._v6 else 0)
+        self._o4proto = PROTO_UDP if encap else PROTO_ESP
         self._outer_extra = 20 + (8 if encap else 0)
         self._ident = ident_start(c.spi)
+        if not native:
+            self._python_fields()
+
+    def _python_fields(self) -> None:
+        """The byte strings only the Python path reads (built with its transform on a native
+        SA): SPI, outer addresses, the outer IPv4 header's constant checksum part."""
+        c = self.config
+        src, dst = c.src.packed, c.dst.packed
+        self._spi_b = _U32(c.spi)
+        self._src, self._dst = src, dst
+        # Outer IPv4 header: the checksum contribution of everything constant, once per SA.
+        self._o4addr = src + dst
+        self._o4sum = (0x45 << 8) + (c.ttl << 8) + self._o4proto + (
+            sum(struct.unpack("!HHHH", src + dst)) if not self._v6 else 0)
 
     def _select_paths(self) -> tuple[Callable[..., Result], Callable[..., Result]]:
         if self.mode == "tunnel":

@@ -131,7 +131,7 @@ def engine_for(sa: Any, unsafe_iv_source: Any) -> Any:
     return mod.Esp(
         sa, alg, cipher_key, salt, ikey, md, sa._icvlen, sa._ivlen, sa._block,
         sa.mode == "tunnel", sa._v6, sa._encap is not None, sa._sport, sa._dport,
-        sa._src, sa._dst, sa._ttl, -1 if sa._dscp is None else sa._dscp,
+        c.src.packed, c.dst.packed, sa._ttl, -1 if sa._dscp is None else sa._dscp,
         -1 if sa._df_fixed is None else sa._df_fixed, sa._tfc, sa.esn,
         sa._window if getattr(sa, "_window", None) is not None else None,
         sa._iv_mask, unsafe_iv_source)
