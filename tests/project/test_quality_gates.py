@@ -26,7 +26,7 @@ def test_test_script_runs_ruff_and_mypy_before_pytest() -> None:
     joined = "\n".join(lines)
     ruff = joined.index("-m ruff check src tests benchmarks")
     mypy = joined.index("-m mypy")
-    pytest_ = joined.index("exec .venv/bin/python -m pytest")
+    pytest_ = joined.index(".venv/bin/python -m pytest")  # then scripts/sanitize.sh (full runs)
     install = joined.index("pip install -q -e '.[dev]'")
     assert install < ruff < mypy < pytest_
     assert "set -euo pipefail" in lines  # a failing gate stops the script
