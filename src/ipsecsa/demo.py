@@ -1,11 +1,14 @@
 """End-to-end demonstration of the data path: two gateways, several SAs, real packets.
 
 Gateway A protects traffic with its outbound SAs; gateway B unprotects it with the matching
-inbound SAs. Along the way the demo injects what a real network delivers — a tampered packet, a
-replayed packet, traffic outside the SA's selectors, a NAT-T keepalive — and prints the per-SA
-counters and events, so every drop reason shows where it is counted.
+inbound SAs. Per SA the demo sends ``--packets`` packets, and among them injects what a hostile or
+lossy network delivers: a tampered copy of one packet (must be dropped as ``icv_failure``), a
+replay of a delivered packet (``replay``), and where they apply a packet outside the SA's selectors
+(``selector_mismatch``, refused by the sender) and a NAT-T keepalive (``natt_keepalive``). It then
+*checks* every count -- packets sent and delivered intact, each drop under its expected reason and
+nothing else -- prints them, and exits non-zero when any check fails.
 
-Run: ``python -m ipsecsa.demo`` (or ``ipsecsa-demo``). ``--packets N`` sets the traffic volume.
+Run: ``python -m ipsecsa.demo`` (or ``ipsecsa demo``). ``--packets N`` sets the traffic volume.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ipaddress
 import os
 import sys
 import time
+from typing import TextIO
 
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import DropReason
@@ -72,7 +76,7 @@ def _udp_packet(src: str, dst: str, payload: bytes, sport: int = 5000, dport: in
                              next_header=17, hop_limit=64, src=s.packed, dst=d.packed) + udp
 
 
-def _traffic_for(label: str, cfg: dict, n: int) -> list[bytes]:
+def _traffic_for(cfg: dict, n: int) -> list[bytes]:
     if cfg["mode"] == "tunnel":
         return [_udp_packet(f"10.1.0.{1 + i % 200}", f"10.2.0.{1 + i % 50}",
                             os.urandom(16 + (i * 37) % 1200)) for i in range(n)]
@@ -80,57 +84,83 @@ def _traffic_for(label: str, cfg: dict, n: int) -> list[bytes]:
             for i in range(n)]
 
 
-def run(packets: int, out=sys.stdout) -> int:
+def _inject(a: SecurityAssociation, b: SecurityAssociation, cfg: dict, wire: list[bytes],
+            now: float) -> tuple[list[str], dict[DropReason, int], dict[DropReason, int]]:
+    """Deliver what a hostile or lossy network adds. Returns a description of each injection
+    and the drops it must cause at the sender and at the receiver."""
+    said: list[str] = []
+    out_drops: dict[DropReason, int] = {}
+    in_drops: dict[DropReason, int] = {}
+    tampered = bytearray(wire[-1])
+    tampered[-1] ^= 0x01  # the last byte of the ICV (AH: of the payload it covers)
+    b.unprotect(bytes(tampered), now)
+    said.append("a tampered copy of the last packet (one bit flipped) -> icv_failure")
+    in_drops[DropReason.ICV_FAILURE] = 1
+    # Replay a packet inside the window. One older than the window would not do under ESN: its
+    # sequence number is then read as the next 2^32 epoch's (RFC 4303 Appendix A) and the packet
+    # fails its ICV instead -- dropped all the same, but counted as icv_failure.
+    b.unprotect(wire[-2], now)
+    said.append("a replay of the packet before last (already delivered) -> replay")
+    in_drops[DropReason.REPLAY] = 1
+    if cfg["mode"] == "tunnel" and "selectors" in cfg:
+        a.protect(_udp_packet("10.9.9.9", "10.2.0.1", b"stray"), now)
+        said.append("a packet from 10.9.9.9, outside the selectors -> selector_mismatch")
+        out_drops[DropReason.SELECTOR_MISMATCH] = 1
+    if "encapsulation" in cfg:
+        b.unprotect(_udp_packet(cfg["src"], cfg["dst"], b"\xff", 4500, 4500), now)
+        said.append("a NAT-T keepalive (RFC 3948 §2.3) -> natt_keepalive")
+        in_drops[DropReason.NATT_KEEPALIVE] = 1
+    return said, out_drops, in_drops
+
+
+def _drops(d: dict[DropReason, int]) -> str:
+    return ", ".join(f"{r.value}={k}" for r, k in d.items()) or "none"
+
+
+def run(packets: int, out: TextIO = sys.stdout) -> int:
     """Run the demonstration; returns a process exit code (0 when every check held)."""
     now = time.monotonic()
     failures = 0
-    print(f"ipsecsa data-path demo: {packets} packets per SA\n", file=out)
+    print(f"ipsecsa data-path demo: {packets} packets per SA, of which the last is also sent "
+          "tampered before the genuine copy;\nthen per SA a replay of a delivered packet, and "
+          "where they apply a stray packet and a NAT-T keepalive.\n", file=out)
     for label, cfg in _sa_pairs(packets):
         a = SecurityAssociation.from_dict(dict(cfg, direction="outbound"), now=now)
         b = SecurityAssociation.from_dict(dict(cfg, direction="inbound"), now=now)
-        sent = _traffic_for(label, cfg, packets)
-        wire: list[bytes] = []
-        for pkt in sent:
-            r = a.protect(pkt, now)
-            if r.packet is not None:
-                wire.append(r.packet)
-        delivered = 0
-        for original, protected in zip(sent, wire):
-            r = b.unprotect(protected, now)
-            if r.packet == original:
-                delivered += 1
-        # What a hostile or lossy network adds:
-        fresh = a.protect(sent[-1], now).packet
-        if fresh is not None:
-            tampered = bytearray(fresh)
-            tampered[-1] ^= 0x01
-            b.unprotect(bytes(tampered), now)          # -> icv_failure
-        b.unprotect(wire[0], now)                       # -> replay
-        if cfg["mode"] == "tunnel" and "selectors" in cfg:
-            a.protect(_udp_packet("10.9.9.9", "10.2.0.1", b"stray"), now)  # -> selector_mismatch
-        if "encapsulation" in cfg:
-            ka = _udp_packet(cfg["src"], cfg["dst"], b"\xff", 4500, 4500)
-            b.unprotect(ka, now)                        # -> natt_keepalive
-        ok = delivered == len(sent)
-        failures += not ok
+        sent = _traffic_for(cfg, packets)
+        wire = [r.packet for r in a.protect_batch(sent, now) if r.packet is not None]
+        delivered = sum(b.unprotect(p, now).packet == o for o, p in zip(sent[:-1], wire[:-1]))
+        said, out_expect, in_expect = _inject(a, b, cfg, wire, now)
+        # The genuine last packet, after its tampered copy: the failed ICV moved no window.
+        delivered += b.unprotect(wire[-1], now).packet == sent[-1]
+        checks = {
+            f"{packets} sent": a.counters.packets == packets and len(wire) == packets,
+            f"{packets} delivered intact": delivered == packets and b.counters.packets == packets,
+            "sender drops as expected": a.counters.drops == out_expect,
+            "receiver drops as expected": b.counters.drops == in_expect,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        failures += bool(failed)
         print(f"{label}", file=out)
         print(f"  {a!r}", file=out)
-        for name, sa in (("outbound", a), ("inbound", b)):
+        for line in said:
+            print(f"  injected: {line}", file=out)
+        for name, sa, expect in (("outbound", a, out_expect), ("inbound", b, in_expect)):
             c = sa.counters
-            drops = ", ".join(f"{r.value}={k}" for r, k in c.drops.items()) or "none"
-            print(f"  {name:8} packets={c.packets:<6} bytes={c.bytes:<8} drops: {drops}",
-                  file=out)
+            print(f"  {name:8} packets={c.packets:<6} bytes={c.bytes:<8} "
+                  f"drops: {_drops(c.drops)} (expected: {_drops(expect)})", file=out)
         events = [type(e).__name__ + f"({e.kind.value})" if hasattr(e, "kind")
                   else type(e).__name__ for e in a.drain_events()]
         print(f"  events (outbound): {', '.join(events) or 'none'}", file=out)
-        print(f"  round trip: {delivered}/{len(sent)} delivered intact "
-              f"{'OK' if ok else 'FAILED'}\n", file=out)
-    reasons = ", ".join(r.value for r in DropReason)
-    print(f"drop reasons counted by the data path: {reasons}", file=out)
+        print(f"  round trip: {delivered}/{packets} delivered intact; checks "
+              f"{'OK' if not failed else 'FAILED: ' + '; '.join(failed)}\n", file=out)
+    print("all checks held" if not failures else f"{failures} SA(s) FAILED their checks",
+          file=out)
     return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo's command line; returns the exit status (``ipsecsa demo`` calls this too)."""
     parser = argparse.ArgumentParser(prog="ipsecsa-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=100, help="packets per SA (default 100)")
     args = parser.parse_args(argv)
