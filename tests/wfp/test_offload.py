@@ -168,10 +168,16 @@ class RecordingNic(Miniport):
     def __init__(self, refuse: str = "", **kw: Any) -> None:
         super().__init__(unsafe_iv_source=ivs, **kw)
         self.refuse = refuse  # "", "all", "inbound" or "raise"
+        self.refuse_delete = ""  # "", "status" or "raise"
         self.oids: list[int] = []
 
     def oid_request(self, oid: int, buffer: Any) -> tuple[int, bytes]:
         self.oids.append(oid)
+        if oid in (Oid.TCP_TASK_IPSEC_DELETE_SA, Oid.TCP_TASK_IPSEC_DELETE_UDPESP_SA):
+            if self.refuse_delete == "raise":
+                raise RuntimeError("the driver fell over")
+            if self.refuse_delete == "status":
+                return int(NdisStatus.FAILURE), bytes(buffer)
         if oid == Oid.TCP_TASK_IPSEC_ADD_SA:
             if self.refuse == "raise":
                 raise RuntimeError("the driver fell over")
@@ -337,6 +343,27 @@ def test_a_refusing_nic_leaves_everything_in_software(refuse: str, caplog: Any) 
     q = udp4(B4, A4, b"back")
     assert a.bfe.inbound(b.bfe.outbound(q).packet).packet == q
     assert nic.stats.sent == nic.stats.received == 0
+
+
+@pytest.mark.parametrize("how", ["status", "raise"])
+def test_a_refused_delete_is_retried_and_never_the_callers_error(how: str) -> None:
+    nic = RecordingNic()
+    a, b = host(A4, B4, nic), host(B4, A4)
+    establish(a, b, tdes)
+    nic.refuse_delete = how
+    assert a.bfe.IPsecSaContextDeleteById0(a.h, a.ctx) == wfp.ERROR_SUCCESS
+    assert len(nic.sa_handles()) == 2 and offloaded_sas(a) == 2  # still there, still counted
+    nic.refuse_delete = ""
+    assert offloaded_sas(a) == 0 and nic.sa_handles() == ()  # retried at this call
+    # a hard limit reached in the data path: the refused DELETE does not escape the packet
+    c, d = host(A4, B4, nic), host(B4, A4)
+    establish(c, d, tdes, lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimePackets=1))
+    nic.refuse_delete = how
+    assert c.bfe.outbound(udp4(A4, B4, b"last")).drop is None
+    assert c.bfe.outbound(udp4(A4, B4, b"over")).drop is DropReason.NO_POLICY
+    assert offloaded_sas(c) == 2
+    nic.refuse_delete = ""
+    assert offloaded_sas(c) == 1  # the outbound SA left; the inbound one lingers
 
 
 def test_what_the_nic_does_not_advertise_is_never_asked() -> None:
