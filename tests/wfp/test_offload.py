@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,19 @@ def test_nat_t_pair_goes_through_add_udpesp_sa() -> None:
     assert nic.sa_handles() == () and nic.parser_entries() == ()
 
 
+def test_offload_happens_at_add_outbound_never_before() -> None:
+    nic = RecordingNic()
+    a, b = host(A4, B4, nic), host(B4, A4)
+    ka, kb = os.urandom(44), os.urandom(44)
+    assert a.bfe.IPsecSaContextAddInbound1(a.h, a.ctx, bundle(tdes(a.spi, ka))) == 0
+    assert nic.oids == [] and offloaded_sas(a) == 0 and flags(a) == (0, None)
+    assert a.bfe.IPsecSaContextAddOutbound1(a.h, a.ctx, bundle(tdes(b.spi, kb))) == 0
+    assert nic.oids == [Oid.TCP_TASK_IPSEC_ADD_SA] * 2  # outbound first, then inbound
+    first = nic.sa(nic.sa_handles()[0])
+    assert first is not None and not first.inbound
+    assert offloaded_sas(a) == 2
+
+
 # ---------------------------------------------------------------- leaving the NIC
 def test_delete_removes_both_sas_from_the_nic_at_once() -> None:
     nic = RecordingNic()
@@ -411,3 +425,36 @@ def test_sa_delete_req_mid_stream_loses_no_packet() -> None:
     _, st = a.bfe.IPsecGetStatistics1(a.h)
     assert st.inboundTrafficStatistics.totalSuccessfulPackets == 6
     assert st.aggregateDropPacketStatistics.replayCheckFailuresOnInbound == 6
+
+
+def test_sa_delete_req_while_other_threads_send_loses_and_repeats_nothing() -> None:
+    nic = Miniport(capacity=2, unsafe_iv_source=ivs)
+    a, b = host(A4, B4, nic), host(B4, A4)
+    _, kb = establish(a, b, tdes)
+    establish(host(A4, C4, bfe=a.bfe), host(C4, A4), tdes)  # RESOURCES: the NIC wants room
+    inbound = [b.bfe.outbound(udp4(B4, A4, b"in %d" % i)).packet for i in range(150)]
+    wires: list[bytes] = []
+    delivered: list[bytes] = []
+
+    def send(tag: int) -> None:
+        for i in range(150):
+            r = a.bfe.outbound(udp4(A4, B4, b"out %d %d" % (tag, i)))
+            assert r.drop is None
+            wires.append(r.packet)
+
+    def receive() -> None:
+        for w in inbound:
+            r = a.bfe.inbound(w)
+            assert r.drop is None
+            delivered.append(r.packet)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(2)]
+    threads.append(threading.Thread(target=receive))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert nic.stats.delete_requests == 1 and nic.sa_handles() == ()
+    assert len(delivered) == 150
+    seqs = sorted(tdes_open(w[20:], kb)[1] for w in wires)
+    assert seqs == list(range(1, 301))  # every number once, across the NIC and software
