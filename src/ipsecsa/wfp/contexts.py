@@ -97,7 +97,8 @@ class SaContext:
     last_used: float = 0.0
     linger_until: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Offload state, for the NDIS link (issue 13); False while the SAs run in software.
+    #: True while at least one of its SAs is on the NIC (:mod:`ipsecsa.wfp.offload` sets it;
+    #: GetById/SaEnum then report IPSEC_SA_BUNDLE_FLAG_SA_OFFLOADED); False in software.
     offloaded: bool = False
     #: The outbound SAs have packet or byte limits (only then is each packet followed by a
     #: check of whether it used the last of them).
