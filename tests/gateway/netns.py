@@ -188,8 +188,10 @@ def start_gateway(ns: Netns, sa_file: Path, local: str, *extra: str, tun: str = 
     args = [*GATEWAY, "--tun", tun, "--sa-file", str(sa_file), "--local", local, "-v", *extra]
     if stats is not None:
         args += ["--stats-json", str(stats)]
-    err = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    return ns.popen(*args, stdout=subprocess.DEVNULL, stderr=err)
+    if log is None:
+        return ns.popen(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "w") as err:  # the child keeps its own descriptor
+        return ns.popen(*args, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def wait_for_link(ns: Netns, name: str, proc: subprocess.Popen | None = None,
@@ -252,6 +254,6 @@ def tcp_transfer(server: Netns, server_addr: str, client: Netns, *, nbytes: int,
     finally:
         if srv.poll() is None:
             srv.kill()
-            srv.wait()
+        srv.communicate()
     cres, sres = json.loads(cli.stdout), json.loads(out)
     return (cres, sres) if upload else (sres, cres)

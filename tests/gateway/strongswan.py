@@ -152,8 +152,9 @@ def start_charon(ns: Netns, workdir: Path, *, local: str, remote: str, local_id:
     os.chmod(swanctl, 0o600)
     env = dict(os.environ, STRONGSWAN_CONF=str(conf))
     # A private /run: charon keeps its PID file there, and two charons must not see each other's.
-    proc = ns.popen("sh", "-c", f"mount -t tmpfs tmpfs /run && exec {CHARON}", env=env,
-                    stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr", "w"))  # noqa: SIM115
+    with open(workdir / "stderr", "w") as err:  # the child keeps its own descriptor
+        proc = ns.popen("sh", "-c", f"mount -t tmpfs tmpfs /run && exec {CHARON}", env=env,
+                        stdout=subprocess.DEVNULL, stderr=err)
     c = Charon(ns, workdir, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

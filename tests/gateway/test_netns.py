@@ -211,7 +211,7 @@ def test_tcp_transfer_both_ways_only_esp_in_udp_on_the_wire(tunnel: Tunnel) -> N
     finally:
         time.sleep(0.2)
         dump.send_signal(signal.SIGINT)
-        dump.wait(timeout=10)
+        dump.communicate(timeout=10)
     tshark = shutil.which("tshark")
     if tshark is None:
         pytest.skip("tshark is not installed: cannot check the capture")

@@ -69,13 +69,14 @@ def _udp_echo(server: netns.Netns, client: netns.Netns, count: int = 50) -> dict
         return json.loads(res.stdout)
     finally:
         srv.kill()
-        srv.wait()
+        srv.communicate()
 
 
 @pytest.mark.parametrize("suite", list(ESP_PROPOSALS))
 def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str) -> None:
     wire = Wire.create("s")
     gw: subprocess.Popen | None = None
+    left = right = None
     try:
         wire.a.run("ip", "addr", "add", f"{SITE4[0]}/32", "dev", "lo")
         wire.b.run("ip", "addr", "add", f"{SITE4[1]}/32", "dev", "lo")
@@ -124,6 +125,10 @@ def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str) ->
         assert left_in > packets_out + 1000
     finally:
         code = stop(gw) if gw is not None else 0
+        for charon in (left, right):
+            if charon is not None and charon.proc.poll() is None:
+                charon.proc.kill()
+                charon.proc.wait()
         wire.destroy()
     assert code == 0, (tmp_path / "gw.log").read_text()
     stats = json.loads((tmp_path / "stats.json").read_text())

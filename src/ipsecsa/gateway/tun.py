@@ -55,7 +55,13 @@ class Tun:
 
     def __init__(self, name: str, *, mtu: int | None = None, up: bool = True) -> None:
         raw = check_name(name)
-        if os.path.exists(f"/sys/class/net/{name}"):
+        # Asked of the kernel in this process's network namespace (/sys/class/net may show
+        # another one when the namespace was entered without remounting /sys).
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            pass
+        else:
             raise TunError(errno.EEXIST, f"cannot create TUN {name}: a network interface of "
                                          "that name already exists")
         try:
