@@ -94,11 +94,13 @@ def test_round_trip_and_tamper(enc: str, integ: str, esn: bool) -> None:
         assert t.open(hdr, SEQ, iv, ct_icv[: t.icv_len - 1]) is None  # shorter than an ICV
 
 
-@pytest.mark.parametrize(("enc", "integ"), COMBOS, ids=[f"{e}+{i}" for e, i in COMBOS])
+# Encryption-only ESP has no ICV, so nothing for ESN to change: left out rather than skipped.
+WITH_ICV = [(e, i) for e, i in COMBOS if INTEGRITY[i].name != "none" or ENCRYPTION[e].aead]
+
+
+@pytest.mark.parametrize(("enc", "integ"), WITH_ICV, ids=[f"{e}+{i}" for e, i in WITH_ICV])
 def test_esn_and_non_esn_differ_only_when_high_bits_set(enc: str, integ: str) -> None:
     """With seq-high = 0 an ESN SA still puts 4 extra bytes in AAD/ICV: peers must agree on ESN."""
-    if INTEGRITY[integ].name == "none" and not ENCRYPTION[enc].aead:
-        pytest.skip("no ICV")
     ek, ik = _keys(enc, integ)
     fixed_iv = bytes(ENCRYPTION[enc].iv_len)
     a = make_esp_transform(ENCRYPTION[enc], ek, INTEGRITY[integ], ik, esn=False,

@@ -228,7 +228,8 @@ def test_datagram_cap():
     for i in range(3):
         assert r.feed(v4_frag(i, 0, bytes(8), True), 0) == (None, None)
     assert r.feed(v4_frag(99, 0, bytes(8), True), 0) == (None, DropReason.FRAGMENT)
-    assert r.feed(v4_frag(0, 8, bytes(8), False), 0)[0] is not None  # existing ones still finish
+    whole, reason = r.feed(v4_frag(0, 8, bytes(8), False), 0)  # existing ones still finish
+    assert reason is None and whole is not None and whole[20:] == bytes(16)
 
 
 def test_memory_bound_under_flood():

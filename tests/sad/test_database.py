@@ -273,7 +273,7 @@ def test_filters_for_transport_and_tunnel():
     # A transport SA's filter does not send traffic for other hosts into it.
     sad = SaDatabase()
     sad.add_outbound(sa(0x105, selectors=[{"protocol": 6}]))
-    assert sad.classify(tcp()) is not None
+    assert [s.spi for s in sad.classify(tcp()).sas] == [0x105]
     assert sad.classify(tcp(dst="203.0.113.9")) is None
 
 
@@ -427,7 +427,9 @@ def test_inbound_replace_moves_encap_ports():
     with pytest.raises(SadError, match="already installed"):
         other = sad.add_inbound(sa(0x102, direction="inbound"))
         sad.replace(other, sa(0x101, direction="inbound"))
-    assert sad.lookup_inbound(0x102, 50, packed(HOST_B)) is not None
+    assert sad.lookup_inbound(0x102, 50, packed(HOST_B)) is sad.lookup_bundle(
+        0x102, 50, packed(HOST_B))[0].sas[0]  # still the SA installed before the refusal
+    assert sad.lookup_inbound(0x102, 50, packed(HOST_B)).spi == 0x102
 
 
 # -- end to end -------------------------------------------------------------------------------
