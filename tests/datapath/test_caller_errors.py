@@ -4,7 +4,8 @@
 wrong call is an exception. This file holds the wrong calls to one rule: a packet that is not
 bytes-like (str, int, None, a list) raises the *same* ``TypeError`` with the same words from every
 packet entry point -- ``protect``/``unprotect`` on ESP and AH SAs in each mode and family and in
-each life-cycle state, their batches, the SA database, the NDIS miniport -- and counts nothing;
+each life-cycle state, their batches, the SA database, the NDIS miniport, the WFP engine's
+traffic calls -- and counts nothing;
 a bytearray or memoryview is as good as bytes. Direction mistakes (DirectionError) are in
 tests/datapath/test_lifecycle.py::test_direction_is_enforced.
 """
@@ -20,6 +21,7 @@ from ipsecsa import SecurityAssociation
 from ipsecsa.errors import DropReason
 from ipsecsa.ndis import Miniport
 from ipsecsa.sad import SaDatabase
+from ipsecsa.wfp import Engine
 
 V4 = ("192.0.2.1", "198.51.100.2")
 V6 = ("2001:db8::1", "2001:db8::2")
@@ -121,3 +123,12 @@ def test_miniport_packet_entry_points_raise_the_same_type_error() -> None:
             mp.receive(bad)  # type: ignore[arg-type]
         assert str(exc.value) == _expected(bad)
     assert mp.stats.send_errors == 0
+
+
+def test_wfp_engine_traffic_entry_points_raise_the_same_type_error() -> None:
+    bfe = Engine()
+    for bad in NOT_PACKETS:
+        for call in (bfe.outbound, bfe.inbound):
+            with pytest.raises(TypeError) as exc:
+                call(bad)
+            assert str(exc.value) == _expected(bad)

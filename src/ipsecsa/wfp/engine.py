@@ -32,7 +32,7 @@ from typing import Any
 
 from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.datapath.sa import SecurityAssociation
-from ipsecsa.errors import ConfigError, DropReason, MalformedPacket
+from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.sad import Bundle, SaDatabase, SadError
@@ -1559,9 +1559,7 @@ class Engine:
         """The host's stack sending ``packet``: classified at the outbound transport layer,
         protected by the SA context its IPsec filter names, blocked or passed in clear."""
         if type(packet) is not bytes:
-            if not isinstance(packet, (bytearray, memoryview)):
-                raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
-            packet = bytes(packet)
+            packet = as_packet(packet)  # the one TypeError wording of every entry point
         now = self._clock()
         due = self._next_due
         if due is not None and now >= due:
@@ -1669,9 +1667,7 @@ class Engine:
         inner packet checked against that context's inbound filter; clear text is checked
         against the inbound filters (dropped when one demands IPsec)."""
         if type(packet) is not bytes:
-            if not isinstance(packet, (bytearray, memoryview)):
-                raise TypeError(f"packet must be bytes, not {type(packet).__name__}")
-            packet = bytes(packet)
+            packet = as_packet(packet)  # the one TypeError wording of every entry point
         if self._closed:
             return DROPPED[DropReason.SA_UNUSABLE]
         now = self._clock()
