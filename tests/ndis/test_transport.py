@@ -526,3 +526,23 @@ def test_sa_delete_request_hook_and_a_refused_delete_never_escape_the_packet() -
     assert a_in.unprotect(b_out.protect(packet(random.Random(3), PEER, LOCAL)).packet).drop \
         is None
     assert told == [(h_in, h_out)] and mp.sa_handles() == ()
+
+
+def test_offloaded_bytes_count_what_the_nic_processed_and_outlive_remove() -> None:
+    mp = Miniport(unsafe_iv_source=unsafe_iv_source)
+    transport = OffloadTransport(mp)
+    a_out, a_in = pair("a", 0x9A00, 0x9A01)
+    b_out, b_in = pair("b", 0x9A01, 0x9A00)
+    handles = transport.offload(a_out, a_in)
+    rng = random.Random(4)
+    wire = a_out.protect(packet(rng, LOCAL, PEER)).packet
+    back = b_out.protect(packet(rng, PEER, LOCAL)).packet
+    assert b_in.unprotect(wire).drop is None and a_in.unprotect(back).drop is None
+    assert a_in.unprotect(back).drop is DropReason.REPLAY  # caught before the NIC: not counted
+    bad = bytearray(b_out.protect(packet(rng, PEER, LOCAL)).packet)
+    bad[-1] ^= 1
+    assert a_in.unprotect(bytes(bad)).drop is DropReason.ICV_FAILURE  # the NIC failed it
+    assert transport.offloaded_bytes() == (len(wire), len(back))
+    transport.remove(handles)
+    a_out.protect(packet(rng, LOCAL, PEER))  # software now: not counted
+    assert transport.offloaded_bytes() == (len(wire), len(back))

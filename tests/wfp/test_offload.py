@@ -207,6 +207,7 @@ def test_offloaded_or_not_the_wire_is_the_software_engines(suite: str) -> None:
         assert offloaded_sas(a) == 0
     assert offloaded_sas(twin) == 0 and flags(twin) == (0, 0)
     opener = tdes_open if suite == "3des-sha1" else lambda esp, k: gcm_open(esp, k[:20])
+    sent = received = 0  # bytes of ESP on the wire each way
     for i in range(4):
         p = udp4(A4, B4, b"ping %d" % i + bytes(i * 7))
         wire = a.bfe.outbound(p)
@@ -216,6 +217,7 @@ def test_offloaded_or_not_the_wire_is_the_software_engines(suite: str) -> None:
         assert b.bfe.inbound(wire.packet).packet == p
         q = udp4(B4, A4, b"pong %d" % i)
         back = b.bfe.outbound(q).packet
+        sent, received = sent + len(wire.packet), received + len(back)
         assert opener(back[20:], ka) == (a.spi, i + 1, q[20:])
         assert a.bfe.inbound(back).packet == q
         assert twin.bfe.inbound(back).packet == q
@@ -226,6 +228,12 @@ def test_offloaded_or_not_the_wire_is_the_software_engines(suite: str) -> None:
     _, st = a.bfe.IPsecGetStatistics1(a.h)
     assert st.outboundTrafficStatistics.totalSuccessfulPackets == 4
     assert st.inboundTrafficStatistics.totalSuccessfulPackets == 4
+    on_nic = suite == "3des-sha1"
+    assert st.outboundTrafficStatistics.offloadByteCount == (sent if on_nic else 0)
+    assert st.inboundTrafficStatistics.offloadByteCount == (received if on_nic else 0)
+    assert a.bfe.IPsecSaContextDeleteById0(a.h, a.ctx) == 0  # the count outlives the SAs
+    _, st = a.bfe.IPsecGetStatistics1(a.h)
+    assert st.outboundTrafficStatistics.offloadByteCount == (sent if on_nic else 0)
 
 
 def test_nat_t_pair_goes_through_add_udpesp_sa() -> None:
@@ -404,11 +412,12 @@ def test_sa_delete_req_mid_stream_loses_no_packet() -> None:
     a2, c = host(A4, C4, bfe=a.bfe), host(C4, A4)
     establish(a2, c, tdes)
     assert nic.stats.delete_requests == 0 and offloaded_sas(a) == 2
-    wires_in = []
+    wires_in, wires_out = [], []
     for i in range(6):
         p = udp4(A4, B4, b"out %d" % i)
         wire = a.bfe.outbound(p).packet
         assert wire == twin.bfe.outbound(p).packet  # NIC or software: the same bytes
+        wires_out.append(wire)
         assert tdes_open(wire[20:], kb) == (b.spi, i + 1, p[20:])  # the numbers continue
         assert b.bfe.inbound(wire).packet == p
         q = udp4(B4, A4, b"in %d" % i)
@@ -420,6 +429,9 @@ def test_sa_delete_req_mid_stream_loses_no_packet() -> None:
             assert nic.sa_handles() == ()  # both SAs left the NIC by now
             assert flags(a) == (0, 0) and offloaded_sas(a) == 0
     assert nic.stats.sent == 1 and nic.stats.received == 1  # the first of each, then software
+    _, st = a.bfe.IPsecGetStatistics1(a.h)
+    assert st.outboundTrafficStatistics.offloadByteCount == len(wires_out[0])  # on the NIC
+    assert st.inboundTrafficStatistics.offloadByteCount == len(wires_in[0])
     for old in wires_in:  # the replay window came along
         assert a.bfe.inbound(old).drop is DropReason.REPLAY
     _, st = a.bfe.IPsecGetStatistics1(a.h)

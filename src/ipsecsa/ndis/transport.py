@@ -333,9 +333,10 @@ def check_capabilities(sa: SecurityAssociation, caps: IpsecOffloadV1, *, inbound
 class _EspNicStep:
     """``EspSA._nic``: the ESP crypto step done by the miniport (``NicStep`` of esp.py)."""
 
-    __slots__ = ("_handle", "_icv_len", "_mp", "_owner", "_sa", "_zero_icv", "_zero_iv")
+    __slots__ = ("_handle", "_icv_len", "_mp", "_owner", "_sa", "_zero_icv", "_zero_iv", "nbytes")
 
     def __init__(self, owner: OffloadTransport, sa: EspSA, handle: int) -> None:
+        self.nbytes = 0  # bytes of the packets the NIC processed for this SA
         self._owner = owner
         self._mp = owner.miniport
         self._sa = sa
@@ -349,16 +350,20 @@ class _EspNicStep:
         in a race with ``remove()``): the SA then runs its own software step."""
         prepared = b"".join((header, esp_header, self._zero_iv, plaintext, self._zero_icv))
         out = self._mp.send(prepared, self._handle)
-        return None if out is prepared or out == prepared else out
+        if out is prepared or out == prepared:
+            return None
+        self.nbytes += len(out)
+        return out
 
     def open(self, packet: bytes, esp_off: int, ct_off: int, end: int, seq: int) -> bytes | None:
         out, info = self._mp.receive(packet)
+        ok = info.CryptoDone and info.CryptoStatus == CryptoStatus.SUCCESS
+        if ok:
+            self.nbytes += len(packet)
         if info.SaDeleteReq:
             self._owner._delete_requested(self._handle)
         if info.CryptoDone:
-            if info.CryptoStatus == CryptoStatus.SUCCESS:
-                return out[ct_off:end - self._icv_len]
-            return None
+            return out[ct_off:end - self._icv_len] if ok else None
         return self._sa.transform.open(packet[esp_off:esp_off + 8], seq,
                                        packet[esp_off + 8:ct_off], packet[ct_off:end])
 
@@ -366,9 +371,10 @@ class _EspNicStep:
 class _AhNicStep:
     """``AhSA._nic``: the AH ICV computed / verified by the miniport."""
 
-    __slots__ = ("_handle", "_mp", "_owner", "_sa")
+    __slots__ = ("_handle", "_mp", "_owner", "_sa", "nbytes")
 
     def __init__(self, owner: OffloadTransport, sa: AhSA, handle: int) -> None:
+        self.nbytes = 0  # bytes of the packets the NIC processed for this SA
         self._owner = owner
         self._mp = owner.miniport
         self._sa = sa
@@ -379,14 +385,20 @@ class _AhNicStep:
         the ICV in software (``AhSA._sign``), source-route prediction included."""
         prepared = b"".join((head, ah_header, payload))
         out = self._mp.send(prepared, self._handle)
-        return None if out is prepared or out == prepared else out
+        if out is prepared or out == prepared:
+            return None
+        self.nbytes += len(out)
+        return out
 
     def verify(self, packet: bytes, seq: int, covered: bytes, icv: bytes) -> bool:
         _out, info = self._mp.receive(packet)
+        ok = bool(info.CryptoDone and info.CryptoStatus == CryptoStatus.SUCCESS)
+        if ok:
+            self.nbytes += len(packet)
         if info.SaDeleteReq:
             self._owner._delete_requested(self._handle)
         if info.CryptoDone:
-            return bool(info.CryptoStatus == CryptoStatus.SUCCESS)
+            return ok
         return bool(self._sa.integrity.verify(covered, seq, icv))
 
 
@@ -421,6 +433,8 @@ class OffloadTransport:
         self._entries: dict[tuple[int, int], list[int]] = {}
         #: Handles removed because the NIC asked (SaDeleteReq), in order.
         self.delete_requests_honoured: list[int] = []
+        #: (outbound, inbound) bytes the NIC processed for SAs no longer bound.
+        self._retired_bytes = [0, 0]
         #: Called with the handles removed after a SaDeleteReq, outside the transport's lock.
         self.on_delete_request: Callable[[tuple[int, ...]], None] | None = None
 
@@ -510,6 +524,9 @@ class OffloadTransport:
                     first = first or exc
                     continue
                 del self._bound[handle]
+                step = getattr(b.sa, "_nic", None)
+                if step is not None:
+                    self._retired_bytes[b.inbound] += step.nbytes
                 b.sa._nic = None  # type: ignore[attr-defined]
                 peer = self._bound.get(b.peer)
                 if peer is not None:
@@ -520,6 +537,21 @@ class OffloadTransport:
                         del self._entries[b.entry_key]  # type: ignore[arg-type]
         if first is not None:
             raise first
+
+    def offloaded_bytes(self) -> tuple[int, int]:
+        """(outbound, inbound) bytes of the packets the NIC processed for SAs bound here, now or
+        before: on send the wire packets it returned, on receive the packets it verified with
+        CRYPTO_SUCCESS (a packet handed back unprocessed, or CryptoDone = 0, is not counted)."""
+        with self._lock:
+            out, inb = self._retired_bytes
+            for b in self._bound.values():
+                step = getattr(b.sa, "_nic", None)
+                if step is not None:
+                    if b.inbound:
+                        inb += step.nbytes
+                    else:
+                        out += step.nbytes
+            return out, inb
 
     # ---------------------------------------------------------------- internals
     def _add(self, oid: Oid, buf: bytes) -> tuple[int, int]:

@@ -1307,6 +1307,8 @@ class Engine:
                 _add_traffic(st, "in", c, c.inbound_bundle)
             if c.outbound_bundle is not None:
                 _add_traffic(st, "out", c, c.outbound_bundle)
+        if self._offload is not None:  # issue 13: bytes the SAs handled while on the NIC
+            st["out:offload"], st["in:offload"] = self._offload.bytes_offloaded()
         active = pending = tunnels = 0
         for c in self._contexts.values():
             if c.inbound_bundle is not None:

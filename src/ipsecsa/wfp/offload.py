@@ -39,6 +39,9 @@ Choices of ours (Windows documents none of them):
   path never see the error. A context whose SAs left the NIC (SaDeleteReq, a refused ADD) is not
   offered to the NIC again.
 * Closing the engine deletes every SA from the NIC.
+* ``offloadByteCount`` (IPSEC_TRAFFIC_STATISTICS1) counts the IPsec packets the NIC processed, as
+  the wire carries them: those it encrypted on send, those it verified (and decrypted) with
+  CRYPTO_SUCCESS on receive.
 
 Thread safety: the hooks run under the engine's state lock; :meth:`_nic_asked` runs on a packet's
 thread, after the transport released its lock. One lock of this object guards the bookkeeping;
@@ -134,6 +137,11 @@ class NicOffload:
                 if h:
                     self._remove(pair, h)
             self._pairs.pop(ctx.id, None)
+
+    def bytes_offloaded(self) -> tuple[int, int]:
+        """(outbound, inbound) bytes of the packets the NIC processed (``offloadByteCount``,
+        :meth:`ipsecsa.ndis.OffloadTransport.offloaded_bytes`)."""
+        return self.transport.offloaded_bytes()
 
     def sa_count(self) -> int:
         """SAs on the NIC (IPSEC_AGGREGATE_SA_STATISTICS0.offloadedSas)."""
