@@ -323,3 +323,31 @@ def test_without_a_key_the_keys_are_in_the_file_and_it_is_0600(db: Path) -> None
     bfe.close()
     for p in db.parent.iterdir():
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_a_reopened_engine_offloads_its_established_contexts_again(db: Path) -> None:
+    from ipsecsa.ndis import Miniport
+
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
+    sa_in = cbc_sha1_sa(spi, os.urandom(16), os.urandom(20),
+                        cipher=wfp.IPSEC_CIPHER_TRANSFORM_ID_CBC_3DES)
+    sa_in.espAuthAndCipherInformation.saCipherInformation.cipherKey = wfp.FWP_BYTE_BLOB(
+        data=os.urandom(24))
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(sa_in)) == 0
+    sa_out = cbc_sha1_sa(0xC3000001, os.urandom(24), os.urandom(20),
+                         cipher=wfp.IPSEC_CIPHER_TRANSFORM_ID_CBC_3DES)
+    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(sa_out)) == 0
+    bfe.close()
+    nic = Miniport()
+    again = wfp.Engine(database=db, offload=nic)
+    h2 = open_engine(again)
+    _, ctx = again.IPsecSaContextGetById1(h2, cid)
+    assert ctx.outboundSa.saBundle.flags & wfp.IPSEC_SA_BUNDLE_FLAG_SA_OFFLOADED
+    _, st = again.IPsecGetStatistics1(h2)
+    assert st.aggregateSaStatistics.offloadedSas == 2
+    assert again.outbound(udp4(A4, B4, b"via the NIC")).drop is None
+    again.close()

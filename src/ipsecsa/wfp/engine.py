@@ -1482,6 +1482,8 @@ class Engine:
             self._contexts[cid] = ctx
             if ctx.spi is not None:
                 self._spis.setdefault(ctx.local, set()).add(ctx.spi)
+            if self._offload is not None and ctx.state is CtxState.ESTABLISHED:
+                self._offload.established(ctx)  # a NIC keeps nothing across a restart
             self._schedule(ctx)
         self._changed()
 
