@@ -84,6 +84,7 @@ def test_missing_files_are_one_line(tmp_path):
     runs = ipsecsa_many([
         ["sa", "check", "-s", str(tmp_path / "nope.json")],
         ["pcap", "unprotect", "-s", str(good), str(tmp_path / "nope.pcap"), "o.pcap"],
+        ["pcap", "inspect", "-s", str(good), str(tmp_path / "nope.pcap")],
         ["import", "xfrm", str(tmp_path / "nope.txt")],
     ])
     for run in runs:

@@ -140,4 +140,83 @@ def protect(sa_file: str, capture: str, output: str, only_matched: bool, as_json
         _print_summary(summary)
 
 
+
+
+_HINT_TEXT = {
+    "icv-length": "another ICV length explains it (GCM/CCM 8/12/16 bytes; HMAC-SHA-256 "
+                  "truncated to 96 instead of 128 bits, the old Linux default)",
+    "esn": "extended sequence numbers are the other way (on vs off) at the sender",
+    "direction": "the keys belong to another SA of the file: directions swapped",
+    "salt": "the salt is another SA's, or key and salt are in the other order",
+    "algorithm": "another algorithm with the same keying-material length",
+}
+#: Failures listed in the text output (all of them are in --json).
+TEXT_FAILURES = 40
+
+
+def _print_inspect(doc: dict[str, Any]) -> None:
+    out = console()
+    out.print(f"{doc['input']} ({doc['format']}): {doc['frames']} frames, "
+              f"{doc['ipsec_packets']} IPsec packets, {len(doc['spis'])} SPIs, "
+              f"{len(doc['failures'])} failures"
+              + ("" if doc["sa_file"] else " (no SA file: nothing decrypted)"))
+    rows = []
+    for s in doc["spis"]:
+        seq = (f"{s['first_seq']}-{s['last_seq']}" if s["first_seq"] is not None else "-")
+        rate = f"{s['packets_per_s']:.1f}/s" if s["packets_per_s"] else "-"
+        endpoints = f"{s['src']} -> {s['dst']}" + (f" udp {s['udp'][0]}->{s['udp'][1]}"
+                                                   if s["udp"] else "")
+        sa = f"sas[{s['sa']}] {s['direction'] or 'either'}" if s["sa"] is not None else "-"
+        null = s["null_encryption"]
+        note = (f"NULL enc, ICV {null['icv_bytes']}B, inner "
+                + ",".join(f"{k} {v}" for k, v in null["inner"].items())) if null else ""
+        rows.append((s["protocol"], s["spi"], endpoints, sa, s["packets"], seq, s["missing"],
+                     s["duplicates"], s["reordered"], rate,
+                     f"{s['unprotected']}/{s['failed']}" if doc["sa_file"] else "-", note))
+    out.print(table("Per SPI", ("proto", "SPI", "endpoints", "SA", "packets", "seq", "missing",
+                                "dups", "reordered", "rate", "ok/failed", "notes"), rows))
+    failures = doc["failures"]
+    if failures:
+        shown = failures[:TEXT_FAILURES]
+        out.print(table(f"Failures ({len(failures)}" + (f", first {len(shown)} shown"
+                                                        if len(shown) < len(failures) else "")
+                        + "; --json lists all)",
+                        ("frame", "SPI", "reason", "hint"),
+                        [(f["frame"], f["spi"], f["reason"], f["hint"] or "-") for f in shown]))
+        out.print(table("Failures by reason", ("reason", "packets"),
+                        sorted(doc["reasons"].items())))
+    for s in doc["spis"]:
+        for hint, info in s["hints"].items():
+            out.print(f"hint for {s['spi']} ({info['count']} packets): {_HINT_TEXT[hint]}: "
+                      f"the packets verify {info['detail']}")
+    for sa, n in doc["diagnosis_skipped"].items():
+        out.print(f"{sa}: {n} later failures not diagnosed (no variation explained the "
+                  f"previous ones)")
+
+
+@pcap.command(help="Analyse the IPsec traffic of a capture: per SPI the direction, endpoints, "
+                   "sequence numbers (gaps, duplicates, reordering) and rate; with an SA file, "
+                   "every packet that does not unprotect, why, and which usual mistake explains "
+                   "it (hint: icv-length, esn, direction, salt, algorithm, or none). Without an "
+                   "SA file, NULL-encrypted ESP is still recognised.")
+@sa_file_option(required=False)
+@click.argument("capture", metavar="IN")
+@click.option("--verify-checksums", is_flag=True,
+              help="Count packets with a wrong outer IPv4 header or UDP checksum as failures.")
+@json_option
+def inspect(sa_file: str | None, capture: str, verify_checksums: bool, as_json: bool) -> None:
+    from ipsecsa.tools.inspect import inspect_capture
+
+    configs = load_sas(sa_file) if sa_file is not None else None
+    check_input(capture)
+    with _capture_errors(capture), \
+            progress_bar(capture, "inspect", enabled=not as_json) as progress:
+        doc = inspect_capture(capture, configs, verify_checksums=verify_checksums,
+                              progress=progress).as_dict()
+    if as_json:
+        print_json(doc)
+    else:
+        _print_inspect(doc)
+
+
 __all__ = ["pcap"]
