@@ -18,7 +18,7 @@ import pytest
 from ipsecsa import SecurityAssociation
 from ipsecsa.config import parse_sa
 from tests.cli.conftest import ARP_FRAME, plain_ip
-from tests.cli.helpers import ether, ipsecsa, ipsecsa_many, write_pcap
+from tests.cli.helpers import ether, ipsecsa_many, write_pcap
 
 A, B = "192.0.2.1", "198.51.100.1"
 
@@ -124,7 +124,7 @@ def test_failures_follow_the_contract(material):
 
 @pytest.mark.parametrize("spi", sorted(CASES), ids=lambda s: f"0x{s:08x}")
 def test_each_mistake_is_named(material, spi):
-    expected, doc, _, _ = material
+    _expected, doc, _, _ = material
     hint = CASES[spi][2]
     mine = [f for f in doc["failures"] if int(f["spi"], 16) == spi]
     if spi == 0x100B:

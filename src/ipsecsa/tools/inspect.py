@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -52,8 +53,8 @@ from ipsecsa.packet.fragment import is_fragment
 from ipsecsa.tools.offline import NATT_PORT, IpsecId, OfflineSas, ipsec_id, offline_config
 from ipsecsa.tools.pcapops import (
     _CHECKSUM_DROPS,
-    _Fragments,
     _fragment_key,
+    _Fragments,
     _udp4_checksum_bad,
     normalise_checksums,
 )
@@ -270,7 +271,7 @@ class SpiStats:
         seqs = sorted(self.seen)
         gaps: list[list[int]] = []
         missing = 0
-        for a, b in zip(seqs, seqs[1:], strict=False):
+        for a, b in itertools.pairwise(seqs):
             if b > a + 1:
                 missing += b - a - 1
                 if len(gaps) < MAX_GAP_RANGES:
