@@ -280,10 +280,6 @@ _GENERIC_GCM = "aes-gcm [rfc4106]"
 _ANY_BITS = re.compile(r"^any (\d+) bit authentication")
 #: Entries of other tools' tables that differ from ours only by case or are older names.
 _EXTRA_ENCRYPTION = {"tripledes-cbc [rfc2451]": "3des-cbc"}
-_EXTRA_INTEGRITY = {
-    # draft-ietf-ipsec-ciph-sha-256-00: HMAC-SHA-256 truncated to 96 bits (old Linux default).
-    "hmac-sha-256-96 [draft-ietf-ipsec-ciph-sha-256-00]": "hmac-sha256-96",
-}
 _ENCRYPTION_BY_STRING = {v.lower(): k for k, v in {**ENCRYPTION_STRINGS,
                                                    **MODERN_ENCRYPTION_STRINGS}.items()}
 _INTEGRITY_BY_STRING = {v.lower(): k for k, v in INTEGRITY_STRINGS.items()}
@@ -377,7 +373,7 @@ def parse_esp_sa(text: str, *, mode: str = "tunnel",
                 raise KeyTextError(lineno, f"{auth_s!r} does not say which integrity algorithm "
                                            "to verify with")
         elif auth_l not in ("null", ""):
-            integ = _INTEGRITY_BY_STRING.get(auth_l) or _EXTRA_INTEGRITY.get(auth_l)
+            integ = _INTEGRITY_BY_STRING.get(auth_l)
             if integ is None:
                 raise KeyTextError(lineno, f"authentication {auth_s!r} has no ipsecsa equivalent")
             sa["integrity"] = {"algorithm": integ,

@@ -52,11 +52,11 @@ from ipsecsa.io.pcap import PcapReader
 from ipsecsa.packet.fragment import is_fragment
 from ipsecsa.tools.offline import NATT_PORT, IpsecId, OfflineSas, ipsec_id, offline_config
 from ipsecsa.tools.pcapops import (
-    _CHECKSUM_DROPS,
-    _fragment_key,
-    _Fragments,
-    _udp4_checksum_bad,
+    CHECKSUM_DROPS,
+    FragmentHolder,
+    fragment_key,
     normalise_checksums,
+    udp4_checksum_bad,
 )
 
 #: The hints of the ``--json`` contract, in the order they are tried.
@@ -340,7 +340,7 @@ def inspect_capture(src: str | os.PathLike[str], configs: Sequence[SaConfig] | N
     spis: dict[tuple[int, int, bytes], SpiStats] = {}
     reasons: Counter[str] = Counter()
     hints: Counter[str] = Counter()
-    frags = _Fragments()
+    frags = FragmentHolder()
     with PcapReader(src) as reader:
         for frame in reader.frames():
             report.frames += 1
@@ -351,7 +351,7 @@ def inspect_capture(src: str | os.PathLike[str], configs: Sequence[SaConfig] | N
                 continue
             report.ip_packets += 1
             if is_fragment(ip):
-                key = _fragment_key(ip)
+                key = fragment_key(ip)
                 if key is None:
                     continue
                 whole, _release = frags.feed(key, frame, frame.ts or 0.0)
@@ -383,12 +383,12 @@ def inspect_capture(src: str | os.PathLike[str], configs: Sequence[SaConfig] | N
                     _fail(report, stats, reasons, hints, frame.number, ident.spi,
                           DropReason.BAD_SPI.name, None)
                 continue
-            if verify_checksums and _udp4_checksum_bad(ip):
+            if verify_checksums and udp4_checksum_bad(ip):
                 drop: DropReason | None = DropReason.BAD_UDP
             else:
                 sa = sas.inbound_sa(index)
                 out, drop = sa.unprotect(ip)
-                if drop in _CHECKSUM_DROPS and not verify_checksums:
+                if drop in CHECKSUM_DROPS and not verify_checksums:
                     ip = normalise_checksums(ip)
                     out, drop = sa.unprotect(ip)
                 if out is not None:

@@ -50,7 +50,7 @@ from ipsecsa.tools.offline import OfflineSas, ipsec_id
 
 #: Protocols whose fragments are reassembled before SA matching (ESP, AH, ESP in UDP).
 _REASSEMBLED = frozenset({PROTO_ESP, PROTO_AH, PROTO_UDP})
-_CHECKSUM_DROPS = frozenset({DropReason.BAD_CHECKSUM, DropReason.BAD_UDP})
+CHECKSUM_DROPS = frozenset({DropReason.BAD_CHECKSUM, DropReason.BAD_UDP})
 #: IPv6 fragment header type.
 _V6_FRAGMENT = 44
 #: Call the progress callback every this many frames (not per frame: it may redraw a screen).
@@ -101,7 +101,7 @@ def normalise_checksums(ip: bytes) -> bytes:
     return bytes(pkt)
 
 
-def _udp4_checksum_bad(ip: bytes) -> bool:
+def udp4_checksum_bad(ip: bytes) -> bool:
     """An IPv4 UDP datagram whose non-zero checksum does not verify."""
     if ip[0] >> 4 != 4 or ip[9] != PROTO_UDP:
         return False
@@ -115,7 +115,7 @@ def _udp4_checksum_bad(ip: bytes) -> bool:
     return udp_checksum(ip[12:16], ip[16:20], ip[ihl:end]) != stored
 
 
-def _fragment_key(ip: bytes) -> tuple[Any, ...] | None:
+def fragment_key(ip: bytes) -> tuple[Any, ...] | None:
     """(family, src, dst, protocol, id) of a fragment of a protocol we reassemble, else None."""
     version = ip[0] >> 4
     if version == 4 and len(ip) >= 20 and ip[9] in _REASSEMBLED:
@@ -127,7 +127,7 @@ def _fragment_key(ip: bytes) -> tuple[Any, ...] | None:
     return None
 
 
-class _Fragments:
+class FragmentHolder:
     """Fragments held for reassembly, with the frames that carried them (to pass them through
     unchanged if the datagram is not for an SA or never completes)."""
 
@@ -178,7 +178,7 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     summary = RunSummary("unprotect", str(src), str(dst))
     unknown: Counter[tuple[int, int, bytes]] = Counter()
     drops: Counter[str] = Counter()
-    frags = _Fragments()
+    frags = FragmentHolder()
     with _open(src) as reader, MirrorWriter(dst, reader) as writer:
         write = writer.write
         n = 0
@@ -197,7 +197,7 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                 passthrough(frame)
                 continue
             if is_fragment(ip):
-                key = _fragment_key(ip)
+                key = fragment_key(ip)
                 if key is None:
                     passthrough(frame)
                     continue
@@ -227,13 +227,13 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                     continue
                 original = [frame]
             stats = sas.stats[index]
-            if verify_checksums and _udp4_checksum_bad(ip):
+            if verify_checksums and udp4_checksum_bad(ip):
                 drop: DropReason | None = DropReason.BAD_UDP
                 out = None
             else:
                 sa = sas.inbound_sa(index)
                 out, drop = sa.unprotect(ip)
-                if drop in _CHECKSUM_DROPS and not verify_checksums:
+                if drop in CHECKSUM_DROPS and not verify_checksums:
                     out, drop = sa.unprotect(normalise_checksums(ip))
             if out is not None:
                 stats.packets += 1
@@ -315,4 +315,5 @@ def _addr(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-__all__ = ["RunSummary", "normalise_checksums", "protect_capture", "unprotect_capture"]
+__all__ = ["CHECKSUM_DROPS", "FragmentHolder", "RunSummary", "fragment_key", "normalise_checksums",
+           "protect_capture", "udp4_checksum_bad", "unprotect_capture"]

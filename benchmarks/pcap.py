@@ -1,0 +1,244 @@
+"""Benchmark: ``ipsecsa pcap unprotect`` on a 1,000,000-packet capture, and the capture reader
+against dpkt.
+
+Run: ``python benchmarks/pcap.py [--packets 1000000] [--dir /tmp]`` (the captures are generated
+in ``--dir``, never in the repository, and deleted afterwards unless ``--keep``).
+
+It prints, all measured in the same run on the same machine:
+
+1. **Reader**: seconds to read every record of the capture with our ``PcapReader`` and with
+   dpkt's ``pcap.Reader`` (records only, and records with the IP packet located inside the
+   Ethernet frame: ours by offset, dpkt by its ``ethernet.Ethernet`` parse), and the ratio.
+2. **Coverage**: captures both readers should handle (nanosecond pcap, big-endian pcap, pcapng
+   with interface options and nanosecond resolution, pcapng with several sections, big-endian
+   pcapng): packets each reader returns, or its error.
+3. **Unprotect**: packets/s of the whole command (``python -m ipsecsa pcap unprotect``, a
+   subprocess: read, match, decrypt, write) against the data path's own ``unprotect`` rate on
+   the same packets in memory; target ratio >= 0.5.
+4. **Memory**: peak RSS of the command on the full capture and on a tenth of it (target: flat,
+   independent of the file size), from ``wait4`` of each subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from ipsecsa import SecurityAssociation
+from ipsecsa.config import parse_sa
+from ipsecsa.io.pcap import PcapReader
+
+SA = {"spi": "0xc0000101", "protocol": "esp", "mode": "tunnel", "src": "192.0.2.1",
+      "dst": "198.51.100.1", "encryption": {"algorithm": "aes-gcm-16", "key": "5a" * 20}}
+ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
+INNER_PAYLOAD = 64  # bytes of UDP payload per inner packet (a small-packet workload)
+
+
+def _inner(i: int) -> bytes:
+    from ipsecsa.packet.ipv4 import build_ipv4_header
+    from ipsecsa.packet.udp import build_udp
+
+    src, dst = bytes((10, 1, 0, 1)), bytes((10, 2, (i >> 8) & 255, i & 255))
+    udp = build_udp(src, dst, 1000 + i % 1000, 53, bytes(INNER_PAYLOAD))
+    return build_ipv4_header(tos=0, total_length=20 + len(udp), ident=i & 0xFFFF, flags=0,
+                             frag_offset=0, ttl=64, protocol=17, src=src, dst=dst) + udp
+
+
+def generate(path: str, packets: int) -> list[bytes]:
+    """Write ``packets`` ESP packets (Ethernet, µs pcap); return a sample of the IP packets."""
+    cfg = parse_sa(SA)
+    sa = SecurityAssociation.from_config(dataclasses.replace(cfg, direction="outbound"))
+    protect = sa.protect
+    rec = struct.Struct("<IIII")
+    sample: list[bytes] = []
+    t0 = 1_700_000_000
+    with open(path, "wb", buffering=1 << 20) as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        inner = [_inner(i) for i in range(4096)]
+        for i in range(packets):
+            ip = protect(inner[i & 4095]).packet
+            if len(sample) < 200_000:
+                sample.append(ip)
+            frame = ETH + ip
+            f.write(rec.pack(t0 + i // 1_000_000, i % 1_000_000, len(frame), len(frame)) + frame)
+    return sample
+
+
+def bench_readers(path: str) -> None:
+    import dpkt
+
+    def ours_records() -> int:
+        with PcapReader(path) as r:
+            return sum(1 for _ in r.frames())
+
+    def dpkt_records() -> int:
+        with open(path, "rb") as f:
+            return sum(1 for _ in dpkt.pcap.Reader(f))
+
+    def dpkt_ip() -> int:
+        n = 0
+        with open(path, "rb") as f:
+            for _ts, buf in dpkt.pcap.Reader(f):
+                ip = dpkt.ethernet.Ethernet(buf).data
+                n += isinstance(ip, dpkt.ip.IP)
+        return n
+
+    def ours_ip() -> int:
+        with PcapReader(path) as r:
+            return sum(1 for _ in r)
+
+    print("\n1. Reader (seconds to read every record; lower is better)")
+    results = {}
+    for name, fn in (("ours: records", ours_records), ("dpkt: records", dpkt_records),
+                     ("ours: records + IP located", ours_ip),
+                     ("dpkt: records + Ethernet/IP parsed", dpkt_ip)):
+        t = time.perf_counter()
+        n = fn()
+        results[name] = time.perf_counter() - t
+        print(f"   {name:38s} {results[name]:7.2f} s  ({n} packets, "
+              f"{n / results[name] / 1e3:7.0f} k/s)")
+    print(f"   ratio dpkt/ours, records:        {results['dpkt: records'] / results['ours: records']:.2f}")
+    print(f"   ratio dpkt/ours, with IP:        "
+          f"{results['dpkt: records + Ethernet/IP parsed'] / results['ours: records + IP located']:.2f}")
+
+
+# ---------------------------------------------------------------------------- coverage
+def _shb(order: str = "<") -> bytes:
+    body = struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1)
+    return _block(0x0A0D0D0A, body, order)
+
+
+def _block(kind: int, body: bytes, order: str = "<") -> bytes:
+    body += bytes(-len(body) & 3)
+    total = len(body) + 12
+    return struct.pack(order + "II", kind, total) + body + struct.pack(order + "I", total)
+
+
+def _idb(order: str = "<", tsresol: int | None = None, name: bytes = b"eth0") -> bytes:
+    opts = struct.pack(order + "HH", 2, len(name)) + name + bytes(-len(name) & 3)
+    if tsresol is not None:
+        opts += struct.pack(order + "HHB3x", 9, 1, tsresol)
+    opts += struct.pack(order + "HH", 0, 0)
+    return _block(1, struct.pack(order + "HHI", 1, 0, 0) + opts, order)
+
+
+def _epb(frame: bytes, order: str = "<", if_id: int = 0, ts: int = 1) -> bytes:
+    return _block(6, struct.pack(order + "IIIII", if_id, ts >> 32, ts & 0xFFFFFFFF,
+                                 len(frame), len(frame)) + frame, order)
+
+
+def coverage_files(frame: bytes) -> dict[str, bytes]:
+    def pcap(order: str, magic: int) -> bytes:
+        return (struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, 1)
+                + b"".join(struct.pack(order + "IIII", 1, i, len(frame), len(frame)) + frame
+                           for i in range(3)))
+
+    return {
+        "pcap, nanosecond": pcap("<", 0xA1B23C4D),
+        "pcap, big-endian": pcap(">", 0xA1B2C3D4),
+        "pcapng, options + ns resolution": _shb() + _idb(tsresol=9) + _epb(frame) * 3,
+        "pcapng, two sections": (_shb() + _idb() + _epb(frame) * 2
+                                 + _shb() + _idb(tsresol=9) + _epb(frame)),
+        "pcapng, two interfaces": _shb() + _idb() + _idb(name=b"eth1") + _epb(frame)
+                                  + _epb(frame, if_id=1) + _epb(frame),
+        "pcapng, big-endian": _shb(">") + _idb(">") + _epb(frame, ">") * 3,
+    }
+
+
+def bench_coverage(frame: bytes) -> None:
+    import dpkt
+
+    print("\n2. Coverage (packets read, of 3; or the reader's error)")
+    for name, data in coverage_files(frame).items():
+        try:
+            with PcapReader(io.BytesIO(data)) as r:
+                ours = str(sum(1 for _ in r))
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            ours = f"error: {exc}"
+        try:
+            reader = (dpkt.pcapng.Reader if name.startswith("pcapng") else dpkt.pcap.Reader)
+            theirs = str(sum(1 for _ in reader(io.BytesIO(data))))
+        except Exception as exc:  # noqa: BLE001
+            theirs = f"error: {type(exc).__name__}: {exc}"
+        print(f"   {name:34s} ours {ours:10s} dpkt {theirs}")
+
+
+# ---------------------------------------------------------------------------- command
+def _run_command(sa_file: str, src: str, dst: str) -> tuple[float, int, dict]:
+    import json
+
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ipsecsa", "pcap", "unprotect", "-s", sa_file,
+                             src, dst, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read() if proc.stdout else b""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t
+    if status != 0:
+        raise SystemExit(f"unprotect failed: {proc.stderr.read() if proc.stderr else ''}")
+    return elapsed, usage.ru_maxrss, json.loads(out)
+
+
+def bench_datapath(sample: list[bytes]) -> float:
+    cfg = parse_sa(SA)
+    sa = SecurityAssociation.from_config(dataclasses.replace(cfg, direction="inbound",
+                                                             replay_window=0))
+    unprotect = sa.unprotect
+    t = time.perf_counter()
+    for ip in sample:
+        unprotect(ip)
+    return len(sample) / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=1_000_000)
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="ipsecsa-bench-", dir=args.dir)
+    big, small = os.path.join(work, "esp-big.pcap"), os.path.join(work, "esp-small.pcap")
+    sa_file = os.path.join(work, "sa.json")
+    with open(sa_file, "w") as f:
+        import json
+
+        json.dump({"sas": [SA]}, f)
+    try:
+        print(f"generating {args.packets} ESP packets (AES-GCM-16 tunnel, "
+              f"{20 + 8 + INNER_PAYLOAD}-byte inner packets) in {work} ...")
+        t = time.perf_counter()
+        sample = generate(big, args.packets)
+        generate(small, max(1, args.packets // 10))
+        print(f"   {time.perf_counter() - t:.1f} s, {os.path.getsize(big) / 1e6:.0f} MB")
+        bench_readers(big)
+        bench_coverage(ETH + sample[0])
+        print("\n3. Unprotect (packets/s; higher is better)")
+        dp = bench_datapath(sample)
+        elapsed, rss_big, summary = _run_command(sa_file, big, os.path.join(work, "out.pcap"))
+        assert summary["transformed"] == args.packets, summary
+        rate = args.packets / elapsed
+        print(f"   data path unprotect, in memory:  {dp / 1e3:8.1f} k/s")
+        print(f"   ipsecsa pcap unprotect (whole):  {rate / 1e3:8.1f} k/s  "
+              f"({elapsed:.1f} s incl. start-up)")
+        print(f"   ratio command/data path:         {rate / dp:.2f}   (target >= 0.5)")
+        _e, rss_small, _s = _run_command(sa_file, small, os.path.join(work, "out-small.pcap"))
+        print("\n4. Peak memory of the command (RSS, from wait4)")
+        print(f"   {args.packets // 10:>9} packets: {rss_small / 1024:7.1f} MiB")
+        print(f"   {args.packets:>9} packets: {rss_big / 1024:7.1f} MiB   "
+              f"(ratio {rss_big / rss_small:.2f}; flat = 1.0)")
+    finally:
+        if not args.keep:
+            for name in os.listdir(work):
+                os.unlink(os.path.join(work, name))
+            os.rmdir(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
