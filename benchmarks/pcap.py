@@ -14,7 +14,8 @@ It prints, all measured in the same run on the same machine:
    pcapng): packets each reader returns, or its error.
 3. **Unprotect**: packets/s of the whole command (``python -m ipsecsa pcap unprotect``, a
    subprocess: read, match, decrypt, write) against the data path's own ``unprotect`` rate on
-   the same packets in memory; target ratio >= 0.5.
+   the same packets in memory (also a subprocess), both with the native fast path (issue 16)
+   and with ``IPSECSA_PURE_PYTHON=1``; target ratio >= 0.5.
 4. **Memory**: peak RSS of the command on the full capture and on a tenth of it (target: flat,
    independent of the file size), from ``wait4`` of each subprocess.
 """
@@ -64,7 +65,7 @@ def generate(path: str, packets: int) -> list[bytes]:
         inner = [_inner(i) for i in range(4096)]
         for i in range(packets):
             ip = protect(inner[i & 4095]).packet
-            if len(sample) < 200_000:
+            if not sample:
                 sample.append(ip)
             frame = ETH + ip
             f.write(rec.pack(t0 + i // 1_000_000, i % 1_000_000, len(frame), len(frame)) + frame)
@@ -171,12 +172,21 @@ def bench_coverage(frame: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------- command
-def _run_command(sa_file: str, src: str, dst: str) -> tuple[float, int, dict]:
+def _env(pure: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("IPSECSA_PURE_PYTHON", None)
+    if pure:
+        env["IPSECSA_PURE_PYTHON"] = "1"
+    return env
+
+
+def _run_command(sa_file: str, src: str, dst: str, pure: bool = False) -> tuple[float, int, dict]:
     import json
 
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ipsecsa", "pcap", "unprotect", "-s", sa_file,
-                             src, dst, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             src, dst, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(pure))
     out = proc.stdout.read() if proc.stdout else b""
     _pid, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t
@@ -185,7 +195,21 @@ def _run_command(sa_file: str, src: str, dst: str) -> tuple[float, int, dict]:
     return elapsed, usage.ru_maxrss, json.loads(out)
 
 
-def bench_datapath(sample: list[bytes]) -> float:
+def bench_datapath(path: str, pure: bool) -> float:
+    """The data path's unprotect rate on the capture's first 200,000 packets, in memory, in a
+    subprocess (so that IPSECSA_PURE_PYTHON takes effect)."""
+    proc = subprocess.run([sys.executable, __file__, "--reference", path], capture_output=True,
+                          text=True, env=_env(pure), check=True)
+    return float(proc.stdout.strip())
+
+
+def _reference(path: str) -> None:
+    with PcapReader(path) as r:
+        sample = [p.ip for _, p in zip(range(200_000), r, strict=False)]
+    print(_unprotect_rate(sample))
+
+
+def _unprotect_rate(sample: list[bytes]) -> float:
     cfg = parse_sa(SA)
     sa = SecurityAssociation.from_config(dataclasses.replace(cfg, direction="inbound",
                                                              replay_window=0))
@@ -201,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packets", type=int, default=1_000_000)
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reference", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.reference:
+        _reference(args.reference)
+        return 0
     work = tempfile.mkdtemp(prefix="ipsecsa-bench-", dir=args.dir)
     big, small = os.path.join(work, "esp-big.pcap"), os.path.join(work, "esp-small.pcap")
     sa_file = os.path.join(work, "sa.json")
@@ -219,14 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         bench_readers(big)
         bench_coverage(ETH + sample[0])
         print("\n3. Unprotect (packets/s; higher is better)")
-        dp = bench_datapath(sample)
-        elapsed, rss_big, summary = _run_command(sa_file, big, os.path.join(work, "out.pcap"))
-        assert summary["transformed"] == args.packets, summary
-        rate = args.packets / elapsed
-        print(f"   data path unprotect, in memory:  {dp / 1e3:8.1f} k/s")
-        print(f"   ipsecsa pcap unprotect (whole):  {rate / 1e3:8.1f} k/s  "
-              f"({elapsed:.1f} s incl. start-up)")
-        print(f"   ratio command/data path:         {rate / dp:.2f}   (target >= 0.5)")
+        rss_big = 0
+        for label, pure in (("native fast path", False), ("IPSECSA_PURE_PYTHON=1", True)):
+            dp = bench_datapath(big, pure)
+            elapsed, rss, summary = _run_command(sa_file, big, os.path.join(work, "out.pcap"),
+                                                 pure)
+            assert summary["transformed"] == args.packets, summary
+            rss_big = rss_big or rss
+            rate = args.packets / elapsed
+            print(f"   {label}:")
+            print(f"     data path unprotect, in memory:  {dp / 1e3:8.1f} k/s")
+            print(f"     ipsecsa pcap unprotect (whole):  {rate / 1e3:8.1f} k/s  "
+                  f"({elapsed:.1f} s incl. start-up)")
+            print(f"     ratio command/data path:         {rate / dp:.2f}   (target >= 0.5)")
         _e, rss_small, _s = _run_command(sa_file, small, os.path.join(work, "out-small.pcap"))
         print("\n4. Peak memory of the command (RSS, from wait4)")
         print(f"   {args.packets // 10:>9} packets: {rss_small / 1024:7.1f} MiB")

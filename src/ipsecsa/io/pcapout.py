@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -115,6 +116,7 @@ class MirrorWriter:
         self._ifaces_written = 0
         self._pcap_frac = 10**6
         self._done = False
+        self._impl: Callable[[Frame, bytes | None], None] | None = None
         self.count = 0
 
     # ------------------------------------------------------------------ structure
@@ -151,22 +153,43 @@ class MirrorWriter:
 
     # ------------------------------------------------------------------ records
     def write(self, frame: Frame, data: bytes | None = None) -> None:
-        """Append ``frame`` (or ``data`` in its place) with its original timestamp."""
+        """Append ``frame`` (or ``data`` in its place) with its original timestamp.
+
+        The first call picks the format's writer and binds it in place of this method, so
+        later calls through the instance go straight to it (a reference to this method taken
+        earlier keeps working: it forwards)."""
+        impl = self._impl
+        if impl is None:
+            if self._reader.format == "pcap":
+                self._started = True
+                self._start_pcap()
+                impl = self._write_pcap
+            else:
+                impl = self._write_pcapng
+            self._impl = impl
+            self.write = impl  # type: ignore[method-assign]
+        impl(frame, data)
+
+    def _write_pcap(self, frame: Frame, data: bytes | None = None) -> None:
         if data is None:
             data, origlen = frame.data, frame.origlen
         else:
+            if len(data) > MAX_RECORD_BYTES:
+                data = data[:MAX_RECORD_BYTES]
             origlen = len(data)
-        if len(data) > MAX_RECORD_BYTES:
-            data = data[:MAX_RECORD_BYTES]
         self.count += 1
-        if self._reader.format == "pcap":
-            if not self._started:
-                self._started = True
-                self._start_pcap()
-            raw = frame.ts_raw or 0
-            frac = self._pcap_frac
-            self._file.write(_REC.pack(raw // frac, raw % frac, len(data), origlen) + data)
-            return
+        raw = frame.ts_raw or 0
+        frac = self._pcap_frac
+        self._file.write(_REC.pack(raw // frac, raw % frac, len(data), origlen) + data)
+
+    def _write_pcapng(self, frame: Frame, data: bytes | None = None) -> None:
+        if data is None:
+            data, origlen = frame.data, frame.origlen
+        else:
+            if len(data) > MAX_RECORD_BYTES:
+                data = data[:MAX_RECORD_BYTES]
+            origlen = len(data)
+        self.count += 1
         if frame.section != self._section:
             self._section = frame.section
             self._section_header()

@@ -150,9 +150,14 @@ class OfflineSas:
         self.stats = [SaStats(i, c) for i, c in enumerate(self.configs)]
         self._anti_replay = anti_replay
         self._inbound: dict[tuple[int, int, bytes], int] = {}
+        #: SPI (4 bytes) ‖ dst -> index, for ESP SAs without UDP encapsulation: the lookup of
+        #: the common case straight from packet bytes (:meth:`match_esp_bytes`).
+        self.esp_keys: dict[bytes, int] = {}
         for i, c in enumerate(self.configs):
             proto = PROTO_ESP if c.protocol == "esp" else PROTO_AH
             self._inbound.setdefault((proto, c.spi, c.dst.packed), i)
+            if proto == PROTO_ESP and c.encapsulation is None:
+                self.esp_keys.setdefault(c.spi.to_bytes(4, "big") + c.dst.packed, i)
         self._in_sas: dict[int, SecurityAssociation] = {}
         self._out_sas: dict[int, SecurityAssociation] = {}
 

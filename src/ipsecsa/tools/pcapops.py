@@ -115,6 +115,14 @@ def udp4_checksum_bad(ip: bytes) -> bool:
     return udp_checksum(ip[12:16], ip[16:20], ip[ihl:end]) != stored
 
 
+def _maybe_fragment(ip: bytes) -> bool:
+    """A cheap test that rules out most whole datagrams: IPv4 with MF and offset zero, IPv6
+    whose first next header is ESP, AH, UDP or TCP, are not fragments."""
+    if ip[0] >> 4 == 4:
+        return bool(ip[6] & 0x3F or ip[7]) if len(ip) >= 8 else False
+    return len(ip) < 7 or ip[6] not in (PROTO_ESP, PROTO_AH, PROTO_UDP, 6)
+
+
 def fragment_key(ip: bytes) -> tuple[Any, ...] | None:
     """(family, src, dst, protocol, id) of a fragment of a protocol we reassemble, else None."""
     version = ip[0] >> 4
@@ -180,14 +188,14 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     drops: Counter[str] = Counter()
     frags = FragmentHolder()
     with _open(src) as reader, MirrorWriter(dst, reader) as writer:
-        write = writer.write
         n = 0
 
         def passthrough(frame: Frame) -> None:
             summary.passed_through += 1
             if not only_matched:
-                write(frame)
+                writer.write(frame)
 
+        esp_keys = sas.esp_keys
         for frame in reader.frames():
             n += 1
             if progress is not None and n % PROGRESS_EVERY == 0:
@@ -196,7 +204,12 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             if ip is None:
                 passthrough(frame)
                 continue
-            if is_fragment(ip):
+            # The common case first, from the packet's bytes: a whole IPv4 datagram without
+            # options carrying bare ESP for an SA of the file.
+            if (ip[0] == 0x45 and ip[9] == PROTO_ESP and not (ip[6] & 0x3F or ip[7])
+                    and (index := esp_keys.get(ip[20:24] + ip[16:20])) is not None):
+                original = [frame]
+            elif _maybe_fragment(ip) and is_fragment(ip):
                 key = fragment_key(ip)
                 if key is None:
                     passthrough(frame)
@@ -216,8 +229,9 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                 frame = release[-1]._replace(ip=ip)
                 original = release
             else:
-                for f in frags.expired(frame.ts or 0.0):
-                    passthrough(f)
+                if frags.frames:
+                    for f in frags.expired(frame.ts or 0.0):
+                        passthrough(f)
                 ident = ipsec_id(ip)
                 index = None if ident is None else sas.match_inbound(ident)
                 if index is None:
@@ -239,14 +253,14 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                 stats.packets += 1
                 stats.bytes += len(out)
                 summary.transformed += 1
-                write(frame, replace_ip(frame, out))
+                writer.write(frame, replace_ip(frame, out))
                 continue
             reason = drop.name if drop is not None else "HELD"
             stats.drop(reason)
             drops[reason] += 1
             if not only_matched:
                 for f in original:
-                    write(f)
+                    writer.write(f)
         for f in frags.rest():
             summary.fragments_incomplete += 1
             passthrough(f)
