@@ -261,3 +261,45 @@ def test_bad_capture_is_one_line(workdir, sa_file, protected_vlan, bad):
     assert len(lines) == 1 and lines[0].startswith("ipsecsa: error: ")
     assert str(path) in lines[0] and "Traceback" not in run.stderr
     assert not os.path.exists(workdir / "o.pcap")  # no half-written output
+
+
+@pytest.mark.parametrize("linktype", [0, 108, 101])
+def test_loopback_and_raw_link_types_with_a_family_change(tmp_path, linktype):
+    """6-in-4 tunnel on BSD/OpenBSD loopback (NULL, LOOP) and raw IP captures: protecting an
+    IPv6 packet into an IPv4 tunnel changes the IP version, so the loopback header's address
+    family must follow (and come back on unprotect). Library calls (the CLI is covered above)."""
+    import json as _json
+
+    from scapy.layers.inet6 import IPv6
+
+    from ipsecsa.config.files import load_sa_file
+    from ipsecsa.tools.pcapops import protect_capture, unprotect_capture
+
+    sas = tmp_path / "6in4.json"
+    sas.write_text(_json.dumps({"sas": [{
+        "spi": "0x3001", "protocol": "esp", "mode": "tunnel", "src": "192.0.2.1",
+        "dst": "192.0.2.2", "encryption": {"algorithm": "chacha20-poly1305", "key": "77" * 36},
+        "selectors": [{"src": "2001:db8:1::/48", "dst": "2001:db8:2::/48"}]}]}))
+    cfgs = load_sa_file(sas)
+    inner = [bytes(IPv6(src="2001:db8:1::1", dst="2001:db8:2::1") / UDP(sport=7, dport=i)
+                   / (b"v" * i)) for i in range(1, 6)]
+
+    def frame(ip: bytes) -> bytes:
+        if linktype == 101:
+            return ip
+        family = 24 if ip[0] >> 4 == 6 else 2
+        return family.to_bytes(4, "little" if linktype == 0 else "big") + ip
+
+    src, enc, dec = tmp_path / "in.pcap", tmp_path / "enc.pcap", tmp_path / "dec.pcap"
+    write_pcap(src, linktype, [(i, frame(p)) for i, p in enumerate(inner)])
+    assert protect_capture(src, enc, cfgs).transformed == 5
+    frames, _ = _frames(enc)
+    assert all(f.ip[0] >> 4 == 4 for f in frames)
+    if linktype != 101:
+        order = "little" if linktype == 0 else "big"
+        assert all(int.from_bytes(f.data[:4], order) == 2 for f in frames)
+    assert unprotect_capture(enc, dec, cfgs).transformed == 5
+    frames, _ = _frames(dec)
+    assert [f.ip for f in frames] == inner
+    if linktype != 101:
+        assert all(int.from_bytes(f.data[:4], order) in (10, 24) for f in frames)
