@@ -2,7 +2,8 @@
 
 It reports on stdout, one line per fact, flushed *after* the engine acknowledged it:
 ``sent SPI SEQ`` for every ESP packet the engine emitted, ``made CID``, ``deleted CID``,
-``expired CID``. The parent kills it at a random moment and checks the store against what was
+``expired CID``, and ``deleting CID`` / ``expiring CID`` just *before* those calls (a kill can
+land after the call committed and before its line is written). The parent kills it at a random moment and checks the store against what was
 reported (see test_crash.py)."""
 
 from __future__ import annotations
@@ -114,10 +115,12 @@ def main() -> int:
                 say(f"made {cid}")
         elif live and r < 0.93:
             cid = rnd.choice(list(live))
+            say(f"deleting {cid}")  # before the call: a kill may land after its commit
             if bfe.IPsecSaContextDeleteById0(h, cid) == 0:
                 say(f"deleted {cid}")
         elif established:
             cid = rnd.choice(established)
+            say(f"expiring {cid}")
             if bfe.IPsecSaContextExpire0(h, cid) == 0:
                 say(f"expired {cid}")
 
