@@ -43,6 +43,8 @@ from ipsecsa.wfp import types as T
 from ipsecsa.wfp.access import AccessControl, principal_of
 from ipsecsa.wfp.conditions import PacketView, same_conditions
 from ipsecsa.wfp.contexts import EXPIRE_LINGER_SECONDS, CtxOp, CtxState, SaContext, next_state
+from ipsecsa.wfp.described import fit_to_context, parse_descriptions, reported_bundle
+from ipsecsa.wfp.described import limits as described_limits
 from ipsecsa.wfp.filters import (
     FIRST_FILTER_ID,
     FilterRecord,
@@ -59,6 +61,7 @@ from ipsecsa.wfp.registry import GUID_OF, LAYERS
 from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.txn import DEFAULT_WAIT_MS, TXN_MAX_SECONDS, Transaction, TxnLock
+from ipsecsa.wfp.views import context_view
 
 log = logging.getLogger("ipsecsa.wfp")
 
@@ -84,20 +87,26 @@ def _api(outs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            failures = self._failures
+            failures.last = None
             if self._closed:
                 status = C.EPT_S_NOT_REGISTERED  # B.1 OBS: the BFE is not running
+                failures.last = Fail(status, "the engine is closed")
             else:
                 try:
                     self._due(self._clock())
                     result = fn(self, *args, **kwargs)
                 except Fail as failure:
                     status = failure.status
+                    failures.last = failure
                     log.debug("%s -> 0x%08X %s", fn.__name__, status, failure.detail)
                 except (AttributeError, TypeError, ValueError, KeyError) as exc:
                     # An argument of a shape no check anticipated (a str for a structure, a list
                     # for a GUID): the contract is a status, never an exception. Logged with
                     # its traceback so that an engine bug hiding here is still visible.
                     status = C.FWP_E_INVALID_PARAMETER
+                    failures.last = Fail(status, f"an argument of an unexpected shape "
+                                                 f"({type(exc).__name__})")
                     log.info("%s: malformed argument (%s: %s) -> FWP_E_INVALID_PARAMETER",
                              fn.__name__, type(exc).__name__, exc, exc_info=True)
                 else:
@@ -146,9 +155,9 @@ def _is_uint(value: object, bits: int) -> bool:
 
 def _uint(value: object, bits: int, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise Fail(C.FWP_E_INVALID_PARAMETER, f"{name} must be an integer")
+        raise Fail(C.FWP_E_INVALID_PARAMETER, f"{name} must be an integer", name)
     if not 0 <= value < 1 << bits:
-        raise Fail(C.FWP_E_OUT_OF_BOUNDS, f"{name} out of range")
+        raise Fail(C.FWP_E_OUT_OF_BOUNDS, f"{name} out of range", name)
     return value
 
 
@@ -178,6 +187,18 @@ class _Traffic:
     stored: Any  # IPSEC_TRAFFIC1 (private copy)
 
 
+@dataclass(frozen=True, slots=True)
+class _Install:
+    """What :meth:`Engine._install` puts into a context: the data-path SAs (ESP first), the
+    bundle GetById reports, and the limits the engine times (the data path enforces the rest)."""
+
+    sas: tuple[SecurityAssociation, ...]
+    given: Any  # IPSEC_SA_BUNDLE1
+    seconds: float
+    limited: bool  # the SAs have packet or byte limits
+    idle_seconds: int
+
+
 class Engine:
     """The Base Filtering Engine, in memory (state lost on :meth:`close`, as on Windows when
     the service stops, reference F.8).
@@ -198,6 +219,7 @@ class Engine:
         self._unsafe_iv_source: Callable[[int], bytes] | None = None
         self._clock: Callable[[], float] = clock or time.monotonic
         self._closed = False
+        self._failures = threading.local()  # .last: this thread's last failed call (a Fail)
         self._lock = threading.RLock()
         self._txn_lock = TxnLock()
         self._acl = AccessControl()
@@ -265,7 +287,7 @@ class Engine:
     def _session(self, handle: object) -> _Session:
         s = self._sessions.get(handle) if isinstance(handle, int) else None  # type: ignore[arg-type]
         if s is None:
-            raise Fail(C.ERROR_INVALID_HANDLE, "engineHandle")
+            raise Fail(C.ERROR_INVALID_HANDLE, "engineHandle", "engineHandle")
         return s
 
     def _need(self, s: _Session, container: str, rights: int) -> None:
@@ -521,7 +543,7 @@ class Engine:
 
     def _filter_delete(self, s: _Session, rec: FilterRecord | None) -> None:
         if rec is None:
-            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "no such filter")
+            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "no such filter", "id")
         if s.dynamic:
             if rec.session is None:
                 raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "not a filter of this session")
@@ -529,7 +551,7 @@ class Engine:
                 raise Fail(C.FWP_E_WRONG_SESSION, "a filter of another dynamic session")
         for ctx in self._contexts.values():
             if rec.id in (ctx.outbound_filter, ctx.inbound_filter):
-                raise Fail(C.FWP_E_IN_USE, f"SA context {ctx.id} references the filter")
+                raise Fail(C.FWP_E_IN_USE, f"SA context {ctx.id} references the filter", "id")
         self._filters.remove(rec)
         owner = rec.session
         if owner is not None:
@@ -751,7 +773,7 @@ class Engine:
         direction, kind and IP version."""
         rec = self._filters.by_id.get(tr.filter_id)
         if rec is None:
-            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "the traffic's filter id")
+            raise Fail(C.FWP_E_FILTER_NOT_FOUND, "the traffic's filter id", "ipsecFilterId")
         want = (direction, "tunnel" if tr.tunnel else "transport")
         if rec.ipsec_role != want or rec.layer.version != tr.version:
             raise Fail(C.FWP_E_INCOMPATIBLE_LAYER,
@@ -762,13 +784,14 @@ class Engine:
     def _ctx(self, id: Any) -> SaContext:
         ctx = self._contexts.get(id) if _is_uint(id, 64) else None
         if ctx is None:
-            raise Fail(C.FWP_E_NOT_FOUND, f"no SA context {id!r}")
+            raise Fail(C.FWP_E_NOT_FOUND, f"no SA context {id!r}", "id")
         return ctx
 
     def _step(self, ctx: SaContext, op: CtxOp) -> CtxState:
         nxt = next_state(ctx.state, op)
         if nxt is None:
-            raise Fail(C.FWP_E_INCOMPATIBLE_SA_STATE, f"{op.value} in state {ctx.state.value}")
+            raise Fail(C.FWP_E_INCOMPATIBLE_SA_STATE, f"{op.value} in state {ctx.state.value}",
+                       "state")
         return nxt
 
     def _create(self, engineHandle: Any, traffic: Any, v1: bool,
@@ -899,7 +922,8 @@ class Engine:
         tr, encap = self._getspi_args(getSpi, True)
         spi = _uint(inboundSpi, 32, "inboundSpi")
         if spi < 256:
-            raise Fail(C.FWP_E_INVALID_PARAMETER, f"SPI {spi} is reserved (RFC 4303)")
+            raise Fail(C.FWP_E_INVALID_PARAMETER, f"SPI {spi} is reserved (RFC 4303)",
+                       "inboundSpi")
         with self._locked(s):
             ctx = self._ctx(id)
             rec = self._traffic_filter(tr, "inbound")
@@ -907,7 +931,8 @@ class Engine:
             self._spi_traffic_ok(ctx, tr, encap)
             used = self._spis.setdefault(ctx.local, set())
             if spi != ctx.spi and spi in used:
-                raise Fail(C.FWP_E_ALREADY_EXISTS, "the SPI is in use for this address (F.5)")
+                raise Fail(C.FWP_E_ALREADY_EXISTS, "the SPI is in use for this address (F.5)",
+                           "inboundSpi")
             self._release_spi(ctx)
             self._spis.setdefault(ctx.local, set()).add(spi)
             ctx.spi = spi
@@ -928,7 +953,7 @@ class Engine:
                 sas.append(SecurityAssociation.from_dict(
                     obj, now=now, unsafe_iv_source=self._unsafe_iv_source))
             except ConfigError as exc:
-                raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
+                raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc), exc.field) from exc
         return tuple(sas)
 
     def _add(self, engineHandle: Any, id: Any, bundle: Any, v1: bool, inbound: bool) -> None:
@@ -937,24 +962,38 @@ class Engine:
         self._no_txn(s)
         want = (T.IPSEC_SA_BUNDLE1 if v1 else T.IPSEC_SA_BUNDLE0)
         if bundle is None:
-            raise Fail(C.FWP_E_NULL_POINTER, "bundle")
+            raise Fail(C.FWP_E_NULL_POINTER, "bundle", "bundle")
         if not isinstance(bundle, (T.IPSEC_SA_BUNDLE0, T.IPSEC_SA_BUNDLE1)):
-            raise Fail(C.FWP_E_INVALID_PARAMETER, f"bundle must be an {want.__name__}")
+            raise Fail(C.FWP_E_INVALID_PARAMETER, f"bundle must be an {want.__name__}", "bundle")
         spec = check_bundle(bundle, v1)
-        with self._locked(s):
-            ctx = self._ctx(id)
-            nxt = self._step(ctx, CtxOp.ADD_INBOUND if inbound else CtxOp.ADD_OUTBOUND)
+
+        def build(ctx: SaContext) -> _Install:
             ipv = C.FWP_IP_VERSION_V4 if ctx.version == 4 else C.FWP_IP_VERSION_V6
             if bundle.ipVersion != ipv:
                 raise Fail(C.FWP_E_INVALID_PARAMETER, "bundle.ipVersion differs from the "
-                                                      "context's traffic")
+                                                      "context's traffic", "ipVersion")
             if inbound and any(spi != ctx.spi for spi in spec.spis):
                 raise Fail(C.FWP_E_INVALID_PARAMETER, "the inbound SA's SPI is not the one "
-                                                      "GetSpi/SetSpi gave (F.5)")
+                                                      "GetSpi/SetSpi gave (F.5)", "spi")
             sas = self._build_sas(ctx, spec, "inbound" if inbound else "outbound")
-            now = self._clock()
             given = _convert(bundle, T.IPSEC_SA_BUNDLE1)
             given.numSAs = len(given.saList)
+            return _Install(sas, given, spec.lifetime_seconds,
+                            bool(spec.kilobytes or spec.packets), spec.idle_seconds)
+
+        self._install(s, id, inbound, build)
+
+    def _install(self, s: _Session, id: Any, inbound: bool,
+                 build: Callable[[SaContext], _Install]) -> None:
+        """AddInbound/AddOutbound, whatever the SAs were described with (a Windows bundle or
+        ipsecsa's SA descriptions): the state machine, then ``build``'s checks against the
+        context, then the SAs go live."""
+        with self._locked(s):
+            ctx = self._ctx(id)
+            nxt = self._step(ctx, CtxOp.ADD_INBOUND if inbound else CtxOp.ADD_OUTBOUND)
+            made = build(ctx)
+            sas, given = made.sas, made.given
+            now = self._clock()
             try:
                 b = Bundle(sas)
             except SadError as exc:
@@ -963,22 +1002,22 @@ class Engine:
                 try:
                     ctx.inbound_handle = self._sad.add_inbound(b)
                 except SadError as exc:
-                    raise Fail(C.FWP_E_ALREADY_EXISTS, str(exc)) from exc
+                    raise Fail(C.FWP_E_ALREADY_EXISTS, str(exc), "spi") from exc
                 ctx.inbound_bundle, ctx.inbound_given, ctx.inbound_added = b, given, now
                 self._ctx_of_sa[id_of_outer(b)] = ctx
             else:
                 ctx.outbound_given, ctx.outbound_added = given, now
-                ctx.limited = bool(spec.kilobytes or spec.packets)
+                ctx.limited = made.limited
                 ctx.outbound_bundle = b  # packets may use it from here on
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
                 self._changed()
             self._count("totalSasAdded", len(sas))
-            if spec.lifetime_seconds:
-                d = now + spec.lifetime_seconds
+            if made.seconds:
+                d = now + made.seconds
                 ctx.deadline = d if ctx.deadline is None else min(ctx.deadline, d)
-            if spec.idle_seconds:
-                ctx.idle_seconds = spec.idle_seconds if not ctx.idle_seconds \
-                    else min(ctx.idle_seconds, spec.idle_seconds)
+            if made.idle_seconds:
+                ctx.idle_seconds = made.idle_seconds if not ctx.idle_seconds \
+                    else min(ctx.idle_seconds, made.idle_seconds)
             ctx.last_used = now
             ctx.state = nxt
             if not inbound:
@@ -1513,6 +1552,72 @@ class Engine:
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
                 # Continue from the stored reservation; the first packet reserves the next.
                 ctx.out_limits = [sa.seq for sa in bundle.sas]
+
+    # ================================================================ ipsecsa extensions
+    # Not Windows functions (hence snake_case): what ipsecsa's Pythonic API (ipsecsa.api) needs
+    # and Windows' structures cannot say. Same conventions as the rest: the status first, checks
+    # in F.10's order, nothing raised for bad arguments, the same internal paths.
+    def last_failure(self) -> Fail | None:
+        """The failure behind the status of this thread's last engine call (None if it
+        succeeded): ``.status``, ``.field`` (the parameter or description field at fault, or
+        "") and ``.detail`` (a message without key material)."""
+        return getattr(self._failures, "last", None)
+
+    @_api(0)
+    def add_inbound_sas(self, engineHandle: Any, id: Any, descriptions: Any) -> None:
+        """IPsecSaContextAddInbound1 with the bundle given as SA descriptions (``sa-format``
+        dicts, ESP first): see :mod:`.described` for the rules particular to them."""
+        self._add_described(engineHandle, id, descriptions, True)
+
+    @_api(0)
+    def add_outbound_sas(self, engineHandle: Any, id: Any, descriptions: Any) -> None:
+        """IPsecSaContextAddOutbound1 with the bundle given as SA descriptions."""
+        self._add_described(engineHandle, id, descriptions, False)
+
+    def _add_described(self, engineHandle: Any, id: Any, descriptions: Any,
+                       inbound: bool) -> None:
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ADD)
+        self._no_txn(s)
+        direction = "inbound" if inbound else "outbound"
+        configs = parse_descriptions(descriptions, direction)
+
+        def build(ctx: SaContext) -> _Install:
+            fitted = fit_to_context(configs, direction, tunnel=ctx.tunnel, local=ctx.local,
+                                    remote=ctx.remote, spi=ctx.spi, udp_encap=ctx.udp_encap)
+            now = self._clock()
+            sas = []
+            for i, cfg in enumerate(fitted):
+                try:
+                    sas.append(SecurityAssociation.from_config(cfg, now=now))
+                except ConfigError as exc:
+                    raise Fail(C.FWP_E_INVALID_PARAMETER, exc.reason,
+                               f"descriptions[{i}].{exc.field}") from exc
+            seconds, limited = described_limits(fitted)
+            return _Install(tuple(sas), reported_bundle(fitted, ctx.version), seconds, limited, 0)
+
+        self._install(s, id, inbound, build)
+
+    @_api(1)
+    def sa_context_view(self, engineHandle: Any, id: Any) -> tuple[dict[str, Any]]:
+        """One SA context as a JSON-friendly dict (:mod:`.views`): state, host pair, SPIs,
+        filters, per-SA algorithms and counters. Access as IPsecSaContextGetById0."""
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        with self._locked(s):
+            return (context_view(self._ctx(id), self._clock()),)
+
+    @_api(1)
+    def sa_context_views(self, engineHandle: Any) -> tuple[list[dict[str, Any]]]:
+        """Every SA context's view, by id. Access as IPsecSaContextCreateEnumHandle0."""
+        s = self._session(engineHandle)
+        self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_ENUM | C.FWPM_ACTRL_READ)
+        self._txn_state(s)
+        with self._locked(s):
+            now = self._clock()
+            return ([context_view(c, now) for c in sorted(self._contexts.values(),
+                                                          key=lambda c: c.id)],)
 
     # ================================================================ timers
     def _schedule(self, ctx: SaContext) -> None:

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 
 class Fail(Exception):
-    """Stop the current call with ``status``; ``detail`` is for logs (never holds a key)."""
+    """Stop the current call with ``status``; ``detail`` is for logs (never holds a key).
 
-    def __init__(self, status: int, detail: str = "") -> None:
+    ``field`` names the parameter or structure field at fault (``"id"``, ``"inboundSpi"``,
+    ``"descriptions[0].encryption.key"``) when the check knows it, else ``""``. The Windows
+    methods still return the bare status; the engine keeps the last failure per thread
+    (:meth:`ipsecsa.wfp.Engine.last_failure`) for the Pythonic API's typed errors.
+    """
+
+    def __init__(self, status: int, detail: str = "", field: str = "") -> None:
         super().__init__(f"0x{status:08X} {detail}")
         self.status = status
         self.detail = detail
+        self.field = field
