@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 
 from ipsecsa import wfp
-from ipsecsa.api.errors import InvalidArgument, NotSupported, WfpError, error_for
+from ipsecsa.api.errors import InvalidArgument, NotSupported, error_for
 from ipsecsa.api.policy import MARKER, FilterSpec, context_filters
 from ipsecsa.api.views import ContextEvent, ContextInfo
 from ipsecsa.config import parse_sa
@@ -160,20 +160,22 @@ class _Operations:
         tunnel = out_cfg.mode == "tunnel"
         local, remote = str(out_cfg.src), str(out_cfg.dst)
         owner = self._owner
-        with owner._policy:
-            in_fid = self._policy_filter(in_spec)
-            out_fid = self._policy_filter(out_spec)
-            ctx_id = self._create(local, remote, out_fid, tunnel, out_cfg.src.version)
+        made: list[int] = []
+        ctx_id = None
         try:
+            with owner._policy:
+                made.append(self._policy_filter(in_spec))
+                made.append(self._policy_filter(out_spec))
+                ctx_id = self._create(local, remote, made[1], tunnel, out_cfg.src.version)
             encap = in_cfg.encapsulation
-            self.set_spi(ctx_id, in_cfg.spi, inbound_filter=in_fid,
+            self.set_spi(ctx_id, in_cfg.spi, inbound_filter=made[0],
                          encapsulation=None if encap is None else
                          {"local_port": encap.dport, "remote_port": encap.sport},
                          _rename={"inboundSpi": "inbound.spi", "spi": "inbound.spi"})
             self._add(ctx_id, inbound, True, "inbound")
             self._add(ctx_id, outbound, False, "outbound")
         except BaseException:
-            self._undo_create(ctx_id)
+            self._undo_create(ctx_id, made)
             raise
         return self.context(ctx_id)
 
@@ -190,11 +192,17 @@ class _Operations:
         result = self._bfe.IPsecSaContextCreate1(self._handle, traffic, None)
         return int(_check(self._bfe, result, _renamer({"ipsecFilterId": "outbound_filter"}))[1])
 
-    def _undo_create(self, ctx_id: int) -> None:
-        try:
-            self.delete(ctx_id)
-        except WfpError:  # already gone (a lifetime, another session): nothing left to undo
-            pass
+    def _undo_create(self, ctx_id: int | None, filters: list[int]) -> None:
+        """Remove what a failed create_context made: the context, and its filters unless
+        another context names them (the engine refuses with FWP_E_IN_USE)."""
+        owner = self._owner
+        if ctx_id is not None:
+            owner._note_deleting(ctx_id)
+            if self._bfe.IPsecSaContextDeleteById0(self._handle, ctx_id) != wfp.ERROR_SUCCESS:
+                owner._note_deleting(ctx_id, False)  # already gone: nothing to undo there
+        with owner._policy:
+            for fid in filters:
+                owner._drop_policy_filter(fid, self._handle)
 
     def _add(self, ctx_id: int, descriptions: Any, inbound: bool, name: str) -> None:
         bundle = _bundle(descriptions, name)
@@ -281,7 +289,7 @@ class _Operations:
         with owner._policy:
             for fid in (info.outbound_filter, info.inbound_filter):
                 if fid:
-                    owner._drop_policy_filter(fid)
+                    owner._drop_policy_filter(fid, self._handle)
 
     # ---------------------------------------------------------------- reading
     def context(self, context_id: int) -> ContextInfo:
@@ -577,13 +585,15 @@ class Engine(_Operations):
                 if flt.displayData is not None and flt.displayData.name == MARKER:
                     bfe.FwpmFilterDeleteById0(h, flt.filterId)  # FWP_E_IN_USE: still named
 
-    def _drop_policy_filter(self, filter_id: int) -> None:
+    def _drop_policy_filter(self, filter_id: int, handle: int | None = None) -> None:
         """Delete one of the API's filters unless a context still names it (the engine says
-        FWP_E_IN_USE) or it is not the API's."""
-        status, flt = self._bfe.FwpmFilterGetById0(self._handle, filter_id)
+        FWP_E_IN_USE) or it is not the API's. ``handle``: the session that made it (a dynamic
+        session's filters are its own to delete)."""
+        h = self._handle if handle is None else handle
+        status, flt = self._bfe.FwpmFilterGetById0(h, filter_id)
         if status == wfp.ERROR_SUCCESS and flt.displayData is not None \
                 and flt.displayData.name == MARKER:
-            self._bfe.FwpmFilterDeleteById0(self._handle, filter_id)
+            self._bfe.FwpmFilterDeleteById0(h, filter_id)
 
     # ---------------------------------------------------------------- life
     def close(self) -> None:
