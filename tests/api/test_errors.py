@@ -227,3 +227,11 @@ def test_error_for_covers_unmapped_statuses() -> None:
     err = api.error_for(wfp.FWP_E_KM_CLIENTS_ONLY, "kernel only")
     assert type(err) is api.WfpError and err.status_name == "FWP_E_KM_CLIENTS_ONLY"
     assert api.status_name(0x12345678) == "0x12345678"
+
+
+def test_engine_as_a_user_without_rights() -> None:
+    with api.Engine(user="LAB\\guest") as engine:
+        with pytest.raises(api.AccessDenied):
+            engine.contexts()
+        engine.grant("LAB\\guest", wfp.FWPM_GENERIC_ALL)
+        assert engine.contexts() == []

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 
 from ipsecsa import wfp
-from ipsecsa.api.errors import InvalidArgument, NotSupported, error_for
+from ipsecsa.api.errors import AccessDenied, InvalidArgument, NotSupported, error_for
 from ipsecsa.api.policy import MARKER, FilterSpec, context_filters
 from ipsecsa.api.views import ContextEvent, ContextInfo
 from ipsecsa.config import parse_sa
@@ -163,15 +163,17 @@ class _Operations:
         made: list[int] = []
         ctx_id = None
         try:
+            # Until SetSpi the context names only the outbound filter: the lock keeps the
+            # sweep and other contexts' deletes from taking the inbound one meanwhile.
             with owner._policy:
                 made.append(self._policy_filter(in_spec))
                 made.append(self._policy_filter(out_spec))
                 ctx_id = self._create(local, remote, made[1], tunnel, out_cfg.src.version)
-            encap = in_cfg.encapsulation
-            self.set_spi(ctx_id, in_cfg.spi, inbound_filter=made[0],
-                         encapsulation=None if encap is None else
-                         {"local_port": encap.dport, "remote_port": encap.sport},
-                         _rename={"inboundSpi": "inbound.spi", "spi": "inbound.spi"})
+                encap = in_cfg.encapsulation
+                self.set_spi(ctx_id, in_cfg.spi, inbound_filter=made[0],
+                             encapsulation=None if encap is None else
+                             {"local_port": encap.dport, "remote_port": encap.sport},
+                             _rename={"inboundSpi": "inbound.spi", "spi": "inbound.spi"})
             self._add(ctx_id, inbound, True, "inbound")
             self._add(ctx_id, outbound, False, "outbound")
         except BaseException:
@@ -515,7 +517,13 @@ class Engine(_Operations):
         try:
             self._session = Session(self, user, name="ipsecsa.api engine")
             self._handle = self._session.handle
-            self._sweeper: Subscription | None = Subscription(self, self._context_gone)
+            self._sweeper: Subscription | None = None
+            try:
+                self._sweeper = Subscription(self, self._context_gone)
+            except AccessDenied:
+                # A user without the subscribe right: filters of contexts that vanish on
+                # their own (linger, lifetime) stay until delete() or another sweep.
+                pass
         except BaseException:
             self._bfe.close()
             raise
