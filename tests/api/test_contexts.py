@@ -286,3 +286,22 @@ def test_transactions_commit_and_abort(hosts) -> None:
 def test_open_is_engine() -> None:
     with api.open() as engine:
         assert isinstance(engine, api.Engine) and engine.contexts() == []
+
+
+def test_database_reopen_through_the_api(tmp_path) -> None:
+    path = str(tmp_path / "state" / "engine.db")
+    ab, ba = pair()
+    with api.Engine(path) as a, api.Engine() as b:
+        made = a.create_context(outbound=ab, inbound=ba)
+        b.create_context(outbound=ba, inbound=ab)
+        first = esp_of(a.outbound(udp4(A, B)).packet)
+    with api.open(database=path) as a:
+        (back,) = a.contexts()
+        assert (back.id, back.state, back.inbound_spi, back.outbound_spi) == \
+            (made.id, "established", made.inbound_spi, made.outbound_spi)
+        assert (back.inbound_filter, back.outbound_filter) == \
+            (made.inbound_filter, made.outbound_filter)
+        spi, seq = esp_of(a.outbound(udp4(A, B)).packet)
+        assert spi == first[0] and seq > first[1]  # never a sequence number twice
+        a.delete(back.id)
+        assert a.contexts() == [] and api_filters(a) == []
