@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -503,13 +504,17 @@ class Session(_Operations):
 
 class Engine(_Operations):
     """The SA-context engine with a Pythonic face. ``database``: where its state lives (None:
-    in memory, lost on close); ``clock``: seconds, for lifetimes (default monotonic); ``user``:
+    in memory, lost on close), ``database_key`` the key encrypting its key columns (see
+    ``docs/store.md``); ``offload``: an NDIS miniport to offload SA pairs to (``docs/wfp.md``);
+    ``clock``: seconds, for lifetimes (default monotonic); ``user``:
     the principal of the engine's own session, which runs the operations called on the engine
     itself (``engine.create_context(...)``); open more with :meth:`session`."""
 
-    def __init__(self, database: str | None = None, *, clock: Callable[[], float] | None = None,
-                 user: str | None = None) -> None:
-        self._bfe = wfp.Engine(database=database, clock=clock)
+    def __init__(self, database: str | os.PathLike[str] | None = None, *,
+                 clock: Callable[[], float] | None = None, user: str | None = None,
+                 database_key: bytes | None = None, offload: Any = None) -> None:
+        self._bfe = wfp.Engine(database=database, clock=clock, database_key=database_key,
+                               offload=offload)
         self._owner = self
         self._policy = threading.RLock()  # the API's filters: find/make + Create vs. delete
         self._deleting: set[int] = set()
@@ -618,7 +623,8 @@ class Engine(_Operations):
         self.close()
 
 
-def open(database: str | None = None, *, clock: Callable[[], float] | None = None,
-         user: str | None = None) -> Engine:
+def open(database: str | os.PathLike[str] | None = None, *,
+         clock: Callable[[], float] | None = None, user: str | None = None,
+         database_key: bytes | None = None, offload: Any = None) -> Engine:
     """``api.open(...)`` is ``api.Engine(...)``: reads well in ``with api.open() as engine:``."""
-    return Engine(database, clock=clock, user=user)
+    return Engine(database, clock=clock, user=user, database_key=database_key, offload=offload)
