@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ipsecsa.cli.connect import connection_options
 from ipsecsa.cli.errors import CliError, describe
 
 #: Subcommands of ``ipsecsa``: name -> "module:attribute" of a click command or group. Adding a
@@ -28,6 +29,10 @@ COMMANDS: dict[str, str] = {
     "sa": "ipsecsa.cli.sa:sa",
     "demo": "ipsecsa.cli.demo:demo",
     "gateway": "ipsecsa.gateway.command:gateway_command",
+    "serve": "ipsecsa.cli.service:serve",
+    "events": "ipsecsa.cli.service:events",
+    "stats": "ipsecsa.cli.service:stats",
+    "token": "ipsecsa.cli.service:token",
 }
 
 #: Exit status for a user mistake or a failed operation (click uses 2 for usage errors).
@@ -151,6 +156,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
               callback=_print_version,
               help="Show the version and which optional parts are present, then exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@connection_options
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)

@@ -11,11 +11,15 @@ from typing import Any
 
 import click
 
+from ipsecsa.cli.connect import client, connection_options
+from ipsecsa.cli.errors import CliError
 from ipsecsa.cli.output import console, json_option, load_sas, print_json, sa_file_option, table
 from ipsecsa.config.model import Lifetime, SaConfig
 
 
-@click.group(help="Work with SA descriptions (SA files; the service's SAs later).")
+@click.group(help="SA files (check) and the service's SA contexts (list, show, create, delete, "
+                  "expire).")
+@connection_options
 def sa() -> None:
     pass
 
@@ -102,4 +106,140 @@ def check(sa_file: str, as_json: bool) -> None:
             out.print(f"warning: sas[{d['sa']}] (spi {d['spi']}): {w}")
 
 
-__all__ = ["check", "describe_sa", "sa"]
+# ---------------------------------------------------------------- against the service
+def _hex(spi: int | None) -> str:
+    return "-" if spi is None else f"0x{spi:08x}"
+
+
+def _drops(info: Any) -> int:
+    return sum(sa.dropped for sa in (*info.inbound, *info.outbound))
+
+
+@sa.command("list", help="The service's SA contexts: id, state, SPIs, counters.")
+@json_option
+@connection_options
+def list_contexts(as_json: bool) -> None:
+    with client() as service:
+        infos = service.contexts()
+    if as_json:
+        print_json([i.to_dict() for i in infos])
+        return
+    rows = [(i.id, i.state, i.mode, f"{i.local} -> {i.remote}", _hex(i.inbound_spi),
+             _hex(i.outbound_spi), i.packets_in, i.packets_out, _drops(i)) for i in infos]
+    console().print(table(f"{len(infos)} SA context{'s' if len(infos) != 1 else ''}",
+                          ("id", "state", "mode", "local -> remote", "in SPI", "out SPI",
+                           "pkts in", "pkts out", "drops"), rows))
+
+
+@sa.command(help="One SA context of the service, with each SA's algorithms and counters.")
+@click.argument("context_id", type=int)
+@json_option
+@connection_options
+def show(context_id: int, as_json: bool) -> None:
+    with client() as service:
+        info = service.context(context_id)
+    if as_json:
+        print_json(info.to_dict())
+        return
+    out = console()
+    out.print(f"context {info.id}: {info.state}, {info.mode}, {info.local} -> {info.remote}"
+              + (f", {info.seconds_left:.0f} s left" if info.seconds_left is not None else ""))
+    rows = []
+    for direction, sas in (("inbound", info.inbound), ("outbound", info.outbound)):
+        for s in sas:
+            algs = " + ".join(a for a in (s.encryption, s.integrity) if a) or "-"
+            drops = ", ".join(f"{k}={v}" for k, v in sorted(s.drops.items())) or "-"
+            rows.append((direction, _hex(s.spi), s.protocol, algs, s.seq, s.packets, s.bytes,
+                         drops))
+    out.print(table(None, ("direction", "SPI", "proto", "algorithms", "seq", "packets", "bytes",
+                           "drops"), rows))
+
+
+def _sides(path: str) -> tuple[Any, Any]:
+    """(outbound, inbound) bundles of an SA file: by each SA's ``direction``; a file without
+    directions holds exactly two SAs, the outbound one first."""
+    from ipsecsa.config.files import read_sa_descriptions
+
+    load_sas(path, quiet=True)  # the file's own errors, as 'sa check' reports them
+    sas = read_sa_descriptions(path)
+    directions = [d.get("direction") for d in sas]
+    if all(d is None for d in directions):
+        if len(sas) != 2:
+            raise CliError(f"{path}: without 'direction' the file must hold exactly two SAs "
+                           "(this host's outbound SA, then its inbound SA)")
+        return sas[0], sas[1]
+    if any(d is None for d in directions):
+        missing = directions.index(None)
+        raise CliError(f"{path}: sas[{missing}].direction: required when other SAs have one")
+    out = [d for d in sas if d["direction"] == "outbound"]
+    inb = [d for d in sas if d["direction"] == "inbound"]
+    if not out or not inb:
+        raise CliError(f"{path}: an SA context needs an outbound and an inbound SA")
+    return (out[0] if len(out) == 1 else out), (inb[0] if len(inb) == 1 else inb)
+
+
+def _spis(bundle: Any) -> set[int]:
+    from ipsecsa.config import parse_sa
+
+    return {parse_sa(d).spi for d in (bundle if isinstance(bundle, list) else [bundle])}
+
+
+@sa.command(help="Create an SA context in the service from an SA file holding this host's "
+                 "outbound and inbound SA; prints the new context's id.")
+@sa_file_option()
+@json_option
+@connection_options
+def create(sa_file: str, as_json: bool) -> None:
+    from ipsecsa import api
+
+    outbound, inbound = _sides(sa_file)
+    with client() as service:
+        try:
+            info = service.create_context(outbound=outbound, inbound=inbound)
+        except api.AlreadyExists as exc:
+            raise CliError(f"{sa_file}: {_collision(service, outbound, inbound) or exc}") \
+                from None
+        except api.WfpError as exc:
+            where = f"{exc.field}: " if exc.field else ""
+            raise CliError(f"{sa_file}: {where}{exc.message} ({exc.status_name})") from None
+    if as_json:
+        print_json(info.to_dict())
+    else:
+        click.echo(info.id)
+
+
+def _collision(service: Any, outbound: Any, inbound: Any) -> str | None:
+    """Which live context already uses the file's inbound SPI (the engine said
+    FWP_E_ALREADY_EXISTS): a message naming it."""
+    mine = _spis(inbound)
+    try:
+        live = service.contexts()
+    except Exception:  # noqa: BLE001 - no right to list: the engine's own message stands
+        return None
+    for info in live:
+        if info.inbound_spi in mine:
+            return (f"inbound SPI {_hex(info.inbound_spi)} is in use by live SA context "
+                    f"{info.id} ({info.state}); delete it first or use other SPIs")
+    return None
+
+
+@sa.command(help="Delete an SA context of the service (both directions at once).")
+@click.argument("context_id", type=int)
+@connection_options
+def delete(context_id: int) -> None:
+    with client() as service:
+        service.delete(context_id)
+    click.echo(f"deleted {context_id}", err=True)
+
+
+@sa.command(help="Expire an SA context: stop sending now; inbound lingers 60 s for packets "
+                 "in flight.")
+@click.argument("context_id", type=int)
+@connection_options
+def expire(context_id: int) -> None:
+    with client() as service:
+        service.expire(context_id)
+    click.echo(f"expired {context_id}", err=True)
+
+
+__all__ = ["check", "create", "delete", "describe_sa", "expire", "list_contexts", "sa", "show"]

@@ -107,6 +107,15 @@ def load_sa_file(path: str | os.PathLike[str]) -> list[SaConfig]:
     return configs
 
 
+def read_sa_descriptions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The SA objects of an SA file as written (dicts, keys included), after
+    :func:`load_sa_file` has validated them: what the SA-context API and the service take."""
+    load_sa_file(path)
+    path = Path(path)
+    doc = _load_document(path, _decode(path.read_bytes(), path.name))
+    return [dict(item) for item in doc["sas"]]
+
+
 def dump_sa_file(path: str | os.PathLike[str], configs: Iterable[SaConfig]) -> None:
     """Write ``configs`` as a JSON SA file, atomically, with mode 0600.
 
