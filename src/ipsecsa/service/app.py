@@ -38,8 +38,9 @@ from ipsecsa.service.rights import MANAGE_TOKENS, RightsError, parse_rights
 from ipsecsa.service.tokens import TokenError, TokenRecord, TokenStore
 from ipsecsa.wfp import constants as C
 
-#: Largest request body accepted (a batch of 1,024 full-size packets in base64 fits).
-MAX_BODY = 96 * 1024 * 1024
+#: Largest request body accepted: 16 MiB (1,024 packets of 12 KiB in base64; a batch of larger
+#: packets is split by the caller).
+MAX_BODY = 16 * 1024 * 1024
 #: Most packets in one POST /v1/packets.
 MAX_BATCH = 1024
 #: Seconds between keep-alive comments on the event stream.
@@ -333,12 +334,7 @@ def create_app(service: Service) -> FastAPI:
     async def _observe(request: Request,
                        call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            response: Response = JSONResponse(error_body(
-                "TOO_LARGE", f"body: more than {MAX_BODY} bytes", "body"), status_code=413)
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         elapsed = time.perf_counter() - start
         route = request.scope.get("route")
         path = getattr(route, "path", "(unmatched)")
@@ -506,7 +502,58 @@ def create_app(service: Service) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes: by its Content-Length before reading anything, and
+    by counting as it arrives for a chunked body (which declares no length)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+        over = False
+
+        async def counted() -> Any:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request" and not over:
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # Stop reading: to the application the client went away mid-body, so no
+                    # handler runs (a truncated body is never acted on); its error answer is
+                    # replaced by the 413 below.
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def replaced(message: Any) -> None:
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        await self.app(scope, counted, replaced)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(error_body("TOO_LARGE", f"body: more than {self.limit} bytes",
+                                     "body")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _may_manage(record: TokenRecord) -> None:
