@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up and run the main job: an end-to-end demonstration of ipsecsa's data path.
+# Set up and run the main job: the ipsecsa service (ipsecsa serve) started, two SA-context pairs
+# created through its API, packets sent both ways, the counters shown, the service stopped.
+# The data-path demonstration of before is `ipsecsa demo` (python -m ipsecsa.demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The native ESP fast path needs the libcrypto headers (without them: the pure-Python path).
@@ -11,4 +13,4 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e .
-exec .venv/bin/python -m ipsecsa.demo "$@"
+exec .venv/bin/python -m ipsecsa.service.demo "$@"

@@ -3,6 +3,7 @@ socket, a free TCP port, the admin token the first start wrote; stopped with rea
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -55,12 +56,9 @@ class Server:
                 raise RuntimeError(f"serve exited {self.proc.returncode}: "
                                    f"{self.log.read_text()[-2000:]}")
             if self.socket.exists():
-                try:
-                    with self.client() as c:
-                        if c.health():
-                            return self
-                except Exception:  # noqa: BLE001 - not ready yet
-                    pass
+                with contextlib.suppress(Exception), self.client() as c:
+                    if c.health():
+                        return self
             time.sleep(0.05)
         raise RuntimeError("serve did not come up in 30 s")
 

@@ -278,7 +278,7 @@ def test_token_rights_validation(server: Server) -> None:
 def test_client_without_service(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ipsecsa.client import ServiceUnavailable
 
-    with Client(socket=str(tmp_path / "none.sock"), token="x") as c:
-        with pytest.raises(ServiceUnavailable) as err:
-            c.contexts()
+    with Client(socket=str(tmp_path / "none.sock"), token="x") as c, \
+            pytest.raises(ServiceUnavailable) as err:
+        c.contexts()
     assert "no ipsecsa service at" in str(err.value) and "ipsecsa serve" in str(err.value)

@@ -117,7 +117,8 @@ def test_second_service_on_same_socket_refused(fresh: Server) -> None:
     fresh.start()
     result = subprocess.run(
         [sys.executable, "-m", "ipsecsa", "serve", "--db", str(fresh.root / "other.db"),
-         "--socket", str(fresh.socket)], capture_output=True, text=True, timeout=60)
+         "--socket", str(fresh.socket)], capture_output=True, text=True, timeout=60,
+        check=False)
     assert result.returncode == 1
     assert "another ipsecsa service is listening" in result.stderr
     with fresh.client() as c:
@@ -132,7 +133,8 @@ def test_tcp_port_in_use_is_one_line(tmp_path) -> None:  # type: ignore[no-untyp
         result = subprocess.run(
             [sys.executable, "-m", "ipsecsa", "serve", "--db", str(tmp_path / "db"),
              "--socket", str(tmp_path / "s"), "--http", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60,
+        check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("ipsecsa: error: --http")
     assert "Traceback" not in result.stderr
