@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 
 import httpx
@@ -163,6 +164,8 @@ def test_unauthenticated_and_unauthorized_change_nothing(server: Server) -> None
             assert forged.post("/v1/contexts", json={"outbound": out, "inbound": inb}
                                ).status_code == 401
         with server.client(made["token"], tcp=True) as alice:
+            assert alice.whoami() == {"principal": "alice", "token_id": made["id"],
+                                      "rights": ["FWPM_ACTRL_ENUM", "FWPM_ACTRL_READ"]}
             assert {c.id for c in alice.contexts()} == {c["id"] for c in before}
             assert alice.context(ctx.id).id == ctx.id
             with pytest.raises(api.AccessDenied) as denied:
@@ -282,3 +285,27 @@ def test_client_without_service(tmp_path) -> None:  # type: ignore[no-untyped-de
             pytest.raises(ServiceUnavailable) as err:
         c.contexts()
     assert "no ipsecsa service at" in str(err.value) and "ipsecsa serve" in str(err.value)
+
+
+def test_openapi_document_is_valid(server: Server) -> None:
+    """The served document passes openapi-spec-validator (it checks against the OpenAPI
+    Initiative's published schemas)."""
+    from openapi_spec_validator import validate
+
+    validate(httpx.get(server.url + "/openapi.json").json())
+
+
+def test_zz_every_operation_answered_2xx(server: Server) -> None:
+    """Runs last in this module: the service's own request counters show that the tests above
+    got a 2xx from every operation of the OpenAPI document."""
+    doc = httpx.get(server.url + "/openapi.json").json()
+    with server.client() as c:
+        text = c.metrics()
+    ok = set()
+    for line in text.splitlines():
+        if line.startswith("ipsecsa_http_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels["status"].startswith("2"):
+                ok.add((labels["method"].lower(), labels["route"]))
+    wanted = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert wanted - ok == set()
