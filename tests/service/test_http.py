@@ -79,10 +79,6 @@ def test_two_pairs_packets_both_ways_socket_and_tcp(server: Server) -> None:
         assert {ctx_a.id, ctx_b.id}.isdisjoint(c.id for c in unix.contexts())
 
 
-@pytest.mark.skip(reason=(
-    "engine bug on main (native SA, after eeffe7d): a replayed ESP packet raises "
-    "TypeError('SA _drops is not a dict') instead of being dropped, and the context stays "
-    "locked afterwards (the next delete hangs); unskip when fixed"))
 def test_replay_dropped_and_counted(server: Server) -> None:
     out, inb = pair(8)
     with server.client() as c:
