@@ -172,6 +172,16 @@ def _convert(obj: Any, cls: type) -> Any:
     return cls(**kwargs)
 
 
+def _details0(d: Any) -> Any:
+    """An IPSEC_SA_DETAILS1 in its version-0 form (GetById0, Enum0)."""
+    if d is None:
+        return None
+    out = _convert(d, T.IPSEC_SA_DETAILS0)
+    out.traffic = _convert(d.traffic, T.IPSEC_TRAFFIC0)
+    out.saBundle = _convert(d.saBundle, T.IPSEC_SA_BUNDLE0)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Traffic:
     """A validated IPSEC_TRAFFIC0/1."""
@@ -1185,15 +1195,9 @@ class Engine:
 
     @staticmethod
     def _to0(snap: Any) -> Any:
-        def det(d: Any) -> Any:
-            if d is None:
-                return None
-            out = _convert(d, T.IPSEC_SA_DETAILS0)
-            out.traffic = _convert(d.traffic, T.IPSEC_TRAFFIC0)
-            out.saBundle = _convert(d.saBundle, T.IPSEC_SA_BUNDLE0)
-            return out
-        return T.IPSEC_SA_CONTEXT0(saContextId=snap.saContextId, inboundSa=det(snap.inboundSa),
-                                   outboundSa=det(snap.outboundSa))
+        return T.IPSEC_SA_CONTEXT0(saContextId=snap.saContextId,
+                                   inboundSa=_details0(snap.inboundSa),
+                                   outboundSa=_details0(snap.outboundSa))
 
     def _get_by_id(self, engineHandle: Any, id: Any) -> Any:
         s = self._session(engineHandle)
@@ -1258,12 +1262,7 @@ class Engine:
     @_api(2)
     def IPsecSaEnum0(self, engineHandle: Any, enumHandle: Any,
                      numEntriesRequested: Any) -> tuple[list[Any], int]:
-        def to0(d: Any) -> Any:
-            out = _convert(d, T.IPSEC_SA_DETAILS0)
-            out.traffic = _convert(d.traffic, T.IPSEC_TRAFFIC0)
-            out.saBundle = _convert(d.saBundle, T.IPSEC_SA_BUNDLE0)
-            return out
-        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "sa", to0)
+        return self._enum_next(engineHandle, enumHandle, numEntriesRequested, "sa", _details0)
 
     @_api(2)
     def IPsecSaEnum1(self, engineHandle: Any, enumHandle: Any,
