@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import threading
 
 import httpx
@@ -275,6 +276,25 @@ def test_malformed_packets_and_sizes(server: Server) -> None:
         assert http.get("/v1/contexts/abc").status_code == 422
         assert http.get("/v1/nothing").status_code == 404
         assert http.get("/v1/health").json() == {"status": "ok"}
+
+
+def test_oversized_body_answered_before_body_then_drained(server: Server) -> None:
+    """The 413 for a too-large Content-Length comes before any of the body is sent; the body
+    the client then sends anyway is read and dropped, and the connection ends with an orderly
+    close, not a reset that could have destroyed the answer (the CI flake this replaced)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        size = 17 * 1024 * 1024
+        s.sendall(b"POST /v1/contexts HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer " + server.admin_token.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\n"
+                  b"Content-Length: " + str(size).encode() + b"\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["field"] == "body"
+        s.sendall(b" " * size)  # all of it is read: no reset, then the server closes
+        assert s.recv(65536) == b""
 
 
 def test_token_rights_validation(server: Server) -> None:

@@ -508,7 +508,16 @@ def create_app(service: Service) -> FastAPI:
 
 class BodyLimit:
     """413 for a body over ``limit`` bytes: by its Content-Length before reading anything, and
-    by counting as it arrives for a chunked body (which declares no length)."""
+    by counting as it arrives for a chunked body (which declares no length).
+
+    After the 413 is written the rest of the body is read and thrown away (up to ``DRAIN_BYTES``
+    and ``DRAIN_SECONDS``), as nginx's lingering close does: a server that closes a socket with
+    unread data in it makes the kernel answer with a reset, and the reset can destroy the 413
+    before the client has read it, so the client would see "connection reset" instead of the
+    reason. A client that sent ``Expect: 100-continue`` has sent no body and none is read."""
+
+    DRAIN_BYTES = 64 * 1024 * 1024
+    DRAIN_SECONDS = 5.0
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -519,8 +528,9 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
+        drain = headers.get(b"expect", b"").lower() != b"100-continue"
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(send)
+            await self._refuse(send, receive if drain else None)
             return
         seen = 0
         over = False
@@ -535,25 +545,46 @@ class BodyLimit:
                     # handler runs (a truncated body is never acted on); its error answer is
                     # replaced by the 413 below.
                     over = True
+                    if not message.get("more_body", False):
+                        drained.set()
                     return {"type": "http.disconnect"}
             return message
+
+        drained = asyncio.Event()
 
         async def replaced(message: Any) -> None:
             if not over:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await self._refuse(send)
+                await self._refuse(send, None if drained.is_set() else receive)
 
         await self.app(scope, counted, replaced)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, send: Any, receive: Any | None) -> None:
+        """Write the 413; then, with ``receive``, read and discard what is left of the body
+        before the response is complete (the server closes the connection when it is)."""
         body = json.dumps(error_body("TOO_LARGE", f"body: more than {self.limit} bytes",
                                      "body")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body, "more_body": receive is not None})
+        if receive is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + self.DRAIN_SECONDS, self.DRAIN_BYTES
+        while left > 0:
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except TimeoutError:
+                break
+            if message["type"] != "http.request":
+                break
+            left -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _may_manage(record: TokenRecord) -> None:
