@@ -116,6 +116,21 @@ def run_ipsecsa(wire: netns.Wire, tmp: Path, args: argparse.Namespace,
             netns.stop(p)
 
 
+def run_baseline(wire: netns.Wire, tmp: Path, args: argparse.Namespace, *,
+                 src: str) -> dict[str, float]:
+    """:func:`run_ipsecsa` with the gateways of another checkout (its ``src/`` first on
+    PYTHONPATH of the gateway processes)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(src).resolve())
+    try:
+        return run_ipsecsa(wire, tmp, args)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def run_libipsec(wire: netns.Wire, tmp: Path, args: argparse.Namespace) -> dict[str, float]:
     esp = sw.ESP_PROPOSALS[args.suite]
     charons = []
@@ -146,6 +161,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--pings", type=int, default=200)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--rows", default="bare,ipsecsa,no-offload,threads1,libipsec",
+                    help="which rows, comma-separated (bare, ipsecsa, no-offload, threads1, "
+                         "libipsec); bare is always measured (the ceiling)")
+    ap.add_argument("--baseline", metavar="SRC", action="append", default=[],
+                    help="also measure the gateway of another checkout's src/ directory (for "
+                         "example the commit before a change, built), as the row "
+                         "'ipsecsa @SRC', in the same run; repeatable")
     args = ap.parse_args()
     reason = netns.skip_reason()
     if reason is None and shutil.which("iperf3") is None:
@@ -158,20 +180,30 @@ def main() -> None:
         tmp = Path(tmpdir)
         no_offload = functools.partial(run_ipsecsa, extra=("--no-offload",))
         single = functools.partial(run_ipsecsa, extra=("--threads", "1"))
-        for name, fn in (("bare veth", None), ("ipsecsa", run_ipsecsa),
-                         ("ipsecsa --no-offload", no_offload),
-                         ("ipsecsa --threads 1", single),
-                         ("strongSwan libipsec", run_libipsec if have_sw else None)):
+        rows = set(args.rows.split(","))
+        plan = [("bare veth", None)]
+        if "ipsecsa" in rows:
+            plan.append(("ipsecsa", run_ipsecsa))
+        plan += [(f"ipsecsa @{src}", functools.partial(run_baseline, src=src))
+                 for src in args.baseline]
+        if "no-offload" in rows:
+            plan.append(("ipsecsa --no-offload", no_offload))
+        if "threads1" in rows:
+            plan.append(("ipsecsa --threads 1", single))
+        if "libipsec" in rows:
+            plan.append(("strongSwan libipsec", run_libipsec if have_sw else None))
+        for name, fn in plan:
             if fn is None and name != "bare veth":
                 print(f"skipping {name}: {sw.skip_reason()}", file=sys.stderr)
                 continue
             wire = netns.Wire.create("bench")
             try:
-                (tmp / name.replace(" ", "_")).mkdir()
+                where = tmp / re.sub(r"[^A-Za-z0-9]+", "_", name)
+                where.mkdir()
                 if fn is None:
                     results[name] = measure(wire, netns.WIRE4[1], None, args)
                 else:
-                    results[name] = fn(wire, tmp / name.replace(" ", "_"), args)
+                    results[name] = fn(wire, where, args)
             finally:
                 wire.destroy()
             print(f"{name}: {fmt_rate(results[name]['1 flow'])} (1 flow), "

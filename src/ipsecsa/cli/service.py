@@ -26,13 +26,20 @@ from ipsecsa.cli.output import console, json_option, print_json, table
 @click.option("--token-file", metavar="PATH", default=None,
               help="Where the first start writes the administrator token, 0600 "
                    "(default: admin.token beside the database).")
+@click.option("--tun", metavar="NAME", default=None,
+              help="Also carry the contexts' traffic: create the TUN device NAME and run a "
+                   "gateway on it over the engine (docs/gateway.md). Needs --local.")
+@click.option("--local", metavar="IP", default=None,
+              help="With --tun: the local address the gateway's ESP-in-UDP socket binds.")
+@click.option("--port", type=click.IntRange(1, 65535), default=4500, show_default=True,
+              help="With --tun: the UDP port of ESP in UDP (RFC 3948).")
 def serve(database: str | None, socket_path: str | None, http: str | None,
-          token_file: str | None) -> None:
+          token_file: str | None, tun: str | None, local: str | None, port: int) -> None:
     from ipsecsa.service import logs
     from ipsecsa.service.server import serve as run
 
     logs.setup()
-    sys.exit(run(database, socket_path, http, token_file))
+    sys.exit(run(database, socket_path, http, token_file, tun=tun, local=local, port=port))
 
 
 @click.command(help="Print SA-context events as they happen (added, deleted); Ctrl-C stops.")

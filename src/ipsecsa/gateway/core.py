@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import DropReason, MalformedPacket
-from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, max_inner, outer_header_len
+from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, max_inner, outer_header_len, tun_mtu_for
 from ipsecsa.packet.checksum import fold16, ones_sum, pseudo_header_sum
 from ipsecsa.packet.icmp import IPV6_MIN_MTU, frag_needed_v4, packet_too_big_v6
 from ipsecsa.packet.natt import KEEPALIVE, NON_ESP_MARKER
@@ -147,9 +147,15 @@ class GatewayCore:
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
                  transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
                  path_mtu: int = DEFAULT_PATH_MTU) -> None:
+        self.sad = sad
+        self._setup(local, port, peer, transport, keepalive, path_mtu)
+
+    def _setup(self, local: str | ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+               peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+               transport: str, keepalive: float, path_mtu: int) -> None:
+        """Everything but the source of SAs (shared with the engine-backed core)."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
-        self.sad = sad
         self.local = ipaddress.ip_address(local)
         self.peer = ipaddress.ip_address(peer) if peer is not None else None
         if self.peer is not None and self.peer.version != self.local.version:
@@ -334,8 +340,7 @@ class GatewayCore:
         packet (header included, as an IPv4 raw socket delivers it) or the IPv6 payload (ESP)."""
         if now is None:
             now = time.monotonic()
-        tun: list[bytes] = []
-        inbound = self.sad.inbound
+        pkts: list[bytes] = []
         udp = self.transport == "udp"
         counters = self.counters
         n = 0
@@ -349,18 +354,23 @@ class GatewayCore:
                 if size >= 4 and payload[:4] == NON_ESP_MARKER:
                     counters.ike_rx += 1  # IKE (RFC 3948 §2.2): not ours to answer
                     continue
-                pkt = self._outer_udp(payload, addr, tos)
+                pkts.append(self._outer_udp(payload, addr, tos))
             elif self.v6:
-                pkt = _V6.pack(6 << 28 | tos << 20, len(payload), PROTO_ESP, RECEIVED_TTL,
-                               self._packed(addr[0]), self._local_b) + payload
+                pkts.append(_V6.pack(6 << 28 | tos << 20, len(payload), PROTO_ESP, RECEIVED_TTL,
+                                     self._packed(addr[0]), self._local_b) + payload)
             else:
-                pkt = payload
-            inner, _reason = inbound(pkt, now)
-            if inner is not None:
-                tun.append(inner)
+                pkts.append(payload)
+        tun = self._unprotect(pkts, now) if pkts else []
         counters.net_rx += n
         counters.tun_tx += len(tun)
         return Output([], tun)
+
+    def _unprotect(self, pkts: list[bytes], now: float) -> list[bytes]:
+        """The inner packets of a batch of received ESP packets (outer headers as on the wire):
+        one ``inbound_batch`` call, which groups the packets per SA for ``unprotect_batch``
+        (the native fast path's batch entry). Drops are counted by the SA or the database."""
+        return [inner for inner, _reason in self.sad.inbound_batch(pkts, now)
+                if inner is not None]
 
     def _outer_udp(self, payload: bytes, addr: Address, tos: int) -> bytes:
         """The IP/UDP header the datagram arrived with, put back in front of its payload."""
@@ -382,6 +392,28 @@ class GatewayCore:
         c = ~fold16(s) & 0xFFFF or 0xFFFF
         return (_V6.pack(6 << 28 | tos << 20, ulen, PROTO_UDP, RECEIVED_TTL, src, self._local_b)
                 + _UDP.pack(addr[1], self.port, ulen, c) + payload)
+
+    # ----------------------------------------------------------------- peers
+    def current_peers(self) -> set[Address]:
+        """The addresses datagrams go to now (one per peer and port): keepalives go there."""
+        peers: set[Address] = set()
+        for _h, direction, bundle in self.sad:
+            if direction == "outbound":
+                route = self.route_of(bundle.sas[0])
+                if route.addr is not None:
+                    peers.add(route.addr)
+        return peers
+
+    def peer_hosts(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The peers' addresses (whose route MTU bounds the tunnel's)."""
+        if self.peer is not None:
+            return {self.peer}
+        return {bundle.sas[0].config.dst for _h, d, bundle in self.sad if d == "outbound"}
+
+    def tun_mtu(self) -> int:
+        """The TUN MTU that lets every packet through every outbound SA unfragmented."""
+        return tun_mtu_for([b.sas[0] for _h, d, b in self.sad if d == "outbound"],
+                           self.path_mtu)
 
     # ----------------------------------------------------------------- timers
     def next_timer(self) -> float:
@@ -413,12 +445,7 @@ class GatewayCore:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self.sa_timers(now, sa_direction)
-            peers: set[Address] = set()
-            for _h, direction, bundle in self.sad:
-                if direction == "outbound":
-                    route = self.route_of(bundle.sas[0])
-                    if route.addr is not None:
-                        peers.add(route.addr)
+            peers = self.current_peers()
             for addr in peers - self._peers:
                 self._last_tx.setdefault(addr, now)  # a new peer is idle from now
             self._peers = peers

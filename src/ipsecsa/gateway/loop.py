@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ipsecsa.gateway.core import (
     HOUSEKEEPING_INTERVAL,
@@ -34,10 +34,13 @@ from ipsecsa.gateway.core import (
     GatewayCore,
     Output,
 )
-from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, tun_mtu_for
+from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU
 from ipsecsa.gateway.transport import RawEspTransport, UdpTransport, path_mtu
 from ipsecsa.gateway.tun import Tun
 from ipsecsa.sad.database import SaDatabase
+
+if TYPE_CHECKING:
+    from ipsecsa.api import Engine
 
 log = logging.getLogger("ipsecsa.gateway")
 
@@ -58,13 +61,18 @@ class Gateway:
         with Gateway(sad, tun="ipsec0", local="192.0.2.1") as gw:
             gw.run()            # until gw.stop() (another thread, a signal handler)
 
+    ``sad`` may also be an :class:`ipsecsa.api.Engine` (what ``ipsecsa serve --tun`` attaches
+    to): packets then go through the engine's filters and SA contexts
+    (:mod:`ipsecsa.gateway.enginecore`), so contexts created, expired or deleted through the API
+    take effect from the next packet on.
+
     ``mtu`` fixes the TUN's MTU; by default it is computed from the outbound SAs' overhead and the
     MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`). ``offload=False``
     turns off UDP segmentation offload (see :mod:`ipsecsa.gateway.transport`); ``threads=1``
     runs both directions in the calling thread (see the module docstring).
     """
 
-    def __init__(self, sad: SaDatabase, *, tun: str, local: str | ipaddress.IPv4Address |
+    def __init__(self, sad: SaDatabase | Engine, *, tun: str, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
                  transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
@@ -72,8 +80,14 @@ class Gateway:
                  threads: int = 2) -> None:
         if threads not in (1, 2):
             raise ValueError(f"threads is 1 or 2, not {threads}")
-        self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
-                                keepalive=keepalive)
+        if isinstance(sad, SaDatabase):
+            self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
+                                    keepalive=keepalive)
+        else:
+            from ipsecsa.gateway.enginecore import EngineGatewayCore
+
+            self.core = EngineGatewayCore(sad, local=local, port=port, peer=peer,
+                                          transport=transport, keepalive=keepalive)
         self.sad = sad
         self.tun_name = tun
         self.mtu = mtu
@@ -94,22 +108,15 @@ class Gateway:
         self._wake_w.setblocking(False)
 
     # ----------------------------------------------------------------- setup
-    def _peer_hosts(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        core = self.core
-        if core.peer is not None:
-            return {core.peer}
-        return {bundle.sas[0].config.dst for _h, d, bundle in self.sad if d == "outbound"}
-
     def _route_mtu(self) -> int:
-        mtus = [path_mtu(self.core.local, host, DEFAULT_PATH_MTU) for host in self._peer_hosts()]
+        mtus = [path_mtu(self.core.local, host, DEFAULT_PATH_MTU) for host in self.core.peer_hosts()]
         return min(mtus) if mtus else DEFAULT_PATH_MTU
 
     def open(self) -> Gateway:
         """Create the TUN, then bind the socket (raises TunError / TransportError)."""
         core = self.core
         core.set_path_mtu(self._route_mtu())
-        outbound = [b.sas[0] for _h, d, b in self.sad if d == "outbound"]
-        mtu = self.mtu if self.mtu is not None else tun_mtu_for(outbound, core.path_mtu)
+        mtu = self.mtu if self.mtu is not None else core.tun_mtu()
         self.tun = Tun(self.tun_name, mtu=mtu)
         self.tun_mtu = mtu
         try:

@@ -100,8 +100,11 @@ def first_start_token(store: TokenStore, token_file: Path) -> str | None:
 
 
 def serve(database: str | None = None, socket_path: str | None = None, http: str | None = None,
-          token_file: str | None = None) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the exit status (0)."""
+          token_file: str | None = None, tun: str | None = None, local: str | None = None,
+          port: int = 4500) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit status (0). With ``tun`` (and
+    ``local``), a gateway on that TUN device carries the engine's contexts' traffic
+    (:mod:`ipsecsa.service.gateway`)."""
     import uvicorn
 
     from ipsecsa import api
@@ -111,6 +114,9 @@ def serve(database: str | None = None, socket_path: str | None = None, http: str
     sock_path = Path(socket_path) if socket_path else paths.default_socket()
     tfile = Path(token_file) if token_file else paths.default_token_file(db)
     tcp = parse_http(http) if http else None
+    if (tun is None) != (local is None):
+        raise ServeError("--tun and --local go together (the TUN device and the address the "
+                         "gateway's UDP socket binds)")
 
     db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     listeners = [unix_listener(sock_path)]
@@ -151,9 +157,15 @@ def serve(database: str | None = None, socket_path: str | None = None, http: str
         where["http"] = f"{host}:{port}"
     log("started", database=str(db), contexts=len(engine.contexts()), tokens=len(tokens.records()),
         **where, **({"admin_token_file": written} if written else {}))
+    gateway = contextlib.ExitStack()
     try:
+        if tun is not None and local is not None:
+            from ipsecsa.service.gateway import attached_gateway
+
+            gateway.enter_context(attached_gateway(engine, tun, local, port))
         server.run(sockets=listeners)
     finally:
+        gateway.close()  # before the engine: no packet may reach a closed engine
         service.stopping.set()
         service.close()
         engine.close()

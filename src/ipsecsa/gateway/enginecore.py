@@ -1,0 +1,225 @@
+"""The gateway's core over the SA-context engine (``ipsecsa serve --tun``), not over a bare SA
+database.
+
+Why the engine and not its SA database: in the engine, what is protected is decided by the
+filters (reference F.20: an outbound packet is classified at the transport layer and the IPsec
+filter it matches names the SA contexts that may carry it); the engine's SA database only indexes
+the inbound SAs by SPI. Going through :meth:`ipsecsa.api.Engine.outbound` and
+:meth:`~ipsecsa.api.Engine.inbound` — the host stack's own entry points — gives the gateway
+exactly the engine's semantics with nothing repeated here: a context created through the API
+carries traffic from its ``established`` state on; an expired context stops sending at once and
+receives for its linger; a deleted one neither sends nor receives from the next packet on (the
+engine's flow cache is invalidated by every change); sequence numbers are reserved in the
+engine's store before use, so a restarted service never repeats one; lifetimes and the engine's
+statistics count the gateway's packets.
+
+What differs from :class:`~ipsecsa.gateway.core.GatewayCore`:
+
+* where a datagram goes is read from the outer header the engine built (destination address and,
+  for ESP in UDP, the destination port): the context's remote address and encapsulation port;
+* the path-MTU check happens after protection, from the size of the packet the engine built
+  (the engine does not say which SA it will use before it uses it); a DF packet too big is then
+  dropped and answered with ICMP, its sequence number unused on the wire (a gap is harmless to
+  the peer's anti-replay window). The limit reported is conservative by up to one cipher block;
+* packets the engine lets through in clear (no IPsec filter covers them), or hands back
+  unchanged inbound (not ESP for one of its contexts), are dropped: the TUN and the socket carry
+  tunnel traffic only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ipsecsa.errors import DropReason
+from ipsecsa.gateway.core import (
+    KEEPALIVE_INTERVAL,
+    NATT_PORT,
+    Address,
+    GatewayCore,
+    Output,
+)
+from ipsecsa.gateway.mtu import (
+    DEFAULT_PATH_MTU,
+    ESP_TRAILER_LEN,
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    MIN_TUN_MTU,
+    UDP_HEADER_LEN,
+)
+from ipsecsa.packet.natt import ESP_HEADER_LEN
+
+if TYPE_CHECKING:
+    from ipsecsa.api import Engine
+
+# --- implementation constants ------------------------------------------------------------------
+#: The largest ESP overhead of an SA the engine accepts, less the outer headers: IV (16, CBC),
+#: the most padding a 16-byte block needs, the trailer, and the longest ICV (32, HMAC-SHA-512
+#: truncated to 256 bits). The TUN is created for it: contexts come and go while it exists.
+WORST_ESP_OVERHEAD = ESP_HEADER_LEN + 16 + 15 + ESP_TRAILER_LEN + 32
+#: The most an inner packet's limit derived from one protected packet can be too high by: the
+#: padding to the cipher's block that a smaller packet needs less of.
+_PAD_SLACK = 15
+
+_ESTABLISHED = ("established", "expiring")
+
+
+class EngineGatewayCore(GatewayCore):
+    """:class:`GatewayCore` over an :class:`ipsecsa.api.Engine` (see the module docstring).
+
+    ``peer``, ``transport``, ``port``, ``keepalive``: as for :class:`GatewayCore`. Contexts whose
+    outer family is not ``local``'s, or whose encapsulation does not suit the transport (UDP
+    encapsulation on ``port`` for ``udp``, none for ``raw``), have their packets dropped and
+    counted (``sa_unusable``)."""
+
+    def __init__(self, engine: Engine, *, local: str | ipaddress.IPv4Address |
+                 ipaddress.IPv6Address, port: int = NATT_PORT,
+                 peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+                 transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
+                 path_mtu: int = DEFAULT_PATH_MTU) -> None:
+        self.engine = engine
+        self._setup(local, port, peer, transport, keepalive, path_mtu)
+        #: (outer destination, UDP destination port) -> where the socket sends it.
+        self._dests: dict[tuple[bytes, int], Address] = {}
+
+    # ----------------------------------------------------------------- outbound
+    def from_tun(self, packets: Iterable[bytes], now: float | None = None) -> Output:
+        """Each packet through the engine's outbound path; what it protected goes to the address
+        in the outer header it built."""
+        if now is None:
+            now = time.monotonic()
+        net: list[tuple[bytes | memoryview, int, Address]] = []
+        tun: list[bytes] = []
+        outbound = self.engine.outbound
+        udp = self.transport == "udp"
+        v6 = self.v6
+        n = 0
+        for pkt in packets:
+            n += 1
+            out, reason = outbound(pkt)
+            if out is None:
+                if reason is not None and reason is not DropReason.NO_POLICY:
+                    continue  # counted by the engine (blocked, an SA's drop)
+                self._drop(DropReason.NO_POLICY)
+                continue
+            if out is pkt or len(out) < 28 or (out[0] >> 4 == 6) != v6:
+                # Passed in clear, or a context of the other family: nothing to send it to.
+                self._drop(DropReason.NO_POLICY if out is pkt else DropReason.SA_UNUSABLE)
+                continue
+            if v6:
+                hlen, proto, dst = IPV6_HEADER_LEN, out[6], out[24:40]
+            else:
+                hlen, proto, dst = (out[0] & 15) << 2, out[9], out[16:20]
+            if udp:
+                if proto != 17:
+                    self._drop(DropReason.SA_UNUSABLE)
+                    continue
+                dport = out[hlen + 2] << 8 | out[hlen + 3]
+                strip = hlen + UDP_HEADER_LEN
+            else:
+                if proto != 50:
+                    self._drop(DropReason.SA_UNUSABLE)
+                    continue
+                dport, strip = 0, hlen
+            if len(out) > self.path_mtu:
+                limit = self.path_mtu - (len(out) - len(pkt)) - _PAD_SLACK
+                if self._too_big(pkt, max(limit, MIN_TUN_MTU), now, tun):
+                    continue
+            addr = self._dests.get((dst, dport))
+            if addr is None:
+                addr = self._dest(dst, dport)
+            tos = (out[0] & 15) << 4 | out[1] >> 4 if v6 else out[1]
+            net.append((memoryview(out)[strip:], tos, addr))
+            self._last_tx[addr] = now
+        self.counters.tun_rx += n
+        return Output(net, tun)
+
+    def _dest(self, dst: bytes, dport: int) -> Address:
+        host = str(self.peer if self.peer is not None else ipaddress.ip_address(dst))
+        addr: Address = (host, dport, 0, 0) if self.v6 else (host, dport)
+        if len(self._dests) >= 1024:
+            self._dests.clear()
+        self._dests[(dst, dport)] = addr
+        return addr
+
+    # ----------------------------------------------------------------- inbound
+    def _unprotect(self, pkts: list[bytes], now: float) -> list[bytes]:
+        """Each packet through the engine's inbound path (which finds the context by SPI, checks
+        anti-replay and ICV, then the inner packet against the context's inbound filter)."""
+        inbound = self.engine.inbound
+        tun: list[bytes] = []
+        for pkt in pkts:
+            inner, _reason = inbound(pkt)
+            if inner is None:
+                continue  # counted by the engine
+            if inner is pkt:  # not ESP of a context: the engine passed it as clear text
+                self._drop(DropReason.CLEAR_TEXT)
+                continue
+            tun.append(inner)
+        return tun
+
+    # ----------------------------------------------------------------- peers, MTU, timers
+    def _contexts(self) -> list[Any]:
+        try:
+            return self.engine.contexts()
+        except Exception:  # noqa: BLE001 - the engine closing under us: no contexts
+            return []
+
+    def _usable(self, ctx: Any) -> bool:
+        if ctx.mode != "tunnel" or ctx.ip_version != self.local.version:
+            return False
+        encap = ctx.udp_encapsulation
+        if self.transport == "udp":
+            return encap is not None and encap["local_port"] == self.port
+        return encap is None
+
+    def current_peers(self) -> set[Address]:
+        peers: set[Address] = set()
+        for ctx in self._contexts():
+            if ctx.state in _ESTABLISHED and ctx.outbound and self._usable(ctx):
+                port = ctx.udp_encapsulation["remote_port"] if ctx.udp_encapsulation else 0
+                dst = ipaddress.ip_address(ctx.remote).packed
+                peers.add(self._dests.get((dst, port)) or self._dest(dst, port))
+        return peers
+
+    def peer_hosts(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        if self.peer is not None:
+            return {self.peer}
+        return {ipaddress.ip_address(ctx.remote) for ctx in self._contexts()
+                if ctx.ip_version == self.local.version}
+
+    def tun_mtu(self) -> int:
+        """Room for the largest ESP overhead of any SA: contexts come and go under the TUN."""
+        outer = (IPV6_HEADER_LEN if self.v6 else IPV4_HEADER_LEN) + (
+            UDP_HEADER_LEN if self.transport == "udp" else 0)
+        return max(MIN_TUN_MTU, self.path_mtu - outer - WORST_ESP_OVERHEAD)
+
+    def sa_timers(self, now: float, direction: str | None = None) -> None:
+        """The engine runs its own timers (lifetimes, lingers) on every call; listing the
+        contexts once a second is such a call, so an idle context still expires on time."""
+        self._contexts()
+
+    # ----------------------------------------------------------------- statistics
+    def stats(self) -> dict:
+        """The gateway's counters, its own drops, and per SA of every context the engine's
+        counters (which include packets the engine carried for others)."""
+        sas = []
+        for ctx in self._contexts():
+            for direction, side in (("inbound", ctx.inbound), ("outbound", ctx.outbound)):
+                for sa in side:
+                    sas.append({"context": ctx.id, "spi": f"0x{sa.spi:08x}",
+                                "protocol": sa.protocol, "direction": direction,
+                                "src": ctx.remote if direction == "inbound" else ctx.local,
+                                "dst": ctx.local if direction == "inbound" else ctx.remote,
+                                "state": sa.state, "installed": True, "packets": sa.packets,
+                                "bytes": sa.bytes, "seq": sa.seq, "drops": dict(sa.drops)})
+        return {"gateway": {**self.counters.as_dict(), "path_mtu": self.path_mtu,
+                            "transport": self.transport, "local": str(self.local),
+                            "port": self.port, "engine": True},
+                "drops": dict(sorted((r.value, n) for r, n in self.drops.items())),
+                "sas": sas}
+
+
+__all__ = ["WORST_ESP_OVERHEAD", "EngineGatewayCore"]

@@ -1,0 +1,133 @@
+"""``ipsecsa serve --tun``: SA contexts created through the service's API carry live traffic.
+
+Two network namespaces joined by a veth (see :mod:`.netns`). In A runs the service with a gateway
+attached to its engine (``ipsecsa serve --tun ipsa0 --local 192.0.2.1``); its SA context is created
+with the command line against the service's socket (``ipsecsa sa create --sa-file``), exactly as
+an administrator or an IKE daemon would. In B runs a plain ``ipsecsa gateway`` with the mirror SA
+file. The kernel's ping proves traffic flows; after ``ipsecsa sa delete`` it must stop at once
+(the next packet finds no context); SIGTERM stops the service with status 0 and removes the TUN.
+
+Needs root, /dev/net/tun and iproute2 (CI runs as root); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .netns import (
+    NET4,
+    SITE4,
+    TUN,
+    WIRE4,
+    Wire,
+    configure_site,
+    sa,
+    skip_reason,
+    start_gateway,
+    stop,
+    wait_for_link,
+    wait_for_udp,
+    write_sa_file,
+)
+from .test_netns import received
+
+REASON = skip_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+SPI_AB, SPI_BA = 0x5E5E0001, 0x5E5E0002
+
+
+def _cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    res = subprocess.run([sys.executable, "-m", "ipsecsa", *args, "--socket",
+                          str(root / "ipsecsa.sock"), "--token-file",
+                          str(root / "admin.token")], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    if check:
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+    return res
+
+
+def _ping(ns: object, src: str, dst: str, count: int = 3) -> int:
+    res = ns.run("ping", "-c", str(count), "-i", "0.2", "-W", "1", "-I", src, dst,  # type: ignore[attr-defined]
+                 check=False, timeout=30)
+    return received(res)
+
+
+def test_contexts_created_through_the_api_carry_traffic(tmp_path: Path) -> None:
+    keys: dict = {}
+    # One selector per context (the API's rule): the IPv4 sites.
+    a_sas = [sa(SPI_AB, "outbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys),
+             sa(SPI_BA, "inbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys)]
+    b_sas = [sa(SPI_BA, "outbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys),
+             sa(SPI_AB, "inbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys)]
+    a_file = write_sa_file(tmp_path / "a.json", a_sas)
+    b_file = write_sa_file(tmp_path / "b.json", b_sas)
+    wire = Wire.create("v")
+    service = gateway = None
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+        with open(tmp_path / "serve.log", "w") as err:
+            service = subprocess.Popen(
+                wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
+                           str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
+                           "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
+                           "--local", WIRE4[0]), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        wait_for_link(wire.a, TUN, service, timeout=30)
+        wait_for_udp(wire.a, 4500)
+        configure_site(wire.a, 0)
+        gateway = start_gateway(wire.b, b_file, WIRE4[1], log=tmp_path / "b.log")
+        wait_for_link(wire.b, TUN, gateway)
+        configure_site(wire.b, 1)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ipsecsa.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        # No context yet: nothing is carried (the packets are dropped as no policy).
+        assert _ping(wire.a, SITE4[0], SITE4[1], count=1) == 0
+
+        created = json.loads(_cli(tmp_path, "sa", "create", "--sa-file", str(a_file),
+                                  "--json").stdout)
+        ctx = created["id"]
+        assert created["state"] == "established"
+        assert _ping(wire.a, SITE4[0], SITE4[1]) == 3
+        assert _ping(wire.b, SITE4[1], SITE4[0]) == 3
+        shown = json.loads(_cli(tmp_path, "sa", "show", str(ctx), "--json").stdout)
+        assert shown["outbound"][0]["packets"] >= 6  # 3 requests, 3 replies
+        assert shown["inbound"][0]["packets"] >= 6
+
+        _cli(tmp_path, "sa", "delete", str(ctx))
+        # At once: the very next packets find no context, both ways.
+        assert _ping(wire.a, SITE4[0], SITE4[1], count=2) == 0
+        assert _ping(wire.b, SITE4[1], SITE4[0], count=2) == 0
+
+        assert stop(service, timeout=15) == 0, (tmp_path / "serve.log").read_text()
+        assert wire.a.run("ip", "link", "show", TUN, check=False).returncode != 0  # removed
+        log = (tmp_path / "serve.log").read_text()
+        assert "event=gateway_started" in log and "event=gateway_stopped" in log
+        for key in keys.values():  # no key material in the service's log
+            assert key[0] not in log
+    finally:
+        for proc in (service, gateway):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wire.destroy()
+
+
+def test_serve_tun_needs_local(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    res = subprocess.run([sys.executable, "-m", "ipsecsa", "serve", "--db",
+                          str(tmp_path / "db"), "--socket", str(tmp_path / "s"), "--tun", TUN],
+                         capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [
+        ("ipsecsa: error: --tun and --local go together (the TUN device and the address the "
+         "gateway's UDP socket binds)")]
