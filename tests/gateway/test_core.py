@@ -235,3 +235,62 @@ def test_inbound_sa_must_be_for_the_local_address() -> None:
     with pytest.raises(ConfigError, match="local address"):
         check_for_gateway(cfgs, local=ipaddress.ip_address("192.0.2.9"), port=4500,
                           transport="udp")
+
+
+# --- NAT roaming ---------------------------------------------------------------------------
+def _to_b(a: GatewayCore, n: int = 1, now: float = 0.0) -> list[bytes]:
+    """ESP-in-UDP payloads A sends B (n packets)."""
+    ps = [raw(IP(src=SITE4[0], dst=SITE4[1]) / UDP(sport=1, dport=2) / Raw(b"r" * 32))] * n
+    return [bytes(d) for d, _t, _a in a.from_tun(ps, now).net]
+
+
+def _b_sends_to(b: GatewayCore) -> tuple:
+    p = raw(IP(src=SITE4[1], dst=SITE4[0]) / UDP(sport=2, dport=1))
+    return b.from_tun([p], 0.0).net[0][2]
+
+
+def test_peer_followed_after_authenticated_packet_beyond_the_window_edge(
+        pair: tuple[GatewayCore, GatewayCore]) -> None:
+    a, b = pair
+    first, second, third = _to_b(a, 3)
+    assert b.from_net([(first, (WIRE4[0], 4500), 0)], 0.0).tun  # from where the SAs say
+    assert _b_sends_to(b) == (WIRE4[0], 4500)
+    # A NAT rebinds A's mapping: the next (newer) packet arrives from elsewhere.
+    moved = ("192.0.2.77", 40123)
+    assert b.from_net([(third, moved, 0)], 0.0).tun
+    assert _b_sends_to(b) == moved
+    assert b.counters.peer_moved == 1
+    assert b.stats()["gateway"]["peer_moved"] == 1
+    # An older packet (inside the window, not a replay) from the old address authenticates
+    # but does not move the peer back: only a packet beyond the edge does.
+    assert b.from_net([(second, (WIRE4[0], 4500), 0)], 0.0).tun
+    assert _b_sends_to(b) == moved
+    assert b.counters.peer_moved == 1
+
+
+def test_forged_or_replayed_packets_do_not_move_the_peer(
+        pair: tuple[GatewayCore, GatewayCore]) -> None:
+    a, b = pair
+    first, second = _to_b(a, 2)
+    assert b.from_net([(first, (WIRE4[0], 4500), 0)], 0.0).tun
+    forged = bytearray(second)
+    forged[-1] ^= 1  # the ICV no longer matches
+    assert b.from_net([(bytes(forged), ("198.18.0.9", 4500), 0)], 0.0).tun == []
+    # The captured first packet replayed from an attacker's address: a replay, dropped.
+    assert b.from_net([(first, ("198.18.0.9", 4500), 0)], 0.0).tun == []
+    # A packet of an unknown SPI from elsewhere.
+    assert b.from_net([(b"\x00\x00\x99\x99" + bytes(4) + b"x" * 40, ("198.18.0.9", 4500), 0)],
+                      0.0).tun == []
+    assert _b_sends_to(b) == (WIRE4[0], 4500)
+    assert b.counters.peer_moved == 0
+    # The genuine next packet from the genuine address still goes through.
+    assert b.from_net([(second, (WIRE4[0], 4500), 0)], 0.0).tun
+
+
+def test_peer_port_change_alone_is_followed_ipv6() -> None:
+    p = SaPair(0x3001, 0x4001, outer6=True)
+    a, b = make_core(p.a_side(), WIRE6[0]), make_core(p.b_side(), WIRE6[1])
+    first, second = _to_b(a, 2)
+    assert b.from_net([(first, (WIRE6[0], 4500, 0, 0), 0)], 0.0).tun
+    assert b.from_net([(second, (WIRE6[0], 61000, 0, 0), 0)], 0.0).tun
+    assert _b_sends_to(b) == (WIRE6[0], 61000, 0, 0)

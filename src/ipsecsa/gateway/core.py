@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ipsecsa.datapath.result import Result
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import DropReason, MalformedPacket
 from ipsecsa.gateway.mtu import DEFAULT_PATH_MTU, max_inner, outer_header_len, tun_mtu_for
@@ -59,6 +60,7 @@ TRANSPORTS = ("udp", "raw")
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
+_SPI_SEQ = struct.Struct("!II")
 
 Address = tuple  # what socket.sendto takes: (host, port) or (host, port, flowinfo, scope)
 
@@ -87,6 +89,8 @@ class GatewayCounters:
     #: each counter has one writer).
     send_errors: int = 0
     tun_errors: int = 0
+    #: Times a peer was found at a new address or port (NAT roaming, see ``from_net``).
+    peer_moved: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -142,6 +146,9 @@ class GatewayCore:
     ``transport`` is ``"udp"`` (ESP in UDP on ``port``) or ``"raw"`` (ESP as IP protocol 50).
     """
 
+    #: Whether peers that move are followed (NAT roaming, :meth:`_roam`).
+    ROAMING = True
+
     def __init__(self, sad: SaDatabase, *, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
@@ -174,6 +181,12 @@ class GatewayCore:
         self._last_tx: dict[Address, float] = {}
         self._peers: set[Address] = set()
         self._icmp = _IcmpBudget()
+        #: NAT roaming: where a peer (by the address the SAs name) was last seen sending
+        #: authenticated ESP from, when that differs from what the SAs say. Written by the
+        #: receiving thread only; the sending thread reads it when it makes a route.
+        self._moved: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Address] = {}
+        #: Sources whose datagrams need no roaming check (each matched its peer's address).
+        self._sources: set[tuple[str, int]] = set()
         self._retired: list[dict] = []
         self._next_housekeeping = 0.0
         self._local_b = self.local.packed
@@ -238,6 +251,7 @@ class GatewayCore:
         host = str(self.peer if self.peer is not None else c.dst)
         port = c.encapsulation.dport if c.encapsulation is not None else 0
         addr: Address = (host, port, 0, 0) if v6 else (host, port)
+        addr = self._moved.get(c.dst, addr)
         strip = outer_header_len(sa) if self.transport == "udp" else (40 if v6 else 20)
         return _Route(addr, strip, max_inner(sa, self.path_mtu), v6)
 
@@ -343,6 +357,9 @@ class GatewayCore:
         pkts: list[bytes] = []
         udp = self.transport == "udp"
         counters = self.counters
+        sources = self._sources
+        roams = udp and self.ROAMING
+        roaming: list[tuple[int, tuple[str, int], bytes]] | None = None
         n = 0
         for payload, addr, tos in datagrams:
             n += 1
@@ -354,23 +371,79 @@ class GatewayCore:
                 if size >= 4 and payload[:4] == NON_ESP_MARKER:
                     counters.ike_rx += 1  # IKE (RFC 3948 §2.2): not ours to answer
                     continue
+                if roams and (addr[0], addr[1]) not in sources and size >= 8:
+                    if roaming is None:
+                        roaming = []
+                    roaming.append((len(pkts), (addr[0], addr[1]), payload[:8]))
                 pkts.append(self._outer_udp(payload, addr, tos))
             elif self.v6:
                 pkts.append(_V6.pack(6 << 28 | tos << 20, len(payload), PROTO_ESP, RECEIVED_TTL,
                                      self._packed(addr[0]), self._local_b) + payload)
             else:
                 pkts.append(payload)
-        tun = self._unprotect(pkts, now) if pkts else []
+        edges = self._edges(roaming) if roaming else None
+        results = self._unprotect(pkts, now) if pkts else []
+        tun = [inner for inner, _reason in results if inner is not None]
+        if edges:
+            self._roam(edges, results)
         counters.net_rx += n
         counters.tun_tx += len(tun)
         return Output([], tun)
 
-    def _unprotect(self, pkts: list[bytes], now: float) -> list[bytes]:
-        """The inner packets of a batch of received ESP packets (outer headers as on the wire):
-        one ``inbound_batch`` call, which groups the packets per SA for ``unprotect_batch``
-        (the native fast path's batch entry). Drops are counted by the SA or the database."""
-        return [inner for inner, _reason in self.sad.inbound_batch(pkts, now)
-                if inner is not None]
+    def _unprotect(self, pkts: list[bytes], now: float) -> list[Result]:
+        """The results of a batch of received ESP packets (outer headers as on the wire): one
+        ``inbound_batch`` call, which groups the packets per SA for ``unprotect_batch`` (the
+        native fast path's batch entry). Drops are counted by the SA or the database."""
+        return self.sad.inbound_batch(pkts, now)
+
+    # ----------------------------------------------------------------- NAT roaming
+    def _edges(self, roaming: list[tuple[int, tuple[str, int], bytes]]
+               ) -> list[tuple[int, tuple[str, int], SecurityAssociation, int, int]]:
+        """For datagrams from a source not yet known to be its peer's: (index, source, inbound
+        SA, its sequence number, the SA's highest sequence number before this batch)."""
+        out = []
+        tops: dict[int, int] = {}
+        for i, src, head in roaming:
+            spi, seq = _SPI_SEQ.unpack(head)
+            sa = self.sad.lookup_inbound(spi, PROTO_ESP, self._local_b)
+            if sa is None or sa.config.encapsulation is None:
+                continue
+            top = tops.get(id(sa))
+            if top is None:
+                top = tops[id(sa)] = sa.seq
+            out.append((i, src, sa, seq, top))
+        return out
+
+    def _roam(self, edges: list[tuple[int, tuple[str, int], SecurityAssociation, int, int]],
+              results: list[Result]) -> None:
+        """Follow a peer that moved (a NAT rebinding its mapping, a mobile host).
+
+        As the Linux kernel does for ESP in UDP (``xfrm`` reports a new mapping only then) and
+        as RFC 3948 / RFC 7296 §2.23 ask: the new address and port are taken only from a packet
+        that its SA authenticated (ICV good, not a replay) and whose sequence number is beyond
+        the right edge of the window as it was before the packet — a captured old packet
+        replayed from elsewhere cannot redirect the tunnel. The outbound SAs towards that peer
+        (whose ``dst`` is the inbound SA's ``src``) then send to where it was seen."""
+        for i, src, sa, seq, top in edges:
+            if results[i][0] is None:
+                continue  # not authenticated (or a replay): proves nothing
+            peer = sa.config.src
+            encap = sa.config.encapsulation
+            assert encap is not None
+            host = str(self.peer if self.peer is not None else peer)
+            expected = self._moved.get(peer, (host, encap.sport))
+            if (expected[0], expected[1]) == src:
+                self._sources.add(src)
+                continue
+            if (seq - top) & 0xFFFFFFFF >= 0x80000000 or seq == top & 0xFFFFFFFF:
+                continue  # authenticated but inside the window: an old packet
+            new: Address = (src[0], src[1], 0, 0) if self.v6 else src
+            log.warning("peer %s moved: %s port %d -> %s port %d (SA 0x%08x, seq %d)", peer,
+                        expected[0], expected[1], src[0], src[1], sa.spi, seq)
+            self._moved[peer] = new
+            self._sources = {src}
+            self._routes = {}
+            self.counters.peer_moved += 1
 
     def _outer_udp(self, payload: bytes, addr: Address, tos: int) -> bytes:
         """The IP/UDP header the datagram arrived with, put back in front of its payload."""

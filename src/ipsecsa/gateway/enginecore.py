@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.errors import DropReason
 from ipsecsa.gateway.core import (
     KEEPALIVE_INTERVAL,
@@ -73,6 +74,10 @@ class EngineGatewayCore(GatewayCore):
     outer family is not ``local``'s, or whose encapsulation does not suit the transport (UDP
     encapsulation on ``port`` for ``udp``, none for ``raw``), have their packets dropped and
     counted (``sa_unusable``)."""
+
+    #: Not done over the engine: a context's remote address does not follow a peer that moves
+    #: (the engine does not report which context authenticated a packet, nor its window edge).
+    ROAMING = False
 
     def __init__(self, engine: Engine, *, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
@@ -145,20 +150,18 @@ class EngineGatewayCore(GatewayCore):
         return addr
 
     # ----------------------------------------------------------------- inbound
-    def _unprotect(self, pkts: list[bytes], now: float) -> list[bytes]:
+    def _unprotect(self, pkts: list[bytes], now: float) -> list[Result]:
         """Each packet through the engine's inbound path (which finds the context by SPI, checks
         anti-replay and ICV, then the inner packet against the context's inbound filter)."""
         inbound = self.engine.inbound
-        tun: list[bytes] = []
+        out: list[Result] = []
         for pkt in pkts:
-            inner, _reason = inbound(pkt)
-            if inner is None:
-                continue  # counted by the engine
-            if inner is pkt:  # not ESP of a context: the engine passed it as clear text
+            res = inbound(pkt)
+            if res[0] is pkt:  # not ESP of a context: the engine passed it as clear text
                 self._drop(DropReason.CLEAR_TEXT)
-                continue
-            tun.append(inner)
-        return tun
+                res = DROPPED[DropReason.CLEAR_TEXT]
+            out.append(res)
+        return out
 
     # ----------------------------------------------------------------- peers, MTU, timers
     def _contexts(self) -> list[Any]:
