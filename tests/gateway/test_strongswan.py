@@ -3,7 +3,8 @@ negotiated, and traffic keeps flowing with the other charon's userspace ESP (lib
 
 Left (namespace A, 192.0.2.1, site 198.51.100.1) and right (namespace B, 192.0.2.2, site
 203.0.113.1) run Debian's charon with the ``kernel-libipsec`` plugin (this kernel has no XFRM
-ESP) and negotiate an IKEv2 CHILD_SA with the ESP proposal under test, ESP in UDP (``encap``).
+ESP) and negotiate an IKEv2 CHILD_SA with the ESP proposal under test, ESP in UDP (``encap``),
+over IPv4 and (AES-GCM-128) over IPv6 outer addresses (2001:db8:0:1::1 and ::2).
 After ping works through both charons, the right charon's CHILD_SA keys, SPIs and traffic
 selectors are read from its log (``chd`` level 4), its packet counters from ``swanctl --list-sas``
 (so that ipsecsa continues the sequence numbers); the right charon is killed with SIGKILL (no
@@ -29,6 +30,7 @@ from .netns import (
     NET4,
     SITE4,
     WIRE4,
+    WIRE6,
     Wire,
     start_gateway,
     stop,
@@ -72,8 +74,12 @@ def _udp_echo(server: netns.Netns, client: netns.Netns, count: int = 50) -> dict
         srv.communicate()
 
 
-@pytest.mark.parametrize("suite", list(ESP_PROPOSALS))
-def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str) -> None:
+@pytest.mark.parametrize(("suite", "outer"), [(s, 4) for s in ESP_PROPOSALS]
+                         + [("aes-gcm-128", 6)])
+def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str,
+                                                  outer: int) -> None:
+    # outer 6: the charons and the gateway speak ESP in UDP over IPv6 (the sites stay IPv4).
+    wire_addr = WIRE6 if outer == 6 else WIRE4
     wire = Wire.create("s")
     gw: subprocess.Popen | None = None
     left = right = None
@@ -81,10 +87,10 @@ def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str) ->
         wire.a.run("ip", "addr", "add", f"{SITE4[0]}/32", "dev", "lo")
         wire.b.run("ip", "addr", "add", f"{SITE4[1]}/32", "dev", "lo")
         esp = ESP_PROPOSALS[suite]
-        left = start_charon(wire.a, tmp_path / "left", local=WIRE4[0], remote=WIRE4[1],
+        left = start_charon(wire.a, tmp_path / "left", local=wire_addr[0], remote=wire_addr[1],
                             local_id="left", remote_id="right", local_ts=NET4[0],
                             remote_ts=NET4[1], esp=esp)
-        right = start_charon(wire.b, tmp_path / "right", local=WIRE4[1], remote=WIRE4[0],
+        right = start_charon(wire.b, tmp_path / "right", local=wire_addr[1], remote=wire_addr[0],
                              local_id="right", remote_id="left", local_ts=NET4[1],
                              remote_ts=NET4[0], esp=esp)
         left.swanctl("--initiate", "--child", "net", "--timeout", "20")
@@ -98,9 +104,9 @@ def test_ipsecsa_takes_over_a_strongswan_child_sa(tmp_path: Path, suite: str) ->
         kill_hard(right)  # no DELETE: the left charon keeps its CHILD_SA
 
         sa_file = write_sa_file(tmp_path / "right.json", charon_sa_file_entries(
-            child, suite=suite, local=WIRE4[1], remote=WIRE4[0], initiator=False,
+            child, suite=suite, local=wire_addr[1], remote=wire_addr[0], initiator=False,
             seq_out=packets_out, seq_in=packets_in))
-        gw = start_gateway(wire.b, sa_file, WIRE4[1], stats=tmp_path / "stats.json",
+        gw = start_gateway(wire.b, sa_file, wire_addr[1], stats=tmp_path / "stats.json",
                            log=tmp_path / "gw.log")
         wait_for_link(wire.b, "ipsa0", gw)
         wait_for_udp(wire.b, 4500)
