@@ -331,29 +331,65 @@ static PyTypeObject Replay_Type = {
 };
 
 /* ================================================================== Esp */
-/* One per installed SA, so kept small (the SA database holds millions): narrow fields, EVP
- * contexts created on first use (an idle SA costs no OpenSSL memory), keys kept until then. */
+/* The crypto state of an SA that has carried traffic: its lock and EVP contexts, allocated
+ * (with the GIL held) before its first crypto, so an idle SA costs neither these bytes nor any
+ * OpenSSL memory. */
+typedef struct {
+    pthread_mutex_t lock; /* around the EVP contexts */
+    EVP_CIPHER_CTX *ectx, *dctx;
+    EVP_MAC_CTX *emac, *dmac;
+} Crypto;
+
+/* One per installed SA, so kept small (the SA database holds millions): narrow fields, the
+ * crypto state created on first use, keys kept until then (the HMAC key, on its own
+ * allocation, only for AES-CBC + HMAC). */
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc call;  /* calling the engine: protect (outbound SA) or unprotect */
     PyObject *sa;         /* the SecurityAssociation (strong; GC-traversed) */
     ReplayObject *replay; /* its window, or NULL on an outbound-only SA */
     PyObject *iv_source;  /* deterministic IV source for known-answer tests, or NULL */
-    EVP_CIPHER_CTX *ectx, *dctx;
-    EVP_MAC_CTX *emac, *dmac;
-    const EVP_CIPHER *cipher;
-    const char *md;       /* HMAC digest name (a static string) */
+    Crypto *cx;           /* NULL until the first packet's crypto */
+    uint8_t *ikey;        /* HMAC key (PyMem), AES-CBC + HMAC only */
     uint64_t iv_mask;
-    pthread_mutex_t lock; /* around the EVP contexts */
     uint32_t spi, o4sum, tfc;
     uint16_t sport, dport, min_esp, overhead;
     int16_t dscp, df_fixed;
     uint8_t alg, keylen, ikeylen, icvlen, ivlen, bmask, block, check_blocks;
-    uint8_t tunnel, v6, encap, esn, ttl, alen;
+    uint8_t tunnel, v6, encap, esn, ttl, alen, md;
     uint8_t src[16], dst[16];
     uint8_t salt[4];
     uint8_t key[32];
-    uint8_t ikey[64];
 } EspObject;
+
+static const char *DIGESTS[] = {"SHA1", "SHA256", "SHA384", "SHA512"};
+#define NDIGESTS (sizeof DIGESTS / sizeof DIGESTS[0])
+
+/* The cipher of the SA (fetched once per process at import). */
+static const EVP_CIPHER *cipher_of(const EspObject *self)
+{
+    int ix = self->keylen == 16 ? 0 : self->keylen == 24 ? 1 : 2;
+    switch (self->alg) {
+    case ALG_GCM: case ALG_GMAC: return c_gcm[ix];
+    case ALG_CHACHA: return c_chacha;
+    default: return c_cbc[ix];
+    }
+}
+
+/* Create the crypto state if the SA has none yet; called with the GIL held (so two threads
+ * never both create it). 0 with MemoryError set on failure. */
+static int ensure_crypto(EspObject *self)
+{
+    if (self->cx) return 1;
+    Crypto *cx = PyMem_RawCalloc(1, sizeof *cx);
+    if (!cx) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    pthread_mutex_init(&cx->lock, NULL);
+    self->cx = cx;
+    return 1;
+}
 
 static PyTypeObject Esp_Type;
 
@@ -490,14 +526,15 @@ static PyObject *make_result(PyObject *packet /* stolen */)
     return r;
 }
 
-/* ---- crypto (called without the GIL, under self->lock) ---- */
+/* ---- crypto (called without the GIL, under self->cx->lock) ---- */
 static int ensure_cipher(EspObject *self, int enc)
 {
-    EVP_CIPHER_CTX **pc = enc ? &self->ectx : &self->dctx;
+    Crypto *cx = self->cx;
+    EVP_CIPHER_CTX **pc = enc ? &cx->ectx : &cx->dctx;
     if (!*pc) {
         EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
         if (!c) return 0;
-        if (!EVP_CipherInit_ex(c, self->cipher, NULL, self->key, NULL, enc)) {
+        if (!EVP_CipherInit_ex(c, cipher_of(self), NULL, self->key, NULL, enc)) {
             EVP_CIPHER_CTX_free(c);
             return 0;
         }
@@ -505,12 +542,12 @@ static int ensure_cipher(EspObject *self, int enc)
         *pc = c;
     }
     if (self->alg == ALG_CBC_HMAC) {
-        EVP_MAC_CTX **pm = enc ? &self->emac : &self->dmac;
+        EVP_MAC_CTX **pm = enc ? &cx->emac : &cx->dmac;
         if (!*pm) {
             EVP_MAC_CTX *m = EVP_MAC_CTX_new(m_hmac);
             if (!m) return 0;
             OSSL_PARAM p[2] = {
-                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)self->md, 0),
+                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)DIGESTS[self->md], 0),
                 OSSL_PARAM_construct_end()};
             if (!EVP_MAC_init(m, self->ikey, (size_t)self->ikeylen, p)) {
                 EVP_MAC_CTX_free(m);
@@ -560,13 +597,13 @@ static int etm_mac(EspObject *self, EVP_MAC_CTX *m, const uint8_t *esp, size_t l
 /* Seal in place: esp points at SPI ‖ seq ‖ IV ‖ plaintext(ptlen) ‖ room for the ICV. */
 static int seal(EspObject *self, uint8_t *esp, int ptlen, uint64_t seq)
 {
-    EVP_CIPHER_CTX *c = self->ectx;
+    EVP_CIPHER_CTX *c = self->cx->ectx;
     uint8_t *iv = esp + ESP_HDR, *pt = iv + self->ivlen, *icv = pt + ptlen;
     int l;
     if (self->alg == ALG_CBC_HMAC) {
         if (!EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv)) return 0;
         if (!EVP_EncryptUpdate(c, pt, &l, pt, ptlen) || l != ptlen) return 0;
-        return etm_mac(self, self->emac, esp, (size_t)(ESP_HDR + self->ivlen + ptlen), seq, icv);
+        return etm_mac(self, self->cx->emac, esp, (size_t)(ESP_HDR + self->ivlen + ptlen), seq, icv);
     }
     uint8_t nonce[12], aad[12];
     int alen = aad_of(self, esp, seq, aad);
@@ -588,12 +625,12 @@ static int seal(EspObject *self, uint8_t *esp, int ptlen, uint64_t seq)
  * failure, -1 library error. */
 static int open_(EspObject *self, const uint8_t *esp, int ctlen, uint64_t seq, uint8_t *out)
 {
-    EVP_CIPHER_CTX *c = self->dctx;
+    EVP_CIPHER_CTX *c = self->cx->dctx;
     const uint8_t *iv = esp + ESP_HDR, *ct = iv + self->ivlen, *icv = ct + ctlen;
     int l;
     if (self->alg == ALG_CBC_HMAC) {
         uint8_t mine[64];
-        if (!etm_mac(self, self->dmac, esp, (size_t)(ESP_HDR + self->ivlen + ctlen), seq, mine))
+        if (!etm_mac(self, self->cx->dmac, esp, (size_t)(ESP_HDR + self->ivlen + ctlen), seq, mine))
             return -1;
         if (CRYPTO_memcmp(mine, icv, (size_t)self->icvlen)) return 0;
         if (!EVP_DecryptInit_ex(c, NULL, NULL, NULL, iv)) return -1;
@@ -1003,16 +1040,18 @@ static int run_locked(EspObject *self, int release, int (*fn)(EspObject *, void 
                       void *jobs, Py_ssize_t nj)
 {
     int rc;
+    if (!ensure_crypto(self)) return -1;
+    pthread_mutex_t *lock = &self->cx->lock;
     if (release) {
         Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&self->lock);
+        pthread_mutex_lock(lock);
         rc = fn(self, jobs, nj);
-        pthread_mutex_unlock(&self->lock);
+        pthread_mutex_unlock(lock);
         Py_END_ALLOW_THREADS
     } else {
-        pthread_mutex_lock(&self->lock);
+        pthread_mutex_lock(lock);
         rc = fn(self, jobs, nj);
-        pthread_mutex_unlock(&self->lock);
+        pthread_mutex_unlock(lock);
     }
     if (rc) PyErr_SetString(PyExc_RuntimeError, "OpenSSL EVP failure in the native ESP path");
     return rc;
@@ -1520,6 +1559,18 @@ static PyObject *Esp_unprotect_batch(EspObject *self, PyObject *const *a, Py_ssi
     return batch(self, a, n, kw, 0);
 }
 
+/* Calling the engine object (what the SA binds as its protect or unprotect). */
+static PyObject *Esp_call_protect(PyObject *self, PyObject *const *args, size_t nargsf,
+                                  PyObject *kw)
+{
+    return Esp_protect((EspObject *)self, args, PyVectorcall_NARGS(nargsf), kw);
+}
+static PyObject *Esp_call_unprotect(PyObject *self, PyObject *const *args, size_t nargsf,
+                                    PyObject *kw)
+{
+    return Esp_unprotect((EspObject *)self, args, PyVectorcall_NARGS(nargsf), kw);
+}
+
 static int Esp_traverse(EspObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->sa);
@@ -1538,14 +1589,23 @@ static void Esp_dealloc(EspObject *self)
 {
     PyObject_GC_UnTrack(self);
     Esp_clear(self);
-    EVP_CIPHER_CTX_free(self->ectx);
-    EVP_CIPHER_CTX_free(self->dctx);
-    EVP_MAC_CTX_free(self->emac);
-    EVP_MAC_CTX_free(self->dmac);
+    Crypto *cx = self->cx;
+    if (cx) {
+        EVP_CIPHER_CTX_free(cx->ectx);
+        EVP_CIPHER_CTX_free(cx->dctx);
+        EVP_MAC_CTX_free(cx->emac);
+        EVP_MAC_CTX_free(cx->dmac);
+        pthread_mutex_destroy(&cx->lock);
+        PyMem_RawFree(cx);
+        self->cx = NULL;
+    }
+    if (self->ikey) {
+        OPENSSL_cleanse(self->ikey, self->ikeylen);
+        PyMem_Free(self->ikey);
+        self->ikey = NULL;
+    }
     OPENSSL_cleanse(self->key, sizeof self->key);
-    OPENSSL_cleanse(self->ikey, sizeof self->ikey);
     OPENSSL_cleanse(self->salt, sizeof self->salt);
-    pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1588,40 +1648,43 @@ static PyObject *Esp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     EspObject *self = (EspObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
-    pthread_mutex_init(&self->lock, NULL);
     int len, saltlen, keylen, ikeylen;
+    uint8_t ikeybuf[64];
     self->alg = (uint8_t)alg;
     if (copy_bytes(key, self->key, 32, &keylen, "key") ||
         copy_bytes(salt, self->salt, 4, &saltlen, "salt"))
         goto fail;
     self->keylen = (uint8_t)keylen;
-    if (alg == ALG_GCM || alg == ALG_GMAC) {
-        int ix = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
-        if (ix < 0 || saltlen != 4) goto badkey;
-        self->cipher = c_gcm[ix];
+    if (alg == ALG_GCM || alg == ALG_GMAC || alg == ALG_CBC_HMAC) {
+        if (keylen != 16 && keylen != 24 && keylen != 32) goto badkey;
+        if (alg != ALG_CBC_HMAC && saltlen != 4) goto badkey;
     } else if (alg == ALG_CHACHA) {
         if (keylen != 32 || saltlen != 4) goto badkey;
-        self->cipher = c_chacha;
-    } else if (alg == ALG_CBC_HMAC) {
-        int ix = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
-        if (ix < 0) goto badkey;
-        self->cipher = c_cbc[ix];
-        if (copy_bytes(ikey, self->ikey, 64, &ikeylen, "ikey")) goto fail;
-        self->ikeylen = (uint8_t)ikeylen;
-        const char *m = PyUnicode_AsUTF8(md);
-        static const char *digests[] = {"SHA1", "SHA256", "SHA384", "SHA512"};
-        self->md = NULL;
-        for (size_t i = 0; m && i < sizeof digests / sizeof digests[0]; i++)
-            if (!strcmp(m, digests[i])) self->md = digests[i];
-        if (!self->md) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "unknown HMAC digest");
-            goto fail;
-        }
     } else {
         PyErr_SetString(PyExc_ValueError, "unknown algorithm");
         goto fail;
     }
-    if (!self->cipher) {
+    if (alg == ALG_CBC_HMAC) {
+        if (copy_bytes(ikey, ikeybuf, 64, &ikeylen, "ikey")) goto fail;
+        self->ikey = PyMem_Malloc(ikeylen ? (size_t)ikeylen : 1);
+        if (!self->ikey) {
+            OPENSSL_cleanse(ikeybuf, sizeof ikeybuf);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(self->ikey, ikeybuf, (size_t)ikeylen);
+        OPENSSL_cleanse(ikeybuf, sizeof ikeybuf);
+        self->ikeylen = (uint8_t)ikeylen;
+        const char *m = PyUnicode_AsUTF8(md);
+        size_t i = 0;
+        while (m && i < NDIGESTS && strcmp(m, DIGESTS[i])) i++;
+        if (!m || i == NDIGESTS) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "unknown HMAC digest");
+            goto fail;
+        }
+        self->md = (uint8_t)i;
+    }
+    if (!cipher_of(self)) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL lacks the cipher");
         goto fail;
     }
@@ -1664,6 +1727,11 @@ static PyObject *Esp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->spi = (uint32_t)PyLong_AsUnsignedLong(spi);
     Py_DECREF(spi);
     if (PyErr_Occurred()) goto fail;
+    PyObject *dir = PyObject_GetAttrString(sa, "direction");
+    if (!dir) goto fail;
+    int outbound = PyUnicode_Check(dir) && !PyUnicode_CompareWithASCIIString(dir, "outbound");
+    Py_DECREF(dir);
+    self->call = outbound ? Esp_call_protect : Esp_call_unprotect;
     Py_INCREF(sa);
     self->sa = sa;
     if (replay != Py_None) {
@@ -1688,6 +1756,24 @@ static PyObject *Esp_repr(EspObject *self)
                                 self->alg, self->icvlen);
 }
 
+static PyObject *Esp_get_iv_mask(EspObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->iv_mask);
+}
+static PyObject *Esp_get_iv_source(EspObject *self, void *c)
+{
+    PyObject *s = self->iv_source ? self->iv_source : Py_None;
+    Py_INCREF(s);
+    return s;
+}
+static PyGetSetDef Esp_getset[] = {
+    {"iv_mask", (getter)Esp_get_iv_mask, NULL,
+     "the counter-IV mask (IV = seq ^ mask; public, as every IV is)", NULL},
+    {"iv_source", (getter)Esp_get_iv_source, NULL,
+     "the known-answer tests' IV source, or None", NULL},
+    {NULL}
+};
+
 static PyMethodDef Esp_methods[] = {
     {"protect", (PyCFunction)(void (*)(void))Esp_protect, METH_FASTCALL | METH_KEYWORDS,
      "protect(packet, now=None) -> Result"},
@@ -1703,9 +1789,14 @@ static PyMethodDef Esp_methods[] = {
 static PyTypeObject Esp_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ipsecsa._fastesp.Esp",
-    .tp_doc = "The native ESP engine of one SA (state stays in the SA object).",
+    .tp_doc = "The native ESP engine of one SA (state stays in the SA object). Calling it is "
+              "protect(packet, now=None) on an outbound SA, unprotect(packet, now=None) on "
+              "any other.",
     .tp_basicsize = sizeof(EspObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(EspObject, call),
+    .tp_call = PyVectorcall_Call,
+    .tp_getset = Esp_getset,
     .tp_new = Esp_new,
     .tp_dealloc = (destructor)Esp_dealloc,
     .tp_traverse = (traverseproc)Esp_traverse,

@@ -113,14 +113,13 @@ def _version_lines() -> list[str]:
     import ipsecsa
 
     lines = [f"ipsecsa {ipsecsa.__version__} (Python {sys.version.split()[0]})"]
-    info = getattr(ipsecsa, "info", None)  # the native fast path's report, when it exists
-    if callable(info):
-        try:
-            details = info()
-        except Exception as exc:  # noqa: BLE001 - --version must always print
-            details = {"info": f"unavailable ({type(exc).__name__})"}
-        if isinstance(details, dict):
-            lines += [f"  {k}: {v}" for k, v in details.items()]
+    try:
+        details = dict(ipsecsa.info())
+    except Exception as exc:  # noqa: BLE001 - --version must always print
+        details = {"info": f"unavailable ({type(exc).__name__})"}
+    lines.append("  " + _fast_path_line(details))
+    details.pop("version", None)  # already on the first line
+    lines += [f"  {k}: {v}" for k, v in details.items()]
     from ipsecsa.io.wireshark import installed_wireshark_version
 
     tshark = installed_wireshark_version()
@@ -141,6 +140,19 @@ def _version_lines() -> list[str]:
                  if hasattr(importlib.import_module("click"), "__version__")
                  else "  click: present")
     return lines
+
+
+def _fast_path_line(details: dict[str, object]) -> str:
+    """Whether the native ESP fast path is on (and on which libcrypto), or why it is off, from
+    :func:`ipsecsa.info`; its keys are taken off ``details``."""
+    native = details.pop("native", None)
+    why = details.pop("why_off", None)
+    openssl = details.pop("openssl", None)
+    if native is True:
+        return "native ESP fast path: on" + (f" ({openssl})" if openssl else "")
+    if native is False:
+        return f"native ESP fast path: off ({why or 'reason unknown'}); pure-Python data path"
+    return "native ESP fast path: unknown (ipsecsa.info() did not say)"
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

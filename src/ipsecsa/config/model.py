@@ -151,6 +151,10 @@ class Lifetime:
         return self.bytes is None and self.packets is None and self.seconds is None
 
 
+#: The lifetime with no limit in any dimension, shared by every SA that has none.
+NO_LIMITS = Lifetime()
+
+
 @dataclass(frozen=True, slots=True)
 class UdpEncapsulation:
     """UDP-encapsulated ESP (RFC 3948): the outer UDP ports."""
@@ -197,8 +201,10 @@ class SaConfig:
     replay_window: int = REPLAY_WINDOW_DEFAULT
     encapsulation: UdpEncapsulation | None = None
     selectors: tuple[Selector, ...] = ()
-    soft: Lifetime = field(default_factory=Lifetime)
-    hard: Lifetime = field(default_factory=Lifetime)
+    # One shared "no limits" value (Lifetime is frozen): an SA without lifetimes carries no
+    # Lifetime objects of its own (memory per installed SA, issue 16).
+    soft: Lifetime = field(default=NO_LIMITS)
+    hard: Lifetime = field(default=NO_LIMITS)
     seq: int = 0
     tfc_padding: int = 0
     df: Literal["copy", "set", "clear"] = "copy"

@@ -91,8 +91,6 @@ class EspSA(SecurityAssociation):
         "_encap",
         "_icvlen",
         "_ident",
-        "_iv_mask",
-        "_iv_src",
         "_ivlen",
         "_min_esp",
         "_nat",
@@ -125,15 +123,22 @@ class EspSA(SecurityAssociation):
         t = self._transform
         return self._make_transform() if t is None else t
 
-    def _make_transform(self) -> EspTransform:
+    def _make_transform(self, unsafe_iv_source: IvSource | None = None) -> EspTransform:
+        """Build the Python path's transform: at construction on a Python-path SA (with the
+        caller's ``unsafe_iv_source``), on first use on a native one, where the IV source and
+        the counter-IV mask are the native engine's (kept once, there), so that both paths
+        of one SA draw IVs from one sequence and never repeat one."""
         c = self.config
         key = c.encryption_key.bytes if c.encryption_key is not None else b""
         ikey = c.integrity_key.bytes if c.integrity_key is not None else None
         integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
+        nat = self._nat
+        iv_mask = None
+        if nat is not None:
+            unsafe_iv_source, iv_mask = nat.iv_source, nat.iv_mask
         t = make_esp_transform(c.encryption, key, integ, ikey, esn=c.esn,
-                               unsafe_iv_source=self._iv_src,
-                               iv_mask=getattr(self, "_iv_mask", None))
-        if self._nat is not None:
+                               unsafe_iv_source=unsafe_iv_source, iv_mask=iv_mask)
+        if nat is not None:
             self._python_fields()
         self._transform = t
         #: The crypto step of the Python path (a NIC model does it instead when ``_nic`` is set).
@@ -160,24 +165,24 @@ class EspSA(SecurityAssociation):
         return super()._new_window(config, use_native)
 
     def _attach_native(self, unsafe_iv_source: IvSource | None) -> None:
-        self._nat = _native.engine_for(self, unsafe_iv_source)
+        # The counter-IV mask is drawn here and kept by the engine only; the Python transform,
+        # if ever built, takes it from there (_make_transform).
+        iv_mask = 0 if unsafe_iv_source is not None else new_iv_mask()
+        self._nat = _native.engine_for(self, unsafe_iv_source, iv_mask)
 
     def _build(self, unsafe_iv_source: IvSource | None, native: bool = False) -> None:
         self._nat = None
         c = self.config
         integ = c.integrity if (c.integrity is not None and c.integrity.name != "none") else None
-        self._iv_src = unsafe_iv_source
         if native:
             # The native engine does the crypto; the Python transform (and its cryptography
             # objects, ~1.4 KB per SA) is built only if the Python path ever needs it, with the
-            # counter-IV mask drawn here so that both paths share it. ``_seal``/``_open`` stay
+            # engine's counter-IV mask so that both paths share it. ``_seal``/``_open`` stay
             # unset until then: the Python path is entered through _py_out/_py_in, which build.
             self._transform = None
-            self._iv_mask = 0 if unsafe_iv_source is not None else new_iv_mask()
             ivlen, icvlen, block = esp_lengths(c.encryption, integ)
         else:
-            t = self._make_transform()
-            self._iv_mask = t.iv_mask
+            t = self._make_transform(unsafe_iv_source)
             ivlen, icvlen, block = t.iv_len, t.icv_len, t.block_size
         replay = self._replay
         if icvlen == 0 and replay is not None and replay.size:
@@ -206,7 +211,9 @@ class EspSA(SecurityAssociation):
         self._df_fixed = None if c.df == "copy" else (0x4000 if c.df == "set" else 0)
         self._o4proto = PROTO_UDP if encap else PROTO_ESP
         self._outer_extra = 20 + (8 if encap else 0)
-        self._ident = ident_start(c.spi)
+        # The outer IPv4 Identification counter exists in IPv4 tunnel mode only (transport mode
+        # keeps the packet's own header; IPv6 has none): elsewhere a shared 0, no int per SA.
+        self._ident = ident_start(c.spi) if c.mode == "tunnel" and not self._v6 else 0
         if not native:
             self._python_fields()
 
@@ -234,10 +241,12 @@ class EspSA(SecurityAssociation):
         nat = self._nat
         if nat is None:
             return
+        # The engine object itself is the call (its vectorcall is protect on an outbound SA,
+        # unprotect on any other): no bound method kept per SA.
         if self.direction == "outbound":
-            self.protect = nat.protect  # type: ignore[method-assign]
+            self.protect = nat  # type: ignore[method-assign]
         else:
-            self.unprotect = nat.unprotect  # type: ignore[method-assign]
+            self.unprotect = nat  # type: ignore[method-assign]
 
     def _py_out(self, pkt: bytes, now: float | None = None) -> Result:
         """The Python path of ``protect`` (the reference): where the native engine hands the

@@ -110,11 +110,12 @@ def supports(config: Any) -> bool:
     return enc == "aes-cbc" and integ is not None and integ.name in _HMAC
 
 
-def engine_for(sa: Any, unsafe_iv_source: Any) -> Any:
+def engine_for(sa: Any, unsafe_iv_source: Any, iv_mask: int) -> Any:
     """The native engine of an ESP SA (``_fastesp.Esp``), or None for the Python path.
 
-    Counter IVs are ``seq ^ iv_mask`` with the mask of the SA's own transform, so both paths of
-    one SA never repeat an IV. ``unsafe_iv_source`` (known-answer tests only) is called back by
+    Counter IVs are ``seq ^ iv_mask``; the engine keeps the mask (``iv_mask``) and the IV source
+    (``iv_source``), and the SA's Python transform, if ever built, takes them from it, so both
+    paths of one SA never repeat an IV. ``unsafe_iv_source`` (known-answer tests only) is called back by
     the engine for every IV, as the Python transform would, so deterministic tests run the
     native crypto too; CBC IVs otherwise come from OpenSSL's ``RAND_bytes``."""
     mod = module()
@@ -134,7 +135,7 @@ def engine_for(sa: Any, unsafe_iv_source: Any) -> Any:
         c.src.packed, c.dst.packed, sa._ttl, -1 if sa._dscp is None else sa._dscp,
         -1 if sa._df_fixed is None else sa._df_fixed, sa._tfc, sa.esn,
         sa._window if getattr(sa, "_window", None) is not None else None,
-        sa._iv_mask, unsafe_iv_source)
+        iv_mask, unsafe_iv_source)
 
 
 def new_window(size: int, esn: bool, top: int) -> Any:
