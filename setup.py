@@ -1,4 +1,5 @@
-"""Build of the optional native ESP fast path (``ipsecsa._fastesp``, C over OpenSSL EVP).
+"""Build of the optional native ESP fast path (``ipsecsa._fastesp``, C over OpenSSL EVP) and of
+the capture tools' record loops (``ipsecsa._capio``).
 
 Everything else about the package is in ``pyproject.toml``. The extension is ``optional``: if it
 cannot be built (no compiler, no ``libssl-dev``), the package still installs and runs on the
@@ -30,6 +31,15 @@ setup(
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
             optional=True,
-        )
+        ),
+        # The record loops of the offline capture tools (ipsecsa.io.pcapbatch has the Python
+        # reference); no library needed.
+        Extension(
+            "ipsecsa._capio",
+            ["src/ipsecsa/_capio.c"],
+            extra_compile_args=_cflags,
+            extra_link_args=_ldflags,
+            optional=True,
+        ),
     ]
 )

@@ -15,7 +15,9 @@ It prints, all measured in the same run on the same machine:
 3. **Unprotect**: packets/s of the whole command (``python -m ipsecsa pcap unprotect``, a
    subprocess: read, match, decrypt, write) against the data path's own ``unprotect`` rate on
    the same packets in memory (also a subprocess), both with the native fast path (issue 16)
-   and with ``IPSECSA_PURE_PYTHON=1``; target ratio >= 0.5.
+   and with ``IPSECSA_PURE_PYTHON=1`` (which also turns off the tool's C record loops,
+   ``ipsecsa._capio``). The reference is the data path's best rate: the larger of packet-by-
+   packet ``unprotect`` and ``unprotect_batch``; target ratio >= 0.5 against it.
 4. **Memory**: peak RSS of the command on the full capture and on a tenth of it (target: flat,
    independent of the file size), from ``wait4`` of each subprocess.
 """
@@ -195,28 +197,43 @@ def _run_command(sa_file: str, src: str, dst: str, pure: bool = False) -> tuple[
     return elapsed, usage.ru_maxrss, json.loads(out)
 
 
-def bench_datapath(path: str, pure: bool) -> float:
-    """The data path's unprotect rate on the capture's first 200,000 packets, in memory, in a
-    subprocess (so that IPSECSA_PURE_PYTHON takes effect)."""
+def bench_datapath(path: str, pure: bool) -> tuple[float, float]:
+    """The data path's unprotect rates (packet by packet, and ``unprotect_batch`` in batches of
+    :data:`REFERENCE_BATCH`) on the capture's first 200,000 packets, in memory, in a subprocess
+    (so that IPSECSA_PURE_PYTHON takes effect)."""
     proc = subprocess.run([sys.executable, __file__, "--reference", path], capture_output=True,
                           text=True, env=_env(pure), check=True)
-    return float(proc.stdout.strip())
+    one, batch = proc.stdout.split()
+    return float(one), float(batch)
+
+
+#: Packets per ``unprotect_batch`` call in the reference (the tool's runs are about one read
+#: chunk, a few thousand small packets).
+REFERENCE_BATCH = 4096
 
 
 def _reference(path: str) -> None:
     with PcapReader(path) as r:
         sample = [p.ip for _, p in zip(range(200_000), r, strict=False)]
-    print(_unprotect_rate(sample))
+    # Best of three each: the reference is the data path at its best on this machine now.
+    one = max(_unprotect_rate(sample, batch=False) for _ in range(3))
+    batch = max(_unprotect_rate(sample, batch=True) for _ in range(3))
+    print(one, batch)
 
 
-def _unprotect_rate(sample: list[bytes]) -> float:
+def _unprotect_rate(sample: list[bytes], *, batch: bool) -> float:
     cfg = parse_sa(SA)
     sa = SecurityAssociation.from_config(dataclasses.replace(cfg, direction="inbound",
                                                              replay_window=0))
-    unprotect = sa.unprotect
     t = time.perf_counter()
-    for ip in sample:
-        unprotect(ip)
+    if batch:
+        unprotect_batch = sa.unprotect_batch
+        for i in range(0, len(sample), REFERENCE_BATCH):
+            unprotect_batch(sample[i:i + REFERENCE_BATCH])
+    else:
+        unprotect = sa.unprotect
+        for ip in sample:
+            unprotect(ip)
     return len(sample) / (time.perf_counter() - t)
 
 
@@ -249,17 +266,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\n3. Unprotect (packets/s; higher is better)")
         rss_big = 0
         for label, pure in (("native fast path", False), ("IPSECSA_PURE_PYTHON=1", True)):
-            dp = bench_datapath(big, pure)
+            one, batch = bench_datapath(big, pure)
+            best = max(one, batch)
             elapsed, rss, summary = _run_command(sa_file, big, os.path.join(work, "out.pcap"),
                                                  pure)
             assert summary["transformed"] == args.packets, summary
             rss_big = rss_big or rss
             rate = args.packets / elapsed
             print(f"   {label}:")
-            print(f"     data path unprotect, in memory:  {dp / 1e3:8.1f} k/s")
-            print(f"     ipsecsa pcap unprotect (whole):  {rate / 1e3:8.1f} k/s  "
-                  f"({elapsed:.1f} s incl. start-up)")
-            print(f"     ratio command/data path:         {rate / dp:.2f}   (target >= 0.5)")
+            print(f"     data path unprotect, one by one:     {one / 1e3:8.1f} k/s")
+            print(f"     data path unprotect_batch({REFERENCE_BATCH}):   {batch / 1e3:8.1f} k/s")
+            print(f"     ipsecsa pcap unprotect (whole):      {rate / 1e3:8.1f} k/s  "
+                  f"({elapsed:.2f} s incl. start-up)")
+            print(f"     ratio command/data path, best:      {rate / best:.2f}   (target >= 0.5)")
+            print(f"     ratio command/data path, one by one: {rate / one:.2f}")
         _e, rss_small, _s = _run_command(sa_file, small, os.path.join(work, "out-small.pcap"))
         print("\n4. Peak memory of the command (RSS, from wait4)")
         print(f"   {args.packets // 10:>9} packets: {rss_small / 1024:7.1f} MiB")

@@ -31,10 +31,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from types import TracebackType
-from typing import IO, BinaryIO, NamedTuple, Self
+from typing import IO, TYPE_CHECKING, BinaryIO, NamedTuple, Self
 
 from ipsecsa.errors import ConfigError, IpsecsaError
 from ipsecsa.securefile import SECRET_FILE_MODE
+
+if TYPE_CHECKING:
+    from ipsecsa.io.pcapbatch import RecordBatch
 
 log = logging.getLogger("ipsecsa.io.pcap")
 
@@ -348,6 +351,11 @@ class PcapReader:
         """Bytes of the file consumed so far (for progress reports)."""
         return self._offset
 
+    @property
+    def frames_read(self) -> int:
+        """Packet records read so far (all of them, IP or not)."""
+        return self._index
+
     def close(self) -> None:
         if self._owned:
             self._file.close()
@@ -443,7 +451,70 @@ class PcapReader:
             if sum(self.skipped.values()):
                 log.info("capture: skipped %s", dict(self.skipped))
 
-    def _pcap(self, head: bytes) -> Iterator[Frame]:
+    def batches(self) -> Iterator[Frame | RecordBatch]:
+        """The file's records in order, a chunk at a time where the format allows.
+
+        A classic pcap file comes as :class:`~ipsecsa.io.pcapbatch.RecordBatch` objects (one per
+        read chunk; see that module), a pcapng file as single :class:`Frame` records. Either way
+        every record is reported once, in file order; use instead of :meth:`frames`, not with
+        it. The frame numbers of a batch's records are ``batch.first`` onwards."""
+        if self._started:
+            raise ValueError("a PcapReader can be iterated only once")
+        self._started = True
+        try:
+            head = self._read_or_eof(4, "file header")
+            if head is None:
+                raise PcapError(0, "empty file: not a pcap or pcapng capture")
+            if int.from_bytes(head, "little") == PCAPNG_SHB:
+                self.format = "pcapng"
+                yield from self._pcapng(head)
+            else:
+                self.format = "pcap"
+                yield from self._pcap_batches(head)
+        finally:
+            if sum(self.skipped.values()):
+                log.info("capture: skipped %s", dict(self.skipped))
+
+    def _pcap_batches(self, head: bytes) -> Iterator[RecordBatch]:
+        from ipsecsa.io.pcapbatch import RecordBatch, scan
+
+        order, iface, tick, frac_per_s = self._pcap_header(head)
+        big = order == ">"
+        linktype = iface.linktype
+        read = self._file.read
+        buf = b""
+        base = self._offset  # file offset of buf[0]
+        while True:
+            chunk = read(READ_CHUNK)
+            buf = buf + chunk if buf else chunk
+            if not chunk:
+                if not buf:
+                    return
+                if len(buf) < 16:
+                    raise PcapError(base, f"truncated record header: needed 16 bytes, file has "
+                                          f"{len(buf)} more")
+                (caplen,) = struct.unpack_from(order + "I", buf, 8)
+                raise PcapError(base, f"truncated packet record: needed {caplen} bytes, "
+                                      f"file has {len(buf) - 16} more")
+            end, status, meta, ips, runs = scan(buf, 0, big, linktype)
+            if end:
+                self._offset = base + end
+                batch = RecordBatch(self, buf, meta, ips, runs, self._index, big, linktype,
+                                    frac_per_s, tick)
+                first = self._index
+                yield batch
+                self._index = first + len(batch)
+            if status:
+                (caplen,) = struct.unpack_from(order + "I", buf, end + 8)
+                raise PcapError(base + end, f"record claims {caplen} captured bytes, more "
+                                            f"than the {MAX_RECORD_BYTES}-byte limit "
+                                            f"(corrupt file?)")
+            buf = buf[end:]
+            base += end
+
+    def _pcap_header(self, head: bytes) -> tuple[str, Interface, float, int]:
+        """Read the rest of the classic pcap file header: (byte order, interface, seconds per
+        tick, ticks per second)."""
         for order in ("<", ">"):
             (magic,) = struct.unpack(order + "I", head)
             if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
@@ -463,7 +534,10 @@ class PcapReader:
                            9 if magic == PCAP_MAGIC_NS else 6, (), linktype_field)
         self.interfaces = [iface]
         self.section = 0
-        frac_per_s = 10**9 if magic == PCAP_MAGIC_NS else 10**6
+        return order, iface, tick, 10**9 if magic == PCAP_MAGIC_NS else 10**6
+
+    def _pcap(self, head: bytes) -> Iterator[Frame]:
+        order, iface, tick, frac_per_s = self._pcap_header(head)
         # Records are parsed out of large reads (one read per READ_CHUNK, not two per record):
         # the per-record cost is what a million-packet capture pays a million times.
         unpack = struct.Struct(order + PCAP_RECORD_HEADER).unpack_from

@@ -170,6 +170,19 @@ class MirrorWriter:
             self.write = impl  # type: ignore[method-assign]
         impl(frame, data)
 
+    def write_records(self, data: bytes, count: int) -> None:
+        """Append ``count`` whole classic pcap records already encoded (little-endian, this
+        file's timestamp resolution), as :func:`ipsecsa.io.pcapbatch.assemble` makes them."""
+        if self._reader.format != "pcap":
+            raise ValueError("write_records is for classic pcap output only")
+        if self._impl is None:
+            self._started = True
+            self._start_pcap()
+            self._impl = self._write_pcap
+            self.write = self._write_pcap  # type: ignore[method-assign]
+        self._file.write(data)
+        self.count += count
+
     def _write_pcap(self, frame: Frame, data: bytes | None = None) -> None:
         if data is None:
             data, origlen = frame.data, frame.origlen
