@@ -72,6 +72,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("not_ip"):
         out.print("Frames without an IP packet (passed through): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(summary["not_ip"].items())))
+    if summary.get("fragments_refused"):
+        out.print("Fragments of datagrams dropped by reassembly (written unchanged): "
+                  + ", ".join(f"{k} {v}" for k, v in summary["fragments_refused"].items()))
     if summary.get("fragments_incomplete"):
         out.print(f"Fragments of datagrams that never completed (passed through): "
                   f"{summary['fragments_incomplete']}")
@@ -189,6 +192,9 @@ def _print_inspect(doc: dict[str, Any]) -> None:
         for hint, info in s["hints"].items():
             out.print(f"hint for {s['spi']} ({info['count']} packets): {_HINT_TEXT[hint]}: "
                       f"the packets verify {info['detail']}")
+    if doc.get("fragments_refused"):
+        out.print("Fragments of datagrams dropped by reassembly: "
+                  + ", ".join(f"{k} {v}" for k, v in doc["fragments_refused"].items()))
     for sa, n in doc["diagnosis_skipped"].items():
         out.print(f"{sa}: {n} later failures not diagnosed (no variation explained the "
                   f"previous ones)")

@@ -235,7 +235,7 @@ def _load_native() -> ModuleType | None:
     if os.environ.get(PURE_PYTHON_ENV) == "1":
         return None
     try:
-        import ipsecsa._capio as _capio
+        from ipsecsa import _capio
     except ImportError:
         return None
     return _capio

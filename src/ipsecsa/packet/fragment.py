@@ -13,6 +13,13 @@ choice, because overlap is only ever an attack or a broken stack). The datagram'
 as a tombstone until its timeout so that fragments still in flight are refused too (RFC 5722:
 "including those not yet received"). Exact duplicates are ignored, as RFC 8200 §4.5 permits.
 
+Every refusal also leaves a short word in :attr:`Reassembler.refusal` saying which rule refused
+the fragment (``overlap``, ``bad-offset``, ``length-mismatch``, ``too-many-fragments``,
+``table-full``, ``memory-full``, ``after-drop``, ``two-first-fragments``, ``too-large``,
+``malformed``), for
+tools that report more than the one ``FRAGMENT`` reason. An optional cap on fragments per
+datagram (``max_fragments``; off by default) bounds the work a flood of tiny fragments causes.
+
 Keys: IPv4 ``(src, dst, protocol, identification)`` (RFC 791); IPv6 ``(src, dst,
 identification)`` — RFC 8200 §4.5 keys on these three only and uses the Next Header of the
 offset-0 fragment, since fragments' Next Header values may differ.
@@ -97,17 +104,23 @@ class Reassembler:
     ``now`` is the caller's monotonic clock (seconds); expiry assumes it never goes backwards.
     """
 
-    __slots__ = ("_held", "_table", "max_bytes", "max_datagrams", "timeout")
+    __slots__ = ("_held", "_table", "max_bytes", "max_datagrams", "max_fragments", "refusal",
+                 "timeout")
 
     def __init__(
         self,
         max_datagrams: int = DEFAULT_MAX_DATAGRAMS,
         max_bytes: int = DEFAULT_MAX_BYTES,
         timeout: float = DEFAULT_TIMEOUT,
+        max_fragments: int | None = None,
     ) -> None:
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
         self.timeout = timeout
+        #: Fragments one datagram may have (None: no cap beyond ``max_bytes``).
+        self.max_fragments = max_fragments
+        #: Which rule refused the last refused fragment (module docstring), else None.
+        self.refusal: str | None = None
         # Insertion order is creation order, hence deadline order: expiry pops from the front.
         self._table: dict[tuple, _Datagram] = {}
         self._held = 0
@@ -151,16 +164,22 @@ class Reassembler:
         reason)`` when refused: ``FRAGMENT`` for reassembly rules and caps, ``TRUNCATED`` /
         ``MALFORMED`` when the packet itself does not parse."""
         self.expire(now)
+        self.refusal = None
         try:
             if not packet:
                 raise MalformedPacket(DropReason.TRUNCATED, "empty packet")
             version = packet[0] >> 4
             if version == 4:
-                return self._feed_v4(packet, now)
-            if version == 6:
-                return self._feed_v6(packet, now)
-            raise MalformedPacket(DropReason.MALFORMED, "IP version is neither 4 nor 6")
+                verdict = self._feed_v4(packet, now)
+            elif version == 6:
+                verdict = self._feed_v6(packet, now)
+            else:
+                raise MalformedPacket(DropReason.MALFORMED, "IP version is neither 4 nor 6")
+            if verdict[1] is not None and self.refusal is None:
+                self.refusal = "too-large"  # the rebuilt datagram exceeds its length field
+            return verdict
         except MalformedPacket as exc:
+            self.refusal = "malformed"
             return None, exc.reason
 
     # --- per family: extract (key, start, data, more, header material) ---------------------------
@@ -199,8 +218,13 @@ class Reassembler:
 
     # --- common bookkeeping ---------------------------------------------------------------------
 
-    def _kill(self, dgram: _Datagram) -> tuple[None, DropReason]:
+    def _refuse(self, why: str) -> tuple[None, DropReason]:
+        self.refusal = why
+        return None, DropReason.FRAGMENT
+
+    def _kill(self, dgram: _Datagram, why: str) -> tuple[None, DropReason]:
         """Turn a datagram into a tombstone: memory released, later fragments refused."""
+        self.refusal = why
         self._held -= dgram.held
         dgram.held = 0
         dgram.pieces = []
@@ -223,47 +247,52 @@ class Reassembler:
         end = start + len(data)
         dgram = self._table.get(key)
         if dgram is not None and dgram.dead:
-            return None, DropReason.FRAGMENT
+            return self._refuse("after-drop")
         bad = (more and (not data or len(data) % FRAGMENT_UNIT)) or end > IPV4_MAX_TOTAL_LENGTH
         if dgram is None:
-            if bad or len(self._table) >= self.max_datagrams:
-                return None, DropReason.FRAGMENT
+            if bad:
+                return self._refuse("bad-offset")
+            if len(self._table) >= self.max_datagrams:
+                return self._refuse("table-full")
             cost = len(data) + (len(header) if header else 0)
             if self._held + cost > self.max_bytes:
-                return None, DropReason.FRAGMENT
+                return self._refuse("memory-full")
             dgram = _Datagram(deadline=now + self.timeout)
             self._table[key] = dgram
         if bad:
-            return self._kill(dgram)
+            return self._kill(dgram, "bad-offset")
         # Overlap / duplicate check against the neighbours of the insertion point.
         i = bisect.bisect_left(dgram.starts, start)
         if i < len(dgram.pieces) and dgram.starts[i] == start:
             _, p_end, p_data = dgram.pieces[i]
             if p_end == end and p_data == data and (header is None or dgram.header is not None):
                 return None, None  # exact duplicate
-            return self._kill(dgram)
+            return self._kill(dgram, "overlap")
         if i > 0 and dgram.pieces[i - 1][1] > start:
-            return self._kill(dgram)
+            return self._kill(dgram, "overlap")
         if i < len(dgram.pieces) and dgram.starts[i] < end:
-            return self._kill(dgram)
+            return self._kill(dgram, "overlap")
+        if self.max_fragments is not None and len(dgram.pieces) >= self.max_fragments:
+            return self._kill(dgram, "too-many-fragments")
         # Length consistency with the last fragment.
         if not more:
             if dgram.total is not None and dgram.total != end:
-                return self._kill(dgram)
+                return self._kill(dgram, "length-mismatch")
             if dgram.pieces and dgram.pieces[-1][1] > end:
-                return self._kill(dgram)
+                return self._kill(dgram, "length-mismatch")
             dgram.total = end
         elif dgram.total is not None and end > dgram.total:
-            return self._kill(dgram)
+            return self._kill(dgram, "length-mismatch")
         if header is not None:
             if dgram.header is not None:
-                return self._kill(dgram)  # two offset-0 fragments that are not duplicates
+                # two offset-0 fragments that are not duplicates
+                return self._kill(dgram, "two-first-fragments")
             dgram.header = header
             dgram.nh_offset = nh_offset
             dgram.next_header = next_header
         cost = len(data) + (len(header) if header else 0)
         if self._held + cost > self.max_bytes:
-            return self._kill(dgram)
+            return self._kill(dgram, "memory-full")
         self._held += cost
         dgram.held += cost
         dgram.starts.insert(i, start)

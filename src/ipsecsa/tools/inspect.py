@@ -49,7 +49,6 @@ from ipsecsa.crypto.algorithms import ENCRYPTION, INTEGRITY
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import ConfigError, DropReason
 from ipsecsa.io.pcap import PcapReader
-from ipsecsa.packet.fragment import is_fragment
 from ipsecsa.tools.offline import NATT_PORT, IpsecId, OfflineSas, ipsec_id, offline_config
 from ipsecsa.tools.pcapops import (
     CHECKSUM_DROPS,
@@ -316,6 +315,9 @@ class InspectReport:
     hints: dict[str, int] = field(default_factory=dict)
     not_ip: dict[str, int] = field(default_factory=dict)
     diagnosis_skipped: dict[str, int] = field(default_factory=dict)
+    #: Fragments of datagrams the reassembler dropped, by rule (overlap, bad-offset, ...):
+    #: they never became packets, so they are not in ``failures``.
+    fragments_refused: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -350,11 +352,9 @@ def inspect_capture(src: str | os.PathLike[str], configs: Sequence[SaConfig] | N
             if ip is None:
                 continue
             report.ip_packets += 1
-            if is_fragment(ip):
-                key = fragment_key(ip)
-                if key is None:
-                    continue
-                whole, _release = frags.feed(key, frame, frame.ts or 0.0)
+            key = fragment_key(ip)
+            if key is not None:
+                whole, _release, _refused = frags.feed(key, frame, frame.ts or 0.0)
                 if whole is None:
                     continue
                 ip = whole
@@ -407,6 +407,7 @@ def inspect_capture(src: str | os.PathLike[str], configs: Sequence[SaConfig] | N
         report.not_ip = dict(reader.skipped)
     report.spis = [s.as_dict() for s in spis.values()]
     report.reasons = dict(sorted(reasons.items()))
+    report.fragments_refused = dict(sorted(frags.refused.items()))
     report.hints = dict(sorted(hints.items()))
     report.diagnosis_skipped = {f"sas[{i}]": n for i, n in sorted(diag.skipped.items())}
     return report

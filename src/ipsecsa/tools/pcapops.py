@@ -39,15 +39,16 @@ from typing import Any
 from ipsecsa.config.model import SaConfig
 from ipsecsa.datapath.result import Result
 from ipsecsa.datapath.sa import SecurityAssociation
-from ipsecsa.errors import DropReason
+from ipsecsa.errors import DropReason, MalformedPacket
 from ipsecsa.io.pcap import Frame, PcapReader
 from ipsecsa.io.pcapbatch import RecordBatch
 from ipsecsa.io.pcapout import MirrorWriter, replace_ip
 from ipsecsa.packet.checksum import internet_checksum
-from ipsecsa.packet.fragment import Reassembler, is_fragment
+from ipsecsa.packet.fragment import Reassembler
 from ipsecsa.packet.ipv4 import AH as PROTO_AH
 from ipsecsa.packet.ipv4 import ESP as PROTO_ESP
 from ipsecsa.packet.ipv4 import UDP as PROTO_UDP
+from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.packet.udp import udp_checksum
 from ipsecsa.tools.offline import OfflineSas, ipsec_id
 
@@ -56,6 +57,10 @@ _REASSEMBLED = frozenset({PROTO_ESP, PROTO_AH, PROTO_UDP})
 CHECKSUM_DROPS = frozenset({DropReason.BAD_CHECKSUM, DropReason.BAD_UDP})
 #: IPv6 fragment header type.
 _V6_FRAGMENT = 44
+#: Fragments one datagram may have before the tool drops it (``too-many-fragments``): a
+#: 64 KiB datagram cut for a 576-byte IPv4 path needs about 120, so 128 refuses no real traffic
+#: while bounding what a flood of 8-byte fragments costs (a bisect and insert per fragment).
+MAX_FRAGMENTS = 128
 #: Call the progress callback every this many frames (not per frame: it may redraw a screen).
 PROGRESS_EVERY = 4096
 
@@ -79,6 +84,9 @@ class RunSummary:
     drops: dict[str, int] = field(default_factory=dict)
     unknown_spis: list[dict[str, Any]] = field(default_factory=list)
     fragments_incomplete: int = 0
+    #: Fragments of datagrams the reassembler dropped, by rule (overlap, bad-offset,
+    #: too-many-fragments, ...); also counted in ``drops`` under FRAGMENT (or MALFORMED).
+    fragments_refused: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -127,15 +135,37 @@ def _maybe_fragment(ip: bytes) -> bool:
 
 
 def fragment_key(ip: bytes) -> tuple[Any, ...] | None:
-    """(family, src, dst, protocol, id) of a fragment of a protocol we reassemble, else None."""
+    """The reassembly key of a fragment of a protocol we reassemble, else None (a whole
+    datagram, a fragment of another protocol, or a packet whose headers do not parse: those
+    are passed through). Never raises.
+
+    IPv4: (4, src, dst, protocol, identification) (RFC 791). IPv6: (6, src, dst,
+    identification) (RFC 8200 §4.5), for a Fragment header wherever it is in the chain: after
+    the fixed header, or after Hop-by-Hop, Routing or Destination Options headers (the
+    unfragmentable part, which the reassembler keeps from the first fragment). The fragmented
+    protocol is the Fragment header's next header."""
     version = ip[0] >> 4
-    if version == 4 and len(ip) >= 20 and ip[9] in _REASSEMBLED:
-        return (4, ip[12:16], ip[16:20], ip[9], ip[4:6])
-    # IPv6: the fragment header usually follows the fixed header directly; its next-header
-    # field names the fragmented protocol in every fragment.
-    if version == 6 and len(ip) >= 48 and ip[6] == _V6_FRAGMENT and ip[40] in _REASSEMBLED:
-        return (6, ip[8:24], ip[24:40], ip[40], ip[44:48])
-    return None
+    if version == 4:
+        if len(ip) >= 20 and ip[9] in _REASSEMBLED and (ip[6] & 0x3F or ip[7]):
+            return (4, ip[12:16], ip[16:20], ip[9], ip[4:6])
+        return None
+    if version != 6 or len(ip) < 48:
+        return None
+    if ip[6] == _V6_FRAGMENT:  # the common case: no other extension header
+        frag = 40
+    elif ip[6] in (PROTO_ESP, PROTO_AH, PROTO_UDP, 6):
+        return None  # an upper layer right after the fixed header: not a fragment
+    else:
+        try:
+            chain = parse_ipv6_chain(ip)
+        except MalformedPacket:
+            return None
+        if chain.fragment is None:
+            return None
+        frag = next(off for kind, off, _len in chain.headers if kind == _V6_FRAGMENT)
+    if ip[frag] not in _REASSEMBLED:
+        return None
+    return (6, ip[8:24], ip[24:40], ip[frag + 4:frag + 8])
 
 
 class FragmentHolder:
@@ -143,21 +173,27 @@ class FragmentHolder:
     unchanged if the datagram is not for an SA or never completes)."""
 
     def __init__(self) -> None:
-        self.reasm = Reassembler()
+        self.reasm = Reassembler(max_fragments=MAX_FRAGMENTS)
         self.frames: OrderedDict[tuple[Any, ...], list[Frame]] = OrderedDict()
+        #: Fragments the reassembler refused, by rule (``Reassembler.refusal``).
+        self.refused: Counter[str] = Counter()
 
     def feed(self, key: tuple[Any, ...], frame: Frame,
-             now: float) -> tuple[bytes | None, list[Frame]]:
-        """(whole datagram or None, frames to emit unchanged now)."""
+             now: float) -> tuple[bytes | None, list[Frame], DropReason | None]:
+        """(whole datagram or None, frames to emit unchanged now, why they were refused)."""
         held = self.frames.setdefault(key, [])
         held.append(frame)
         assert frame.ip is not None
         whole, reason = self.reasm.feed(frame.ip, now)
         if whole is not None:
-            return whole, self.frames.pop(key)
+            return whole, self.frames.pop(key), None
         if reason is not None:
-            return None, self.frames.pop(key)
-        return None, self.expired(now)
+            # The datagram is dropped (overlap, bad offset, too many fragments, ...): its
+            # fragments so far go out unchanged, counted under the reason.
+            refused = self.frames.pop(key)
+            self.refused[self.reasm.refusal or reason.name.lower()] += len(refused)
+            return None, refused, reason
+        return None, self.expired(now), None
 
     def expired(self, now: float) -> list[Frame]:
         out: list[Frame] = []
@@ -174,7 +210,6 @@ class FragmentHolder:
         out = [f for frames in self.frames.values() for f in frames]
         self.frames.clear()
         return sorted(out, key=lambda f: f.number)
-
 
 def _open(path: str | os.PathLike[str]) -> PcapReader:
     return PcapReader(path)
@@ -213,12 +248,16 @@ class _Unprotector:
         if (ip[0] == 0x45 and ip[9] == PROTO_ESP and not (ip[6] & 0x3F or ip[7])
                 and (index := sas.esp_keys.get(ip[20:24] + ip[16:20])) is not None):
             original = [frame]
-        elif _maybe_fragment(ip) and is_fragment(ip):
-            key = fragment_key(ip)
-            if key is None:
-                self.passthrough(frame)
+        elif _maybe_fragment(ip) and (key := fragment_key(ip)) is not None:
+            whole, release, refused = self.frags.feed(key, frame, frame.ts or 0.0)
+            if refused is not None:
+                # A datagram the reassembler dropped: its fragments are written unchanged (as
+                # every refused packet is) and counted under the reason.
+                self.drops[refused.name] += len(release)
+                if not self.only_matched:
+                    for f in release:
+                        self.writer.write(f)
                 return
-            whole, release = self.frags.feed(key, frame, frame.ts or 0.0)
             if whole is None:
                 for f in release:
                     self.passthrough(f)
@@ -349,6 +388,7 @@ def unprotect_capture(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             run.passthrough(f)
         if progress is not None:
             progress(reader.position)
+        summary.fragments_refused = dict(sorted(run.frags.refused.items()))
         summary.frames = reader.frames_read
         summary.written = writer.count
         summary.format = reader.format
