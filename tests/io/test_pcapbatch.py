@@ -39,6 +39,18 @@ except ImportError:  # pragma: no cover - the extension is optional
 
 needs_c = pytest.mark.skipif(_capio is None, reason="ipsecsa._capio was not built (no compiler)")
 
+
+def test_c_loops_are_built_where_required():
+    """scripts/test.sh sets IPSECSA_REQUIRE_NATIVE=1 where it can build extensions: there a
+    build that silently failed must not leave only the Python loops tested."""
+    import os
+
+    if os.environ.get("IPSECSA_REQUIRE_NATIVE") != "1":
+        pytest.skip("IPSECSA_REQUIRE_NATIVE is not 1 (set by scripts/test.sh when it can build)")
+    assert _capio is not None, "ipsecsa._capio failed to build or import"
+    if os.environ.get("IPSECSA_PURE_PYTHON") != "1":
+        assert pcapbatch.native()
+
 SA_V4 = {"spi": "0xc0000101", "protocol": "esp", "mode": "tunnel", "src": "192.0.2.1",
          "dst": "198.51.100.1", "encryption": {"algorithm": "aes-gcm-16", "key": "5a" * 20}}
 SA_V6 = {"spi": "0xc0000606", "protocol": "esp", "mode": "tunnel", "src": "2001:db8::1",
