@@ -161,9 +161,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--pings", type=int, default=200)
     ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--rows", default="bare,ipsecsa,no-offload,threads1,libipsec",
-                    help="which rows, comma-separated (bare, ipsecsa, no-offload, threads1, "
-                         "libipsec); bare is always measured (the ceiling)")
+    ap.add_argument("--rows", default="bare,ipsecsa,threads2,no-offload,threads1,libipsec",
+                    help="which rows, comma-separated (bare, ipsecsa, threads2, no-offload, "
+                         "threads1, libipsec); bare is always measured (the ceiling)")
     ap.add_argument("--baseline", metavar="SRC", action="append", default=[],
                     help="also measure the gateway of another checkout's src/ directory (for "
                          "example the commit before a change, built), as the row "
@@ -186,10 +186,14 @@ def main() -> None:
             plan.append(("ipsecsa", run_ipsecsa))
         plan += [(f"ipsecsa @{src}", functools.partial(run_baseline, src=src))
                  for src in args.baseline]
+        if "threads2" in rows:
+            plan.append(("ipsecsa --threads 2", functools.partial(run_ipsecsa,
+                                                                  extra=("--threads", "2"))))
         if "no-offload" in rows:
             plan.append(("ipsecsa --no-offload", no_offload))
         if "threads1" in rows:
             plan.append(("ipsecsa --threads 1", single))
+
         if "libipsec" in rows:
             plan.append(("strongSwan libipsec", run_libipsec if have_sw else None))
         for name, fn in plan:

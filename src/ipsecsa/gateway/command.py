@@ -2,7 +2,7 @@
 
     ipsecsa gateway --tun NAME --sa-file F --local IP [--port 4500] [--peer IP]
                     [--transport udp|raw] [--keepalive S] [--mtu N] [--stats-json FILE]
-                    [--no-offload] [--threads 1|2] [-v]
+                    [--no-offload] [--threads 1|2|3] [-v]
 
 Order of work, so that failures leave nothing behind: arguments, then the SA file (an unusable
 one is one line and exit 3 before any device exists), then the TUN (within a second of the start),
@@ -105,8 +105,9 @@ class _OneLineUsage(click.Command):
 @click.option("--no-offload", "no_offload", is_flag=True,
               help="One datagram per send (no UDP GSO/GRO): what tcpdump on this host then shows "
                    "is what goes on the wire.")
-@click.option("--threads", type=click.IntRange(1, 2), default=2, show_default=True,
-              help="2: send and receive in two threads; 1: one thread for both.")
+@click.option("--threads", type=click.IntRange(1, 3), default=3, show_default=True,
+              help="3: send, receive and write the TUN in three threads; 2: the TUN written "
+                   "by the receiving thread; 1: one thread for everything.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def gateway_command(tun: str, sa_file: Path, local: Any, port: int, peer: Any, transport: str,
                     keepalive: float, mtu: int | None, stats_json: Path | None,
@@ -140,7 +141,7 @@ def _write_stats(path: Path, stats: dict) -> None:
 def run_gateway(*, tun: str, sa_file: Path, local: Any, port: int = NATT_PORT, peer: Any = None,
                 transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
                 mtu: int | None = None, stats_json: Path | None = None, offload: bool = True,
-                threads: int = 2, verbose: int = 0) -> int:
+                threads: int = 3, verbose: int = 0) -> int:
     """The gateway command's work, as an exit status (see the module docstring)."""
     _setup_logging(verbose)
     if peer is not None and peer.version != local.version:

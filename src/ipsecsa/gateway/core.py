@@ -186,7 +186,7 @@ class GatewayCore:
         #: receiving thread only; the sending thread reads it when it makes a route.
         self._moved: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Address] = {}
         #: Sources whose datagrams need no roaming check (each matched its peer's address).
-        self._sources: set[tuple[str, int]] = set()
+        self._sources: set[Address] = set()
         self._retired: list[dict] = []
         self._next_housekeeping = 0.0
         self._local_b = self.local.packed
@@ -359,7 +359,7 @@ class GatewayCore:
         counters = self.counters
         sources = self._sources
         roams = udp and self.ROAMING
-        roaming: list[tuple[int, tuple[str, int], bytes]] | None = None
+        roaming: list[tuple[int, Address, bytes]] | None = None
         n = 0
         for payload, addr, tos in datagrams:
             n += 1
@@ -371,10 +371,10 @@ class GatewayCore:
                 if size >= 4 and payload[:4] == NON_ESP_MARKER:
                     counters.ike_rx += 1  # IKE (RFC 3948 §2.2): not ours to answer
                     continue
-                if roams and (addr[0], addr[1]) not in sources and size >= 8:
+                if roams and addr not in sources and size >= 8:
                     if roaming is None:
                         roaming = []
-                    roaming.append((len(pkts), (addr[0], addr[1]), payload[:8]))
+                    roaming.append((len(pkts), addr, payload[:8]))
                 pkts.append(self._outer_udp(payload, addr, tos))
             elif self.v6:
                 pkts.append(_V6.pack(6 << 28 | tos << 20, len(payload), PROTO_ESP, RECEIVED_TTL,
@@ -397,8 +397,8 @@ class GatewayCore:
         return self.sad.inbound_batch(pkts, now)
 
     # ----------------------------------------------------------------- NAT roaming
-    def _edges(self, roaming: list[tuple[int, tuple[str, int], bytes]]
-               ) -> list[tuple[int, tuple[str, int], SecurityAssociation, int, int]]:
+    def _edges(self, roaming: list[tuple[int, Address, bytes]]
+               ) -> list[tuple[int, Address, SecurityAssociation, int, int]]:
         """For datagrams from a source not yet known to be its peer's: (index, source, inbound
         SA, its sequence number, the SA's highest sequence number before this batch)."""
         out = []
@@ -414,7 +414,7 @@ class GatewayCore:
             out.append((i, src, sa, seq, top))
         return out
 
-    def _roam(self, edges: list[tuple[int, tuple[str, int], SecurityAssociation, int, int]],
+    def _roam(self, edges: list[tuple[int, Address, SecurityAssociation, int, int]],
               results: list[Result]) -> None:
         """Follow a peer that moved (a NAT rebinding its mapping, a mobile host).
 
@@ -432,12 +432,12 @@ class GatewayCore:
             assert encap is not None
             host = str(self.peer if self.peer is not None else peer)
             expected = self._moved.get(peer, (host, encap.sport))
-            if (expected[0], expected[1]) == src:
-                self._sources.add(src)
+            if (expected[0], expected[1]) == (src[0], src[1]):
+                self._sources.add(src)  # as the socket reports it: one probe per datagram
                 continue
             if (seq - top) & 0xFFFFFFFF >= 0x80000000 or seq == top & 0xFFFFFFFF:
                 continue  # authenticated but inside the window: an old packet
-            new: Address = (src[0], src[1], 0, 0) if self.v6 else src
+            new: Address = (src[0], src[1], 0, 0) if self.v6 else (src[0], src[1])
             log.warning("peer %s moved: %s port %d -> %s port %d (SA 0x%08x, seq %d)", peer,
                         expected[0], expected[1], src[0], src[1], sa.spi, seq)
             self._moved[peer] = new

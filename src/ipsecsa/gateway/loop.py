@@ -7,8 +7,10 @@ way. Timers (keepalives, SA lifetimes, MTU changes) run between batches. With ``
 two directions run in two threads (the way strongSwan's libipsec splits its work): the calling
 thread reads the TUN, protects and sends, and runs the outbound SAs' timers, keepalives and
 :meth:`Gateway.call_soon` work; a second thread receives, unprotects, writes the TUN and runs the
-inbound SAs' timers. Each SA is used by one thread only; the SA database is thread-safe; each
-counter has one writer. The interpreter lock still runs one thread's Python code at a time, so
+inbound SAs' timers. With ``threads=3`` (the default) a third thread writes the receiving
+thread's packets into the TUN (:class:`_TunWriter`), so that unprotecting the next batch overlaps
+the kernel's work on this one. Each SA is used by one thread only; the SA database is thread-safe;
+each counter has one writer. The interpreter lock still runs one thread's Python code at a time, so
 what the second thread buys is overlap of system calls and OpenSSL with the other direction's
 Python work (measured in docs/PERFORMANCE.md). :meth:`Gateway.stop` and
 :meth:`Gateway.call_soon` may be called from any thread or from a signal handler: they queue the
@@ -20,6 +22,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import queue
 import selectors
 import socket
 import threading
@@ -47,6 +50,8 @@ log = logging.getLogger("ipsecsa.gateway")
 # --- implementation constants ------------------------------------------------------------------
 #: Packets taken from the TUN or the socket per turn before the other side gets its turn.
 BATCH = 64
+#: Batches of inner packets that may wait for the TUN writer thread (``threads=3``).
+WRITER_QUEUE = 16
 #: How often the TUN's MTU and the route MTU to the peers are read back.
 MTU_POLL_INTERVAL = 2.0
 
@@ -69,7 +74,8 @@ class Gateway:
     ``mtu`` fixes the TUN's MTU; by default it is computed from the outbound SAs' overhead and the
     MTU of the route to their peers (:func:`ipsecsa.gateway.mtu.tun_mtu_for`). ``offload=False``
     turns off UDP segmentation offload (see :mod:`ipsecsa.gateway.transport`); ``threads=1``
-    runs both directions in the calling thread (see the module docstring).
+    runs both directions in the calling thread, ``threads=2`` in two, ``threads=3`` (default)
+    adds a TUN writer thread (see the module docstring).
     """
 
     def __init__(self, sad: SaDatabase | Engine, *, tun: str, local: str | ipaddress.IPv4Address |
@@ -77,9 +83,9 @@ class Gateway:
                  peer: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
                  transport: str = "udp", keepalive: float = KEEPALIVE_INTERVAL,
                  mtu: int | None = None, batch: int = BATCH, offload: bool = True,
-                 threads: int = 2) -> None:
-        if threads not in (1, 2):
-            raise ValueError(f"threads is 1 or 2, not {threads}")
+                 threads: int = 3) -> None:
+        if threads not in (1, 2, 3):
+            raise ValueError(f"threads is 1, 2 or 3, not {threads}")
         if isinstance(sad, SaDatabase):
             self.core = GatewayCore(sad, local=local, port=port, peer=peer, transport=transport,
                                     keepalive=keepalive)
@@ -95,6 +101,7 @@ class Gateway:
         self.offload = offload
         self.threads = threads
         self._rx_thread: threading.Thread | None = None
+        self._writer: _TunWriter | None = None
         self._rx_wake_r, self._rx_wake_w = socket.socketpair()
         self._rx_wake_r.setblocking(False)
         self._rx_wake_w.setblocking(False)
@@ -197,6 +204,7 @@ class Gateway:
         sel.register(net.fileno(), selectors.EVENT_READ, "net")
         sel.register(self._rx_wake_r, selectors.EVENT_READ, "wake")
         batch = self.batch
+        writer = self._writer
         next_timer = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
             while not self._stopping:
@@ -210,7 +218,10 @@ class Gateway:
                         if grams:
                             out = core.from_net(grams)
                             if out.tun:
-                                core.counters.tun_errors += tun.write_batch(out.tun)
+                                if writer is not None:
+                                    writer.put(out.tun)
+                                else:
+                                    core.counters.tun_errors += tun.write_batch(out.tun)
                     else:
                         _drain(self._rx_wake_r)
         except Exception:  # pragma: no cover - a bug: stop the gateway rather than go deaf
@@ -247,7 +258,9 @@ class Gateway:
         sel.register(tun.fd, selectors.EVENT_READ, "tun")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         sa_direction = None
-        if self.threads == 2:
+        if self.threads == 3:
+            self._writer = _TunWriter(tun, core.counters)
+        if self.threads >= 2:
             sa_direction = "outbound"
             self._rx_thread = threading.Thread(target=self._run_inbound, name="ipsecsa-rx",
                                                daemon=True)
@@ -287,7 +300,41 @@ class Gateway:
             if self._rx_thread is not None:
                 self._rx_thread.join()
                 self._rx_thread = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             sel.close()
+
+
+class _TunWriter:
+    """The third thread of ``threads=3``: writes the receiving thread's inner packets into the
+    TUN, so that the receiving thread unprotects the next batch while the kernel takes this one
+    (a TUN write is one system call per packet, which releases the interpreter lock, and on the
+    receiving side of a TCP transfer it is where the host's stack does its work). At most
+    :data:`WRITER_QUEUE` batches wait; beyond that the receiving thread waits (back-pressure, as
+    a full socket buffer gives the sender), so memory stays bounded. Order is kept: one writer.
+    ``tun_errors`` is this thread's counter only."""
+
+    def __init__(self, tun: Tun, counters: Any) -> None:
+        self._tun = tun
+        self._counters = counters
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(WRITER_QUEUE)
+        self._thread = threading.Thread(target=self._run, name="ipsecsa-tun-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, packets: list[bytes]) -> None:
+        self._queue.put(packets)
+
+    def _run(self) -> None:
+        get, write, counters = self._queue.get, self._tun.write_batch, self._counters
+        while (packets := get()) is not None:
+            counters.tun_errors += write(packets)
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
 
 
 def _drain(sock: socket.socket) -> None:
