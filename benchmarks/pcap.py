@@ -13,8 +13,9 @@ It prints, all measured in the same run on the same machine:
    with interface options and nanosecond resolution, pcapng with several sections, big-endian
    pcapng): packets each reader returns, or its error.
 3. **Unprotect**: packets/s of the whole command (``python -m ipsecsa pcap unprotect``, a
-   subprocess: read, match, decrypt, write) against the data path's own ``unprotect`` rate on
-   the same packets in memory (also a subprocess), both with the native fast path (issue 16)
+   subprocess: start-up, read, match, decrypt, write, fsync) and of its function
+   ``unprotect_capture`` alone, against the data path's own ``unprotect`` rate on the same
+   (all) packets in memory (a subprocess), both with the native fast path (issue 16)
    and with ``IPSECSA_PURE_PYTHON=1`` (which also turns off the tool's C record loops,
    ``ipsecsa._capio``). The reference is the data path's best rate: the larger of packet-by-
    packet ``unprotect`` and ``unprotect_batch``; target ratio >= 0.5 against it.
@@ -206,14 +207,16 @@ def _run_command(sa_file: str, src: str, dst: str, pure: bool = False) -> tuple[
     return elapsed, usage.ru_maxrss, json.loads(out)
 
 
-def bench_datapath(path: str, pure: bool) -> tuple[float, float]:
-    """The data path's unprotect rates (packet by packet, and ``unprotect_batch`` in batches of
-    :data:`REFERENCE_BATCH`) on the capture's first 200,000 packets, in memory, in a subprocess
-    (so that IPSECSA_PURE_PYTHON takes effect)."""
+def bench_datapath(path: str, pure: bool) -> tuple[float, float, float]:
+    """In one subprocess (so that IPSECSA_PURE_PYTHON takes effect): the data path's unprotect
+    rates on every packet of the capture, held in memory (packet by packet, and
+    ``unprotect_batch`` in batches of :data:`REFERENCE_BATCH`), and the rate of the tool's own
+    function ``unprotect_capture`` on the file (the command without the interpreter's start-up
+    and the imports)."""
     proc = subprocess.run([sys.executable, __file__, "--reference", path], capture_output=True,
                           text=True, env=_env(pure), check=True)
-    one, batch = proc.stdout.split()
-    return float(one), float(batch)
+    one, batch, tool = proc.stdout.split()
+    return float(one), float(batch), float(tool)
 
 
 #: Packets per ``unprotect_batch`` call in the reference (the tool's runs are about one read
@@ -222,12 +225,22 @@ REFERENCE_BATCH = 4096
 
 
 def _reference(path: str) -> None:
+    from ipsecsa.config.files import load_sa_file
+    from ipsecsa.tools.pcapops import unprotect_capture
+
     with PcapReader(path) as r:
-        sample = [p.ip for _, p in zip(range(200_000), r, strict=False)]
-    # Best of two each per round: the reference is the data path at its best on this machine.
-    one = max(_unprotect_rate(sample, batch=False) for _ in range(2))
-    batch = max(_unprotect_rate(sample, batch=True) for _ in range(2))
-    print(one, batch)
+        sample = [p.ip for p in r]
+    one = _unprotect_rate(sample, batch=False)
+    batch = _unprotect_rate(sample, batch=True)
+    del sample
+    sa_file = os.path.join(os.path.dirname(path), "sa.json")
+    configs = load_sa_file(sa_file)
+    out = os.path.join(os.path.dirname(path), "out-inprocess.pcap")
+    t = time.perf_counter()
+    summary = unprotect_capture(path, out, configs)
+    tool = summary.transformed / (time.perf_counter() - t)
+    os.unlink(out)
+    print(one, batch, tool)
 
 
 def _unprotect_rate(sample: list[bytes], *, batch: bool) -> float:
@@ -278,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
               "reference and the command alternating)")
         rss_big = 0
         for label, pure in (("native fast path", False), ("IPSECSA_PURE_PYTHON=1", True)):
-            one = batch = rate = elapsed = 0.0
+            one = batch = tool = rate = elapsed = 0.0
             for _ in range(args.rounds):
-                r_one, r_batch = bench_datapath(big, pure)
-                one, batch = max(one, r_one), max(batch, r_batch)
+                r_one, r_batch, r_tool = bench_datapath(big, pure)
+                one, batch, tool = max(one, r_one), max(batch, r_batch), max(tool, r_tool)
                 r_elapsed, rss, summary = _run_command(sa_file, big,
                                                        os.path.join(work, "out.pcap"), pure)
                 assert summary["transformed"] == args.packets, summary
@@ -294,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"     data path unprotect_batch({REFERENCE_BATCH}):   {batch / 1e3:8.1f} k/s")
             print(f"     ipsecsa pcap unprotect (whole):      {rate / 1e3:8.1f} k/s  "
                   f"({elapsed:.2f} s incl. start-up)")
+            print(f"     unprotect_capture (no start-up):     {tool / 1e3:8.1f} k/s")
             print(f"     ratio command/data path, best:      {rate / best:.2f}   (target >= 0.5)")
+            print(f"     ratio no start-up/data path, best:   {tool / best:.2f}")
             print(f"     ratio command/data path, one by one: {rate / one:.2f}")
         _e, rss_small, _s = _run_command(sa_file, small, os.path.join(work, "out-small.pcap"))
         print("\n4. Peak memory of the command (RSS, from wait4)")
