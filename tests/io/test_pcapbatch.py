@@ -146,6 +146,7 @@ def _mixed_records(wrap) -> list[tuple]:
     recs.append((t + 64, wrap(bytes(frag))))
     for i in range(30, 40):
         recs.append((t + 70 + i, wrap(v4.protect(_inner4(i)).packet)))
+    recs.append((t + 98, recs[3][1]))  # a packet captured twice (replayed, with anti-replay)
     recs.append((t + 99, wrap(v4.protect(_inner4(77)).packet)[:30]))  # a stub
     return recs
 
@@ -271,9 +272,10 @@ def _frame_by_frame(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["c", "python"])
 @pytest.mark.parametrize("link", ["ethernet-qinq", "sll2", "raw"])
-@pytest.mark.parametrize("only_matched", [False, True])
+@pytest.mark.parametrize(("only_matched", "anti_replay"), [(False, False), (True, False),
+                                                         (False, True)])
 def test_unprotect_in_batches_equals_frame_by_frame(tmp_path, monkeypatch, impl, link,
-                                                    only_matched):
+                                                    only_matched, anti_replay):
     if impl == "c" and _capio is None:
         pytest.skip("ipsecsa._capio was not built (no compiler)")
     linktype, wrap = LINKS[link]
@@ -285,17 +287,20 @@ def test_unprotect_in_batches_equals_frame_by_frame(tmp_path, monkeypatch, impl,
     if impl == "python":
         monkeypatch.setattr(pcapbatch, "scan", pcapbatch.scan_py)
         monkeypatch.setattr(pcapbatch, "assemble", pcapbatch.assemble_py)
-    batched = unprotect_capture(src, tmp_path / "b.pcap", configs, only_matched=only_matched)
+    batched = unprotect_capture(src, tmp_path / "b.pcap", configs, only_matched=only_matched,
+                                anti_replay=anti_replay)
     with monkeypatch.context() as m:
         _frame_by_frame(m)
-        framed = unprotect_capture(src, tmp_path / "f.pcap", configs, only_matched=only_matched)
+        framed = unprotect_capture(src, tmp_path / "f.pcap", configs, only_matched=only_matched,
+                                   anti_replay=anti_replay)
     assert (tmp_path / "b.pcap").read_bytes() == (tmp_path / "f.pcap").read_bytes()
     b, f = batched.as_dict(), framed.as_dict()
     b.pop("output"), f.pop("output")
     assert b == f
-    # 40 + 5 IPv6 + 4-in-6 + the one with IPv4 options
-    assert b["transformed"] == 30 + 10 + 5 + 1 + 1
+    # 40 + 5 IPv6 + 4-in-6 + the one with IPv4 options, + the copy without anti-replay
+    assert b["transformed"] == 30 + 10 + 5 + 1 + 1 + (not anti_replay)
     assert b["drops"]["ICV_FAILURE"] == 1  # (RAW: the stub is a MALFORMED one)
+    assert b["drops"].get("REPLAY", 0) == anti_replay
     assert b["unknown_spis"][0]["spi"] == "0xdeadbeef"
     # Decrypted packets are the originals.
     with PcapReader(tmp_path / "b.pcap") as r:
