@@ -1,8 +1,12 @@
 """``pcap unprotect`` and ``pcap protect``: apply an SA file to every packet of a capture.
 
-The input is read frame by frame and the output written as it goes (memory stays flat whatever
-the file size); the output mirrors the input's format, link types and timestamps
-(:mod:`ipsecsa.io.pcapout`). For every frame:
+The input is read as it goes and the output written as it goes (memory stays flat whatever the
+file size); the output mirrors the input's format, link types and timestamps
+(:mod:`ipsecsa.io.pcapout`). ``unprotect`` reads classic pcap a chunk at a time
+(:mod:`ipsecsa.io.pcapbatch`): runs of whole ESP records of one SA go to the SA's
+``unprotect_batch`` in one call and are written back in one piece; every other record (and every
+record of a pcapng file, and of ``protect``) goes frame by frame through the same rules, with the
+same result byte for byte. For every frame:
 
 * not IP (ARP, an unsupported link type, a frame cut by the snap length), or IP but not for
   any SA of the file: written unchanged (left out with ``only_matched``);
