@@ -1,9 +1,11 @@
 """Gateway benchmark: TCP throughput and ping latency through the tunnel between two namespaces.
 
-Three paths are measured in one run, on the same veth between the same two namespaces:
+These paths are measured in one run, on the same veth between the same two namespaces:
 
 * **bare**: the veth itself (no tunnel) — the ceiling;
 * **ipsecsa**: two ``ipsecsa gateway`` processes (ESP in UDP, the ESP algorithm of ``--suite``);
+* **ipsecsa serve --tun**: side A is the service with its gateway over the engine (the context
+  created through the CLI), side B a plain gateway;
 * **libipsec**: two strongSwan charons with the ``kernel-libipsec`` plugin (strongSwan's own
   userspace ESP, in UDP) negotiating the same ESP algorithm — the reference to beat.
 
@@ -116,6 +118,40 @@ def run_ipsecsa(wire: netns.Wire, tmp: Path, args: argparse.Namespace,
             netns.stop(p)
 
 
+def run_serve(wire: netns.Wire, tmp: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Side A is ``ipsecsa serve --tun`` (the gateway over the service's engine), its context
+    created with ``ipsecsa sa create`` against the service's socket; side B a plain gateway."""
+    keys: dict = {}
+    n4, w4 = netns.NET4, netns.WIRE4
+    a = [netns.sa(0x0A0B0001, "outbound", w4[0], w4[1], [n4[0]], [n4[1]], args.suite, keys),
+         netns.sa(0x0B0A0001, "inbound", w4[1], w4[0], [n4[1]], [n4[0]], args.suite, keys)]
+    b = [netns.sa(0x0B0A0001, "outbound", w4[1], w4[0], [n4[1]], [n4[0]], args.suite, keys),
+         netns.sa(0x0A0B0001, "inbound", w4[0], w4[1], [n4[0]], [n4[1]], args.suite, keys)]
+    a_file, b_file = netns.write_sa_file(tmp / "a.json", a), netns.write_sa_file(tmp / "b.json", b)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    conn = ["--socket", str(tmp / "s.sock"), "--token-file", str(tmp / "admin.token")]
+    with open(tmp / "serve.log", "w") as err:
+        serve = subprocess.Popen(wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
+                                            str(tmp / "db"), *conn, "--tun", netns.TUN,
+                                            "--local", w4[0]),
+                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
+    procs = [serve]
+    try:
+        netns.wait_for_link(wire.a, netns.TUN, serve, timeout=30)
+        netns.wait_for_udp(wire.a, 4500)
+        netns.configure_site(wire.a, 0)
+        procs.append(netns.start_gateway(wire.b, b_file, w4[1], log=tmp / "gw1.log"))
+        netns.wait_for_link(wire.b, netns.TUN, procs[1])
+        netns.configure_site(wire.b, 1)
+        subprocess.run([sys.executable, "-m", "ipsecsa", "sa", "create", "--sa-file",
+                        str(a_file), *conn], check=True, env=env, capture_output=True,
+                       timeout=60)
+        return measure(wire, netns.SITE4[1], netns.SITE4[0], args, [p.pid for p in procs])
+    finally:
+        for p in procs:
+            netns.stop(p, timeout=15)
+
+
 def run_baseline(wire: netns.Wire, tmp: Path, args: argparse.Namespace, *,
                  src: str) -> dict[str, float]:
     """:func:`run_ipsecsa` with the gateways of another checkout (its ``src/`` first on
@@ -161,9 +197,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--pings", type=int, default=200)
     ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--rows", default="bare,ipsecsa,threads2,no-offload,threads1,libipsec",
-                    help="which rows, comma-separated (bare, ipsecsa, threads2, no-offload, "
-                         "threads1, libipsec); bare is always measured (the ceiling)")
+    ap.add_argument("--rows",
+                    default="bare,ipsecsa,threads2,serve,no-offload,threads1,libipsec",
+                    help="which rows, comma-separated (bare, ipsecsa, threads2, serve, "
+                         "no-offload, threads1, libipsec); bare is always measured (the "
+                         "ceiling)")
     ap.add_argument("--baseline", metavar="SRC", action="append", default=[],
                     help="also measure the gateway of another checkout's src/ directory (for "
                          "example the commit before a change, built), as the row "
@@ -189,6 +227,8 @@ def main() -> None:
         if "threads2" in rows:
             plan.append(("ipsecsa --threads 2", functools.partial(run_ipsecsa,
                                                                   extra=("--threads", "2"))))
+        if "serve" in rows:
+            plan.append(("ipsecsa serve --tun", run_serve))
         if "no-offload" in rows:
             plan.append(("ipsecsa --no-offload", no_offload))
         if "threads1" in rows:

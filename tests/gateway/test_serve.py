@@ -4,8 +4,10 @@ Two network namespaces joined by a veth (see :mod:`.netns`). In A runs the servi
 attached to its engine (``ipsecsa serve --tun ipsa0 --local 192.0.2.1``); its SA context is created
 with the command line against the service's socket (``ipsecsa sa create --sa-file``), exactly as
 an administrator or an IKE daemon would. In B runs a plain ``ipsecsa gateway`` with the mirror SA
-file. The kernel's ping proves traffic flows; after ``ipsecsa sa delete`` it must stop at once
-(the next packet finds no context); SIGTERM stops the service with status 0 and removes the TUN.
+file. The kernel's ping proves traffic flows; after ``ipsecsa sa expire`` nothing is sent any
+more while the lingering inbound SA still receives; after ``ipsecsa sa delete`` nothing is carried
+either way (the next packet finds no context); SIGTERM stops the service with status 0 and
+removes the TUN.
 
 Needs root, /dev/net/tun and iproute2 (CI runs as root); skipped with the reason otherwise.
 """
@@ -103,8 +105,18 @@ def test_contexts_created_through_the_api_carry_traffic(tmp_path: Path) -> None:
         assert shown["outbound"][0]["packets"] >= 6  # 3 requests, 3 replies
         assert shown["inbound"][0]["packets"] >= 6
 
+        # Expired: it stops sending at once; its inbound SA lingers (reference: 60 s) and still
+        # receives what is in flight — B's echo requests arrive, the replies are not sent.
+        _cli(tmp_path, "sa", "expire", str(ctx))
+        assert _ping(wire.a, SITE4[0], SITE4[1], count=2) == 0
+        before = json.loads(_cli(tmp_path, "sa", "show", str(ctx), "--json").stdout)
+        assert before["state"] == "expiring" and before["outbound"] == []
+        assert _ping(wire.b, SITE4[1], SITE4[0], count=2) == 0
+        after = json.loads(_cli(tmp_path, "sa", "show", str(ctx), "--json").stdout)
+        assert after["inbound"][0]["packets"] == before["inbound"][0]["packets"] + 2
+
         _cli(tmp_path, "sa", "delete", str(ctx))
-        # At once: the very next packets find no context, both ways.
+        # Deleted: the very next packets find no context, both ways.
         assert _ping(wire.a, SITE4[0], SITE4[1], count=2) == 0
         assert _ping(wire.b, SITE4[1], SITE4[0], count=2) == 0
 
