@@ -63,11 +63,18 @@ class Tunnel:
     def stats(self, side: int) -> dict:
         """Ask gateway ``side`` for its counters (SIGUSR1) and read the JSON it writes."""
         path = self.dir / f"{'ab'[side]}.stats.json"
-        before = path.stat().st_mtime_ns if path.exists() else 0
+
+        def version() -> tuple[int, int]:
+            # Each write is a new file renamed into place: a new inode, even when two writes
+            # fall into one tick of the file system's coarse clock (the same mtime).
+            st = path.stat()
+            return st.st_ino, st.st_mtime_ns
+
+        before = version() if path.exists() else (0, 0)
         self.procs[side].send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if path.exists() and path.stat().st_mtime_ns != before:
+            if path.exists() and version() != before:
                 try:
                     return json.loads(path.read_text())
                 except json.JSONDecodeError:
