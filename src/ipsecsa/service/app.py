@@ -21,7 +21,7 @@ import binascii
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -260,8 +260,11 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def authenticated(request: Request) -> TokenRecord:
-    """The token's record, or 401 (no Authorization: Bearer, or a token nobody issued)."""
+async def authenticated(request: Request) -> TokenRecord:
+    """The token's record, or 401 (no Authorization: Bearer, or a token nobody issued).
+
+    A coroutine on purpose: it is a hash and a dict lookup, and FastAPI runs a plain function
+    dependency in a worker thread, one more thread handoff per request for nothing."""
     service: Service = request.app.state.service
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -328,21 +331,6 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(error_body(names.get(err.status_code, "HTTP_ERROR"),
                                        str(err.detail)), status_code=err.status_code,
                             headers=headers)
-
-    # -------------------------------------------------------------- size limit, metrics, logs
-    @app.middleware("http")
-    async def _observe(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        route = request.scope.get("route")
-        path = getattr(route, "path", "(unmatched)")
-        metrics.observe(request.method, path, response.status_code, elapsed)
-        log("request", method=request.method, path=request.url.path, route=path,
-            status=response.status_code, ms=round(elapsed * 1000, 2),
-            principal=getattr(request.state, "principal", "-"))
-        return response
 
     def ops(record: TokenRecord) -> api.Session:
         return service.session(record.principal)
@@ -502,8 +490,52 @@ def create_app(service: Service) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
+
+
+class Observe:
+    """Request counts, latencies and the ``event=request`` log line, taken when the response
+    starts (for the event stream: when the stream opens, not when it ends).
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware runs the application in a task group and passes the response through a
+    memory stream, which cost more server CPU per request than the engine's ``contexts()`` of
+    one context (docs/PERFORMANCE.md, the service)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        done = False
+
+        def record(status: int) -> None:
+            nonlocal done
+            done = True
+            elapsed = time.perf_counter() - start
+            path = getattr(scope.get("route"), "path", "(unmatched)")
+            method = scope["method"]
+            self.metrics.observe(method, path, status, elapsed)
+            log("request", method=method, path=scope["path"], route=path, status=status,
+                ms=round(elapsed * 1000, 2),
+                principal=(scope.get("state") or {}).get("principal", "-"))
+
+        async def observed(message: Any) -> None:
+            if message["type"] == "http.response.start" and not done:
+                record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except BaseException:
+            if not done:
+                record(500)  # the server's error handler answers 500 after us
+            raise
 
 
 class BodyLimit:

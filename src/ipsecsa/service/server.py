@@ -76,8 +76,12 @@ def tcp_listener(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ServeError(f"--http {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    # The protocol number matters: asyncio turns Nagle off (TCP_NODELAY) only on accepted
+    # sockets whose ``proto`` is IPPROTO_TCP, and a socket made with proto 0 passes 0 on to
+    # them. With Nagle on, uvicorn's response (headers and body written separately) waited for
+    # the client's delayed ACK: every request over TCP took 40 ms more (docs/PERFORMANCE.md).
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
