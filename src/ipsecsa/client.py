@@ -111,7 +111,18 @@ class Client:
         self.base_url, self.socket = _where(url, socket)
         self.where = self.socket if self.socket is not None else self.base_url
         self._token = _token(token, token_file)
-        transport = httpx.HTTPTransport(uds=self.socket) if self.socket is not None else None
+        # No TLS on the Unix socket or a plain http:// URL, so no SSL context: httpx would
+        # otherwise build a verifying one (loading the CA bundle) per client, 20-70 ms of CPU
+        # with the GIL held. Fifty threads each opening a client spent seconds on it while the
+        # service idled: the "collapse" at 50 clients of the first benchmark
+        # (docs/PERFORMANCE.md). A transport given explicitly also means no proxy taken from
+        # the environment, which is right for a plain-HTTP API that carries a bearer token. An
+        # https:// URL (a TLS proxy in front of the service) keeps httpx's defaults.
+        transport = None
+        if self.socket is not None:
+            transport = httpx.HTTPTransport(uds=self.socket, verify=False)
+        elif self.base_url.startswith("http://"):
+            transport = httpx.HTTPTransport(verify=False)
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         self._http = httpx.Client(base_url=self.base_url, transport=transport, headers=headers,
                                   timeout=timeout)

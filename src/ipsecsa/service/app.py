@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ipsecsa import api
@@ -232,6 +232,29 @@ class Service:
                 pass
 
 
+# Answers the service builds itself. FastAPI would validate a handler's return value against
+# its response_model and then serialize it, in a worker thread; the views come from the engine
+# and the packet results from the data path, so validating them again only costs time (for a
+# batch of 64 packets more than the engine's work on them; docs/PERFORMANCE.md). The
+# response_model stays on each route: it is what /openapi.json documents, and pydantic's
+# serializer for that same type writes the body, so body and document cannot differ.
+_CONTEXT = TypeAdapter(ContextInfo)
+_CONTEXTS = TypeAdapter(list[ContextInfo])
+
+
+def _view(info: ContextInfo, status: int = 200) -> Response:
+    return Response(_CONTEXT.dump_json(info), status_code=status, media_type="application/json")
+
+
+def _views(infos: list[ContextInfo]) -> Response:
+    return Response(_CONTEXTS.dump_json(infos), media_type="application/json")
+
+
+def _json_response(doc: Any) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")).encode(),
+                    media_type="application/json")
+
+
 def _b64(value: str, field: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
@@ -348,25 +371,27 @@ def create_app(service: Service) -> FastAPI:
                       token_id=record.id)
 
     @app.post("/v1/contexts", tags=["contexts"], status_code=201, response_model=ContextInfo)
-    def create_context(body: CreateContext, record: Auth) -> ContextInfo:
+    def create_context(body: CreateContext, record: Auth) -> Response:
         """Create, SetSpi, AddInbound, AddOutbound from two SA descriptions, with the IPsec
         filters the traffic needs (all undone on any failure)."""
-        return ops(record).create_context(outbound=body.outbound, inbound=body.inbound)
+        return _view(ops(record).create_context(outbound=body.outbound, inbound=body.inbound),
+                     201)
 
     @app.get("/v1/contexts", tags=["contexts"], response_model=list[ContextInfo])
-    def list_contexts(record: Auth) -> list[ContextInfo]:
+    def list_contexts(record: Auth) -> Response:
         """Every SA context with its state, SPIs and counters."""
-        return ops(record).contexts()
+        return _views(ops(record).contexts())
 
     @app.post("/v1/contexts/new", tags=["steps"], status_code=201, response_model=ContextInfo)
-    def new_context(body: NewContext, record: Auth) -> ContextInfo:
+    def new_context(body: NewContext, record: Auth) -> Response:
         """IPsecSaContextCreate1 (state ``created``)."""
-        return ops(record).new_context(local=body.local, remote=body.remote,
-                                       outbound_filter=body.outbound_filter, mode=body.mode)
+        return _view(ops(record).new_context(local=body.local, remote=body.remote,
+                                             outbound_filter=body.outbound_filter,
+                                             mode=body.mode), 201)
 
     @app.get("/v1/contexts/{context_id}", tags=["contexts"], response_model=ContextInfo)
-    def get_context(context_id: int, record: Auth) -> ContextInfo:
-        return ops(record).context(context_id)
+    def get_context(context_id: int, record: Auth) -> Response:
+        return _view(ops(record).context(context_id))
 
     @app.post("/v1/contexts/{context_id}/spi", tags=["steps"], response_model=SpiResponse)
     def spi(context_id: int, body: SpiRequest, record: Auth) -> SpiResponse:
@@ -381,12 +406,12 @@ def create_app(service: Service) -> FastAPI:
         return SpiResponse(spi=body.spi)
 
     @app.post("/v1/contexts/{context_id}/inbound", tags=["steps"], response_model=ContextInfo)
-    def add_inbound(context_id: int, body: AddSa, record: Auth) -> ContextInfo:
-        return ops(record).add_inbound(context_id, body.sa)
+    def add_inbound(context_id: int, body: AddSa, record: Auth) -> Response:
+        return _view(ops(record).add_inbound(context_id, body.sa))
 
     @app.post("/v1/contexts/{context_id}/outbound", tags=["steps"], response_model=ContextInfo)
-    def add_outbound(context_id: int, body: AddSa, record: Auth) -> ContextInfo:
-        return ops(record).add_outbound(context_id, body.sa)
+    def add_outbound(context_id: int, body: AddSa, record: Auth) -> Response:
+        return _view(ops(record).add_outbound(context_id, body.sa))
 
     @app.post("/v1/contexts/{context_id}/expire", tags=["contexts"], status_code=204)
     def expire(context_id: int, record: Auth) -> Response:
@@ -418,20 +443,20 @@ def create_app(service: Service) -> FastAPI:
         return ops(record).statistics()
 
     @app.post("/v1/packets", tags=["traffic"], response_model=PacketResults)
-    def packets(body: PacketBatch, record: Auth) -> PacketResults:
+    def packets(body: PacketBatch, record: Auth) -> Response:
         """Send (``outbound``) or receive (``inbound``) a batch through the host's data path.
         Classification is open to every principal (reference D.2: Everyone holds CLASSIFY), as
         any process on a host may send traffic; a valid token is still needed."""
         decoded = [_b64(p, f"packets[{i}]") for i, p in enumerate(body.packets)]
         step = service.engine.outbound if body.direction == "outbound" \
             else service.engine.inbound
+        encode = base64.b64encode
         results = []
         for packet in decoded:
             out, drop = step(packet)
-            results.append(PacketResult(
-                packet=None if out is None else base64.b64encode(out).decode(),
-                drop=None if drop is None else drop.value))
-        return PacketResults(results=results)
+            results.append({"packet": None if out is None else encode(out).decode("ascii"),
+                            "drop": None if drop is None else drop.value})
+        return _json_response({"results": results})
 
     @app.get("/v1/events", tags=["events"],
              responses={200: {"content": {"text/event-stream": {}},
