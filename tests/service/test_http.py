@@ -343,3 +343,14 @@ def test_zz_every_operation_answered_2xx(server: Server) -> None:
                 ok.add((labels["method"].lower(), labels["route"]))
     wanted = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert wanted - ok == set()
+
+
+def test_method_not_allowed_names_the_resources_methods(server: Server) -> None:
+    """405's Allow lists every method of the resource (Starlette alone named only those of the
+    first route whose path matched), and a literal path is not mistaken for a parameter."""
+    with httpx.Client(base_url=server.url) as http:
+        for path, allow in (("/v1/contexts", "GET, POST"), ("/v1/contexts/new", "POST"),
+                            ("/v1/contexts/5", "DELETE, GET"), ("/v1/tokens/x", "DELETE")):
+            r = http.request("OPTIONS", path)
+            assert (r.status_code, r.headers["allow"]) == (405, allow), path
+            assert r.json()["error"]["status_name"] == "METHOD_NOT_ALLOWED"

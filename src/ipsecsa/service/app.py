@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ipsecsa import api
 from ipsecsa.api.views import ContextInfo
@@ -188,6 +189,38 @@ class Whoami(BaseModel):
     token_id: str
 
 
+class ErrorDetail(BaseModel):
+    status: int = Field(description="The engine's status code (0 for errors of the service)")
+    status_name: str = Field(description="FWP_E_NOT_FOUND, INVALID_REQUEST, UNAUTHORIZED, ...")
+    field: str = Field(description="The field at fault: inbound.encryption.key, packets[3]")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API (docs/service.md, Errors)."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The error answers any operation may give, declared in the OpenAPI document so that a client
+#: generated from it knows their shape (FastAPI's own 422 schema is replaced: ours is this one).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed JSON, an invalid SA description or argument, bad base64"),
+    401: _error("No token, or one the service does not know"),
+    403: _error("The principal lacks the right (the engine's ERROR_ACCESS_DENIED)"),
+    404: _error("No such context, filter or token"),
+    405: _error("The path does not take this method"),
+    409: _error("An SPI in use, an incompatible state, an object in use"),
+    413: _error("A body over 16 MiB"),
+    422: _error("A schema error: unknown field, wrong type, missing field, out of range"),
+    503: _error("The engine is closing, or timed out waiting for a transaction"),
+}
+
+
 class Service:
     """What the routes share: the engine, the tokens, a session per principal, the metrics."""
 
@@ -308,7 +341,8 @@ def create_app(service: Service) -> FastAPI:
     """The application: every route, the error handlers, the size limit, the metrics."""
     app = FastAPI(title="ipsecsa", version="1",
                   description="The ipsecsa service: SA contexts, packets, events, metrics. "
-                              "Every call but /v1/health needs `Authorization: Bearer TOKEN`.")
+                              "Every call but /v1/health needs `Authorization: Bearer TOKEN`.",
+                  responses=ERRORS)
     app.state.service = service
     metrics = service.metrics
 
@@ -351,6 +385,8 @@ def create_app(service: Service) -> FastAPI:
         names = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
                  405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
         headers = dict(err.headers or {})
+        if err.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed(request))
         return JSONResponse(error_body(names.get(err.status_code, "HTTP_ERROR"),
                                        str(err.detail)), status_code=err.status_code,
                             headers=headers)
@@ -642,6 +678,21 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods of the resource at the request's path, for a 405's ``Allow``. Starlette
+    names only those of the first route whose path matched; a resource's methods are those of
+    every route whose path matches, the most specific ones only (``/v1/contexts/new`` is that
+    literal path, not ``/v1/contexts/{context_id}`` with the id "new")."""
+    matched: list[tuple[int, set[str]]] = []
+    for route in request.app.router.routes:
+        match, child = route.matches(request.scope)
+        if match is not Match.NONE:
+            matched.append((len(child.get("path_params", {})), set(getattr(route, "methods",
+                                                                           None) or ())))
+    fewest = min((n for n, _ in matched), default=0)
+    return sorted({m for n, methods in matched if n == fewest for m in methods})
 
 
 def _may_manage(record: TokenRecord) -> None:
