@@ -12,6 +12,9 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
+# docs/guide.md's service examples (tests/service/test_guide.py runs them) use curl and jq.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 # strongSwan for the gateway's live interop test: charon, swanctl, and the plugins it loads
 # (kernel-libipsec: userspace ESP, since the kernel may have no XFRM; openssl/gcm, chapoly,
 # curve25519).
