@@ -351,3 +351,62 @@ def test_a_reopened_engine_offloads_its_established_contexts_again(db: Path) -> 
     assert st.aggregateSaStatistics.offloadedSas == 2
     assert again.outbound(udp4(A4, B4, b"via the NIC")).drop is None
     again.close()
+
+
+def test_a_reopened_context_is_written_again_without_rebuilding_its_structures(db: Path) -> None:
+    """A reopened context keeps the caller's traffic and bundles in stored form until read
+    (that is what makes a large database reopen fast); a change of state written before
+    anything read them must still store them whole: a third engine sees them as the first."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    ids = build(bfe, h)
+    before = snapshot(bfe, h)
+    bfe.close()
+
+    again = wfp.Engine(database=db)
+    h2 = open_engine(again)
+    ctx = again._contexts[ids["established"]]
+    assert set(ctx.lazy) >= {"traffic", "inbound_given", "outbound_given"}
+    assert again.IPsecSaContextExpire0(h2, ids["established"]) == 0  # persisted, never read
+    assert "inbound_given" in ctx.lazy
+    again.close()
+
+    third = wfp.Engine(database=db)
+    h3 = open_engine(third)
+    after = snapshot(third, h3)
+    was = {c.saContextId: c for c in before["contexts"]}
+    now = {c.saContextId: c for c in after["contexts"]}
+    assert now.keys() == was.keys()
+    for cid, c in was.items():
+        if cid != ids["established"]:
+            assert now[cid] == c
+    e0, e1 = was[ids["established"]], now[ids["established"]]
+    assert e1.inboundSa == e0.inboundSa and e0.outboundSa is not None  # keys included
+    assert e1.outboundSa is None  # Expire removed the outbound SA, as it does
+    third.close()
+
+
+def test_ids_are_never_given_twice_even_after_a_crash(db: Path) -> None:
+    """The id counters are stored a block ahead (one write per block, not per id): an engine
+    that dies without close() comes back with counters beyond every id it gave out; a clean
+    close stores them exactly, so a normal restart skips nothing."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)[2]
+    # A crash: nothing more is written by this engine (its store stays open, as a killed
+    # process's file would be left); a second engine opens the same file.
+    crashed = wfp.Engine(database=db)
+    hc = open_engine(crashed)
+    f2 = add_filter(crashed, hc, ipsec_filter("outbound", addr_conditions(A4, "192.0.2.7")))
+    c2 = crashed.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)[2]
+    assert f2 > fout and c2 > cid
+    crashed.close()
+    bfe._store = None  # the first engine is gone: it must not write its counters now
+    bfe.close()
+
+    clean = wfp.Engine(database=db)
+    hn = open_engine(clean)
+    f3 = add_filter(clean, hn, ipsec_filter("outbound", addr_conditions(A4, "192.0.2.8")))
+    assert f3 == f2 + 1
+    clean.close()

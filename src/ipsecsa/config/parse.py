@@ -39,6 +39,7 @@ _LIMIT_KEYS = frozenset({"bytes", "packets", "seconds"})
 # Separators people paste keys with: "aa:bb:cc" (Wireshark), "aabb ccdd", "0xaabbcc" (ip xfrm).
 _KEY_SEPARATORS = re.compile(r"[:\s]+")
 _HEX_GROUP = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
 
 
 def _is_int(value: object) -> bool:
@@ -87,7 +88,7 @@ def parse_hex_key(value: object, name: str) -> SecretKey:
         text = text[2:]
     groups = [g for g in _KEY_SEPARATORS.split(text) if g]
     for group in groups:
-        if not all(c in "0123456789abcdefABCDEF" for c in group):
+        if not _HEX_DIGITS.fullmatch(group):
             raise ConfigError(name, "contains a character that is not a hex digit")
         if not _HEX_GROUP.fullmatch(group):
             raise ConfigError(name, "has an odd number of hex digits (each byte takes two)")
@@ -107,6 +108,13 @@ def _parse_address(value: object, name: str) -> ipaddress.IPv4Address | ipaddres
         return _address(value.strip())
     except ValueError:
         raise ConfigError(name, f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress's parser is slow and control planes repeat a few addresses (the host's own
+    above all) in every SA: remember the last few thousand (address objects are immutable)."""
+    return ipaddress.ip_address(text)
 
 
 def _parse_algorithm(value: object, base: str, resolve: Callable[[str | int], Resolved]

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ipsecsa.wfp import types as T
@@ -27,59 +28,140 @@ _CLASSES.update({name: obj for name, obj in vars(T).items()
                  and name.startswith("IPSEC_") and name.endswith("_ID0")})
 
 
-#: Field names per class, in declaration order (dataclasses.fields is slow to call per value).
-_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
-
-
 class CodecError(ValueError):
     """A stored value that does not decode to a known structure."""
 
 
 def to_jsonable(value: Any) -> Any:
     cls = type(value)
-    if cls in _NAMES or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
-        out: dict[str, Any] = {"$": cls.__name__}
-        for name in _names(cls):
-            out[name] = to_jsonable(getattr(value, name))
-        return out
-    if isinstance(value, uuid.UUID):
-        return {"$g": str(value)}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$b": bytes(value).hex()}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if cls is int or cls is str or cls is bool or cls is float or value is None:
         return value
-    raise CodecError(f"cannot store a {type(value).__name__}")
+    enc = _ENCODERS.get(cls)
+    if enc is None:
+        enc = _ENCODERS[cls] = _encoder_for(value)
+    return enc(value)
+
+
+def _encoder_for(value: Any) -> Callable[[Any], Any]:
+    """How to write values of ``type(value)`` (found once per type, then looked up)."""
+    cls = type(value)
+    if hasattr(cls, "__dataclass_fields__"):
+        return _struct_encoder(cls)
+    if isinstance(value, uuid.UUID):
+        return lambda v: {"$g": str(v)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return lambda v: {"$b": bytes(v).hex()}
+    if isinstance(value, enum.Enum):
+        return lambda v: v.value
+    if isinstance(value, (list, tuple)):
+        return lambda v: [to_jsonable(x) for x in v]
+    if isinstance(value, (bool, int, float, str)):  # subclasses of the plain types
+        return lambda v: v
+    raise CodecError(f"cannot store a {cls.__name__}")
+
+
+#: Per structure class, the function that writes one (built on first use).
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+_NO_DEFAULT = object()
+
+
+def _struct_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """The writer of one structure class: fields still at their declared default are left out
+    (a generated structure is mostly unused union members and zero counts; decoding fills the
+    defaults back in, so ``decode(encode(x)) == x`` holds), the rest in declaration order."""
+    fields = tuple((f.name, f.default if f.default is not dataclasses.MISSING else _NO_DEFAULT)
+                   for f in dataclasses.fields(cls))
+    name = cls.__name__
+
+    def encode_struct(value: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"$": name}
+        for field, default in fields:
+            v = getattr(value, field)
+            if v is default or (type(v) is type(default) and v == default):
+                continue
+            t = type(v)
+            out[field] = v if (t is int or t is str or t is bool or t is float) \
+                else to_jsonable(v)
+        return out
+
+    return encode_struct
 
 
 def from_jsonable(value: Any) -> Any:
+    """The value :func:`to_jsonable` made (from already-parsed JSON)."""
     if isinstance(value, list):
         return [from_jsonable(v) for v in value]
     if isinstance(value, dict):
-        if "$g" in value:
-            return uuid.UUID(value["$g"])
-        if "$b" in value:
-            return bytes.fromhex(value["$b"])
-        name = value.get("$")
-        cls = _CLASSES.get(name) if isinstance(name, str) else None
-        if cls is None:
-            raise CodecError(f"unknown structure {name!r} in the store")
-        names = _names(cls)
-        kwargs = {k: from_jsonable(v) for k, v in value.items() if k != "$"}
-        if not kwargs.keys() <= set(names):
-            raise CodecError(f"{name}: unknown fields {sorted(set(kwargs) - set(names))}")
-        return cls(**kwargs)
+        return _object({k: from_jsonable(v) for k, v in value.items()})
     return value
+
+
+def _object(d: dict[str, Any]) -> Any:
+    """One JSON object, its members already decoded: a structure, a GUID, bytes, or a plain
+    dict. Used as ``json.loads``'s object hook, so the C parser drives the walk."""
+    name = d.get("$")
+    if name is None:
+        if "$g" in d:
+            return uuid.UUID(d["$g"])
+        if "$b" in d:
+            return bytes.fromhex(d["$b"])
+        return d
+    made = _DECODERS.get(name) if isinstance(name, str) else None
+    if made is None:
+        if not isinstance(name, str) or name not in _CLASSES:
+            raise CodecError(f"unknown structure {name!r} in the store")
+        made = _DECODERS[name] = _struct_decoder(_CLASSES[name])
+    return made(d)
+
+
+#: Per structure name, the function that rebuilds one (built on first use).
+_DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+
+def _struct_decoder(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """Rebuild a ``cls`` from its members without calling its ``__init__`` (the generated
+    structures do nothing there but assign): the declared defaults, then what was stored.
+    Unknown members are refused, so a damaged row never makes a structure with extra state."""
+    fixed: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            fixed[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            factories.append((f.name, f.default_factory))
+        else:
+            factories.append((f.name, _missing(cls.__name__, f.name)))
+    names = frozenset(fixed) | {n for n, _ in factories}
+    plain = "__slots__" not in vars(cls) and not hasattr(cls, "__post_init__")
+    name = cls.__name__
+
+    def decode_struct(d: dict[str, Any]) -> Any:
+        del d["$"]
+        if not d.keys() <= names:
+            raise CodecError(f"{name}: unknown fields {sorted(set(d) - names)}")
+        if not plain:
+            return cls(**d)
+        obj: Any = object.__new__(cls)
+        state = obj.__dict__
+        state.update(fixed)
+        for field, factory in factories:
+            if field not in d:
+                state[field] = factory()
+        state.update(d)
+        return obj
+
+    return decode_struct
+
+
+def _missing(struct: str, field: str) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise CodecError(f"{struct}: no value for {field}")
+    return fail
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse stored JSON, rebuilding structures, GUIDs and bytes wherever they occur."""
+    return json.loads(text, object_hook=_object)
 
 
 def encode(value: Any) -> str:
@@ -87,4 +169,4 @@ def encode(value: Any) -> str:
 
 
 def decode(text: str | bytes) -> Any:
-    return from_jsonable(json.loads(text))
+    return loads(text)

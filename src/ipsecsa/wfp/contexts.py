@@ -108,6 +108,15 @@ class SaContext:
     #: checkpoint of counters and replay edge.
     out_limits: list[int] | None = None
     unsaved: int = 0
+    #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
+    encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False, compare=False)
+    #: Durable engines: the stored (parsed JSON) form of the LAZY_FIELDS not rebuilt yet.
+    lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def defer(self, name: str, stored: Any) -> None:
+        """Keep ``name`` in its stored form until first read (see :class:`_Lazy`)."""
+        self.__dict__.pop(name, None)
+        self.lazy[name] = stored
 
     def next_timer(self) -> float | None:
         """When the engine must look at this context again (lifetime, idle time, linger)."""
@@ -120,3 +129,30 @@ class SaContext:
             if self.idle_seconds:
                 times.append(self.last_used + self.idle_seconds)
         return min(times) if times else None
+
+
+#: The structures a reopened context keeps in stored form until something reads them: the
+#: caller's traffic and bundles as given are read only by Get/Enum/Update, so a database of
+#: 100,000 contexts reopens without rebuilding 500,000 structures nobody asked for.
+LAZY_FIELDS = ("traffic", "getspi_traffic", "udp_struct", "inbound_given", "outbound_given")
+
+
+class _Lazy:
+    """A non-data descriptor standing in for a deferred field: the first read rebuilds the
+    structure (``from_jsonable``) and stores it in the instance, which then shadows this."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return None
+        from ipsecsa.store.codec import from_jsonable  # the store imports this module
+
+        value = from_jsonable(obj.lazy.pop(self.name))
+        obj.__dict__[self.name] = value
+        return value
+
+
+for _name in LAZY_FIELDS:
+    setattr(SaContext, _name, _Lazy(_name))

@@ -56,7 +56,7 @@ from ipsecsa.wfp.filters import (
 )
 from ipsecsa.wfp.notify import Notifier, Subscription
 from ipsecsa.wfp.offload import NicOffload
-from ipsecsa.wfp.persist import CHECKPOINT_PACKETS, SEQ_BLOCK
+from ipsecsa.wfp.persist import CHECKPOINT_PACKETS, ID_BLOCK, SEQ_BLOCK
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
 from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
 from ipsecsa.wfp.status import Fail
@@ -254,6 +254,8 @@ class Engine:
         self._flows: dict[tuple[Any, ...], tuple[int, str, Any]] = {}
         #: The durable store (issue 12), or None for today's in-memory engine.
         self._store: SqliteStore | None = None
+        #: Durable engines: the id counters as stored (see _ids_reserved).
+        self._id_marks: dict[str, int] = {}
         if database is not None:
             self._store = SqliteStore(database, database_key or key_from_environment())
             try:
@@ -273,6 +275,9 @@ class Engine:
             self._changed()  # no cached decision outlives the engine
             if self._store is not None:
                 self._checkpoint(list(self._contexts.values()))
+                with self._store.transaction():  # exact counters: a clean stop skips no id
+                    self._store.put_meta("next_filter_id", str(self._filters.next_id))
+                    self._store.put_meta("next_ctx_id", str(self._next_ctx))
                 self._store.close()
             self._sessions.clear()
             self._contexts.clear()
@@ -506,8 +511,7 @@ class Engine:
             if key in self._filters.by_key:
                 raise Fail(C.FWP_E_ALREADY_EXISTS, "filterKey is in use")
             fid = self._filters.allocate_id()
-            if self._store is not None:  # ids never come back, not even after a restart
-                self._store.put_meta("next_filter_id", str(self._filters.next_id))
+            self._ids_reserved("next_filter_id", self._filters.next_id)
             weight = effective_weight(filter.weight, compiled.count, fid)
             rec = FilterRecord(fid, key, stored_copy(filter, fid, key, weight, conds), layer,
                                weight, action, callout, compiled, lifetime,
@@ -818,6 +822,7 @@ class Engine:
             rec = self._traffic_filter(tr, "outbound")
             ctx_id = self._next_ctx
             self._next_ctx += 1
+            self._ids_reserved("next_ctx_id", self._next_ctx)
             now = self._clock()
             ctx = SaContext(ctx_id, CtxState.CREATED, v1, tr.stored, tr.version, tr.tunnel,
                             tr.local, tr.remote, rec.id, now, last_used=now)
@@ -1108,6 +1113,7 @@ class Engine:
                     traffic.tunnelPolicyId = ctx.traffic.tunnelPolicyId
                     ctx.traffic = traffic
                     self._changed()
+            ctx.encoded.pop("secret", None)  # the given bundles were changed in place
             self._persist_ctx(ctx)
 
     @_api(0)
@@ -1444,11 +1450,21 @@ class Engine:
         if self._store is None:
             return
         body, secret = persist.context_rows(ctx, self._clock)
+        rows = self._sa_rows(ctx)
         with self._store.transaction(sync=sync):
             self._store.put_context(ctx.id, body, secret)
-            self._store.put_meta("next_ctx_id", str(self._next_ctx))
-            self._store.put_sa_state(self._sa_rows(ctx))
+            if rows:
+                self._store.put_sa_state(rows)
         ctx.unsaved = 0
+
+    def _ids_reserved(self, name: str, next_id: int) -> None:
+        """Ids are never given out twice, not even across a crash: the stored counter stays
+        ahead of the ids in use by up to ID_BLOCK, written once per block instead of once per
+        id (a crash skips at most a block of ids; a clean close stores the exact counter)."""
+        if self._store is not None and next_id > self._id_marks.get(name, 0):
+            mark = next_id + ID_BLOCK
+            self._store.put_meta(name, str(mark))
+            self._id_marks[name] = mark
 
     @staticmethod
     def _sa_rows(ctx: SaContext) -> list[tuple[int, str, int, int, int, int]]:
@@ -1493,6 +1509,8 @@ class Engine:
         self._filters.next_id = max(int(meta.get("next_filter_id", FIRST_FILTER_ID)),
                                     FIRST_FILTER_ID)
         self._next_ctx = int(meta.get("next_ctx_id", 1))
+        self._id_marks = {"next_filter_id": self._filters.next_id,
+                          "next_ctx_id": self._next_ctx}
         for fid, key, lifetime, body in snap.filters:
             stored = persist.filter_from_body(body)
             try:
@@ -1517,6 +1535,7 @@ class Engine:
                     self._store.delete_context(cid)
                 continue
             self._restore_sas(ctx, parts, snap, now)
+            persist.prime_secret(ctx, secret)
             self._contexts[cid] = ctx
             if ctx.spi is not None:
                 self._spis.setdefault(ctx.local, set()).add(ctx.spi)

@@ -32,7 +32,15 @@ from ipsecsa.wfp.registry import (
     layer_info,
 )
 from ipsecsa.wfp.status import Fail
-from ipsecsa.wfp.types import FWP_VALUE0, FWPM_FILTER0, GUID_NULL, clone, effective_count
+from ipsecsa.wfp.types import (
+    FWP_RANGE0,
+    FWP_VALUE0,
+    FWPM_FILTER0,
+    GUID_NULL,
+    clone,
+    effective_count,
+)
+from ipsecsa.wfp.unions import selected
 
 #: F.19: the first filterId a fresh engine hands out.
 FIRST_FILTER_ID = 0x10000
@@ -64,6 +72,8 @@ class FilterRecord:
     handles: tuple[int, ...] = ()  # classifier handles while published
     published: bool = False
     order: tuple[int, int] = field(init=False)
+    #: conditions_key() of an IPsec filter, computed once (insert and remove both need it).
+    cond_key: tuple[Any, ...] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.order = (-self.weight, self.id)
@@ -211,19 +221,20 @@ class FilterTable:
             self.by_id[rec.id] = rec
             self.by_key[rec.key] = rec
             if rec.ipsec_role is not None:
-                self.by_conditions.setdefault(conditions_key(rec), set()).add(rec.id)
+                rec.cond_key = conditions_key(rec)
+                self.by_conditions.setdefault(rec.cond_key, set()).add(rec.id)
 
     def remove(self, rec: FilterRecord) -> None:
         with self.lock:
             self.by_id.pop(rec.id, None)
             if self.by_key.get(rec.key) is rec:
                 del self.by_key[rec.key]
-            if rec.ipsec_role is not None:
-                ids = self.by_conditions.get(conditions_key(rec))
+            if rec.cond_key is not None:
+                ids = self.by_conditions.get(rec.cond_key)
                 if ids is not None:
                     ids.discard(rec.id)
                     if not ids:
-                        del self.by_conditions[conditions_key(rec)]
+                        del self.by_conditions[rec.cond_key]
 
     def publish(self, rec: FilterRecord) -> None:
         """Make ``rec`` visible to classification (transport layers only)."""
@@ -272,9 +283,23 @@ class FilterTable:
 
 
 def conditions_key(rec: FilterRecord, layer: Any = None, role: Any = None) -> tuple[Any, ...]:
-    """(layer, IPsec role, the filter's conditions as a set) — what F.16 compares."""
-    conds = frozenset(encode(c) for c in rec.stored.filterCondition)
+    """(layer, IPsec role, the filter's conditions as a set) — what F.16 compares: each
+    condition as (field, match type, data type, selected member), so stale union members a C
+    caller would not see make no difference."""
+    conds = frozenset((c.fieldKey, c.matchType, value_key(c.conditionValue))
+                      for c in rec.stored.filterCondition)
     return (layer or rec.stored.layerKey, role or rec.ipsec_role, conds)
+
+
+def value_key(value: Any) -> tuple[Any, ...]:
+    """A hashable form of an FWP_VALUE0/FWP_CONDITION_VALUE0 that is equal exactly when
+    :func:`.unions.same_value` is true."""
+    member = selected(value)
+    if isinstance(member, FWP_RANGE0):
+        return (value.type, value_key(member.valueLow), value_key(member.valueHigh))
+    if member is None or isinstance(member, (int, float, str, bytes, uuid.UUID)):
+        return (value.type, member)
+    return (value.type, encode(member))  # a structure (blob, address and mask, token)
 
 
 def _order(rec: FilterRecord) -> tuple[int, int]:

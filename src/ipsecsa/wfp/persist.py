@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipsecsa.store.codec import decode, encode, from_jsonable, to_jsonable
-from ipsecsa.wfp.contexts import CtxState, SaContext
+from ipsecsa.store.codec import decode, encode, to_jsonable
+from ipsecsa.wfp.contexts import LAZY_FIELDS, CtxState, SaContext
 
 #: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA. At a crash at
 #: most this many numbers are skipped, never reused. Measured in docs/PERFORMANCE.md.
 SEQ_BLOCK = 4096
+#: Filter and SA-context ids reserved ahead on disk: the stored counters are written once per
+#: this many ids (a crash skips up to this many; ids are never reused).
+ID_BLOCK = 1024
 #: Inbound packets between two checkpoints of a context's replay edge and counters.
 CHECKPOINT_PACKETS = 1024
 
@@ -37,14 +40,18 @@ def from_wall(clock: Callable[[], float], t: float | None) -> float | None:
 
 
 def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes]:
-    """(body JSON without keys, secret JSON with keys) of a context."""
+    """(body JSON without keys, secret JSON with keys) of a context.
+
+    A context is written whole at every change of state, but its structures (traffic, the
+    bundles as given, the SA descriptions) are set once and never change: their JSON is made
+    once and kept on the context (``ctx.encoded``), and only the small changing part is
+    written anew. Sequence numbers and counters live in the store's SA-state rows, which
+    override the ``seq`` of the descriptions on load."""
     body = {
         "state": ctx.state.value, "version1": ctx.version1, "version": ctx.version,
         "tunnel": ctx.tunnel, "local": ctx.local.hex(), "remote": ctx.remote.hex(),
         "outbound_filter": ctx.outbound_filter, "inbound_filter": ctx.inbound_filter,
-        "traffic": to_jsonable(ctx.traffic), "getspi_traffic": to_jsonable(ctx.getspi_traffic),
-        "udp_encap": list(ctx.udp_encap) if ctx.udp_encap else None,
-        "udp_struct": to_jsonable(ctx.udp_struct), "spi": ctx.spi,
+        "udp_encap": list(ctx.udp_encap) if ctx.udp_encap else None, "spi": ctx.spi,
         "created": to_wall(clock, ctx.created),
         "inbound_added": to_wall(clock, ctx.inbound_added),
         "outbound_added": to_wall(clock, ctx.outbound_added),
@@ -52,38 +59,81 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
         "last_used": to_wall(clock, ctx.last_used),
         "linger_until": to_wall(clock, ctx.linger_until), "limited": ctx.limited,
     }
-    secret = {
-        "inbound_given": to_jsonable(ctx.inbound_given),
-        "outbound_given": to_jsonable(ctx.outbound_given),
-        "inbound_sas": [sa.to_dict() for sa in ctx.inbound_bundle.sas]
-        if ctx.inbound_bundle is not None else None,
-        "outbound_sas": [sa.to_dict() for sa in ctx.outbound_bundle.sas]
-        if ctx.outbound_bundle is not None else None,
-    }
-    return (json.dumps(body, separators=(",", ":")),
-            json.dumps(secret, separators=(",", ":")).encode())
+    parts = [json.dumps(body, separators=(",", ":"))[:-1]]
+    state = vars(ctx)
+    for name in ("traffic", "getspi_traffic", "udp_struct"):
+        parts.append(f',"{name}":{_encoded(ctx, name, state.get(name, UNLOADED))}')
+    secret = _encoded(ctx, "secret", (state.get("inbound_given", UNLOADED),
+                                      state.get("outbound_given", UNLOADED),
+                                      ctx.inbound_bundle, ctx.outbound_bundle))
+    return "".join(parts) + "}", secret.encode()
+
+
+#: Stands for a deferred part of a reopened context (still in ``ctx.lazy``, never read).
+UNLOADED = object()
+
+
+def _encoded(ctx: SaContext, name: str, value: Any) -> str:
+    """The JSON of one of ``ctx``'s set-once parts, made again only when the part is replaced
+    (compared by identity: the engine replaces, never mutates, what it stores; Update0, which
+    does change the given bundles in place, drops the cached secret)."""
+    cached = ctx.encoded.get(name)
+    if cached is not None and (cached[0] is value or (
+            isinstance(value, tuple) and len(value) == len(cached[0])
+            and all(a is b for a, b in zip(value, cached[0], strict=True)))):
+        return cached[1]
+    if name == "secret":
+        ig, og, ib, ob = value
+        text = json.dumps({
+            "inbound_given": _jsonable(ctx, "inbound_given", ig),
+            "outbound_given": _jsonable(ctx, "outbound_given", og),
+            "inbound_sas": [sa.to_dict() for sa in ib.sas] if ib is not None else None,
+            "outbound_sas": [sa.to_dict() for sa in ob.sas] if ob is not None else None,
+        }, separators=(",", ":"))
+    else:
+        text = json.dumps(_jsonable(ctx, name, value), separators=(",", ":"))
+    ctx.encoded[name] = (value, text)
+    return text
+
+
+def _jsonable(ctx: SaContext, name: str, value: Any) -> Any:
+    return ctx.lazy[name] if value is UNLOADED else to_jsonable(value)
 
 
 def context_from_rows(cid: int, body_text: str, secret_text: bytes,
                       clock: Callable[[], float]) -> tuple[SaContext, dict[str, Any]]:
-    """The context (without its SAs) and its secret part (SA descriptions, given bundles)."""
+    """The context (without its SAs) and its secret part (SA descriptions, given bundles).
+    The structures among LAZY_FIELDS stay in stored form until first read."""
     b = json.loads(body_text)
     s = json.loads(secret_text)
     ctx = SaContext(
-        cid, CtxState(b["state"]), b["version1"], from_jsonable(b["traffic"]), b["version"],
+        cid, CtxState(b["state"]), b["version1"], None, b["version"],
         b["tunnel"], bytes.fromhex(b["local"]), bytes.fromhex(b["remote"]),
         b["outbound_filter"], from_wall(clock, b["created"]) or clock(),
-        inbound_filter=b["inbound_filter"], getspi_traffic=from_jsonable(b["getspi_traffic"]),
+        inbound_filter=b["inbound_filter"],
         udp_encap=tuple(b["udp_encap"]) if b["udp_encap"] else None,  # type: ignore[arg-type]
-        udp_struct=from_jsonable(b["udp_struct"]), spi=b["spi"],
-        inbound_given=from_jsonable(s["inbound_given"]),
-        outbound_given=from_jsonable(s["outbound_given"]),
+        spi=b["spi"],
         inbound_added=from_wall(clock, b["inbound_added"]),
         outbound_added=from_wall(clock, b["outbound_added"]),
         deadline=from_wall(clock, b["deadline"]), idle_seconds=b["idle_seconds"],
         last_used=from_wall(clock, b["last_used"]) or clock(),
         linger_until=from_wall(clock, b["linger_until"]), limited=b["limited"])
+    for name in LAZY_FIELDS:
+        stored = b[name] if name in b else s[name]
+        if stored is None:
+            setattr(ctx, name, None)
+        else:
+            ctx.defer(name, stored)
     return ctx, s
+
+
+def prime_secret(ctx: SaContext, secret_text: bytes) -> None:
+    """After the SAs of a reopened context are rebuilt: its stored secret is what
+    :func:`context_rows` would write, as long as nothing in it is replaced."""
+    state = vars(ctx)
+    ctx.encoded["secret"] = ((state.get("inbound_given", UNLOADED),
+                              state.get("outbound_given", UNLOADED),
+                              ctx.inbound_bundle, ctx.outbound_bundle), secret_text.decode())
 
 
 def filter_body(stored: Any) -> str:
