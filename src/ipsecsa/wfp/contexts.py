@@ -110,10 +110,10 @@ class SaContext:
     unsaved: int = 0
     #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
     encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False, compare=False)
-    #: Durable engines: the stored (parsed JSON) form of the LAZY_FIELDS not rebuilt yet.
-    lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Durable engines: the stored (JSON text) form of the LAZY_FIELDS not rebuilt yet.
+    lazy: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
-    def defer(self, name: str, stored: Any) -> None:
+    def defer(self, name: str, stored: str) -> None:
         """Keep ``name`` in its stored form until first read (see :class:`_Lazy`)."""
         self.__dict__.pop(name, None)
         self.lazy[name] = stored
@@ -139,7 +139,7 @@ LAZY_FIELDS = ("traffic", "getspi_traffic", "udp_struct", "inbound_given", "outb
 
 class _Lazy:
     """A non-data descriptor standing in for a deferred field: the first read rebuilds the
-    structure (``from_jsonable``) and stores it in the instance, which then shadows this."""
+    structure (the store codec's ``loads``) and stores it in the instance, which then shadows this."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -147,9 +147,9 @@ class _Lazy:
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
             return None
-        from ipsecsa.store.codec import from_jsonable  # the store imports this module
+        from ipsecsa.store.codec import loads  # the store imports this module
 
-        value = from_jsonable(obj.lazy.pop(self.name))
+        value = loads(obj.lazy.pop(self.name))
         obj.__dict__[self.name] = value
         return value
 

@@ -1535,7 +1535,6 @@ class Engine:
                     self._store.delete_context(cid)
                 continue
             self._restore_sas(ctx, parts, snap, now)
-            persist.prime_secret(ctx, secret)
             self._contexts[cid] = ctx
             if ctx.spi is not None:
                 self._spis.setdefault(ctx.local, set()).add(ctx.spi)
