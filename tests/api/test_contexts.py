@@ -305,3 +305,24 @@ def test_database_reopen_through_the_api(tmp_path) -> None:
         assert spi == first[0] and seq > first[1]  # never a sequence number twice
         a.delete(back.id)
         assert a.contexts() == [] and api_filters(a) == []
+
+
+def test_without_the_subscribe_right_filters_are_swept_at_the_next_create(tmp_path,
+                                                                          clock: Clock) -> None:
+    """An engine whose user may not subscribe has no sweeper: the filters of a context that
+    ended by itself (the linger) go when it next creates a context."""
+    db = tmp_path / "state.db"
+    with api.Engine(db) as setup:
+        setup.grant("LAB\\carol", wfp.FWPM_ACTRL_ADD | wfp.FWPM_ACTRL_ADD_LINK | wfp.DELETE
+                    | wfp.FWPM_ACTRL_READ | wfp.FWPM_ACTRL_ENUM | wfp.FWPM_ACTRL_OPEN
+                    | wfp.FWPM_ACTRL_BEGIN_READ_TXN | wfp.FWPM_ACTRL_BEGIN_WRITE_TXN)
+    with api.Engine(db, clock=clock, user="LAB\\carol") as a, api.Engine(clock=clock) as b:
+        assert a._sweeper is None  # no subscription for this user
+        ca, _ = connect(a, b)
+        a.expire(ca.id)
+        clock.now += 61
+        assert a.contexts() == []
+        assert len(api_filters(a)) == 2  # left behind: nothing told the API
+        ab, ba = pair(spi_ab=0x3001, spi_ba=0x3002, b="198.51.100.77")
+        cb = a.create_context(outbound=ab, inbound=ba)
+        assert {f.filterId for f in api_filters(a)} == {cb.outbound_filter, cb.inbound_filter}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from ipsecsa import api
+from ipsecsa import api, wfp
 from tests.api.helpers import pair
 
 
@@ -74,3 +74,45 @@ def test_callback_may_call_the_engine() -> None:
             engine.create_context(outbound=ab, inbound=ba)
             assert done.wait(5)
         assert states and states[0] in ("created", "spi_assigned", "inbound", "established")
+
+
+def test_filter_events_with_filters_true_in_order_with_context_events() -> None:
+    """``events(filters=True)``: the filters create_context makes appear before its context,
+    and go after it when delete() removes them; without ``filters`` none is delivered."""
+    with api.Engine() as engine, engine.events(timeout=2.0, filters=True) as events, \
+            engine.events(timeout=0.2) as contexts_only:
+        ab, ba = pair()
+        ctx = engine.create_context(outbound=ab, inbound=ba)
+        engine.delete(ctx.id)
+        engine.flush_events()
+        got = list(events)
+        kinds = [(type(e).__name__, e.kind) for e in got]
+        assert kinds == [("FilterEvent", "added"), ("FilterEvent", "added"),
+                         ("ContextEvent", "added"), ("ContextEvent", "deleted"),
+                         ("FilterEvent", "deleted"), ("FilterEvent", "deleted")]
+        filter_ids = {e.filter_id for e in got if isinstance(e, api.FilterEvent)}
+        assert filter_ids == {ctx.outbound_filter, ctx.inbound_filter}
+        first = got[0]
+        assert isinstance(first, api.FilterEvent)
+        assert first.to_dict() == {"kind": "added", "filter_id": first.filter_id,
+                                   "key": first.key}
+        assert [type(e) for e in contexts_only] == [api.ContextEvent, api.ContextEvent]
+
+
+def test_filter_events_need_the_subscribe_right_on_filters() -> None:
+    with api.Engine() as engine:
+        engine.grant("LAB\\bob", api_rights("ipsec_sa_db"), "ipsec_sa_db")
+        bob = engine.session("LAB\\bob")
+        with bob.events(timeout=0.1):  # contexts only: allowed
+            pass
+        try:
+            bob.events(filters=True)
+        except api.AccessDenied as exc:
+            assert exc.status == wfp.ERROR_ACCESS_DENIED
+        else:
+            raise AssertionError("filter events without FWPM_ACTRL_SUBSCRIBE on filters")
+        bob.close()
+
+
+def api_rights(_container: str) -> int:
+    return wfp.FWPM_ACTRL_SUBSCRIBE | wfp.FWPM_ACTRL_READ | wfp.FWPM_ACTRL_ENUM

@@ -31,7 +31,7 @@ from ipsecsa.api.errors import (
     error_for,
     status_name,
 )
-from ipsecsa.api.views import ContextEvent, ContextInfo, SaInfo
+from ipsecsa.api.views import ContextEvent, ContextInfo, FilterEvent, SaInfo
 
 __all__ = [
     "AccessDenied",
@@ -41,6 +41,7 @@ __all__ = [
     "Engine",
     "EngineClosed",
     "EventStream",
+    "FilterEvent",
     "InUse",
     "InvalidArgument",
     "InvalidState",

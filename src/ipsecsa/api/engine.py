@@ -19,12 +19,13 @@ from typing import Any, Self
 from ipsecsa import wfp
 from ipsecsa.api.errors import AccessDenied, InvalidArgument, NotSupported, error_for
 from ipsecsa.api.policy import MARKER, FilterSpec, context_filters
-from ipsecsa.api.views import ContextEvent, ContextInfo
+from ipsecsa.api.views import ContextEvent, ContextInfo, FilterEvent
 from ipsecsa.config import parse_sa
 from ipsecsa.datapath.result import Result
 from ipsecsa.errors import ConfigError
 
 _KINDS = {wfp.IPSEC_SA_CONTEXT_EVENT_ADD: "added", wfp.IPSEC_SA_CONTEXT_EVENT_DELETE: "deleted"}
+_FILTER_KINDS = {wfp.FWPM_CHANGE_ADD: "added", wfp.FWPM_CHANGE_DELETE: "deleted"}
 Rename = Callable[[str], str]
 
 
@@ -161,6 +162,10 @@ class _Operations:
         tunnel = out_cfg.mode == "tunnel"
         local, remote = str(out_cfg.src), str(out_cfg.dst)
         owner = self._owner
+        if owner._sweeper is None:
+            # No subscription tells this engine when a context ends by itself (its user may
+            # not subscribe): remove the filters such contexts left before making more.
+            owner._sweep()
         made: list[int] = []
         ctx_id = None
         try:
@@ -342,42 +347,68 @@ class _Operations:
                _renamer({"id": "filter_id"}))
 
     # ---------------------------------------------------------------- events
-    def events(self, *, timeout: float | None = None) -> EventStream:
+    def events(self, *, timeout: float | None = None, filters: bool = False) -> EventStream:
         """The SA-context events from now on, as an iterator (a context manager too: leaving
-        it unsubscribes). ``timeout``: iteration stops when no event came for that long."""
-        return EventStream(self, timeout)
+        it unsubscribes). ``timeout``: iteration stops when no event came for that long.
+        ``filters``: filter additions and deletions too (:class:`FilterEvent`), in the order
+        they happened with the context events."""
+        return EventStream(self, timeout, filters)
 
-    def subscribe(self, callback: Callable[[ContextEvent], Any]) -> Subscription:
-        """Call ``callback(event)`` for each SA-context event, on the engine's notification
-        thread (it may call the engine). Returns the :class:`Subscription` to cancel."""
-        return Subscription(self, callback)
+    def subscribe(self, callback: Callable[[Any], Any], *,
+                  filters: bool = False) -> Subscription:
+        """Call ``callback(event)`` for each SA-context event (and, with ``filters``, each
+        filter event), on the engine's notification thread (it may call the engine).
+        Returns the :class:`Subscription` to cancel."""
+        return Subscription(self, callback, filters)
+
+
+Event = ContextEvent | FilterEvent
 
 
 class Subscription:
-    """A callback subscription to SA-context events (IPsecSaContextSubscribe0)."""
+    """A callback subscription to SA-context events (IPsecSaContextSubscribe0) and, when asked
+    for, filter events (FwpmFilterSubscribeChanges0). Both arrive on the engine's one
+    notification thread, so their relative order is the order of the changes."""
 
-    def __init__(self, ops: _Operations, callback: Callable[[ContextEvent], Any]) -> None:
+    def __init__(self, ops: _Operations, callback: Callable[[Any], Any],
+                 filters: bool = False) -> None:
         if not callable(callback):
             raise InvalidArgument(wfp.FWP_E_INVALID_PARAMETER, "callback must be callable",
                                   "callback")
         self._bfe, self._session = ops._bfe, ops._handle
+        self._filter_handle: int | None = None
 
         def deliver(_context: Any, change: Any) -> None:
             kind = _KINDS.get(change.changeType)
             if kind is not None:
                 callback(ContextEvent(kind, change.saContextId))
 
+        def deliver_filter(_context: Any, change: Any) -> None:
+            kind = _FILTER_KINDS.get(change.changeType)
+            if kind is not None:
+                callback(FilterEvent(kind, change.filterId, str(change.filterKey)))
+
         self._handle: int | None = _check(self._bfe, self._bfe.IPsecSaContextSubscribe0(
             self._session, wfp.IPSEC_SA_CONTEXT_SUBSCRIPTION0(), deliver, None))
+        if filters:
+            try:
+                self._filter_handle = _check(self._bfe, self._bfe.FwpmFilterSubscribeChanges0(
+                    self._session, wfp.FWPM_FILTER_SUBSCRIPTION0(), deliver_filter, None))
+            except BaseException:
+                self.cancel()
+                raise
 
     def cancel(self) -> None:
         """Unsubscribe; waits for a callback in progress. Idempotent."""
         handle, self._handle = self._handle, None
-        if handle is not None:
-            status = self._bfe.IPsecSaContextUnsubscribe0(self._session, handle)
-            if status not in (wfp.ERROR_SUCCESS, wfp.ERROR_INVALID_HANDLE,
-                              wfp.EPT_S_NOT_REGISTERED):
-                _check(self._bfe, status)
+        fhandle, self._filter_handle = self._filter_handle, None
+        for h, unsubscribe in ((handle, self._bfe.IPsecSaContextUnsubscribe0),
+                               (fhandle, self._bfe.FwpmFilterUnsubscribeChanges0)):
+            if h is not None:
+                status = unsubscribe(self._session, h)
+                if status not in (wfp.ERROR_SUCCESS, wfp.ERROR_INVALID_HANDLE,
+                                  wfp.EPT_S_NOT_REGISTERED):
+                    _check(self._bfe, status)
 
     def __enter__(self) -> Self:
         return self
@@ -390,23 +421,23 @@ _END = object()
 
 
 class EventStream:
-    """SA-context events as an iterator, fed by a subscription made when it is created."""
+    """Events as an iterator, fed by a subscription made when it is created."""
 
-    def __init__(self, ops: _Operations, timeout: float | None) -> None:
+    def __init__(self, ops: _Operations, timeout: float | None, filters: bool = False) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._timeout = timeout
-        self._sub = Subscription(ops, self._queue.put)
+        self._sub = Subscription(ops, self._queue.put, filters)
 
-    def __iter__(self) -> Iterator[ContextEvent]:
+    def __iter__(self) -> Iterator[Event]:
         return self
 
-    def __next__(self) -> ContextEvent:
+    def __next__(self) -> Event:
         event = self.get(self._timeout)
         if event is None:
             raise StopIteration
         return event
 
-    def get(self, timeout: float | None = None) -> ContextEvent | None:
+    def get(self, timeout: float | None = None) -> Event | None:
         """The next event, or None after ``timeout`` seconds (None: wait) or once closed."""
         try:
             item = self._queue.get(timeout=timeout)
@@ -527,7 +558,7 @@ class Engine(_Operations):
                 self._sweeper = Subscription(self, self._context_gone)
             except AccessDenied:
                 # A user without the subscribe right: filters of contexts that vanish on
-                # their own (linger, lifetime) stay until delete() or another sweep.
+                # their own (linger, lifetime) are swept at the next create_context instead.
                 pass
         except BaseException:
             self._bfe.close()

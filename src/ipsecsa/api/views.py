@@ -106,3 +106,17 @@ class ContextEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "context_id": self.context_id}
+
+
+@dataclass(frozen=True, slots=True)
+class FilterEvent:
+    """A filter was added (``"added"``) or deleted (``"deleted"``) -- FWPM_CHANGE_ADD/DELETE of
+    FwpmFilterSubscribeChanges0; delivered only to streams and subscriptions made with
+    ``filters=True``. ``key`` is the filter's GUID as text."""
+
+    kind: str
+    filter_id: int
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "filter_id": self.filter_id, "key": self.key}
