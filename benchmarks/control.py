@@ -124,6 +124,28 @@ def cycles(threads: int, seconds: float, database: Path | None = None) -> float:
     return sum(done) / elapsed
 
 
+def api_cycles(seconds: float, database: Path | None = None) -> float:
+    """The same life as :func:`life_cycle` through the Pythonic API: ``create_context`` from
+    two SA descriptions (filters found or made, Create, SetSpi, AddInbound, AddOutbound) and
+    ``delete`` (context and filters)."""
+    from ipsecsa import api
+
+    key = os.urandom(20).hex()
+
+    def desc(spi: int, src: str, dst: str) -> dict[str, object]:
+        return {"spi": spi, "protocol": "esp", "mode": "transport", "src": src, "dst": dst,
+                "encryption": {"algorithm": "aes-gcm-16", "key": key}}
+
+    out, inb = desc(0xC0FFEE01, A, B), desc(0xC0FFEE02, B, A)
+    with api.Engine(database) as engine:
+        done, stop = 0, time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < stop:
+            engine.delete(engine.create_context(outbound=out, inbound=inb).id)
+            done += 1
+        return done / (time.perf_counter() - start)
+
+
 def reopen(n: int, workdir: Path) -> tuple[float, float, float]:
     """(seconds to write n established contexts, seconds to reopen them, bytes of memory per
     reopened context by tracemalloc)."""
@@ -254,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             dur = cycles(threads, args.seconds, work / f"cycles{threads}.db")
             print(f"{threads:>8} {mem:>10,.0f} {dur:>10,.0f}   (target durable, 1 caller: "
                   f">= 2,000/s)")
+        print(f"{'api':>8} {api_cycles(args.seconds):>10,.0f} "
+              f"{api_cycles(args.seconds, work / 'api.db'):>10,.0f}   (ipsecsa.api: "
+              "create_context + delete, 1 caller)")
         inmem, durable = reservation_cost(args.packets, args.size, work)
         print(f"\nbfe.outbound, durable engine (sequence numbers reserved in synced blocks of "
               f"{SEQ_BLOCK}):\n  in memory {inmem:,.0f}/s  durable {durable:,.0f}/s  cost "

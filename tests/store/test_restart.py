@@ -392,7 +392,7 @@ def test_ids_are_never_given_twice_even_after_a_crash(db: Path) -> None:
     close stores them exactly, so a normal restart skips nothing."""
     bfe = wfp.Engine(database=db)
     h = open_engine(bfe)
-    fin, fout = filters(bfe, h)
+    _fin, fout = filters(bfe, h)
     cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)[2]
     # A crash: nothing more is written by this engine (its store stays open, as a killed
     # process's file would be left); a second engine opens the same file.
