@@ -68,23 +68,35 @@ _NO_DEFAULT = object()
 def _struct_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
     """The writer of one structure class: fields still at their declared default are left out
     (a generated structure is mostly unused union members and zero counts; decoding fills the
-    defaults back in, so ``decode(encode(x)) == x`` holds), the rest in declaration order."""
-    fields = tuple((f.name, f.default if f.default is not dataclasses.MISSING else _NO_DEFAULT)
-                   for f in dataclasses.fields(cls))
+    defaults back in, so ``decode(encode(x)) == x`` holds), the rest as they are."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else _NO_DEFAULT
+                for f in dataclasses.fields(cls)}
     name = cls.__name__
+    if "__slots__" in vars(cls):
+        def items(value: Any) -> Any:
+            return ((f, getattr(value, f)) for f in defaults)
+    else:
+        def items(value: Any) -> Any:
+            return value.__dict__.items()
 
     def encode_struct(value: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"$": name}
-        for field, default in fields:
-            v = getattr(value, field)
-            if v is default or (type(v) is type(default) and v == default):
+        for field, v in items(value):
+            default = defaults.get(field, _NOT_A_FIELD)
+            if v is default or default is _NOT_A_FIELD:
                 continue
             t = type(v)
-            out[field] = v if (t is int or t is str or t is bool or t is float) \
-                else to_jsonable(v)
+            if t is int or t is str or t is bool or t is float:
+                if t is not type(default) or v != default:
+                    out[field] = v
+            else:
+                out[field] = to_jsonable(v)
         return out
 
     return encode_struct
+
+
+_NOT_A_FIELD = object()
 
 
 def from_jsonable(value: Any) -> Any:

@@ -100,8 +100,11 @@ class WfpStruct:
         if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
             return self
         new = object.__new__(cls)
-        new.__dict__.update({k: v if type(v) in _EXACT_IMMUTABLE else _clone_value(v)
-                             for k, v in self.__dict__.items()})
+        state = self.__dict__.copy()
+        for k, v in state.items():
+            if type(v) not in _EXACT_IMMUTABLE:
+                state[k] = _clone_value(v)
+        new.__dict__ = state
         return new
 
 
