@@ -94,7 +94,7 @@ def test_a_packet_lifetime_reached_inside_a_batch_ends_the_context() -> None:
         ab, ba = pair(lifetime={"hard": {"packets": 5}})
         ctx = a.create_context(outbound=ab, inbound=ba)
         b.create_context(outbound=ba, inbound=ab)
-        results = a.wfp.outbound_batch([udp4(A, B, ident=i) for i in range(8)])
+        results = a.outbound_batch([udp4(A, B, ident=i) for i in range(8)])
         assert [r.drop is None for r in results] == [True] * 5 + [False] * 3
         assert all(r.drop is not None for r in results[5:])
         assert a.context(ctx.id).state == "expiring"

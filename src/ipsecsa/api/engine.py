@@ -588,6 +588,11 @@ class Engine(_Operations):
         with a ``DropReason``)."""
         return self._bfe.outbound(packet)
 
+    def outbound_batch(self, packets: Any) -> list[Result]:
+        """:meth:`outbound` for many packets at once, one ``Result`` each in input order (each
+        context's packets protected in one native call; see ``docs/wfp.md``)."""
+        return self._bfe.outbound_batch(packets)
+
     def inbound(self, packet: bytes) -> Result:
         """The host receiving ``packet``: ``Result(inner packet, drop)``."""
         return self._bfe.inbound(packet)
