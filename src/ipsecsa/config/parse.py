@@ -97,7 +97,8 @@ def parse_hex_key(value: object, name: str) -> SecretKey:
 
 #: Address text -> one shared (immutable) address object: the SAs of a gateway mostly share
 #: its own address and a few peers', and each IPv4Address is 80 bytes kept per SA (memory per
-#: installed SA, issue 16). Bounded; a miss only costs the parse.
+#: installed SA, issue 16), and ipaddress's parser is slow on the control path (every SA a
+#: control plane installs names them again). Bounded; a miss only costs the parse.
 _address = functools.lru_cache(maxsize=1024)(ipaddress.ip_address)
 
 
@@ -108,13 +109,6 @@ def _parse_address(value: object, name: str) -> ipaddress.IPv4Address | ipaddres
         return _address(value.strip())
     except ValueError:
         raise ConfigError(name, f"{value!r} is not an IPv4 or IPv6 address") from None
-
-
-@functools.lru_cache(maxsize=4096)
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """ipaddress's parser is slow and control planes repeat a few addresses (the host's own
-    above all) in every SA: remember the last few thousand (address objects are immutable)."""
-    return ipaddress.ip_address(text)
 
 
 def _parse_algorithm(value: object, base: str, resolve: Callable[[str | int], Resolved]
