@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -31,7 +32,20 @@ def test_guide_examples_run_as_written(tmp_path):
     out = proc.stdout
     assert "20 unprotected" in out and "20 decrypted" in out
     assert "0xc0000101\t1\t" in out  # tshark: ICV good
-    assert "('0xc0000101', 'ICV_FAILURE', 'icv-length'): 10" in out
-    assert "('0xc0000202', 'BAD_PADDING', 'direction'): 10" in out
+    counts = _failure_counts(out)
+    assert counts[("0xc0000101", "ICV_FAILURE", "icv-length")] == 10
+    # 0xc0000202 has the right integrity key and the wrong encryption key: each packet verifies,
+    # then decrypts to garbage whose padding is almost always wrong; with a pad-length byte of
+    # 0 (1 in 256: pcap protect draws fresh IVs each run) the garbage passes the padding check
+    # and fails later under another reason. The hint is the same whatever the reason.
+    assert sum(n for (spi, _, hint), n in counts.items()
+               if spi == "0xc0000202" and hint == "direction") == 10
+    assert counts[("0xc0000202", "BAD_PADDING", "direction")] >= 8
     assert "wrote 2 SAs to from-kernel.json" in out
     assert "tcpdump decrypts CBC ciphers only" in out
+
+
+def _failure_counts(out: str) -> dict[tuple[str, str, str], int]:
+    """The guide prints ``Counter({(spi, reason, hint): n, ...})``: read it back."""
+    line = next(ln for ln in out.splitlines() if ln.startswith("Counter({"))
+    return dict(ast.literal_eval(line[len("Counter("):-1]))
