@@ -7,7 +7,8 @@ an administrator or an IKE daemon would. In B runs a plain ``ipsecsa gateway`` w
 file. The kernel's ping proves traffic flows; after ``ipsecsa sa expire`` nothing is sent any
 more while the lingering inbound SA still receives; after ``ipsecsa sa delete`` nothing is carried
 either way (the next packet finds no context); SIGTERM stops the service with status 0 and
-removes the TUN.
+removes the TUN. A second test moves B to another address and port (NAT roaming): the service's
+gateway follows it.
 
 Needs root, /dev/net/tun and iproute2 (CI runs as root); skipped with the reason otherwise.
 """
@@ -143,3 +144,71 @@ def test_serve_tun_needs_local(tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines() == [
         ("ipsecsa: error: --tun and --local go together (the TUN device and the address the "
          "gateway's UDP socket binds)")]
+
+
+MOVED, MOVED_PORT = "192.0.2.4", 4501
+
+
+def test_peer_of_a_context_that_moves_is_followed(tmp_path: Path) -> None:
+    """NAT roaming over the engine: B comes back at a new address and port (its sequence numbers
+    continued, as behind a NAT that rebinds); the service's gateway answers it there, though
+    the context still names the old address."""
+    keys: dict = {}
+    spi_ab, spi_ba = 0x5E5E0011, 0x5E5E0012
+    a_sas = [sa(spi_ab, "outbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys),
+             sa(spi_ba, "inbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys)]
+    b_sas = [sa(spi_ba, "outbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys),
+             sa(spi_ab, "inbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys)]
+    wire = Wire.create("w")
+    service = gateway = None
+    try:
+        wire.b.run("ip", "addr", "add", f"{MOVED}/24", "dev", wire.ifb)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+        with open(tmp_path / "serve.log", "w") as err:
+            service = subprocess.Popen(
+                wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
+                           str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
+                           "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
+                           "--local", WIRE4[0]), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        wait_for_link(wire.a, TUN, service, timeout=30)
+        wait_for_udp(wire.a, 4500)
+        configure_site(wire.a, 0)
+        b_stats = tmp_path / "b.stats.json"
+        gateway = start_gateway(wire.b, write_sa_file(tmp_path / "b.json", b_sas), WIRE4[1],
+                                stats=b_stats, log=tmp_path / "b.log")
+        wait_for_link(wire.b, TUN, gateway)
+        configure_site(wire.b, 1)
+        while not (tmp_path / "ipsecsa.sock").exists():
+            time.sleep(0.05)
+        ctx = json.loads(_cli(tmp_path, "sa", "create", "--sa-file",
+                              str(write_sa_file(tmp_path / "a.json", a_sas)), "--json").stdout)
+        assert _ping(wire.b, SITE4[1], SITE4[0]) == 3
+
+        assert stop(gateway) == 0
+        seqs = {int(s["spi"], 16): s["seq"] for s in json.loads(b_stats.read_text())["sas"]}
+        for s in b_sas:
+            s["seq"] = seqs[s["spi"]]
+            if s["direction"] == "outbound":
+                s["src"], s["encapsulation"]["sport"] = MOVED, MOVED_PORT
+            else:
+                s["dst"], s["encapsulation"]["dport"] = MOVED, MOVED_PORT
+        gateway = start_gateway(wire.b, write_sa_file(tmp_path / "b2.json", b_sas), MOVED,
+                                "--port", str(MOVED_PORT), log=tmp_path / "b2.log")
+        wait_for_link(wire.b, TUN, gateway)
+        configure_site(wire.b, 1)
+        time.sleep(1.5)  # the service's gateway learns new contexts' SPIs once a second
+
+        assert _ping(wire.b, SITE4[1], SITE4[0]) == 3
+        assert _ping(wire.a, SITE4[0], SITE4[1]) == 3
+        shown = json.loads(_cli(tmp_path, "sa", "show", str(ctx["id"]), "--json").stdout)
+        assert shown["remote"] == WIRE4[1]  # the context is unchanged; the gateway followed
+
+        assert stop(service, timeout=15) == 0
+        log = (tmp_path / "serve.log").read_text()
+        assert "peer_moved=1" in log, log
+    finally:
+        for proc in (service, gateway):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wire.destroy()

@@ -73,6 +73,18 @@ class Output(NamedTuple):
     tun: list[bytes]
 
 
+class _Edge(NamedTuple):
+    """A received datagram that may show its peer moved (see ``GatewayCore._roam``)."""
+
+    pos: int  # in the batch
+    src: Address  # where it came from, as the socket said
+    peer: ipaddress.IPv4Address | ipaddress.IPv6Address  # the peer as the SAs name it
+    configured: tuple[str, int]  # where the SAs say the peer is
+    spi: int
+    seq: int  # the packet's sequence number (low 32 bits)
+    top: int  # the SA's highest sequence number received before this batch
+
+
 @dataclass(slots=True)
 class GatewayCounters:
     """Counters of the gateway itself (each SA keeps its own)."""
@@ -106,14 +118,19 @@ class _Route:
     v6_outer: bool
 
 
-@dataclass(slots=True)
-class _IcmpBudget:
-    second: float = 0.0
-    left: int = ICMP_PER_SECOND
+class _Budget:
+    """At most ``per_second`` of something a second (ICMP errors, roaming checks)."""
+
+    __slots__ = ("left", "per_second", "second")
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.second = 0.0
+        self.left = per_second
 
     def take(self, now: float) -> bool:
         if now - self.second >= 1.0:
-            self.second, self.left = now, ICMP_PER_SECOND
+            self.second, self.left = now, self.per_second
         if self.left <= 0:
             return False
         self.left -= 1
@@ -180,7 +197,7 @@ class GatewayCore:
         self._addr_cache: dict[str, bytes] = {}
         self._last_tx: dict[Address, float] = {}
         self._peers: set[Address] = set()
-        self._icmp = _IcmpBudget()
+        self._icmp = _Budget(ICMP_PER_SECOND)
         #: NAT roaming: where a peer (by the address the SAs name) was last seen sending
         #: authenticated ESP from, when that differs from what the SAs say. Written by the
         #: receiving thread only; the sending thread reads it when it makes a route.
@@ -397,10 +414,9 @@ class GatewayCore:
         return self.sad.inbound_batch(pkts, now)
 
     # ----------------------------------------------------------------- NAT roaming
-    def _edges(self, roaming: list[tuple[int, Address, bytes]]
-               ) -> list[tuple[int, Address, SecurityAssociation, int, int]]:
-        """For datagrams from a source not yet known to be its peer's: (index, source, inbound
-        SA, its sequence number, the SA's highest sequence number before this batch)."""
+    def _edges(self, roaming: list[tuple[int, Address, bytes]]) -> list[_Edge]:
+        """For datagrams from a source not yet known to be its peer's: what :meth:`_roam` needs
+        once the batch is unprotected (the window edge is read before)."""
         out = []
         tops: dict[int, int] = {}
         for i, src, head in roaming:
@@ -411,11 +427,16 @@ class GatewayCore:
             top = tops.get(id(sa))
             if top is None:
                 top = tops[id(sa)] = sa.seq
-            out.append((i, src, sa, seq, top))
+            host = str(self.peer if self.peer is not None else sa.config.src)
+            out.append(_Edge(i, src, sa.config.src, (host, sa.config.encapsulation.sport), spi,
+                             seq, top))
         return out
 
-    def _roam(self, edges: list[tuple[int, Address, SecurityAssociation, int, int]],
-              results: list[Result]) -> None:
+    def _forget_routes(self) -> None:
+        """A peer moved: routes are made again (with :attr:`_moved`) from the next packet."""
+        self._routes = {}
+
+    def _roam(self, edges: list[_Edge], results: list[Result]) -> None:
         """Follow a peer that moved (a NAT rebinding its mapping, a mobile host).
 
         As the Linux kernel does for ESP in UDP (``xfrm`` reports a new mapping only then) and
@@ -424,14 +445,10 @@ class GatewayCore:
         the right edge of the window as it was before the packet — a captured old packet
         replayed from elsewhere cannot redirect the tunnel. The outbound SAs towards that peer
         (whose ``dst`` is the inbound SA's ``src``) then send to where it was seen."""
-        for i, src, sa, seq, top in edges:
+        for i, src, peer, configured, spi, seq, top in edges:
             if results[i][0] is None:
                 continue  # not authenticated (or a replay): proves nothing
-            peer = sa.config.src
-            encap = sa.config.encapsulation
-            assert encap is not None
-            host = str(self.peer if self.peer is not None else peer)
-            expected = self._moved.get(peer, (host, encap.sport))
+            expected = self._moved.get(peer, configured)
             if (expected[0], expected[1]) == (src[0], src[1]):
                 self._sources.add(src)  # as the socket reports it: one probe per datagram
                 continue
@@ -439,10 +456,10 @@ class GatewayCore:
                 continue  # authenticated but inside the window: an old packet
             new: Address = (src[0], src[1], 0, 0) if self.v6 else (src[0], src[1])
             log.warning("peer %s moved: %s port %d -> %s port %d (SA 0x%08x, seq %d)", peer,
-                        expected[0], expected[1], src[0], src[1], sa.spi, seq)
+                        expected[0], expected[1], src[0], src[1], spi, seq)
             self._moved[peer] = new
             self._sources = {src}
-            self._routes = {}
+            self._forget_routes()
             self.counters.peer_moved += 1
 
     def _outer_udp(self, payload: bytes, addr: Address, tos: int) -> bytes:

@@ -21,6 +21,9 @@ What differs from :class:`~ipsecsa.gateway.core.GatewayCore`:
   (the engine does not say which SA it will use before it uses it); a DF packet too big is then
   dropped and answered with ICMP, its sequence number unused on the wire (a gap is harmless to
   the peer's anti-replay window). The limit reported is conservative by up to one cipher block;
+* NAT roaming (:meth:`GatewayCore._roam`'s rule) finds the context by the packet's SPI and its
+  window edge through the engine's API (at most :data:`ROAM_CHECKS_PER_SECOND` lookups a
+  second); the new address is kept here, the context keeps the one it was made with;
 * packets the engine lets through in clear (no IPsec filter covers them), or hands back
   unchanged inbound (not ESP for one of its contexts), are dropped: the TUN and the socket carry
   tunnel traffic only.
@@ -33,14 +36,18 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ipsecsa.api.errors import WfpError
 from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.errors import DropReason
 from ipsecsa.gateway.core import (
+    _SPI_SEQ,
     KEEPALIVE_INTERVAL,
     NATT_PORT,
     Address,
     GatewayCore,
     Output,
+    _Budget,
+    _Edge,
 )
 from ipsecsa.gateway.mtu import (
     DEFAULT_PATH_MTU,
@@ -65,6 +72,8 @@ WORST_ESP_OVERHEAD = ESP_HEADER_LEN + 16 + 15 + ESP_TRAILER_LEN + 32
 _PAD_SLACK = 15
 
 _ESTABLISHED = ("established", "expiring")
+#: Context lookups per second for NAT roaming checks (datagrams from unverified sources).
+ROAM_CHECKS_PER_SECOND = 100
 
 
 class EngineGatewayCore(GatewayCore):
@@ -75,9 +84,9 @@ class EngineGatewayCore(GatewayCore):
     encapsulation on ``port`` for ``udp``, none for ``raw``), have their packets dropped and
     counted (``sa_unusable``)."""
 
-    #: Not done over the engine: a context's remote address does not follow a peer that moves
-    #: (the engine does not report which context authenticated a packet, nor its window edge).
-    ROAMING = False
+    #: A peer that moves is followed here, in the gateway: the engine's context keeps the
+    #: remote address it was made with (its outer header is replaced by the socket's anyway).
+    ROAMING = True
 
     def __init__(self, engine: Engine, *, local: str | ipaddress.IPv4Address |
                  ipaddress.IPv6Address, port: int = NATT_PORT,
@@ -88,6 +97,11 @@ class EngineGatewayCore(GatewayCore):
         self._setup(local, port, peer, transport, keepalive, path_mtu)
         #: (outer destination, UDP destination port) -> where the socket sends it.
         self._dests: dict[tuple[bytes, int], Address] = {}
+        #: Inbound SPI -> context id, refreshed with the peer list (once a second).
+        self._spi_ctx: dict[int, int] = {}
+        #: Context lookups for roaming checks this second (a flood of datagrams from unknown
+        #: sources must not turn into a flood of engine calls).
+        self._roam_budget = _Budget(ROAM_CHECKS_PER_SECOND)
 
     # ----------------------------------------------------------------- outbound
     def from_tun(self, packets: Iterable[bytes], now: float | None = None) -> Output:
@@ -142,8 +156,10 @@ class EngineGatewayCore(GatewayCore):
         return Output(net, tun)
 
     def _dest(self, dst: bytes, dport: int) -> Address:
-        host = str(self.peer if self.peer is not None else ipaddress.ip_address(dst))
+        peer = ipaddress.ip_address(dst)
+        host = str(self.peer if self.peer is not None else peer)
         addr: Address = (host, dport, 0, 0) if self.v6 else (host, dport)
+        addr = self._moved.get(peer, addr)
         if len(self._dests) >= 1024:
             self._dests.clear()
         self._dests[(dst, dport)] = addr
@@ -163,6 +179,39 @@ class EngineGatewayCore(GatewayCore):
             out.append(res)
         return out
 
+    # ----------------------------------------------------------------- NAT roaming
+    def _forget_routes(self) -> None:
+        self._dests = {}
+
+    def _edges(self, roaming: list[tuple[int, Address, bytes]]) -> list[_Edge]:
+        """As :meth:`GatewayCore._edges`, with the context found by its inbound SPI and its
+        window edge read from the engine (one context lookup per context and batch, at most
+        :data:`ROAM_CHECKS_PER_SECOND` a second)."""
+        out = []
+        infos: dict[int, Any] = {}
+        now = time.monotonic()
+        for i, src, head in roaming:
+            spi, seq = _SPI_SEQ.unpack(head)
+            ctx_id = self._spi_ctx.get(spi)
+            if ctx_id is None:
+                continue  # unknown, or newer than the last refresh: checked again later
+            info = infos.get(ctx_id)
+            if info is None:
+                if not self._roam_budget.take(now):
+                    continue
+                try:
+                    info = infos[ctx_id] = self.engine.context(ctx_id)
+                except WfpError:  # deleted meanwhile, or the engine closing: nothing to follow
+                    continue
+            encap = info.udp_encapsulation
+            if not info.inbound or encap is None or info.inbound_spi != spi:
+                continue
+            peer = ipaddress.ip_address(info.remote)
+            host = str(self.peer if self.peer is not None else peer)
+            out.append(_Edge(i, src, peer, (host, encap["remote_port"]), spi, seq,
+                             info.inbound[-1].seq))
+        return out
+
     # ----------------------------------------------------------------- peers, MTU, timers
     def _contexts(self) -> list[Any]:
         try:
@@ -180,7 +229,9 @@ class EngineGatewayCore(GatewayCore):
 
     def current_peers(self) -> set[Address]:
         peers: set[Address] = set()
-        for ctx in self._contexts():
+        contexts = self._contexts()
+        self._spi_ctx = {c.inbound_spi: c.id for c in contexts if c.inbound_spi is not None}
+        for ctx in contexts:
             if ctx.state in _ESTABLISHED and ctx.outbound and self._usable(ctx):
                 port = ctx.udp_encapsulation["remote_port"] if ctx.udp_encapsulation else 0
                 dst = ipaddress.ip_address(ctx.remote).packed

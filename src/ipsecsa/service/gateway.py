@@ -60,7 +60,7 @@ def attached_gateway(engine: Engine, tun: str, local: str, port: int) -> Iterato
         stats = gw.stats()["gateway"]
         gw.close()
         log("gateway_stopped", tun=tun, tun_rx=stats["tun_rx"], tun_tx=stats["tun_tx"],
-            net_rx=stats["net_rx"], net_tx=stats["net_tx"])
+            net_rx=stats["net_rx"], net_tx=stats["net_tx"], peer_moved=stats["peer_moved"])
 
 
 __all__ = ["GatewaySetupError", "attached_gateway"]
