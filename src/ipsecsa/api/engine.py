@@ -63,6 +63,13 @@ def _check(bfe: wfp.Engine, result: Any, rename: Rename = _same) -> Any:
     raise error_for(status, detail, rename(field) if field else "")
 
 
+def _check_unless_gone(bfe: wfp.Engine, status: int) -> None:
+    """:func:`_check` for closing calls: a handle already gone (ERROR_INVALID_HANDLE) or an
+    engine already closed (EPT_S_NOT_REGISTERED) means there is nothing left to close."""
+    if status not in (wfp.ERROR_INVALID_HANDLE, wfp.EPT_S_NOT_REGISTERED):
+        _check(bfe, status)
+
+
 def _bundle(value: Any, name: str) -> list[dict[str, Any]]:
     """One description or a list of them (ESP then AH)."""
     if isinstance(value, dict):
@@ -405,10 +412,7 @@ class Subscription:
         for h, unsubscribe in ((handle, self._bfe.IPsecSaContextUnsubscribe0),
                                (fhandle, self._bfe.FwpmFilterUnsubscribeChanges0)):
             if h is not None:
-                status = unsubscribe(self._session, h)
-                if status not in (wfp.ERROR_SUCCESS, wfp.ERROR_INVALID_HANDLE,
-                                  wfp.EPT_S_NOT_REGISTERED):
-                    _check(self._bfe, status)
+                _check_unless_gone(self._bfe, unsubscribe(self._session, h))
 
     def __enter__(self) -> Self:
         return self
@@ -521,10 +525,7 @@ class Session(_Operations):
 
     def close(self) -> None:
         """FwpmEngineClose0 (aborts an open transaction; a dynamic session's filters go)."""
-        status = self._bfe.FwpmEngineClose0(self._handle)
-        if status not in (wfp.ERROR_SUCCESS, wfp.ERROR_INVALID_HANDLE,
-                          wfp.EPT_S_NOT_REGISTERED):
-            _check(self._bfe, status)
+        _check_unless_gone(self._bfe, self._bfe.FwpmEngineClose0(self._handle))
 
     def __enter__(self) -> Self:
         return self
