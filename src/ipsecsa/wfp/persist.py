@@ -62,10 +62,11 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
     parts = [json.dumps(body, separators=(",", ":"))[:-1]]
     state = vars(ctx)
     for name in ("traffic", "getspi_traffic", "udp_struct"):
-        parts.append(f',"{name}":{_encoded(ctx, name, state.get(name, UNLOADED))}')
-    secret = _encoded(ctx, "secret", (state.get("inbound_given", UNLOADED),
-                                      state.get("outbound_given", UNLOADED),
-                                      ctx.inbound_bundle, ctx.outbound_bundle))
+        value = state.get(name, UNLOADED)
+        parts.append(f',"{name}":{_cached(ctx, name, (value,), _text, ctx, name, value)}')
+    given = (state.get("inbound_given", UNLOADED), state.get("outbound_given", UNLOADED))
+    bundles = (ctx.inbound_bundle, ctx.outbound_bundle)
+    secret = _cached(ctx, "secret", given + bundles, _secret_text, ctx, given, bundles)
     return "".join(parts) + "}", secret.encode()
 
 
@@ -73,29 +74,30 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
 UNLOADED = object()
 
 
-def _encoded(ctx: SaContext, name: str, value: Any) -> str:
-    """The JSON of one of ``ctx``'s set-once parts, made again only when the part is replaced
-    (compared by identity: the engine replaces, never mutates, what it stores; Update0, which
-    does change the given bundles in place, drops the cached secret)."""
+def _cached(ctx: SaContext, name: str, parts: tuple[Any, ...], make: Callable[..., str],
+            *args: Any) -> str:
+    """The JSON of one of ``ctx``'s set-once parts, made again (``make(*args)``) only when one
+    of the objects it is made from was replaced (compared by identity: the engine replaces,
+    never mutates, what it stores; Update0, which does change the given bundles in place,
+    drops the cached secret)."""
     cached = ctx.encoded.get(name)
-    if cached is not None and (cached[0] is value or (
-            isinstance(value, tuple) and len(value) == len(cached[0])
-            and all(a is b for a, b in zip(value, cached[0], strict=True)))):
+    if cached is not None and len(cached[0]) == len(parts) and all(
+            a is b for a, b in zip(parts, cached[0], strict=True)):
         return cached[1]
-    if name == "secret":
-        ig, og, ib, ob = value
-        text = "".join((
-            '{"inbound_given":', _text(ctx, "inbound_given", ig),
-            ',"outbound_given":', _text(ctx, "outbound_given", og),
-            ',"inbound_sas":', json.dumps([sa.to_dict() for sa in ib.sas]
-                                          if ib is not None else None, separators=(",", ":")),
-            ',"outbound_sas":', json.dumps([sa.to_dict() for sa in ob.sas]
-                                           if ob is not None else None, separators=(",", ":")),
-            "}"))
-    else:
-        text = _text(ctx, name, value)
-    ctx.encoded[name] = (value, text)
+    text = make(*args)
+    ctx.encoded[name] = (parts, text)
     return text
+
+
+def _secret_text(ctx: SaContext, given: tuple[Any, Any], bundles: tuple[Any, Any]) -> str:
+    """The secret column: the bundles as given, and the SA descriptions (with keys)."""
+    sas = [None if b is None else [sa.to_dict() for sa in b.sas] for b in bundles]
+    return "".join((
+        '{"inbound_given":', _text(ctx, "inbound_given", given[0]),
+        ',"outbound_given":', _text(ctx, "outbound_given", given[1]),
+        ',"inbound_sas":', json.dumps(sas[0], separators=(",", ":")),
+        ',"outbound_sas":', json.dumps(sas[1], separators=(",", ":")),
+        "}"))
 
 
 def _text(ctx: SaContext, name: str, value: Any) -> str:
