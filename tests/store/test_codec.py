@@ -11,6 +11,7 @@ import pytest
 from wfp.helpers import A4, B4, addr_conditions, gcm_sa, ipsec_filter
 
 from ipsecsa import wfp
+from ipsecsa.store import codec
 from ipsecsa.store.codec import CodecError, decode, encode, from_jsonable, to_jsonable
 
 
@@ -63,3 +64,25 @@ def test_damaged_rows_are_refused(text: str, message: str) -> None:
 def test_values_it_cannot_store_are_refused() -> None:
     with pytest.raises(CodecError, match="cannot store a set"):
         encode({1, 2})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ipsec_filter("inbound", addr_conditions(A4, B4)),
+    lambda: gcm_sa(0x1234, bytes(range(20))),
+])
+def test_stored_text_is_the_same_json_with_or_without_orjson(make, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``dumps`` writes through orjson when it is installed and through the standard library
+    otherwise: the same JSON either way (not necessarily the same bytes), read back alike."""
+    value = make()
+    fast = codec.dumps(value)
+    monkeypatch.setattr(codec, "_orjson", None)
+    slow = codec.dumps(value)
+    assert json.loads(fast) == json.loads(slow)
+    assert decode(fast) == decode(slow) == value
+
+
+def test_integers_orjson_refuses_fall_back_to_the_standard_library() -> None:
+    """orjson writes integers of up to 64 bits; a wider one (no WFP field holds one, but a
+    plain value might) must still be written, by the standard library."""
+    value = {"wide": 2**70, "negative": -(2**64), "list": [2**65, 1]}
+    assert json.loads(codec.compact(value)) == value

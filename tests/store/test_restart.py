@@ -410,3 +410,34 @@ def test_ids_are_never_given_twice_even_after_a_crash(db: Path) -> None:
     f3 = add_filter(clean, hn, ipsec_filter("outbound", addr_conditions(A4, "192.0.2.8")))
     assert f3 == f2 + 1
     clean.close()
+
+
+def test_a_reopened_engine_knows_which_filters_its_contexts_name(db: Path) -> None:
+    """F.16 after a reopen: a filter named by a stored context (outbound by Create, inbound
+    by GetSpi) is still in use, and free again once the context is deleted (the engine keeps
+    an index of filter users instead of scanning every context; after a reopen it is built
+    from the loaded contexts)."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    fin, fout = filters(bfe, h)
+    other_in, other_out = filters(bfe, h, remote="203.0.113.7")
+    st, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+    assert st == 0
+    assert bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))[0] == 0
+    bfe.close()
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    try:
+        assert bfe.FwpmFilterDeleteById0(h, fout) == wfp.FWP_E_IN_USE
+        assert bfe.FwpmFilterDeleteById0(h, fin) == wfp.FWP_E_IN_USE
+        assert bfe.FwpmFilterDeleteById0(h, other_out) == 0  # named by nothing
+        st, _, second = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
+        assert st == 0
+        assert bfe.IPsecSaContextDeleteById0(h, cid) == 0
+        assert bfe.FwpmFilterDeleteById0(h, fout) == wfp.FWP_E_IN_USE  # the second one
+        assert bfe.FwpmFilterDeleteById0(h, fin) == 0  # only the first had named it
+        assert bfe.IPsecSaContextDeleteById0(h, second) == 0
+        assert bfe.FwpmFilterDeleteById0(h, fout) == 0
+        assert bfe.FwpmFilterDeleteById0(h, other_in) == 0
+    finally:
+        bfe.close()

@@ -16,6 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ipsecsa.wfp import types as T
+
+try:  # optional speed-up, a runtime dependency in pyproject (see compact())
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by the fallback test
+    _orjson = None  # type: ignore[assignment]
 from ipsecsa.wfp._structbase import WfpStruct
 
 _CLASSES: dict[str, type] = {
@@ -68,32 +73,32 @@ _NO_DEFAULT = object()
 def _struct_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
     """The writer of one structure class: fields still at their declared default are left out
     (a generated structure is mostly unused union members and zero counts; decoding fills the
-    defaults back in, so ``decode(encode(x)) == x`` holds), the rest as they are."""
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else _NO_DEFAULT
-                for f in dataclasses.fields(cls)}
-    name = cls.__name__
-    if "__slots__" in vars(cls):
-        def items(value: Any) -> Any:
-            return ((f, getattr(value, f)) for f in defaults)
-    else:
-        def items(value: Any) -> Any:
-            return value.__dict__.items()
+    defaults back in, so ``decode(encode(x)) == x`` holds), the rest as they are.
 
-    def encode_struct(value: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"$": name}
-        for field, v in items(value):
-            default = defaults.get(field, _NOT_A_FIELD)
-            if v is default or default is _NOT_A_FIELD:
-                continue
-            t = type(v)
-            if t is int or t is str or t is bool or t is float:
-                if t is not type(default) or v != default:
-                    out[field] = v
-            else:
-                out[field] = to_jsonable(v)
-        return out
-
-    return encode_struct
+    The writer is generated source with one test per field, unrolled (as ``dataclasses``
+    makes ``__init__``): a durable engine encodes every structure it is handed, and a loop
+    over the fields with a lookup of each default costed twice as much."""
+    fields = dataclasses.fields(cls)
+    env: dict[str, Any] = {"to_jsonable": to_jsonable}
+    lines = ["def encode_struct(value):", f"    out = {{'$': {cls.__name__!r}}}"]
+    get = "getattr(value, {0!r}, _D{1})" if "__slots__" in vars(cls) else "d.get({0!r}, _D{1})"
+    if "__slots__" not in vars(cls):
+        lines.append("    d = value.__dict__")
+    for i, f in enumerate(fields):
+        default = f.default if f.default is not dataclasses.MISSING else _NO_DEFAULT
+        env[f"_D{i}"] = default
+        env[f"_T{i}"] = type(default)
+        lines += [f"    v = {get.format(f.name, i)}",
+                  f"    if v is not _D{i}:",
+                  "        t = type(v)",
+                  "        if t is int or t is str or t is bool or t is float:",
+                  f"            if t is not _T{i} or v != _D{i}:",
+                  f"                out[{f.name!r}] = v",
+                  "        else:",
+                  f"            out[{f.name!r}] = to_jsonable(v)"]
+    lines.append("    return out")
+    exec("\n".join(lines), env)  # noqa: S102 - source built above from dataclass field names
+    return env["encode_struct"]  # type: ignore[no-any-return]
 
 
 _NOT_A_FIELD = object()
@@ -177,7 +182,30 @@ def loads(text: str | bytes) -> Any:
 
 
 def encode(value: Any) -> str:
+    """Canonical JSON (members sorted): equal structures give equal text, as keys need."""
     return json.dumps(to_jsonable(value), separators=(",", ":"), sort_keys=True)
+
+
+#: One compact encoder for stored text, made once (``json.dumps`` with arguments builds a new
+#: encoder per call, and sorting members costs as much again; a stored row needs neither).
+_json_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact(value: Any) -> str:
+    """Compact JSON of plain values (dicts, lists, str, numbers, None): orjson's C writer
+    where it is installed (what it writes is the same JSON; an integer beyond 64 bits, which
+    it refuses, goes to the standard library), else the standard library's."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(value).decode()
+        except TypeError:  # orjson.JSONEncodeError: e.g. an int wider than 64 bits
+            pass
+    return _json_compact(value)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of ``value`` for storage (member order as the structure has it)."""
+    return compact(to_jsonable(value))
 
 
 def decode(text: str | bytes) -> Any:

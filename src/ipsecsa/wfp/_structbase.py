@@ -198,6 +198,20 @@ def check_counts(obj: WfpStruct) -> None:
         stack.extend(reversed(nested))
 
 
+def clone_but(obj: _T, field: str, value: object) -> _T:
+    """A deep copy of the structure ``obj`` with ``field`` set to ``value`` (not copied), for
+    a copy whose one field is replaced anyway: copying it first would be wasted."""
+    new = object.__new__(type(obj))
+    state = obj.__dict__.copy()
+    for k, v in state.items():
+        if k == field:
+            state[k] = value
+        elif type(v) not in _EXACT_IMMUTABLE:
+            state[k] = _clone_value(v)
+    new.__dict__ = state
+    return new
+
+
 def clone(obj: _T) -> _T:
     """A deep, independent copy of any structure (or list of structures).
 

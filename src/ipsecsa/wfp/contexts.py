@@ -109,7 +109,7 @@ class SaContext:
     out_limits: list[int] | None = None
     unsaved: int = 0
     #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
-    encoded: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict, repr=False,
+    encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False,
                                                             compare=False)
     #: Durable engines: the stored (JSON text) form of the LAZY_FIELDS not rebuilt yet.
     lazy: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -244,6 +244,10 @@ class Engine:
         self._contexts: dict[int, SaContext] = {}
         self._next_ctx = 1
         self._by_out_filter: dict[int, list[SaContext]] = {}
+        #: Filter id -> ids of the contexts whose traffic names it (F.16: such a filter cannot
+        #: be deleted), so a filter delete does not scan every context. Built on first use
+        #: (after a reopen, from the loaded contexts), then kept up to date.
+        self._filter_users: dict[int, set[int]] | None = None
         self._ctx_of_sa: dict[int, SaContext] = {}  # id(outermost inbound SA) -> context
         self._spis: dict[bytes, set[int]] = {}  # local address -> live inbound SPIs
         self._next_due: float | None = None
@@ -422,9 +426,9 @@ class Engine:
     def _end_dynamic(self, s: _Session) -> None:
         """B.7/F.16: a dynamic session's filters die with it; contexts naming them go first."""
         ids = set(s.filters)
-        for ctx in list(self._contexts.values()):
-            if ctx.outbound_filter in ids or ctx.inbound_filter in ids:
-                self._delete_ctx(ctx)
+        doomed = {cid for fid in ids for cid in self._users_of(fid)}
+        for cid in sorted(doomed):
+            self._delete_ctx(self._contexts[cid])
         for fid in ids:
             rec = self._filters.by_id.get(fid)
             if rec is not None:
@@ -563,9 +567,9 @@ class Engine:
                 raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "not a filter of this session")
             if rec.session is not s:
                 raise Fail(C.FWP_E_WRONG_SESSION, "a filter of another dynamic session")
-        for ctx in self._contexts.values():
-            if rec.id in (ctx.outbound_filter, ctx.inbound_filter):
-                raise Fail(C.FWP_E_IN_USE, f"SA context {ctx.id} references the filter", "id")
+        users = self._users_of(rec.id)
+        if users:
+            raise Fail(C.FWP_E_IN_USE, f"SA context {min(users)} references the filter", "id")
         self._filters.remove(rec)
         owner = rec.session
         if owner is not None:
@@ -827,6 +831,7 @@ class Engine:
             ctx = SaContext(ctx_id, CtxState.CREATED, v1, tr.stored, tr.version, tr.tunnel,
                             tr.local, tr.remote, rec.id, now, last_used=now)
             self._contexts[ctx_id] = ctx
+            self._names_filter(ctx, rec.id)
             self._persist_ctx(ctx)
             self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_ADD)
             return self._cached_inbound_filter(rec), ctx_id
@@ -902,7 +907,10 @@ class Engine:
         ctx.getspi_traffic = tr.stored
         ctx.udp_encap = encap
         ctx.udp_struct = T.clone(getSpi.inboundUdpEncapsulation)
-        ctx.inbound_filter = rec.id
+        if ctx.inbound_filter != rec.id:
+            self._drop_filter_use(ctx, ctx.inbound_filter)
+            ctx.inbound_filter = rec.id
+            self._names_filter(ctx, rec.id)
 
     def _allocate_spi(self, local: bytes) -> int:
         used = self._spis.setdefault(local, set())
@@ -1113,7 +1121,8 @@ class Engine:
                     traffic.tunnelPolicyId = ctx.traffic.tunnelPolicyId
                     ctx.traffic = traffic
                     self._changed()
-            ctx.encoded.pop("secret", None)  # the given bundles were changed in place
+            for name in ("inbound_given", "outbound_given"):
+                ctx.encoded.pop(name, None)  # the given bundles were changed in place
             self._persist_ctx(ctx)
 
     @_api(0)
@@ -1135,6 +1144,29 @@ class Engine:
             raise Fail(C.FWP_E_DYNAMIC_SESSION_IN_PROGRESS, "not in a dynamic session (C.3)")
         with self._locked(s):
             self._delete_ctx(self._ctx(id))
+
+    def _users_of(self, fid: int) -> set[int]:
+        """Ids of the contexts whose traffic names filter ``fid``."""
+        users = self._filter_users
+        if users is None:
+            users = {}
+            for ctx in self._contexts.values():
+                for f in (ctx.outbound_filter, ctx.inbound_filter):
+                    if f:
+                        users.setdefault(f, set()).add(ctx.id)
+            self._filter_users = users
+        return users.get(fid, set())
+
+    def _names_filter(self, ctx: SaContext, fid: int) -> None:
+        if self._filter_users is not None and fid:
+            self._filter_users.setdefault(fid, set()).add(ctx.id)
+
+    def _drop_filter_use(self, ctx: SaContext, fid: int) -> None:
+        users = None if self._filter_users is None else self._filter_users.get(fid)
+        if users is not None:
+            users.discard(ctx.id)
+            if not users:
+                del self._filter_users[fid]  # type: ignore[union-attr]
 
     def _stop_outbound(self, ctx: SaContext) -> None:
         b, ctx.outbound_bundle = ctx.outbound_bundle, None
@@ -1174,6 +1206,8 @@ class Engine:
         if self._offload is not None:
             self._offload.removed(ctx)  # issue 13: nothing of it stays on the NIC
         self._release_spi(ctx)
+        self._drop_filter_use(ctx, ctx.outbound_filter)
+        self._drop_filter_use(ctx, ctx.inbound_filter)
         if self._store is not None:
             self._store.delete_context(ctx.id)
         self._ctx_changed(ctx, C.IPSEC_SA_CONTEXT_EVENT_DELETE)
@@ -1450,11 +1484,7 @@ class Engine:
         if self._store is None:
             return
         body, secret = persist.context_rows(ctx, self._clock)
-        rows = self._sa_rows(ctx)
-        with self._store.transaction(sync=sync):
-            self._store.put_context(ctx.id, body, secret)
-            if rows:
-                self._store.put_sa_state(rows)
+        self._store.put_context(ctx.id, body, secret, self._sa_rows(ctx), sync)
         ctx.unsaved = 0
 
     def _ids_reserved(self, name: str, next_id: int) -> None:

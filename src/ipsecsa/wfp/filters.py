@@ -18,6 +18,7 @@ from typing import Any
 from ipsecsa.sad import Classifier
 from ipsecsa.store.codec import encode
 from ipsecsa.wfp import constants as C
+from ipsecsa.wfp._structbase import clone_but
 from ipsecsa.wfp.conditions import Compiled, PacketView, compile_conditions
 from ipsecsa.wfp.registry import (
     CALLOUT_INFO,
@@ -310,10 +311,9 @@ def stored_copy(flt: FWPM_FILTER0, fid: int, key: uuid.UUID, weight: int,
                 conds: list[Any]) -> FWPM_FILTER0:
     """F.19: what Get/Enum return: the caller's fields as given, plus filterId, the filterKey,
     effectiveWeight (FWP_UINT64) and the universal sublayer for a zero subLayerKey (F.20)."""
-    out = clone(flt)
+    out = clone_but(flt, "filterCondition", clone(conds))
     out.filterId = fid
     out.filterKey = key
-    out.filterCondition = clone(conds)
     out.numFilterConditions = len(conds)
     if out.subLayerKey is None or out.subLayerKey == GUID_NULL:
         out.subLayerKey = SUBLAYER_UNIVERSAL

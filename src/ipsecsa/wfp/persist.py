@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipsecsa.store.codec import decode, encode, to_jsonable
+from ipsecsa.store.codec import compact, decode, dumps
 from ipsecsa.wfp.contexts import LAZY_FIELDS, CtxState, SaContext
 
 #: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA. At a crash at
@@ -59,14 +59,16 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
         "last_used": to_wall(clock, ctx.last_used),
         "linger_until": to_wall(clock, ctx.linger_until), "limited": ctx.limited,
     }
-    parts = [json.dumps(body, separators=(",", ":"))[:-1]]
+    parts = [compact(body)[:-1]]
     state = vars(ctx)
     for name in ("traffic", "getspi_traffic", "udp_struct"):
-        value = state.get(name, UNLOADED)
-        parts.append(f',"{name}":{_cached(ctx, name, (value,), _text, ctx, name, value)}')
-    given = (state.get("inbound_given", UNLOADED), state.get("outbound_given", UNLOADED))
-    bundles = (ctx.inbound_bundle, ctx.outbound_bundle)
-    secret = _cached(ctx, "secret", given + bundles, _secret_text, ctx, given, bundles)
+        parts.append(f',"{name}":{_part(ctx, name, state.get(name, UNLOADED))}')
+    secret = "".join((
+        '{"inbound_given":', _part(ctx, "inbound_given", state.get("inbound_given", UNLOADED)),
+        ',"outbound_given":', _part(ctx, "outbound_given",
+                                    state.get("outbound_given", UNLOADED)),
+        ',"inbound_sas":', _cached(ctx, "inbound_sas", ctx.inbound_bundle, _sas_text),
+        ',"outbound_sas":', _cached(ctx, "outbound_sas", ctx.outbound_bundle, _sas_text), "}"))
     return "".join(parts) + "}", secret.encode()
 
 
@@ -74,37 +76,35 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
 UNLOADED = object()
 
 
-def _cached(ctx: SaContext, name: str, parts: tuple[Any, ...], make: Callable[..., str],
-            *args: Any) -> str:
-    """The JSON of one of ``ctx``'s set-once parts, made again (``make(*args)``) only when one
-    of the objects it is made from was replaced (compared by identity: the engine replaces,
-    never mutates, what it stores; Update0, which does change the given bundles in place,
-    drops the cached secret)."""
+def _cached(ctx: SaContext, name: str, value: Any, make: Callable[[Any], str]) -> str:
+    """The JSON of one of ``ctx``'s set-once parts, made again (``make(value)``) only when
+    the object it is made from was replaced (compared by identity: the engine replaces, never
+    mutates, what it stores; Update0, which does change the given bundles in place, drops
+    their cached text). Each part is cached apart, so adding the outbound bundle does not
+    encode the inbound one again."""
     cached = ctx.encoded.get(name)
-    if cached is not None and len(cached[0]) == len(parts) and all(
-            a is b for a, b in zip(parts, cached[0], strict=True)):
+    if cached is not None and cached[0] is value:
         return cached[1]
-    text = make(*args)
-    ctx.encoded[name] = (parts, text)
+    text = make(value)
+    ctx.encoded[name] = (value, text)
     return text
 
 
-def _secret_text(ctx: SaContext, given: tuple[Any, Any], bundles: tuple[Any, Any]) -> str:
-    """The secret column: the bundles as given, and the SA descriptions (with keys)."""
-    sas = [None if b is None else [sa.to_dict() for sa in b.sas] for b in bundles]
-    return "".join((
-        '{"inbound_given":', _text(ctx, "inbound_given", given[0]),
-        ',"outbound_given":', _text(ctx, "outbound_given", given[1]),
-        ',"inbound_sas":', json.dumps(sas[0], separators=(",", ":")),
-        ',"outbound_sas":', json.dumps(sas[1], separators=(",", ":")),
-        "}"))
-
-
-def _text(ctx: SaContext, name: str, value: Any) -> str:
-    """A part's JSON: as stored while it is deferred, else encoded now."""
+def _part(ctx: SaContext, name: str, value: Any) -> str:
+    """A structure part's JSON: as stored while it is deferred (never read since reopen),
+    else encoded (once: see :func:`_cached`)."""
     if value is UNLOADED:
         return ctx.lazy[name]  # type: ignore[no-any-return]
-    return json.dumps(to_jsonable(value), separators=(",", ":"))
+    return _cached(ctx, name, value, _structure_text)
+
+
+def _structure_text(value: Any) -> str:
+    return "null" if value is None else dumps(value)
+
+
+def _sas_text(bundle: Any) -> str:
+    """The SA descriptions of a bundle (keys included: this is the secret column)."""
+    return "null" if bundle is None else compact([sa.to_dict() for sa in bundle.sas])
 
 
 def context_from_rows(cid: int, body_text: str, secret_text: bytes,
@@ -130,12 +130,12 @@ def context_from_rows(cid: int, body_text: str, secret_text: bytes,
         if stored is None:
             setattr(ctx, name, None)
         else:  # kept as compact JSON text: a fifth of the memory of the parsed form
-            ctx.defer(name, json.dumps(stored, separators=(",", ":")))
+            ctx.defer(name, compact(stored))
     return ctx, s
 
 
 def filter_body(stored: Any) -> str:
-    return encode(stored)
+    return dumps(stored)
 
 
 def filter_from_body(body: str) -> Any:
