@@ -367,9 +367,15 @@ static PyObject *capio_assemble(PyObject *self, PyObject *args)
         const uint8_t *rec = buf + start;
         uint32_t sec = rd32(rec, big), fr = rd32(rec + 4, big);
         uint32_t caplen = rd32(rec + 8, big), origlen = rd32(rec + 12, big);
-        /* The writer stores (raw // frac, raw % frac) of the raw tick count: the same. */
+        /* Stored as the frame writer stores the raw tick count (io/pcap.py record_time):
+         * (raw / frac, raw % frac), the seconds capped at 2^32 - 1 and the fraction taking
+         * the rest (capped too), so a broken record's ticks are kept, never wrapped. */
         unsigned long long raw = (unsigned long long)sec * frac + fr;
-        uint32_t wsec = (uint32_t)(raw / frac), wfrac = (uint32_t)(raw % frac);
+        unsigned long long qs = raw / frac;
+        if (qs > 0xFFFFFFFFull)
+            qs = 0xFFFFFFFFull;
+        unsigned long long qf = raw - qs * frac;
+        uint32_t wsec = (uint32_t)qs, wfrac = qf > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)qf;
         PyObject *pkt = seq ? PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(seq, i), 0) : Py_None;
         if (pkt != Py_None) {
             const uint8_t *ip = (const uint8_t *)PyBytes_AS_STRING(pkt);

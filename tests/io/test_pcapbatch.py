@@ -257,6 +257,29 @@ def test_nanosecond_overflowing_fraction_is_normalised_like_the_writer():
         assert written == 1 and struct.unpack_from("<II", out) == (7, 500_000_000)
 
 
+def test_a_fraction_that_would_carry_the_seconds_past_32_bits_keeps_its_ticks():
+    """A broken record with seconds near 2^32 and a fraction field >= 1 s: normalising would
+    need a 33-bit seconds field. Both loops (and the frame writer, io/pcap.record_time) cap
+    the seconds at 2^32 - 1 and put the rest of the ticks in the fraction, instead of failing
+    (the Python loop raised struct.error) or wrapping the seconds (the C loop wrapped to 0;
+    found by scripts/fuzz_capio.py)."""
+    from ipsecsa.io.pcap import record_time
+
+    v4 = _outbound(CONFIGS[0])
+    frame = _eth(v4.protect(_inner4(1)).packet)
+    sec, fr = 0xFFFFFFFF - 1, 0xFFFFFFFF
+    data = (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+            + struct.pack("<IIII", sec, fr, len(frame), len(frame)) + frame)
+    _end, _status, meta, _ips, _runs = pcapbatch.scan(data, 24, False, 1)
+    raw = sec * 10**6 + fr
+    want = record_time(raw, 10**6)
+    assert want == (0xFFFFFFFF, raw - 0xFFFFFFFF * 10**6)
+    for fn in [pcapbatch.assemble_py] + ([_capio.assemble] if _capio else []):
+        out, written, _ok, _n = fn(data, meta, 0, 1, None, False, False, 10**6, 1)
+        assert written == 1 and struct.unpack_from("<II", out) == want
+    assert record_time(5 * 10**9 + 7, 10**9) == (5, 7)
+
+
 # ------------------------------------------------------------------ the tool, both ways
 def _sa_file(tmp_path):
     import json

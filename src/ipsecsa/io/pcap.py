@@ -96,6 +96,16 @@ IPV6_HEADER_LEN = 40
 # --- Implementation constants ------------------------------------------------------------------
 #: Largest packet record accepted (libpcap's MAXIMUM_SNAPLEN); a larger length means corruption.
 MAX_RECORD_BYTES = 262144
+
+
+def record_time(raw: int, frac: int) -> tuple[int, int]:
+    """The (seconds, fraction) fields a classic pcap record stores for ``raw`` ticks of
+    ``frac`` per second: (raw // frac, raw % frac), except that the seconds stop at the
+    field's 2^32 - 1 and the fraction takes the rest (capped likewise). Only a broken record
+    gets there (seconds near 2^32 with a fraction field >= 1 s); it is rewritten with its
+    ticks kept instead of failing the tool. ``ipsecsa._capio`` applies the same rule."""
+    sec = min(raw // frac, 0xFFFFFFFF)
+    return sec, min(raw - sec * frac, 0xFFFFFFFF)
 #: Bytes read at a time from a classic pcap file (records are parsed out of this buffer).
 READ_CHUNK = 1 << 20
 #: Largest pcapng block accepted (libpcap's MAX_BLOCKSIZE, 16 MiB).

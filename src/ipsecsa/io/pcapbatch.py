@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ipsecsa.datapath.native import PURE_PYTHON_ENV
+from ipsecsa.io.pcap import record_time
 
 if TYPE_CHECKING:
     from ipsecsa.io.pcap import Frame, PcapReader
@@ -201,8 +202,8 @@ def assemble_py(buf: bytes, meta: bytes, first: int, count: int,
         sec, fr, caplen, origlen = unpack(buf, start)
         if ip_off == NOT_FAST or ip_off >= caplen or start + 16 + caplen > len(buf):
             raise ValueError("record is not a fast record of this buffer")
-        if fr >= frac:  # the writer stores (raw // frac, raw % frac) of the tick count
-            sec, fr = divmod(sec * frac + fr, frac)
+        if fr >= frac:  # stored as the frame writer stores the tick count
+            sec, fr = record_time(sec * frac + fr, frac)
         pkt = None if results is None else results[i][0]
         frame = start + 16
         if pkt is not None:

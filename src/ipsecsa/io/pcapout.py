@@ -53,6 +53,7 @@ from ipsecsa.io.pcap import (
     Frame,
     Interface,
     PcapReader,
+    record_time,
 )
 from ipsecsa.securefile import SECRET_FILE_MODE
 
@@ -191,9 +192,8 @@ class MirrorWriter:
                 data = data[:MAX_RECORD_BYTES]
             origlen = len(data)
         self.count += 1
-        raw = frame.ts_raw or 0
-        frac = self._pcap_frac
-        self._file.write(_REC.pack(raw // frac, raw % frac, len(data), origlen) + data)
+        sec, frac = record_time(frame.ts_raw or 0, self._pcap_frac)
+        self._file.write(_REC.pack(sec, frac, len(data), origlen) + data)
 
     def _write_pcapng(self, frame: Frame, data: bytes | None = None) -> None:
         if data is None:
