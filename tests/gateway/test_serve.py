@@ -146,6 +146,77 @@ def test_serve_tun_needs_local(tmp_path: Path) -> None:
          "gateway's UDP socket binds)")]
 
 
+def _serve_with(tmp_path: Path, wire: Wire, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    with open(tmp_path / "serve.log", "w") as err:
+        return subprocess.Popen(
+            wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
+                       str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
+                       "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
+                       "--local", WIRE4[0], *extra), stdout=subprocess.DEVNULL, stderr=err,
+            env=env)
+
+
+@pytest.mark.parametrize("transport", ["udp", "raw"])
+def test_serve_tun_takes_the_gateway_options(tmp_path: Path, transport: str) -> None:
+    """``serve --tun`` takes the options of ``ipsecsa gateway`` (declared once for both):
+    raw ESP, the TUN MTU, one thread, no UDP offload, no keepalive, an explicit peer. With
+    --http as well, the gateway still binds the UDP port it was given (the HTTP listener's
+    port once took its place)."""
+    keys: dict = {}
+    encap = transport == "udp"
+    spi_ab, spi_ba = 0x5E5E0021 + (not encap), 0x5E5E0031 + (not encap)
+    a_sas = [sa(spi_ab, "outbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys,
+                encap=encap),
+             sa(spi_ba, "inbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys,
+                encap=encap)]
+    b_sas = [sa(spi_ba, "outbound", WIRE4[1], WIRE4[0], [NET4[1]], [NET4[0]], "aes-gcm-128", keys,
+                encap=encap),
+             sa(spi_ab, "inbound", WIRE4[0], WIRE4[1], [NET4[0]], [NET4[1]], "aes-gcm-128", keys,
+                encap=encap)]
+    wire = Wire.create("o" if encap else "r")
+    service = gateway = None
+    try:
+        service = _serve_with(tmp_path, wire, "--http", "127.0.0.1:0", "--transport", transport,
+                              "--mtu", "1280", "--threads", "1", "--no-offload",
+                              "--keepalive", "0", "--peer", WIRE4[1])
+        wait_for_link(wire.a, TUN, service, timeout=30)
+        if encap:
+            wait_for_udp(wire.a, 4500)
+        assert "mtu 1280 " in wire.a.run("ip", "link", "show", TUN).stdout
+        configure_site(wire.a, 0)
+        gateway = start_gateway(wire.b, write_sa_file(tmp_path / "b.json", b_sas), WIRE4[1],
+                                "--transport", transport, log=tmp_path / "b.log")
+        wait_for_link(wire.b, TUN, gateway)
+        configure_site(wire.b, 1)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ipsecsa.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _cli(tmp_path, "sa", "create", "--sa-file",
+             str(write_sa_file(tmp_path / "a.json", a_sas)))
+        assert _ping(wire.a, SITE4[0], SITE4[1]) == 3
+        assert _ping(wire.b, SITE4[1], SITE4[0], count=2) == 2
+        assert stop(service, timeout=15) == 0, (tmp_path / "serve.log").read_text()
+        log = (tmp_path / "serve.log").read_text()
+        assert f"transport={transport}" in log and "threads=1" in log and "tun_mtu=1280" in log
+    finally:
+        for proc in (service, gateway):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wire.destroy()
+
+
+def test_serve_refuses_a_peer_of_another_family(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    res = subprocess.run([sys.executable, "-m", "ipsecsa", "serve", "--db",
+                          str(tmp_path / "db"), "--socket", str(tmp_path / "s"), "--tun", TUN,
+                          "--local", "192.0.2.1", "--peer", "2001:db8::1"],
+                         capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert res.returncode == 2
+    assert "--peer 2001:db8::1 and --local 192.0.2.1 are of different families" in res.stderr
+
+
 MOVED, MOVED_PORT = "192.0.2.4", 4501
 
 

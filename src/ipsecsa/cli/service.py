@@ -13,6 +13,16 @@ import click
 
 from ipsecsa.cli.connect import client, connection_options
 from ipsecsa.cli.output import console, json_option, print_json, table
+from ipsecsa.gateway.command import (
+    families_differ,
+    gateway_options,
+    ip_address_value,
+    tun_name_value,
+)
+
+
+def _tun_name(ctx: Any, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else tun_name_value(ctx, param, value)
 
 
 @click.command(help="Run the ipsecsa service: the SA database behind an authenticated HTTP API "
@@ -26,20 +36,26 @@ from ipsecsa.cli.output import console, json_option, print_json, table
 @click.option("--token-file", metavar="PATH", default=None,
               help="Where the first start writes the administrator token, 0600 "
                    "(default: admin.token beside the database).")
-@click.option("--tun", metavar="NAME", default=None,
+@click.option("--tun", metavar="NAME", default=None, callback=_tun_name,
               help="Also carry the contexts' traffic: create the TUN device NAME and run a "
                    "gateway on it over the engine (docs/gateway.md). Needs --local.")
-@click.option("--local", metavar="IP", default=None,
+@click.option("--local", metavar="IP", default=None, callback=ip_address_value,
               help="With --tun: the local address the gateway's ESP-in-UDP socket binds.")
-@click.option("--port", type=click.IntRange(1, 65535), default=4500, show_default=True,
-              help="With --tun: the UDP port of ESP in UDP (RFC 3948).")
+@gateway_options("With --tun: ")
 def serve(database: str | None, socket_path: str | None, http: str | None,
-          token_file: str | None, tun: str | None, local: str | None, port: int) -> None:
+          token_file: str | None, tun: str | None, local: Any, port: int, peer: Any,
+          transport: str, keepalive: float, mtu: int | None, no_offload: bool,
+          threads: int) -> None:
     from ipsecsa.service import logs
     from ipsecsa.service.server import serve as run
 
+    if (problem := families_differ(local, peer)) is not None:
+        raise click.UsageError(problem)
     logs.setup()
-    sys.exit(run(database, socket_path, http, token_file, tun=tun, local=local, port=port))
+    sys.exit(run(database, socket_path, http, token_file, tun=tun, local=local, port=port,
+                 gateway={"peer": peer, "transport": transport, "keepalive": keepalive,
+                          "mtu": mtu, "offload": not no_offload, "threads": threads}))
+
 
 
 @click.command(help="Print SA-context events as they happen (added, deleted); Ctrl-C stops.")

@@ -20,9 +20,9 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -43,6 +43,7 @@ EXIT_SA_FILE = 3
 EXIT_SYSTEM = 4
 
 PROG = "ipsecsa gateway"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Failure(Exception):
@@ -51,7 +52,7 @@ class _Failure(Exception):
         self.code = code
 
 
-def _address(_ctx: Any, param: click.Parameter, value: str | None) -> Any:
+def ip_address_value(_ctx: Any, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
     try:
@@ -60,12 +61,61 @@ def _address(_ctx: Any, param: click.Parameter, value: str | None) -> Any:
         raise click.BadParameter(f"not an IP address: {value!r}", param=param) from None
 
 
-def _tun_name(_ctx: Any, param: click.Parameter, value: str) -> str:
+def tun_name_value(_ctx: Any, param: click.Parameter, value: str) -> str:
     try:
         check_name(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
     return value
+
+
+def gateway_options(prefix: str) -> Callable[[F], F]:
+    """The options that tune a gateway (port, peer, transport, keepalive, MTU, offload,
+    threads), declared once for ``ipsecsa gateway`` and ``ipsecsa serve --tun`` (whose help
+    says ``prefix``, e.g. "With --tun: "): the two commands run the same Gateway and must not
+    drift apart. The command receives ``port``, ``peer``, ``transport``, ``keepalive``,
+    ``mtu``, ``no_offload`` and ``threads``."""
+    def say(text: str) -> str:
+        if prefix and text[1:2].islower():  # "Send ..." -> "With --tun: send ..."; "UDP" stays
+            text = text[0].lower() + text[1:]
+        return prefix + text
+
+    options = [
+        click.option("--port", default=NATT_PORT, show_default=True,
+                     type=click.IntRange(1, 65535),
+                     help=say("UDP port for ESP in UDP (RFC 3948).")),
+        click.option("--peer", callback=ip_address_value, metavar="IP",
+                     help=say("Send to this address instead of each outbound SA's dst.")),
+        click.option("--transport", type=click.Choice(TRANSPORTS), default="udp",
+                     show_default=True,
+                     help=say("ESP in UDP, or raw ESP (IP protocol 50; needs CAP_NET_RAW).")),
+        click.option("--keepalive", default=KEEPALIVE_INTERVAL, show_default=True,
+                     type=click.FloatRange(min=0), metavar="SECONDS",
+                     help=say("NAT-T keepalive after this much idle time (0: never).")),
+        click.option("--mtu", type=click.IntRange(68, 65535), default=None,
+                     help=say("TUN MTU (default: the path MTU less the SAs' ESP overhead).")),
+        click.option("--no-offload", "no_offload", is_flag=True,
+                     help=say("One datagram per send (no UDP GSO/GRO): what tcpdump on this "
+                              "host then shows is what goes on the wire.")),
+        click.option("--threads", type=click.IntRange(1, 3), default=3, show_default=True,
+                     help=say("3: send, receive and write the TUN in three threads; 2: the "
+                              "TUN written by the receiving thread; 1: one thread for "
+                              "everything.")),
+    ]
+
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def families_differ(local: Any, peer: Any) -> str | None:
+    """The usage error when ``--peer`` and ``--local`` are of different IP families."""
+    if peer is not None and local is not None and peer.version != local.version:
+        return f"--peer {peer} and --local {local} are of different families"
+    return None
 
 
 class _OneLineUsage(click.Command):
@@ -83,31 +133,15 @@ class _OneLineUsage(click.Command):
 
 @click.command("gateway", cls=_OneLineUsage,
                context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--tun", "tun", required=True, callback=_tun_name, metavar="NAME",
+@click.option("--tun", "tun", required=True, callback=tun_name_value, metavar="NAME",
               help="TUN device to create (addresses and routes are the administrator's).")
 @click.option("--sa-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="F", help="SA file ({\"sas\": [...]}): this host's outbound and inbound SAs.")
-@click.option("--local", required=True, callback=_address, metavar="IP",
+@click.option("--local", required=True, callback=ip_address_value, metavar="IP",
               help="Local address to bind (the inbound SAs' dst).")
-@click.option("--port", default=NATT_PORT, show_default=True, type=click.IntRange(1, 65535),
-              help="UDP port for ESP in UDP (RFC 3948).")
-@click.option("--peer", callback=_address, metavar="IP",
-              help="Send to this address instead of each outbound SA's dst.")
-@click.option("--transport", type=click.Choice(TRANSPORTS), default="udp", show_default=True,
-              help="ESP in UDP, or raw ESP (IP protocol 50; needs CAP_NET_RAW).")
-@click.option("--keepalive", default=KEEPALIVE_INTERVAL, show_default=True,
-              type=click.FloatRange(min=0), metavar="SECONDS",
-              help="NAT-T keepalive after this much idle time (0: never).")
-@click.option("--mtu", type=click.IntRange(68, 65535), default=None,
-              help="TUN MTU (default: the path MTU less the SAs' ESP overhead).")
+@gateway_options("")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Write the counters here on SIGUSR1 and at exit.")
-@click.option("--no-offload", "no_offload", is_flag=True,
-              help="One datagram per send (no UDP GSO/GRO): what tcpdump on this host then shows "
-                   "is what goes on the wire.")
-@click.option("--threads", type=click.IntRange(1, 3), default=3, show_default=True,
-              help="3: send, receive and write the TUN in three threads; 2: the TUN written "
-                   "by the receiving thread; 1: one thread for everything.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def gateway_command(tun: str, sa_file: Path, local: Any, port: int, peer: Any, transport: str,
                     keepalive: float, mtu: int | None, stats_json: Path | None,
@@ -144,9 +178,8 @@ def run_gateway(*, tun: str, sa_file: Path, local: Any, port: int = NATT_PORT, p
                 threads: int = 3, verbose: int = 0) -> int:
     """The gateway command's work, as an exit status (see the module docstring)."""
     _setup_logging(verbose)
-    if peer is not None and peer.version != local.version:
-        click.echo(f"{PROG}: error: --peer {peer} and --local {local} are of different "
-                   "families", err=True)
+    if (problem := families_differ(local, peer)) is not None:
+        click.echo(f"{PROG}: error: {problem}", err=True)
         return EXIT_USAGE
     try:
         configs = load_for_gateway(sa_file, local=local, port=port, transport=transport)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ipsecsa.errors import IpsecsaError
 from ipsecsa.service.logs import log
@@ -34,14 +34,17 @@ class GatewaySetupError(IpsecsaError):
 
 
 @contextmanager
-def attached_gateway(engine: Engine, tun: str, local: str, port: int) -> Iterator[object]:
-    """Run a gateway over ``engine`` while the block runs; the TUN is gone afterwards."""
+def attached_gateway(engine: Engine, tun: str, local: Any, port: int,
+                     **settings: Any) -> Iterator[object]:
+    """Run a gateway over ``engine`` while the block runs; the TUN is gone afterwards.
+    ``settings`` are :class:`ipsecsa.gateway.Gateway`'s other keywords (peer, transport,
+    keepalive, mtu, offload, threads), as ``ipsecsa gateway`` takes them."""
     from ipsecsa.gateway import Gateway
     from ipsecsa.gateway.transport import TransportError
     from ipsecsa.gateway.tun import TunError
 
     try:
-        gw = Gateway(engine, tun=tun, local=local, port=port)
+        gw = Gateway(engine, tun=tun, local=local, port=port, **settings)
     except ValueError as exc:
         raise GatewaySetupError(f"--local {local}: {exc}") from None
     try:
@@ -51,7 +54,8 @@ def attached_gateway(engine: Engine, tun: str, local: str, port: int) -> Iterato
         raise GatewaySetupError(f"--tun {tun}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=gw.run, name="ipsecsa-gateway", daemon=True)
     thread.start()
-    log("gateway_started", tun=tun, local=local, port=port, tun_mtu=gw.tun_mtu)
+    log("gateway_started", tun=tun, local=str(local), port=port, tun_mtu=gw.tun_mtu,
+        transport=settings.get("transport", "udp"), threads=settings.get("threads", 3))
     try:
         yield gw
     finally:

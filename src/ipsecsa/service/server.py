@@ -104,11 +104,13 @@ def first_start_token(store: TokenStore, token_file: Path) -> str | None:
 
 
 def serve(database: str | None = None, socket_path: str | None = None, http: str | None = None,
-          token_file: str | None = None, tun: str | None = None, local: str | None = None,
-          port: int = 4500) -> int:
+          token_file: str | None = None, tun: str | None = None, local: Any = None,
+          port: int = 4500, gateway: dict[str, Any] | None = None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the exit status (0). With ``tun`` (and
     ``local``), a gateway on that TUN device carries the engine's contexts' traffic
-    (:mod:`ipsecsa.service.gateway`)."""
+    (:mod:`ipsecsa.service.gateway`); ``gateway`` holds the rest of its settings, the
+    keywords of :class:`ipsecsa.gateway.Gateway` (peer, transport, keepalive, mtu, offload,
+    threads)."""
     import uvicorn
 
     from ipsecsa import api
@@ -157,19 +159,19 @@ def serve(database: str | None = None, socket_path: str | None = None, http: str
         if threading.current_thread() is threading.main_thread() else {}
     where: dict[str, Any] = {"socket": str(sock_path)}
     if tcp is not None:
-        host, port = listeners[1].getsockname()[:2]
-        where["http"] = f"{host}:{port}"
+        host, http_port = listeners[1].getsockname()[:2]  # not ``port``: the gateway's
+        where["http"] = f"{host}:{http_port}"
     log("started", database=str(db), contexts=len(engine.contexts()), tokens=len(tokens.records()),
         **where, **({"admin_token_file": written} if written else {}))
-    gateway = contextlib.ExitStack()
+    attached = contextlib.ExitStack()
     try:
         if tun is not None and local is not None:
             from ipsecsa.service.gateway import attached_gateway
 
-            gateway.enter_context(attached_gateway(engine, tun, local, port))
+            attached.enter_context(attached_gateway(engine, tun, local, port, **(gateway or {})))
         server.run(sockets=listeners)
     finally:
-        gateway.close()  # before the engine: no packet may reach a closed engine
+        attached.close()  # before the engine: no packet may reach a closed engine
         service.stopping.set()
         service.close()
         engine.close()
