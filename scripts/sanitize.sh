@@ -50,6 +50,7 @@ done
 "$py" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/native tests/datapath/test_replay.py tests/datapath/test_esp_vectors.py \
   tests/datapath/test_esp_behaviour.py tests/datapath/test_edge_cases.py \
-  tests/sad/test_database_batch.py tests/io/test_pcapbatch.py
+  tests/sad/test_database_batch.py tests/io/test_pcapbatch.py tests/wfp/test_route.py \
+  tests/wfp/test_batch.py
 "$py" scripts/fuzz_native.py --packets "$packets"
 "$py" scripts/fuzz_capio.py --records 300000

@@ -45,8 +45,10 @@
 #include <openssl/rand.h>
 #include <openssl/opensslv.h>
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -100,7 +102,7 @@ static int ready;
 static Py_ssize_t off_seq, off_packets, off_bytes, off_ident, off_pmark, off_bmark, off_seq_max,
     off_seq_limit, off_timed, off_state, off_tmark, off_nic, off_drops, off_selectors;
 static PyObject *s_gate, *s_post_send, *s_lifetime_crossed, *s_selectors_ok, *s_inner_policy,
-    *s_transport_checks, *s_py_out, *s_py_in;
+    *s_transport_checks, *s_py_out, *s_py_in, *s_last_used;
 static EVP_CIPHER *c_gcm[3], *c_cbc[3], *c_chacha;
 static EVP_MAC *m_hmac;
 
@@ -1137,10 +1139,11 @@ static PyObject *batch_now(EspObject *self, PyObject *now)
     return PyFloat_FromDouble(monotonic_now());
 }
 
-static PyObject *protect_list(EspObject *self, PyObject *const *pkts, Py_ssize_t n, PyObject *now_in)
+/* Protect pkts[0..n) into results[0..n) (all NULL on entry: a list's fresh items or a stack
+ * array). 0, or -1 with an exception and every result cleared. */
+static int protect_into(EspObject *self, PyObject *const *pkts, Py_ssize_t n, PyObject *now_in,
+                        PyObject **results)
 {
-    PyObject *results = PyList_New(n);
-    if (!results) return NULL;
     OJob stackjobs[1];
     Py_ssize_t stackpos[1];
     OJob *jobs = n <= 1 ? stackjobs : PyMem_Malloc(sizeof(OJob) * (size_t)n);
@@ -1159,7 +1162,7 @@ static PyObject *protect_list(EspObject *self, PyObject *const *pkts, Py_ssize_t
         int rc = protect_one(self, &v, pkts[i], &res, &jobs[nj]);
         if (rc < 0) goto fail;
         if (rc == P_DONE) {
-            PyList_SET_ITEM(results, i, res);
+            results[i] = res;
         } else if (rc == P_JOB) {
             bytes += PyBytes_GET_SIZE(jobs[nj].out);
             pos[nj++] = i;
@@ -1171,7 +1174,7 @@ static PyObject *protect_list(EspObject *self, PyObject *const *pkts, Py_ssize_t
                 Py_XDECREF(res);
                 goto fail;
             }
-            PyList_SET_ITEM(results, i, res);
+            results[i] = res;
         }
     }
     if (store_view(self, &v, 1)) goto fail;
@@ -1184,21 +1187,32 @@ static PyObject *protect_list(EspObject *self, PyObject *const *pkts, Py_ssize_t
             nj = 0;  /* outputs from k on were consumed or freed */
             goto fail;
         }
-        PyList_SET_ITEM(results, pos[k], r);
+        results[pos[k]] = r;
     }
     Py_DECREF(now);
     if (jobs != stackjobs) {
         PyMem_Free(jobs);
         PyMem_Free(pos);
     }
-    return results;
+    return 0;
 fail:
     for (Py_ssize_t k = 0; k < nj; k++) Py_XDECREF(jobs[k].out);
     if (jobs && jobs != stackjobs) PyMem_Free(jobs);
     if (pos && pos != stackpos) PyMem_Free(pos);
     Py_XDECREF(now);
-    Py_DECREF(results);
-    return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(results[i]);
+    return -1;
+}
+
+static PyObject *protect_list(EspObject *self, PyObject *const *pkts, Py_ssize_t n, PyObject *now)
+{
+    PyObject *results = PyList_New(n);
+    if (!results) return NULL;
+    if (protect_into(self, pkts, n, now, ((PyListObject *)results)->ob_item)) {
+        Py_DECREF(results);
+        return NULL;
+    }
+    return results;
 }
 
 /* ================================================================== unprotect */
@@ -1574,7 +1588,8 @@ static PyObject *Esp_protect(EspObject *self, PyObject *const *args, Py_ssize_t 
 {
     PyObject *now;
     if (parse_now(args, nargs, kw, &now)) return NULL;
-    return one(protect_list(self, args, 1, now));
+    PyObject *r = NULL;
+    return protect_into(self, args, 1, now, &r) ? NULL : r;
 }
 
 static PyObject *Esp_unprotect(EspObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -1850,6 +1865,797 @@ static PyTypeObject Esp_Type = {
     .tp_repr = (reprfunc)Esp_repr,
 };
 
+/* ================================================================== Lock */
+/* The lock of an SA context (ipsecsa.wfp): threading.Lock's Python API, but a lock that the
+ * engine's native outbound route (Flows below) takes directly, without a Python call. Not
+ * reentrant, no owner (any thread may release, as with threading.Lock).
+ *
+ * `locked` is the lock itself: taking it without waiting is one compare-and-swap, releasing
+ * it one store (plus a signal only when someone waits). A waiter registers in `waiters` and
+ * sleeps on the condition variable, with the GIL released, in slices of WAIT_SLICE_NS after
+ * each of which it runs the signal handlers (so Ctrl-C interrupts a wait, as with
+ * threading.Lock). No wake-up is lost: a releaser stores `locked = 0` and then reads `waiters`;
+ * a waiter increments `waiters` and then tries the lock, both sequentially consistent, so one
+ * of them sees the other's write; the signal is sent under the mutex the waiter holds from its
+ * failed try until it sleeps. */
+#define WAIT_SLICE_NS 50000000L
+
+typedef struct {
+    PyObject_HEAD
+    atomic_int locked;
+    atomic_int waiters;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} LockObject;
+
+static PyTypeObject Lock_Type;
+
+static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+        return NULL;
+    }
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    atomic_init(&self->locked, 0);
+    atomic_init(&self->waiters, 0);
+    pthread_condattr_t attr;
+    if (pthread_mutex_init(&self->mu, NULL) || pthread_condattr_init(&attr)) goto fail;
+    if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) || pthread_cond_init(&self->cv, &attr)) {
+        pthread_condattr_destroy(&attr);
+        pthread_mutex_destroy(&self->mu);
+        goto fail;
+    }
+    pthread_condattr_destroy(&attr);
+    return (PyObject *)self;
+fail:
+    Py_TYPE(self)->tp_free((PyObject *)self);
+    return PyErr_NoMemory();
+}
+
+static void Lock_dealloc(LockObject *self)
+{
+    pthread_cond_destroy(&self->cv);
+    pthread_mutex_destroy(&self->mu);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Take the lock without waiting: 1 if taken. */
+static inline int lock_try(LockObject *l)
+{
+    int expected = 0;
+    return atomic_compare_exchange_strong(&l->locked, &expected, 1);
+}
+
+static inline void lock_release(LockObject *l)
+{
+    atomic_store(&l->locked, 0);
+    if (atomic_load(&l->waiters)) {
+        pthread_mutex_lock(&l->mu);
+        pthread_cond_signal(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
+/* Wait for the lock (timeout < 0: forever) with the GIL released. 1 taken, 0 timed out, -1 an
+ * exception raised by a signal handler. */
+static int lock_wait(LockObject *l, double timeout)
+{
+    if (lock_try(l)) return 1;
+    if (timeout == 0) return 0;
+    double deadline = timeout > 0 ? monotonic_now() + timeout : 0;
+    for (;;) {
+        long slice = WAIT_SLICE_NS;
+        if (timeout > 0) {
+            double left = deadline - monotonic_now();
+            if (left <= 0) return lock_try(l);
+            if (left * 1e9 < (double)slice) slice = (long)(left * 1e9) + 1;
+        }
+        int got;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += slice;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+        }
+        pthread_mutex_lock(&l->mu);
+        atomic_fetch_add(&l->waiters, 1);
+        while (!(got = lock_try(l)))
+            if (pthread_cond_timedwait(&l->cv, &l->mu, &ts)) {
+                got = lock_try(l);
+                break;
+            }
+        atomic_fetch_sub(&l->waiters, 1);
+        pthread_mutex_unlock(&l->mu);
+        Py_END_ALLOW_THREADS
+        if (got) return 1;
+        if (PyErr_CheckSignals() < 0) return -1;
+    }
+}
+
+static PyObject *Lock_acquire(LockObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pd:acquire", kwlist, &blocking, &timeout))
+        return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    int r = lock_wait(self, blocking ? timeout : 0);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *Lock_release(LockObject *self, PyObject *unused)
+{
+    if (!atomic_load(&self->locked)) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    lock_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_enter(LockObject *self, PyObject *unused)
+{
+    int r = lock_wait(self, -1);
+    if (r < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Lock_exit(LockObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    return Lock_release(self, NULL);
+}
+
+static PyObject *Lock_locked(LockObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(atomic_load(&self->locked));
+}
+
+static PyObject *Lock_repr(LockObject *self)
+{
+    return PyUnicode_FromFormat("<_fastesp.Lock %s>",
+                                atomic_load(&self->locked) ? "locked" : "unlocked");
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"release", (PyCFunction)Lock_release, METH_NOARGS, "release()"},
+    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, "locked() -> bool"},
+    {"__enter__", (PyCFunction)Lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
+    {NULL}
+};
+
+static PyTypeObject Lock_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsecsa._fastesp.Lock",
+    .tp_doc = "A mutex with threading.Lock's API that native code can take directly (the lock "
+              "of an SA context).",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Lock_new,
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_methods = Lock_methods,
+    .tp_repr = (reprfunc)Lock_repr,
+};
+
+/* ================================================================== Route, Flows */
+/* The native outbound route of the SA-context engine (ipsecsa.wfp.Engine.outbound): a packet
+ * of a flow the engine has already classified to an SA context whose outbound bundle is one
+ * native ESP SA goes from the engine's entry point to the SA's protect without a Python
+ * frame. The engine's Python methods stay the reference and handle everything else:
+ *
+ *   Route  one per SA context with such a bundle: its native ESP engine, the context, the
+ *          context's Lock, whether its SAs have packet or byte limits, and `alive` (cleared,
+ *          for good, when the context loses its outbound bundle).
+ *   Flows  one per engine: a hash table flow key -> Route, filled by the engine's Python path
+ *          (`learn`, with the generation it read before deciding) and emptied whenever the
+ *          engine's generation changes (`invalidate`), plus the engine's clock and the time
+ *          its next timer is due. Calling it is Engine.outbound; `batch` is outbound_batch.
+ *
+ * A packet takes the route when: it is `bytes`; the clock (called once per packet: the
+ * injected clock is honoured) is before the next timer; its flow key (protocol, addresses and
+ * ports of an unfragmented IPv4 packet without options, exactly the engine's _flow_key) is in
+ * the table; the route is alive; the SA is not on a NIC; and the context's lock is free. Then,
+ * all with the GIL held: lock, protect (the Esp's own C function; what it does not take it
+ * hands to the SA's Python path as always, e.g. the durable engine's sequence-number
+ * reservation hook), last_used = now, unlock. A drop, or an SA with limits that stopped being
+ * usable, is handed to the engine's Python tail (counting, F.7's expire-on-limit). Anything
+ * else goes to the engine's Python path with the same clock value, which waits for a busy
+ * lock with the GIL released. Two threads can therefore never protect on one context at
+ * once: both paths take the same lock. */
+typedef struct {
+    PyObject_HEAD
+    EspObject *esp;   /* outbound native ESP engine of the context's only SA */
+    PyObject *ctx;    /* the SaContext */
+    LockObject *lock; /* ctx.lock */
+    PyObject *sas;    /* (the SA,): the tail's argument */
+    PyObject *ctxdict; /* ctx.__dict__: last_used is stored there directly */
+    int limited;
+    int alive;
+} RouteObject;
+
+static PyTypeObject Route_Type;
+
+static PyObject *Route_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"esp", "ctx", "lock", "limited", NULL};
+    PyObject *esp, *ctx, *lock;
+    int limited;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO!p:Route", kwlist, &Esp_Type, &esp, &ctx,
+                                     &Lock_Type, &lock, &limited))
+        return NULL;
+    if (((EspObject *)esp)->call != Esp_call_protect) {
+        PyErr_SetString(PyExc_ValueError, "a route needs the native engine of an outbound SA");
+        return NULL;
+    }
+    RouteObject *self = (RouteObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->sas = PyTuple_Pack(1, ((EspObject *)esp)->sa);
+    self->ctxdict = self->sas ? PyObject_GenericGetDict(ctx, NULL) : NULL;
+    if (self->ctxdict && !PyDict_CheckExact(self->ctxdict)) {
+        Py_CLEAR(self->ctxdict);
+        PyErr_SetString(PyExc_TypeError, "a route's context needs a plain __dict__");
+    }
+    if (!self->ctxdict) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_INCREF(esp);
+    self->esp = (EspObject *)esp;
+    Py_INCREF(ctx);
+    self->ctx = ctx;
+    Py_INCREF(lock);
+    self->lock = (LockObject *)lock;
+    self->limited = limited;
+    self->alive = 1;
+    return (PyObject *)self;
+}
+
+static int Route_traverse(RouteObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->esp);
+    Py_VISIT(self->ctx);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->sas);
+    Py_VISIT(self->ctxdict);
+    return 0;
+}
+static int Route_clear(RouteObject *self)
+{
+    self->alive = 0;
+    Py_CLEAR(self->esp);
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->sas);
+    Py_CLEAR(self->ctxdict);
+    return 0;
+}
+static void Route_dealloc(RouteObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Route_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Route_kill(RouteObject *self, PyObject *unused)
+{
+    self->alive = 0;
+    Py_RETURN_NONE;
+}
+static PyObject *Route_get_alive(RouteObject *self, void *c) { return PyBool_FromLong(self->alive); }
+
+static PyMethodDef Route_methods[] = {
+    {"kill", (PyCFunction)Route_kill, METH_NOARGS,
+     "kill(): no packet takes this route any more (the context lost its outbound bundle)"},
+    {NULL}
+};
+static PyGetSetDef Route_getset[] = {
+    {"alive", (getter)Route_get_alive, NULL, "whether packets may take this route", NULL},
+    {NULL}
+};
+
+static PyTypeObject Route_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsecsa._fastesp.Route",
+    .tp_doc = "Route(esp, ctx, lock, limited): an SA context's native outbound route.",
+    .tp_basicsize = sizeof(RouteObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Route_new,
+    .tp_dealloc = (destructor)Route_dealloc,
+    .tp_traverse = (traverseproc)Route_traverse,
+    .tp_clear = (inquiry)Route_clear,
+    .tp_methods = Route_methods,
+    .tp_getset = Route_getset,
+};
+
+/* Flow table slots: open addressing, linear probing; `route` NULL = empty. */
+typedef struct {
+    uint64_t k0, k1;
+    RouteObject *route; /* strong */
+} FlowSlot;
+
+#define FLOWS_MIN_SLOTS 64
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc call;
+    PyObject *clock;      /* the engine's clock */
+    PyObject *slow;       /* Engine.outbound, the Python reference: (packet) */
+    PyObject *at;         /* Engine._outbound_at: (packet, now) */
+    PyObject *tail;       /* Engine._out_tail: (ctx, sas, results) */
+    PyObject *slow_batch; /* Engine.outbound_batch, the Python reference: (packets) */
+    PyObject *batch_at;   /* Engine._outbound_batch_at: (packets, now) */
+    PyObject *group;      /* Engine._protect_group: (ctx, packets, now) */
+    double next_due;      /* the engine's _next_due (INFINITY: none) */
+    uint64_t gen;         /* the engine's generation the entries were learned at */
+    FlowSlot *slots;
+    uint32_t mask, count, max_entries;
+    uint64_t hits, misses;
+} FlowsObject;
+
+static PyTypeObject Flows_Type;
+
+/* The engine's _flow_key as two words: 0 when the packet has none (not IPv4 without options,
+ * a fragment, shorter than 24 bytes). Layout by protocol: ported protocols (TCP, UDP, SCTP,
+ * UDP-Lite: the engine's _V4_PORTED) key on both ports, ICMP on type and code, the rest on the
+ * addresses alone. */
+static inline int flow_key(const uint8_t *p, Py_ssize_t n, uint64_t *k0, uint64_t *k1)
+{
+    if (n < 24 || p[0] != 0x45 || (p[6] & 0x3F) || p[7]) return 0;
+    int proto = p[9];
+    uint64_t extra;
+    if (proto == 6 || proto == 17 || proto == 132 || proto == 136)
+        extra = get32(p + 20);
+    else if (proto == 1)
+        extra = (uint64_t)get16(p + 20);
+    else
+        extra = 0;
+    *k0 = (uint64_t)get32(p + 12) << 32 | get32(p + 16);
+    *k1 = (uint64_t)(proto + 1) << 32 | extra;  /* never 0: 0 marks "no key" nowhere else */
+    return 1;
+}
+
+static inline uint32_t flow_hash(uint64_t k0, uint64_t k1)
+{
+    uint64_t h = k0 * 0x9E3779B97F4A7C15ULL ^ (k1 + 0x632BE59BD9B4E019ULL) * 0xC2B2AE3D27D4EB4FULL;
+    h ^= h >> 31;
+    return (uint32_t)(h ^ h >> 17);
+}
+
+static FlowSlot *flows_find(FlowsObject *self, uint64_t k0, uint64_t k1)
+{
+    if (!self->slots) return NULL;
+    uint32_t i = flow_hash(k0, k1) & self->mask;
+    for (;;) {
+        FlowSlot *s = &self->slots[i];
+        if (!s->route || (s->k0 == k0 && s->k1 == k1)) return s;
+        i = (i + 1) & self->mask;
+    }
+}
+
+static RouteObject *flows_probe(FlowsObject *self, PyObject *pkt)
+{
+    uint64_t k0, k1;
+    if (!flow_key((const uint8_t *)PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt), &k0, &k1))
+        return NULL;
+    FlowSlot *s = flows_find(self, k0, k1);
+    return s ? s->route : NULL;
+}
+
+/* Forget every entry; shrink back to the minimum size. */
+static int flows_clear(FlowsObject *self)
+{
+    FlowSlot *old = self->slots;
+    uint32_t n = old ? self->mask + 1 : 0;
+    self->slots = NULL;
+    self->mask = 0;
+    self->count = 0;
+    for (uint32_t i = 0; i < n; i++) Py_XDECREF(old[i].route);
+    PyMem_Free(old);
+    return 0;
+}
+
+static int flows_resize(FlowsObject *self, uint32_t nslots)
+{
+    FlowSlot *fresh = PyMem_Calloc(nslots, sizeof *fresh), *old = self->slots;
+    if (!fresh) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint32_t n = old ? self->mask + 1 : 0;
+    self->slots = fresh;
+    self->mask = nslots - 1;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!old[i].route) continue;
+        FlowSlot *s = flows_find(self, old[i].k0, old[i].k1);
+        *s = old[i];
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+static PyObject *Flows_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw);
+
+static PyObject *Flows_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"clock", "slow", "at", "tail", "slow_batch", "batch_at", "group",
+                             "max_entries", NULL};
+    PyObject *f[7];
+    unsigned int max_entries;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOI:Flows", kwlist, &f[0], &f[1], &f[2],
+                                     &f[3], &f[4], &f[5], &f[6], &max_entries))
+        return NULL;
+    for (int i = 0; i < 7; i++)
+        if (!PyCallable_Check(f[i])) {
+            PyErr_Format(PyExc_TypeError, "Flows: %s must be callable", kwlist[i]);
+            return NULL;
+        }
+    if (max_entries < 1 || max_entries > (1u << 24)) {
+        PyErr_SetString(PyExc_ValueError, "Flows: max_entries must be 1 .. 2^24");
+        return NULL;
+    }
+    FlowsObject *self = (FlowsObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    PyObject **dst[7] = {&self->clock, &self->slow, &self->at, &self->tail, &self->slow_batch,
+                         &self->batch_at, &self->group};
+    for (int i = 0; i < 7; i++) {
+        Py_INCREF(f[i]);
+        *dst[i] = f[i];
+    }
+    self->max_entries = max_entries;
+    self->next_due = INFINITY;
+    self->call = Flows_call;
+    return (PyObject *)self;
+}
+
+/* Whether a routed run needs the engine's Python tail: a drop to count, or an SA with limits
+ * that is no longer usable (F.7: the context expires). */
+static int needs_tail(RouteObject *r, PyObject *const *results, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyTuple_GET_ITEM(results[i], 1) != Py_None) return 1;
+    if (r->limited) {
+        PyObject *state = SLOT(r->esp, off_state);
+        if (state != state_mature && state != state_dying) return 1;
+    }
+    return 0;
+}
+
+/* Protect pkts[0..n) (all of route r) into out[0..n) (NULL on entry) with the context's lock
+ * taken without waiting. 1 done, 0 the lock is busy (the caller hands the packets to the
+ * Python path, which waits for it), -1 an exception (out[] cleared). */
+static int route_run(FlowsObject *self, RouteObject *r, PyObject *const *pkts, Py_ssize_t n,
+                     PyObject *now, PyObject **out)
+{
+    if (!lock_try(r->lock)) return 0;
+    Py_INCREF(r);  /* a Python callback inside protect may drop the table's reference */
+    int rc = protect_into(r->esp, pkts, n, now, out);
+    /* last_used = now, straight into the context's __dict__ (see Route_new) */
+    if (rc == 0 && PyDict_SetItem(r->ctxdict, s_last_used, now)) rc = -1;
+    lock_release(r->lock);
+    if (rc == 0 && needs_tail(r, out, n)) {
+        PyObject *list = PyList_New(n);
+        if (!list) {
+            rc = -1;
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                Py_INCREF(out[i]);
+                PyList_SET_ITEM(list, i, out[i]);
+            }
+            PyObject *a[3] = {r->ctx, r->sas, list};
+            PyObject *t = PyObject_Vectorcall(self->tail, a, 3, NULL);
+            Py_DECREF(list);
+            if (!t) rc = -1;
+            Py_XDECREF(t);
+        }
+    }
+    Py_DECREF(r);
+    if (rc) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(out[i]);
+        return -1;
+    }
+    return 1;
+}
+
+/* The clock value as a double for the timer check; 0 when it cannot be read as one (the
+ * packet then takes the Python path, which compares the object itself). */
+static inline int before_due(FlowsObject *self, PyObject *now)
+{
+    double t = PyFloat_CheckExact(now) ? PyFloat_AS_DOUBLE(now) : PyFloat_AsDouble(now);
+    if (t == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return !(t >= self->next_due);  /* NaN never reaches a timer, as in Python */
+}
+
+/* The route a packet may take, or NULL (a borrowed reference). */
+static inline RouteObject *usable_route(FlowsObject *self, PyObject *pkt)
+{
+    RouteObject *r = flows_probe(self, pkt);
+    if (!r || !r->alive || SLOT(r->esp, off_nic) != Py_None) return NULL;
+    return r;
+}
+
+static PyObject *Flows_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw)
+{
+    FlowsObject *self = (FlowsObject *)op;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n != 1 || kw || !PyBytes_CheckExact(args[0])) {
+        self->misses++;
+        return PyObject_Vectorcall(self->slow, args, nargsf, kw);  /* its checks, its errors */
+    }
+    PyObject *pkt = args[0];
+    PyObject *now = PyObject_CallNoArgs(self->clock);
+    if (!now) return NULL;
+    PyObject *res = NULL;
+    RouteObject *r = before_due(self, now) ? usable_route(self, pkt) : NULL;
+    if (r) {
+        int rc = route_run(self, r, &pkt, 1, now, &res);
+        if (rc) {
+            self->hits += rc > 0;
+            Py_DECREF(now);
+            return res;
+        }
+    }
+    self->misses++;
+    PyObject *a[2] = {pkt, now};
+    res = PyObject_Vectorcall(self->at, a, 2, NULL);
+    Py_DECREF(now);
+    return res;
+}
+
+static PyObject *call2(PyObject *fn, PyObject *x, PyObject *y)
+{
+    PyObject *a[2] = {x, y};
+    return PyObject_Vectorcall(fn, a, 2, NULL);
+}
+
+/* Engine.outbound_batch: runs of consecutive packets of one route are protected by one native
+ * batch call under one lock acquisition; every other packet goes, in its place in the order,
+ * through the Python path with the batch's clock value (so each context's packets get their
+ * sequence numbers in arrival order, as in the Python batch). */
+static PyObject *Flows_batch(FlowsObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || !(PyList_CheckExact(args[0]) || PyTuple_CheckExact(args[0])))
+        return PyObject_Vectorcall(self->slow_batch, args, nargs, NULL);
+    /* A private tuple: Python callbacks below cannot change what is iterated. */
+    PyObject *items = PySequence_Tuple(args[0]);
+    if (!items) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *const *pk = &PyTuple_GET_ITEM(items, 0);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyBytes_CheckExact(pk[i])) {  /* converted (or refused) by the reference */
+            self->misses += (uint64_t)n;
+            Py_DECREF(items);
+            return PyObject_Vectorcall(self->slow_batch, args, 1, NULL);
+        }
+    PyObject *results = NULL, *list = NULL;
+    PyObject *now = PyObject_CallNoArgs(self->clock);
+    if (!now) goto fail;
+    if (!before_due(self, now)) {
+        self->misses += (uint64_t)n;
+        list = PySequence_List(items);
+        PyObject *r = list ? call2(self->batch_at, list, now) : NULL;
+        Py_XDECREF(list);
+        Py_DECREF(now);
+        Py_DECREF(items);
+        return r;
+    }
+    results = PyList_New(n);
+    if (!results) goto fail;
+    RouteObject *next = n ? usable_route(self, pk[0]) : NULL;
+    for (Py_ssize_t i = 0; i < n;) {
+        RouteObject *r = next;
+        if (!r) {
+            self->misses++;
+            PyObject *res = call2(self->at, pk[i], now);
+            if (!res) goto fail;
+            PyList_SET_ITEM(results, i, res);
+            i++;
+            next = i < n ? usable_route(self, pk[i]) : NULL;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < n && usable_route(self, pk[j]) == r) j++;
+        Py_INCREF(r);  /* the probes after the run read the table as it is then */
+        int rc = route_run(self, r, pk + i, j - i, now, ((PyListObject *)results)->ob_item + i);
+        if (rc > 0) {
+            self->hits += (uint64_t)(j - i);
+        } else if (rc == 0) {
+            /* lock busy: the Python group path waits for it */
+            self->misses += (uint64_t)(j - i);
+            PyObject *sub = PyTuple_GetSlice(items, i, j), *subl = sub ? PySequence_List(sub) : NULL;
+            Py_XDECREF(sub);
+            if (subl) {
+                PyObject *a[3] = {r->ctx, subl, now};
+                list = PyObject_Vectorcall(self->group, a, 3, NULL);
+                Py_DECREF(subl);
+            }
+            if (list && (!PyList_Check(list) || PyList_GET_SIZE(list) != j - i)) {
+                Py_CLEAR(list);
+                PyErr_SetString(PyExc_SystemError, "_protect_group returned a wrong list");
+            }
+        }
+        Py_DECREF(r);
+        if (rc < 0) goto fail;
+        if (rc == 0) {
+            if (!list) goto fail;
+            for (Py_ssize_t k = i; k < j; k++) {
+                PyObject *res = PyList_GET_ITEM(list, k - i);
+                Py_INCREF(res);
+                PyList_SET_ITEM(results, k, res);
+            }
+            Py_CLEAR(list);
+        }
+        i = j;
+        /* the table may have changed during the run's callbacks: probe again */
+        next = i < n ? usable_route(self, pk[i]) : NULL;
+    }
+    Py_DECREF(now);
+    Py_DECREF(items);
+    return results;
+fail:
+    Py_XDECREF(now);
+    Py_XDECREF(results);
+    Py_DECREF(items);
+    return NULL;
+}
+
+static PyObject *Flows_learn(FlowsObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyLong_Check(args[1]) || !Py_IS_TYPE(args[2], &Route_Type)) {
+        PyErr_SetString(PyExc_TypeError, "learn(packet, gen, route)");
+        return NULL;
+    }
+    RouteObject *route = (RouteObject *)args[2];
+    unsigned long long gen = PyLong_AsUnsignedLongLong(args[1]);
+    if (gen == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t k0, k1;
+    if (gen != self->gen || !route->alive || !PyBytes_CheckExact(args[0]) ||
+        !flow_key((const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &k0, &k1))
+        Py_RETURN_FALSE;
+    if (!self->slots && flows_resize(self, FLOWS_MIN_SLOTS)) return NULL;
+    FlowSlot *s = flows_find(self, k0, k1);
+    if (s->route) {
+        Py_INCREF(route);
+        Py_SETREF(s->route, route);
+        Py_RETURN_TRUE;
+    }
+    if (self->count >= self->max_entries) {  /* full: start again, as the Python cache does */
+        flows_clear(self);
+        if (flows_resize(self, FLOWS_MIN_SLOTS)) return NULL;
+        s = flows_find(self, k0, k1);
+    } else if ((uint64_t)(self->count + 1) * 2 > (uint64_t)self->mask + 1) {
+        if (flows_resize(self, (self->mask + 1) * 2)) return NULL;
+        s = flows_find(self, k0, k1);
+    }
+    Py_INCREF(route);
+    s->k0 = k0;
+    s->k1 = k1;
+    s->route = route;
+    self->count++;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Flows_invalidate(FlowsObject *self, PyObject *arg)
+{
+    unsigned long long gen = PyLong_AsUnsignedLongLong(arg);
+    if (gen == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    self->gen = gen;
+    flows_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flows_get_next_due(FlowsObject *self, void *c)
+{
+    if (isinf(self->next_due) && self->next_due > 0) Py_RETURN_NONE;
+    return PyFloat_FromDouble(self->next_due);
+}
+static int Flows_set_next_due(FlowsObject *self, PyObject *v, void *c)
+{
+    if (!v || v == Py_None) {
+        self->next_due = INFINITY;
+        return 0;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) return -1;
+    self->next_due = d;
+    return 0;
+}
+static PyObject *Flows_get_gen(FlowsObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->gen);
+}
+static PyObject *Flows_get_stats(FlowsObject *self, void *c)
+{
+    return Py_BuildValue("{sKsKsI}", "routed", (unsigned long long)self->hits, "python",
+                         (unsigned long long)self->misses, "flows", self->count);
+}
+
+static int Flows_traverse(FlowsObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->clock);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->at);
+    Py_VISIT(self->tail);
+    Py_VISIT(self->slow_batch);
+    Py_VISIT(self->batch_at);
+    Py_VISIT(self->group);
+    if (self->slots)
+        for (uint32_t i = 0; i <= self->mask; i++) Py_VISIT(self->slots[i].route);
+    return 0;
+}
+static int Flows_clear(FlowsObject *self)
+{
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->at);
+    Py_CLEAR(self->tail);
+    Py_CLEAR(self->slow_batch);
+    Py_CLEAR(self->batch_at);
+    Py_CLEAR(self->group);
+    flows_clear(self);
+    return 0;
+}
+static void Flows_dealloc(FlowsObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Flows_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Flows_methods[] = {
+    {"batch", (PyCFunction)(void (*)(void))Flows_batch, METH_FASTCALL,
+     "batch(packets) -> list[Result]: Engine.outbound_batch"},
+    {"learn", (PyCFunction)(void (*)(void))Flows_learn, METH_FASTCALL,
+     "learn(packet, gen, route) -> bool: route the packet's flow (refused when gen is not the "
+     "table's generation any more, the route is dead, or the packet has no flow key)"},
+    {"invalidate", (PyCFunction)Flows_invalidate, METH_O,
+     "invalidate(gen): forget every flow; only entries learned at gen are accepted from now"},
+    {NULL}
+};
+static PyGetSetDef Flows_getset[] = {
+    {"next_due", (getter)Flows_get_next_due, (setter)Flows_set_next_due,
+     "the engine's next timer (None: none); packets at or after it take the Python path", NULL},
+    {"gen", (getter)Flows_get_gen, NULL, "the generation the entries belong to", NULL},
+    {"stats", (getter)Flows_get_stats, NULL,
+     "{'routed': packets sent by the native route, 'python': packets handed to the Python "
+     "path, 'flows': entries}", NULL},
+    {NULL}
+};
+
+static PyTypeObject Flows_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsecsa._fastesp.Flows",
+    .tp_doc = "Flows(clock, slow, at, tail, slow_batch, batch_at, group, max_entries): the "
+              "SA-context engine's native outbound route table; calling it is Engine.outbound.",
+    .tp_basicsize = sizeof(FlowsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(FlowsObject, call),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = Flows_new,
+    .tp_dealloc = (destructor)Flows_dealloc,
+    .tp_traverse = (traverseproc)Flows_traverse,
+    .tp_clear = (inquiry)Flows_clear,
+    .tp_methods = Flows_methods,
+    .tp_getset = Flows_getset,
+};
+
 /* ================================================================== module */
 static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *off)
 {
@@ -1942,7 +2748,10 @@ PyMODINIT_FUNC PyInit__fastesp(void)
         PyErr_SetString(PyExc_ImportError, "OpenSSL default provider lacks AES-GCM or HMAC");
         return NULL;
     }
-    if (PyType_Ready(&Replay_Type) < 0 || PyType_Ready(&Esp_Type) < 0) return NULL;
+    if (PyType_Ready(&Replay_Type) < 0 || PyType_Ready(&Esp_Type) < 0 ||
+        PyType_Ready(&Lock_Type) < 0 || PyType_Ready(&Route_Type) < 0 ||
+        PyType_Ready(&Flows_Type) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     PyObject *names = PyTuple_New(NREASONS);
@@ -1968,10 +2777,13 @@ PyMODINIT_FUNC PyInit__fastesp(void)
     INTERN(s_transport_checks, "_transport_checks");
     INTERN(s_py_out, "_py_out");
     INTERN(s_py_in, "_py_in");
+    INTERN(s_last_used, "last_used");
     Py_INCREF(&Replay_Type);
     Py_INCREF(&Esp_Type);
     if (PyModule_AddObject(m, "Replay", (PyObject *)&Replay_Type) ||
         PyModule_AddObject(m, "Esp", (PyObject *)&Esp_Type) ||
+        PyModule_AddType(m, &Lock_Type) || PyModule_AddType(m, &Route_Type) ||
+        PyModule_AddType(m, &Flows_Type) ||
         PyModule_AddIntConstant(m, "ALG_GCM", ALG_GCM) ||
         PyModule_AddIntConstant(m, "ALG_CHACHA", ALG_CHACHA) ||
         PyModule_AddIntConstant(m, "ALG_GMAC", ALG_GMAC) ||

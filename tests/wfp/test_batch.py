@@ -74,7 +74,9 @@ def test_a_durable_batch_reserves_block_after_block(tmp_path: Path) -> None:
         results = a.wfp.outbound_batch([udp4(A, B, ident=i) for i in range(n)])
         assert [esp_of(r.packet)[1] for r in results] == list(range(1, n + 1))
         ctx = next(x for x in a.wfp._contexts.values() if x.remote == bytes([198, 51, 100, 2]))
-        assert ctx.out_limits is not None and ctx.out_limits[0] >= n  # reserved before use
+        sa = ctx.outbound_bundle.sas[0]
+        assert sa.seq_limit_hook is not None and sa.seq_limit >= n  # reserved before use
+        assert sa.seq_limit == 3 * SEQ_BLOCK  # three blocks, each reserved when needed
         inbound = b.wfp.inbound
         assert all(inbound(r.packet).drop is None for r in results[-10:])
     finally:

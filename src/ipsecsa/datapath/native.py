@@ -25,6 +25,7 @@ reported by ``info()`` only.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from types import ModuleType
 from typing import Any
@@ -145,6 +146,35 @@ def new_window(size: int, esn: bool, top: int) -> Any:
     return _module.Replay(size, esn, top)
 
 
+def new_lock() -> Any:
+    """A lock with :class:`threading.Lock`'s API that native code can take directly
+    (``_fastesp.Lock``: an SA context's lock, see :mod:`ipsecsa.wfp.engine`), or a
+    ``threading.Lock`` without the extension."""
+    if _module is None:
+        return threading.Lock()
+    return _module.Lock()
+
+
+def new_flows(**callbacks: Any) -> Any:
+    """The SA-context engine's native outbound route table (``_fastesp.Flows``), or None
+    without the extension (the engine's Python path then carries every packet)."""
+    mod = module()
+    if mod is None:
+        return None
+    return mod.Flows(**callbacks)
+
+
+def new_route(sa: Any, ctx: Any, limited: bool) -> Any:
+    """The native outbound route of an SA context whose outbound bundle is the one ESP SA
+    ``sa``: None when ``sa`` is not on the native path (or the context's lock is not the
+    native one)."""
+    mod = module()
+    nat = getattr(sa, "_nat", None)
+    if mod is None or nat is None or type(ctx.lock) is not mod.Lock:
+        return None
+    return mod.Route(nat, ctx, ctx.lock, limited)
+
+
 def info() -> dict[str, Any]:
     """What :func:`ipsecsa.info` reports about the fast path."""
     out: dict[str, Any] = {"native": _module is not None, "why_off": _why_off}
@@ -154,4 +184,5 @@ def info() -> dict[str, Any]:
 
 
 __all__ = ["PURE_PYTHON_ENV", "available", "default", "engine_for", "info", "module",
-           "new_window", "set_default", "supports", "why_off"]
+           "new_flows", "new_lock", "new_route", "new_window", "set_default", "supports",
+           "why_off"]

@@ -15,9 +15,10 @@ the context just lingers) are ipsecsa's choices (F.5, F.8). Any (state, operatio
 from __future__ import annotations
 
 import enum
-import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from ipsecsa.datapath.native import new_lock
 
 #: F.8: how long an expired context's inbound SA keeps accepting packets in flight.
 EXPIRE_LINGER_SECONDS = 60.0
@@ -96,17 +97,22 @@ class SaContext:
     idle_seconds: int = 0
     last_used: float = 0.0
     linger_until: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Taken around every outbound packet (and by the inbound path): ``_fastesp.Lock`` when
+    #: the native extension is on, so that the engine's native route takes the very same lock
+    #: (:mod:`ipsecsa.datapath.native`), else a ``threading.Lock``.
+    lock: Any = field(default_factory=new_lock)
     #: True while at least one of its SAs is on the NIC (:mod:`ipsecsa.wfp.offload` sets it;
     #: GetById/SaEnum then report IPSEC_SA_BUNDLE_FLAG_SA_OFFLOADED); False in software.
     offloaded: bool = False
     #: The outbound SAs have packet or byte limits (only then is each packet followed by a
     #: check of whether it used the last of them).
     limited: bool = False
-    #: Durable engines: the outbound sequence numbers reserved on disk, per SA of the bundle
-    #: (a packet never gets a number beyond them), and inbound packets since the last
-    #: checkpoint of counters and replay edge.
-    out_limits: list[int] | None = None
+    #: The engine's native outbound route for this context (``_fastesp.Route``) once a packet
+    #: learned it, False when the outbound bundle cannot have one (ESP+AH, AH, a Python-path
+    #: SA), None before; killed when the context loses its outbound bundle.
+    route: Any = None
+    #: Durable engines: inbound packets since the last checkpoint of counters and replay edge.
+    #: (Outbound sequence numbers are reserved through the SAs' ``seq_limit``/``seq_limit_hook``.)
     unsaved: int = 0
     #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
     encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False,

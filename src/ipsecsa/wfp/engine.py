@@ -11,6 +11,16 @@ Concurrency: one re-entrant *state lock* guards the tables; the *transaction loc
 (:mod:`.txn`) serialises sessions' transactions. Packets (:meth:`Engine.outbound`,
 :meth:`Engine.inbound`) take neither: they read the published classifiers and contexts and lock
 only the SA context they use, so concurrent packets on one SA never share a sequence number.
+
+Outbound packets have two paths with one meaning. :meth:`Engine.outbound` and
+:meth:`Engine.outbound_batch` as written here are the reference. With the native extension, the
+engine binds in front of them its route table (``_fastesp.Flows``, see
+:mod:`ipsecsa.datapath.native` and the C file): a packet of a flow already classified to a
+context whose outbound bundle is one native ESP SA is sent in C (clock, timer check, flow probe,
+the context's lock, protect, ``last_used``); everything else, and everything unusual (a timer
+due, a miss, a busy lock, a drop, a hard limit), is handed to the Python methods below, which
+also teach the table its flows. The table is emptied whenever the generation changes
+(:meth:`Engine._changed`), and a context's route is killed when its outbound bundle goes.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipsecsa.datapath import native
+from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64
 from ipsecsa.datapath.result import DROPPED, Result
 from ipsecsa.datapath.sa import SecurityAssociation
 from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
@@ -225,6 +237,9 @@ class Engine:
                  database_key: bytes | None = None) -> None:
         #: issue 13: SA pairs of established contexts go to this NIC (best effort), see .offload.
         self._offload = NicOffload(offload) if offload is not None else None
+        #: The native route table in front of outbound/outbound_batch (bound at the end).
+        self._routes: Any = None
+        self._due_at: float | None = None
         #: Test hook (known-answer tests only): the ``unsafe_iv_source`` of every SA built here.
         self._unsafe_iv_source: Callable[[int], bytes] | None = None
         self._clock: Callable[[], float] = clock or time.monotonic
@@ -250,7 +265,6 @@ class Engine:
         self._filter_users: dict[int, set[int]] | None = None
         self._ctx_of_sa: dict[int, SaContext] = {}  # id(outermost inbound SA) -> context
         self._spis: dict[bytes, set[int]] = {}  # local address -> live inbound SPIs
-        self._next_due: float | None = None
         self._stats_lock = threading.Lock()
         self._stats: dict[str, int] = {}
         #: Decisions per flow (see _decision): valid while ``_gen`` is unchanged.
@@ -260,6 +274,7 @@ class Engine:
         self._store: SqliteStore | None = None
         #: Durable engines: the id counters as stored (see _ids_reserved).
         self._id_marks: dict[str, int] = {}
+        self._bind_routes()
         if database is not None:
             self._store = SqliteStore(database, database_key or key_from_environment())
             try:
@@ -270,6 +285,42 @@ class Engine:
                 raise
 
     # ================================================================ the engine itself
+    def _bind_routes(self) -> None:
+        """Put the native route table in front of :meth:`outbound` and :meth:`outbound_batch`
+        (instance attributes shadow the methods, which stay the reference and the slow path);
+        nothing without the extension."""
+        routes = native.new_flows(
+            clock=self._clock, slow=functools.partial(Engine.outbound, self),
+            at=self._outbound_at, tail=self._out_tail,
+            slow_batch=functools.partial(Engine.outbound_batch, self),
+            batch_at=self._outbound_batch_at, group=self._protect_group,
+            max_entries=_FLOW_CACHE_MAX)
+        if routes is None:
+            return
+        routes.invalidate(self._gen)
+        routes.next_due = self._due_at
+        self._routes = routes
+        self.outbound = routes  # type: ignore[method-assign]
+        self.outbound_batch = routes.batch  # type: ignore[method-assign]
+
+    def _python_only(self) -> None:
+        """Tests and benchmarks: every packet through the Python reference methods."""
+        self.__dict__.pop("outbound", None)
+        self.__dict__.pop("outbound_batch", None)
+        self._routes = None
+
+    @property
+    def _next_due(self) -> float | None:
+        """When the next timer is due (None: none); mirrored into the route table, whose
+        packets at or after it take the Python path (which runs :meth:`_due`)."""
+        return self._due_at
+
+    @_next_due.setter
+    def _next_due(self, t: float | None) -> None:
+        self._due_at = t
+        if self._routes is not None:
+            self._routes.next_due = t
+
     def close(self) -> None:
         """Stop the engine: every session ends, every context and filter is gone."""
         with self._lock:
@@ -356,6 +407,8 @@ class Engine:
         is stored under the old generation and never used (see :meth:`_decision`)."""
         self._gen += 1
         self._flows = {}
+        if self._routes is not None:
+            self._routes.invalidate(self._gen)
 
     def _record(self, s: _Session, undo: Callable[[], None],
                 publish: Callable[[], None]) -> None:
@@ -1044,9 +1097,7 @@ class Engine:
             ctx.last_used = now
             ctx.state = nxt
             if not inbound:
-                # Nothing is reserved yet: the first packet reserves (and syncs) the first
-                # block, so a control-plane call costs no fsync.
-                ctx.out_limits = [sa.seq for sa in sas]
+                self._arm_reservation(ctx, sas)
             self._persist_ctx(ctx)
             self._schedule(ctx)
             if not inbound and self._offload is not None:
@@ -1170,6 +1221,9 @@ class Engine:
 
     def _stop_outbound(self, ctx: SaContext) -> None:
         b, ctx.outbound_bundle = ctx.outbound_bundle, None
+        route, ctx.route = ctx.route, False
+        if route:
+            route.kill()  # no packet takes the native route from here on
         if b is not None:
             lst = self._by_out_filter.get(ctx.outbound_filter)
             if lst is not None and ctx in lst:
@@ -1502,18 +1556,40 @@ class Engine:
         if ctx.inbound_bundle is not None:
             rows += [(ctx.id, "in", i, sa.seq, sa.packets, sa.bytes)
                      for i, sa in enumerate(ctx.inbound_bundle.sas)]
-        if ctx.outbound_bundle is not None and ctx.out_limits is not None:
-            rows += [(ctx.id, "out", i, limit, sa.packets, sa.bytes)
-                     for i, (sa, limit) in enumerate(zip(ctx.outbound_bundle.sas,
-                                                         ctx.out_limits, strict=True))]
+        if ctx.outbound_bundle is not None:
+            # The end of the reserved block; an SA never armed (none on a durable engine)
+            # counts as having reserved nothing beyond what it used.
+            rows += [(ctx.id, "out", i,
+                      sa.seq_limit if sa.seq_limit_hook is not None else sa.seq,
+                      sa.packets, sa.bytes)
+                     for i, sa in enumerate(ctx.outbound_bundle.sas)]
         return rows
 
-    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...]) -> None:
-        """The next block of outbound sequence numbers, synced to disk before any is used
-        (called with the context's lock held, so no packet of it passes meanwhile)."""
-        ctx.out_limits = [sa.seq + SEQ_BLOCK for sa in sas]
+    def _arm_reservation(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...]) -> None:
+        """Durable engines: outbound sequence numbers are reserved on disk in blocks of
+        SEQ_BLOCK before use, through the SAs' own ``seq_limit``/``seq_limit_hook`` (the data
+        path, native or not, stops at the limit and calls the hook, with the context's lock
+        held). Nothing is reserved yet: the first packet reserves (and syncs) the first block,
+        so a control-plane call costs no fsync. An in-memory engine reserves nothing and its
+        packets check nothing."""
+        if self._store is None:
+            return
+        hook = functools.partial(self._reserve, ctx, sas)
+        for sa in sas:
+            sa.seq_limit = sa.seq
+            sa.seq_limit_hook = hook
+
+    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...],
+                 sa: SecurityAssociation, seq: int) -> None:
+        """The ``seq_limit_hook``: the next block for every SA of the bundle, synced to disk
+        before the limits move (so no number is ever sent that a restart could reuse)."""
+        limits = [min(s.seq + SEQ_BLOCK, SEQ_MAX_64 if s.esn else SEQ_MAX_32) for s in sas]
         if self._store is not None:
-            self._store.put_sa_state(self._sa_rows(ctx), sync=True)
+            self._store.put_sa_state([(ctx.id, "out", i, limit, s.packets, s.bytes)
+                                      for i, (s, limit) in enumerate(zip(sas, limits))],
+                                     sync=True)
+        for s, limit in zip(sas, limits, strict=True):
+            s.seq_limit = limit
 
     def _checkpoint(self, ctxs: list[SaContext]) -> None:
         """Write contexts' counters and replay edges (not synced: process-crash safe)."""
@@ -1598,7 +1674,7 @@ class Engine:
                 ctx.outbound_bundle = bundle
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
                 # Continue from the stored reservation; the first packet reserves the next.
-                ctx.out_limits = [sa.seq for sa in bundle.sas]
+                self._arm_reservation(ctx, bundle.sas)
 
     # ================================================================ ipsecsa extensions
     # Not Windows functions (hence snake_case): what ipsecsa's Pythonic API (ipsecsa.api) needs
@@ -1636,7 +1712,8 @@ class Engine:
             sas = []
             for i, cfg in enumerate(fitted):
                 try:
-                    sas.append(SecurityAssociation.from_config(cfg, now=now))
+                    sas.append(SecurityAssociation.from_config(
+                        cfg, now=now, unsafe_iv_source=self._unsafe_iv_source))
                 except ConfigError as exc:
                     raise Fail(C.FWP_E_INVALID_PARAMETER, exc.reason,
                                f"descriptions[{i}].{exc.field}") from exc
@@ -1713,13 +1790,21 @@ class Engine:
     # ================================================================ traffic
     def outbound(self, packet: bytes) -> Result:
         """The host's stack sending ``packet``: classified at the outbound transport layer,
-        protected by the SA context its IPsec filter names, blocked or passed in clear."""
+        protected by the SA context its IPsec filter names, blocked or passed in clear.
+
+        This method is the reference; with the native extension the engine's route table
+        stands in front of it (module docstring) and gives the same results."""
         if type(packet) is not bytes:
             packet = as_packet(packet)  # the one TypeError wording of every entry point
-        now = self._clock()
-        due = self._next_due
+        return self._outbound_at(packet, self._clock())
+
+    def _outbound_at(self, packet: bytes, now: float) -> Result:
+        """:meth:`outbound` of a ``bytes`` packet at clock value ``now`` (the route table's
+        slow path: it has called the clock already)."""
+        due = self._due_at
         if due is not None and now >= due:
             self._due(now)
+        gen = self._gen  # before deciding: a change meanwhile refuses the route learned below
         # The flow cache, inlined for the common case (_flow_key: IPv4, no options, not a
         # fragment); everything else goes through _decision.
         hit = None
@@ -1727,7 +1812,7 @@ class Engine:
             proto = packet[9]
             hit = self._flows.get((proto, packet[12:24] if proto in _V4_PORTED else
                                    packet[12:22] if proto == 1 else packet[12:20]))
-        if hit is not None and hit[0] == self._gen:
+        if hit is not None and hit[0] == gen:
             verdict, target = hit[1], hit[2]
         else:
             if self._closed:
@@ -1744,43 +1829,65 @@ class Engine:
             bundle = ctx.outbound_bundle
             if bundle is None:
                 return self._outbound_verdict(_NO_SA, packet)
+        elif self._routes is not None:
+            self._learn(packet, gen, ctx, bundle)
         sas = bundle.sas
         lock = ctx.lock
         lock.acquire()
         try:
-            limits = ctx.out_limits
-            if limits is not None and sas[0].seq >= limits[0]:
-                self._reserve(ctx, sas)  # the block is used up: reserve (and sync) the next
             result = sas[0].protect(packet, now)
             if len(sas) == 2 and result[0] is not None:
                 result = sas[1].protect(result[0], now)
             ctx.last_used = now
         finally:
             lock.release()
-        if result[1] is not None:
-            self._count(f"out-drop:{result[1].value}")
-            if not (sas[0].usable and sas[-1].usable):
-                self._sa_spent(ctx)
-        elif ctx.limited and not (sas[0].usable and sas[-1].usable):
-            self._sa_spent(ctx)  # the packet that reached a hard limit (F.7)
+        if result[1] is not None or ctx.limited:
+            self._out_tail(ctx, sas, [result])
         return result
+
+    def _learn(self, packet: bytes, gen: int, ctx: SaContext, bundle: Bundle) -> None:
+        """Teach the route table that ``packet``'s flow goes to ``ctx`` (refused by the table
+        if the generation moved since ``gen`` was read, i.e. the decision may be stale)."""
+        route = ctx.route
+        if route is None:  # the first packet: can this context's bundle have a native route?
+            sas = bundle.sas
+            route = native.new_route(sas[0], ctx, ctx.limited) if len(sas) == 1 else None
+            ctx.route = route = route if route is not None else False
+        if route:
+            self._routes.learn(packet, gen, route)
+
+    def _out_tail(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...],
+                  results: list[Result]) -> None:
+        """After packets of ``ctx`` were protected (either path): count the drops, and expire
+        the context if an SA reached a hard limit (F.7)."""
+        drops = [r[1] for r in results if r[1] is not None]
+        for reason in drops:
+            self._count(f"out-drop:{reason.value}")
+        if (drops or ctx.limited) and not (sas[0].usable and sas[-1].usable):
+            self._sa_spent(ctx)
 
     def outbound_batch(self, packets: Any) -> list[Result]:
         """:meth:`outbound` over a batch: one ``Result`` per packet, in input order, the same
         verdicts. Packets are classified one by one (the flow cache makes that a probe) and
         gathered per SA context; each context's packets then go through its ESP SA's
         ``protect_batch`` (one native call on the fast path) under the context's lock taken
-        once, in arrival order, never past the durable engine's reserved sequence numbers (a
-        batch that reaches the reserved limit reserves the next block and goes on). Two-SA
-        bundles (ESP+AH) go packet by packet, in order."""
+        once, in arrival order. Two-SA bundles (ESP+AH) go packet by packet, in order.
+
+        The reference, as :meth:`outbound` is: the native route table protects each run of
+        consecutive packets of one routed context with one native call under one lock
+        acquisition and hands every other packet, in its place, to :meth:`_outbound_at`."""
         if isinstance(packets, (bytes, bytearray, memoryview)):
             raise TypeError("outbound_batch takes an iterable of packets, not one packet")
         items = [p if type(p) is bytes else as_packet(p) for p in packets]
+        if self._closed:
+            return [DROPPED[DropReason.SA_UNUSABLE]] * len(items)
+        return self._outbound_batch_at(items, self._clock())
+
+    def _outbound_batch_at(self, items: list[bytes], now: float) -> list[Result]:
         results: list[Result] = [DROPPED[DropReason.SA_UNUSABLE]] * len(items)
         if self._closed:
             return results
-        now = self._clock()
-        due = self._next_due
+        due = self._due_at
         if due is not None and now >= due:
             self._due(now)
         groups: dict[int, tuple[SaContext, list[int], list[bytes]]] = {}
@@ -1802,7 +1909,7 @@ class Engine:
                 continue
             bundle = target.outbound_bundle
             if bundle is None or len(bundle.sas) != 1:
-                results[i] = self.outbound(packet)  # a bundle, or gone since: one by one
+                results[i] = self._outbound_at(packet, now)  # a bundle, or gone: one by one
                 continue
             group = groups.get(target.id)
             if group is None:
@@ -1817,32 +1924,17 @@ class Engine:
         return results
 
     def _protect_group(self, ctx: SaContext, packets: list[bytes], now: float) -> list[Result]:
+        """Packets of one context with a one-SA bundle: one ``protect_batch`` under its lock
+        (also the route table's path when the lock was busy: this waits for it)."""
         bundle = ctx.outbound_bundle
         if bundle is None or len(bundle.sas) != 1:  # changed since the packets were gathered
-            return [self.outbound(p) for p in packets]
+            return [self._outbound_at(p, now) for p in packets]
         sas = bundle.sas
-        sa = sas[0]
-        out: list[Result] = []
         with ctx.lock:
-            while len(out) < len(packets):
-                limits = ctx.out_limits
-                room = len(packets) - len(out)
-                if limits is not None:
-                    if sa.seq >= limits[0]:
-                        self._reserve(ctx, sas)  # used up: reserve (and sync) the next block
-                        limits = ctx.out_limits
-                    assert limits is not None
-                    room = min(room, limits[0] - sa.seq)
-                chunk = sa.protect_batch(packets[len(out):len(out) + room], now)
-                out.extend(chunk)
-                if not sa.usable:  # a hard limit: the rest drops as protect would drop it
-                    out.extend(sa.protect_batch(packets[len(out):], now))
+            out = sas[0].protect_batch(packets, now)
             ctx.last_used = now
-        drops = [r[1] for r in out if r[1] is not None]
-        for reason in drops:
-            self._count(f"out-drop:{reason.value}")
-        if not sa.usable and (drops or ctx.limited):
-            self._sa_spent(ctx)
+        if ctx.limited or any(r[1] is not None for r in out):
+            self._out_tail(ctx, sas, out)
         return out
 
     def _outbound_verdict(self, verdict: str, packet: bytes, reason: Any = None) -> Result:
@@ -1907,7 +1999,7 @@ class Engine:
         if self._closed:
             return DROPPED[DropReason.SA_UNUSABLE]
         now = self._clock()
-        due = self._next_due
+        due = self._due_at
         if due is not None and now >= due:
             self._due(now)
         result, sa = self._sad.inbound_via(packet, now, self._guard)
