@@ -272,22 +272,55 @@ def test_a_version_1_database_is_migrated(db: Path) -> None:
     # rows) and no digests (SQLite >= 3.35 drops columns).
     con = sqlite3.connect(db)
     con.execute("DROP TABLE sa_state")
+    con.execute("ALTER TABLE filters DROP COLUMN compiled")
     con.execute("ALTER TABLE filters DROP COLUMN digest")
     con.execute("ALTER TABLE contexts DROP COLUMN digest")
     assert [r[1] for r in con.execute("PRAGMA table_info(contexts)")] == ["id", "body", "secret"]
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
-    assert store_sqlite.SCHEMA_VERSION == 2
+    assert store_sqlite.SCHEMA_VERSION == 3
     again = wfp.Engine(database=db)
     h2 = open_engine(again)
     assert snapshot(again, h2)["contexts"] == before["contexts"]
     assert again.outbound(udp4(A4, B4, b"migrated")).drop is None
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     con.close()
     again.close()
     assert ids
+
+
+def test_a_version_2_database_gets_compiled_filters(db: Path) -> None:
+    """Version 2 stored filters without their compiled form: the reopen validates and
+    compiles them the full way, and writes the compiled form, so the next reopen is fast."""
+    from ipsecsa.store.sqlite import _digest
+
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    build(bfe, h)
+    before = snapshot(bfe, h)
+    bfe.close()
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE filters DROP COLUMN compiled")
+    for fid, key, lifetime, body in con.execute(
+            "SELECT id, key, lifetime, body FROM filters").fetchall():
+        con.execute("UPDATE filters SET digest = ? WHERE id = ?",
+                    (_digest(key, lifetime, body), fid))  # what version 2 wrote
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    for _ in range(2):
+        again = wfp.Engine(database=db)
+        h2 = open_engine(again)
+        assert snapshot(again, h2) == before
+        assert again.outbound(udp4(A4, B4, b"migrated")).drop is None
+        again.close()
+        con = sqlite3.connect(db)
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM filters WHERE compiled IS NULL").fetchone() \
+            == (0,)
+        con.close()
 
 
 def test_keys_at_rest_can_be_encrypted(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

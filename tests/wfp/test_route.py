@@ -486,12 +486,12 @@ def test_a_durable_engine_reserves_synced_blocks_through_the_sa(tmp_path: Path,
         pkt = udp4(A, B)
         e.outbound(pkt)
         assert sa.seq_limit == SEQ_BLOCK
-        stored = e.wfp._store.load().sa_state[(cid, "out", 0)]
+        stored = e.wfp._store.sa_state(cid, "out")[0]
         assert stored[0] == SEQ_BLOCK  # on disk before any number of the block was used
         results = e.outbound_batch([pkt] * (SEQ_BLOCK + 10))
         assert [esp_of(r.packet)[1] for r in results] == list(range(2, SEQ_BLOCK + 12))
         assert sa.seq_limit == 2 * SEQ_BLOCK
-        assert e.wfp._store.load().sa_state[(cid, "out", 0)][0] == 2 * SEQ_BLOCK
+        assert e.wfp._store.sa_state(cid, "out")[0][0] == 2 * SEQ_BLOCK
     finally:
         e.close()
     again = api.Engine(db)

@@ -14,6 +14,12 @@ where the data path finds them.
   reference store (a dict item, a classifier bucket), and multi-key changes are ordered so that
   a concurrent lookup sees the old state or the new one, never a half-built entry: inner keys are
   published before the outermost one on add and withdrawn after it on delete.
+* **Deferred inbound bundles** (:meth:`SaDatabase.add_inbound_deferred`): a front end that holds
+  many stored SAs (a reopened durable engine) installs an inbound bundle as a promise to build it:
+  its (SPI, destination) is reserved at once, and the first lookup that misses the index on it
+  (a packet, or :meth:`SaDatabase.materialize`) builds the bundle and installs it as
+  :meth:`add_inbound` would. Lookups of built SAs never look at deferred entries: they are
+  consulted only on a miss.
 
 The per-packet entry points :meth:`SaDatabase.outbound` and :meth:`SaDatabase.inbound` never raise
 for packet contents; what no SA is known for is counted in the database's own drop counters.
@@ -23,11 +29,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +58,11 @@ _U32 = struct.Struct("!I")
 _V4 = struct.Struct("!BxHxxHxBxxII")
 _PORTS = struct.Struct("!HH")
 _V6_FLAG = 1 << 40
+#: An inbound index key without its protocol: what a deferred bundle reserves (its SAs'
+#: protocols are known only once it is built).
+_NO_PROTOCOL = ~(0xFF << 32)
+
+log = logging.getLogger("ipsecsa.sad")
 
 
 class SadError(ConfigError):
@@ -114,6 +126,16 @@ class _Installed:
     bundle: Bundle
     filter_handles: tuple[int, ...] = ()
     encap_ports: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """An inbound bundle installed before it is built (:meth:`SaDatabase.add_inbound_deferred`)."""
+
+    handle: int
+    key: int  # its (SPI, destination) index key, protocol 0
+    encap_ports: tuple[int, ...]
+    build: Callable[[], Bundle]
 
 
 def _inbound_key(spi: int, protocol: int, dst: bytes) -> int:
@@ -203,6 +225,11 @@ class SaDatabase:
         self._reasm_lock = threading.Lock()
         self._drops: dict[DropReason, int] = {}
         self._drops_lock = threading.Lock()
+        # Deferred inbound bundles: by (SPI, destination) key (protocol 0) and by handle; built
+        # one at a time under _build_lock (taken before _lock, never while holding it).
+        self._pending: dict[int, _Deferred] = {}
+        self._deferred: dict[int, _Deferred] = {}
+        self._build_lock = threading.RLock()
 
     # ----------------------------------------------------------------- installing
     def add_outbound(self, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation],
@@ -237,7 +264,7 @@ class SaDatabase:
         ports = _encap_ports(bundle)
         with self._lock:
             for k in keys:
-                if k in self._inbound:
+                if k in self._inbound or (self._pending and k & _NO_PROTOCOL in self._pending):
                     raise SadError("spi", f"an inbound SA with {_describe_key(k)} is already "
                                           "installed")
             # The encapsulation port first: once a key is visible, its packets must be
@@ -247,6 +274,75 @@ class SaDatabase:
             handle = next(self._handles)
             self._installed[handle] = _Installed("inbound", bundle, encap_ports=ports)
         return handle
+
+    def add_inbound_deferred(self, spi: int, dst: bytes, build: Callable[[], Bundle],
+                             encap_ports: tuple[int, ...] = ()) -> int:
+        """Install an inbound bundle that ``build()`` makes when it is first needed: the first
+        packet whose (SPI, destination) it holds, or :meth:`materialize`. Until then its
+        (SPI, destination) is reserved for every protocol (:meth:`add_inbound` of the same
+        SPI and destination is refused) and ``encap_ports`` (the UDP destination ports of its
+        ESP-in-UDP SAs) are recognised, so its first packet is found as it will be once built.
+        The built bundle must be inbound and hold exactly that SPI, destination and ports
+        (else :class:`SadError`, and the entry stays deferred). Returns a handle, as
+        :meth:`add_inbound` does; :meth:`delete` and :meth:`replace` build the bundle first."""
+        key = _inbound_key(spi, 0, dst)
+        with self._lock:
+            for proto in _PROTO_NUMBER.values():
+                if key | proto << 32 in self._inbound:
+                    raise SadError("spi", f"an inbound SA with "
+                                          f"{_describe_key(key | proto << 32)} is already "
+                                          "installed")
+            if key in self._pending:
+                raise SadError("spi", f"an inbound bundle with SPI 0x{spi:08x} and this "
+                                      "destination is already installed (not built yet)")
+            self._count_ports(encap_ports, 1)
+            handle = next(self._handles)
+            entry = _Deferred(handle, key, tuple(encap_ports), build)
+            self._pending[key] = entry
+            self._deferred[handle] = entry
+        return handle
+
+    def materialize(self, handle: int) -> Bundle:
+        """The bundle behind ``handle``, built and installed now if it was deferred."""
+        with self._build_lock:
+            entry = self._deferred.get(handle)
+            if entry is None:
+                inst = self._installed.get(handle)
+                if inst is None:
+                    raise SadError("handle", f"no SA database entry with handle {handle}")
+                return inst.bundle
+            bundle = Bundle.of(entry.build())
+            _check_direction(bundle, "inbound")
+            keys = tuple(_key(sa) for sa in bundle.sas)
+            ports = _encap_ports(bundle)
+            if len(set(keys)) != len(keys) or any(k & _NO_PROTOCOL != entry.key for k in keys) \
+                    or sorted(ports) != sorted(entry.encap_ports):
+                raise SadError("spi", f"the bundle built for handle {handle} is not the one "
+                                      "deferred (SPI, destination or UDP ports differ)")
+            with self._lock:
+                # Published before the deferred entry goes: a lookup missing the index meanwhile
+                # waits for _build_lock and then finds the keys.
+                self._publish_inbound(bundle, keys)
+                del self._pending[entry.key]
+                del self._deferred[handle]
+                self._installed[handle] = _Installed("inbound", bundle, encap_ports=ports)
+            return bundle
+
+    def _resolve(self, key: int) -> Any:
+        """A lookup missed the index on ``key``: build the deferred bundle holding its (SPI,
+        destination), if any, and look again. Never raises (the data path calls it): a bundle
+        that cannot be built is logged and the packet finds no SA."""
+        entry = self._pending.get(key & _NO_PROTOCOL)
+        if entry is not None:
+            try:
+                self.materialize(entry.handle)
+            except SadError as exc:
+                if exc.field != "handle":  # deleted meanwhile: simply no SA
+                    log.error("deferred inbound bundle %d cannot be installed: %s",
+                              entry.handle, exc)
+            except Exception:
+                log.exception("deferred inbound bundle %d cannot be built", entry.handle)
+        return self._inbound.get(key)
 
     def _publish_inbound(self, bundle: Bundle, keys: tuple[int, ...]) -> None:
         """Publish a bundle's keys, inner SAs first (index 0 = ESP), the outermost last: a
@@ -267,7 +363,9 @@ class SaDatabase:
                 del self._encap_ports[p]
 
     def delete(self, handle: int) -> Bundle:
-        """Remove what ``handle`` installed; returns its bundle."""
+        """Remove what ``handle`` installed; returns its bundle (built first if deferred)."""
+        if handle in self._deferred:
+            self.materialize(handle)
         with self._lock:
             inst = self._installed.pop(handle, None)
             if inst is None:
@@ -287,6 +385,8 @@ class SaDatabase:
         on either SPI are found throughout and no lookup finds half a bundle. Returns the old
         bundle; on error nothing changes."""
         new = Bundle.of(sas)
+        if handle in self._deferred:
+            self.materialize(handle)
         with self._lock:
             inst = self._installed.get(handle)
             if inst is None:
@@ -325,14 +425,21 @@ class SaDatabase:
         if type(dst) is not bytes:
             dst = dst.packed  # type: ignore[union-attr]
         key = int.from_bytes(dst, "big") << 41 | protocol << 32 | spi
-        hit = self._inbound.get(key | _V6_FLAG if len(dst) == 16 else key)
+        if len(dst) == 16:
+            key |= _V6_FLAG
+        hit = self._inbound.get(key)
+        if hit is None and self._pending:
+            hit = self._resolve(key)
         if type(hit) is tuple:
             return hit[0]
         return hit
 
     def lookup_bundle(self, spi: int, protocol: int, dst: bytes) -> tuple[Bundle, int] | None:
         """The installed inbound bundle an SA key belongs to and the SA's index in it."""
-        hit = self._inbound.get(_inbound_key(spi, protocol, dst))
+        key = _inbound_key(spi, protocol, dst)
+        hit = self._inbound.get(key)
+        if hit is None and self._pending:
+            hit = self._resolve(key)
         if hit is None:
             return None
         if type(hit) is tuple:
@@ -358,9 +465,12 @@ class SaDatabase:
                                      int.from_bytes(f.dst, "big"), f.protocol, f.sport, f.dport)
 
     def __len__(self) -> int:
-        return len(self._installed)
+        return len(self._installed) + len(self._deferred)
 
     def __iter__(self) -> Iterator[tuple[int, str, Bundle]]:
+        for handle in list(self._deferred):  # what is iterated is seen: built
+            with suppress(SadError):  # deleted meanwhile
+                self.materialize(handle)
         for handle, inst in list(self._installed.items()):
             yield handle, inst.direction, inst.bundle
 
@@ -574,8 +684,13 @@ class SaDatabase:
         else:
             return DropReason.WRONG_PROTOCOL
         spi = _U32.unpack_from(packet, off)[0]
-        hit = self._inbound.get(dst << 41 | v6 | proto << 32 | spi)
+        key = dst << 41 | v6 | proto << 32 | spi
+        hit = self._inbound.get(key)
         if hit is None:
+            if self._pending:  # a deferred bundle holding this SPI is built now
+                hit = self._resolve(key)
+                if hit is not None:
+                    return hit
             return DropReason.BAD_SPI
         return hit
 

@@ -37,7 +37,7 @@ from ipsecsa.errors import IpsecsaError
 #: "IPSA": marks the file as ipsecsa's (PRAGMA application_id).
 APPLICATION_ID = 0x49505341
 #: The schema this code writes. Older files are migrated forward on open; newer are refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _HEADER = b"SQLite format 3\x00"
 _KEY_CHECK = b"ipsecsa database key check"
 
@@ -50,7 +50,9 @@ class StoreError(IpsecsaError):
 # (reserved sequence numbers, counters, replay edge) to its own table, so the frequent
 # reservation and checkpoint writes touch one small row instead of rewriting the context; and
 # gives filter and context rows a digest, so a damaged row is refused rather than half-read
-# (SQLite checks its page structure, not the bytes of the values).
+# (SQLite checks its page structure, not the bytes of the values). Version 3 gives each filter
+# row its compiled form (ipsecsa.wfp.filterrows), so that a reopen classifies with it without
+# rebuilding the filter; rows without one are compiled the full way on load and written again.
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE grants(container TEXT NOT NULL, principal TEXT NOT NULL, rights INTEGER NOT NULL,
@@ -67,6 +69,9 @@ CREATE TABLE sa_state(ctx INTEGER NOT NULL, dir TEXT NOT NULL, idx INTEGER NOT N
 ALTER TABLE filters ADD COLUMN digest BLOB;
 ALTER TABLE contexts ADD COLUMN digest BLOB;
 """,
+    3: """
+ALTER TABLE filters ADD COLUMN compiled TEXT;
+""",
 }
 
 
@@ -76,9 +81,9 @@ class Snapshot:
 
     meta: dict[str, str] = field(default_factory=dict)
     grants: dict[str, dict[str, int]] = field(default_factory=dict)
-    filters: list[tuple[int, str, str, str]] = field(default_factory=list)  # id,key,life,body
+    #: id, key, lifetime, body, compiled form (None in rows written before version 3)
+    filters: list[tuple[int, str, str, str, str | None]] = field(default_factory=list)
     contexts: list[tuple[int, str, bytes]] = field(default_factory=list)  # id, body, secret
-    sa_state: dict[tuple[int, str, int], tuple[int, int, int]] = field(default_factory=dict)
 
 
 def key_from_environment() -> bytes | None:
@@ -277,9 +282,12 @@ class SqliteStore:
             db.executemany("INSERT INTO grants VALUES (?, ?, ?)",
                            [(c, p, r) for c, t in entries.items() for p, r in t.items()])
 
-    def put_filter(self, fid: int, key: str, lifetime: str, body: str) -> None:
-        self._one("INSERT OR REPLACE INTO filters VALUES (?, ?, ?, ?, ?)",
-                  (fid, key, lifetime, body, _digest(key, lifetime, body)))
+    def put_filter(self, fid: int, key: str, lifetime: str, body: str,
+                   compiled: str | None = None) -> None:
+        self._one("INSERT OR REPLACE INTO filters (id, key, lifetime, body, digest, compiled) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (fid, key, lifetime, body, _filter_digest(key, lifetime, body, compiled),
+                   compiled))
 
     def delete_filter(self, fid: int) -> None:
         self._one("DELETE FROM filters WHERE id = ?", (fid,))
@@ -328,23 +336,43 @@ class SqliteStore:
                 "SELECT key, value FROM meta")}
             for c, p, r in db.execute("SELECT container, principal, rights FROM grants"):
                 snap.grants.setdefault(c.decode(), {})[p.decode()] = r
-            for fid, key, lifetime, body, digest in db.execute(
-                    "SELECT id, key, lifetime, body, digest FROM filters ORDER BY id"):
-                key, lifetime, body = key.decode(), lifetime.decode(), body.decode()
-                if digest is not None and digest != _digest(key, lifetime, body):
-                    raise StoreError(f"{self.path}: corrupt: filter {fid} fails its digest")
-                snap.filters.append((fid, key, lifetime, body))
-            for cid, body, secret, digest in db.execute(
-                    "SELECT id, body, secret, digest FROM contexts ORDER BY id"):
-                body = body.decode()
-                if digest is not None and digest != _digest(str(cid), body, secret):
-                    raise StoreError(f"{self.path}: corrupt: SA context {cid} fails its digest")
-                snap.contexts.append((cid, body, self.open_secret(f"context {cid}", secret)))
-            snap.sa_state = {(c, d.decode(), i): (s, p, b) for c, d, i, s, p, b in db.execute(
-                "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state")}
+            # One query per table, rows fetched in large batches; each row's digest is checked
+            # on the bytes as stored, before anything is decoded.
+            filters = snap.filters
+            cur = db.execute("SELECT id, key, lifetime, body, digest, compiled FROM filters "
+                             "ORDER BY id")
+            while rows := cur.fetchmany(4096):
+                for fid, key, lifetime, body, digest, compiled in rows:
+                    if digest is not None and digest != _filter_digest(key, lifetime, body,
+                                                                       compiled):
+                        raise StoreError(f"{self.path}: corrupt: filter {fid} fails its digest")
+                    filters.append((fid, key.decode(), lifetime.decode(), body.decode(),
+                                    None if compiled is None else compiled.decode()))
+            contexts = snap.contexts
+            cur = db.execute("SELECT id, body, secret, digest FROM contexts ORDER BY id")
+            while rows := cur.fetchmany(4096):
+                for cid, body, secret, digest in rows:
+                    if digest is not None and digest != _digest(str(cid), body, secret):
+                        raise StoreError(f"{self.path}: corrupt: SA context {cid} fails its "
+                                         "digest")
+                    contexts.append((cid, body.decode(),
+                                     self.open_secret(f"context {cid}", secret)))
             return snap
         finally:
             db.text_factory = str
+
+    def sa_state(self, ctx: int, direction: str) -> dict[int, tuple[int, int, int]]:
+        """The stored per-SA state of one direction ("in"/"out") of a context, by index in its
+        bundle: (sequence number edge or reservation, packets, bytes). Read when a reopened
+        engine builds the SAs (not at load: most are built later, or never)."""
+        with self._lock:
+            try:
+                return {i: (s, p, b) for i, s, p, b in self._db.execute(
+                    "SELECT idx, seq, packets, bytes FROM sa_state WHERE ctx = ? AND dir = ?",
+                    (ctx, direction))}
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read the state of SA context {ctx} "
+                                 f"({exc})") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -354,12 +382,23 @@ class SqliteStore:
 
 
 def _digest(*parts: str | bytes) -> bytes:
-    h = hashlib.sha256()
+    """SHA-256 (truncated to 16 bytes) over the parts, each preceded by its length (8 bytes,
+    big-endian); str parts as UTF-8."""
+    chunks: list[bytes] = []
     for part in parts:
-        data = part.encode() if isinstance(part, str) else bytes(part)
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.digest()[:16]
+        data = part.encode() if isinstance(part, str) else part
+        chunks.append(len(data).to_bytes(8, "big"))
+        chunks.append(data)
+    return hashlib.sha256(b"".join(chunks)).digest()[:16]
+
+
+def _filter_digest(key: str | bytes, lifetime: str | bytes, body: str | bytes,
+                   compiled: str | bytes | None) -> bytes:
+    """A filter row's digest: over its compiled form too when it has one (a version-2 row,
+    without, keeps its digest)."""
+    if compiled is None:
+        return _digest(key, lifetime, body)
+    return _digest(key, lifetime, body, compiled)
 
 
 def _statements(script: str) -> list[str]:

@@ -15,6 +15,8 @@ the context just lingers) are ipsecsa's choices (F.5, F.8). Any (state, operatio
 from __future__ import annotations
 
 import enum
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,13 +119,32 @@ class SaContext:
     #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
     encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False,
                                                             compare=False)
-    #: Durable engines: the stored (JSON text) form of the LAZY_FIELDS not rebuilt yet.
+    #: Durable engines, a reopened context: what is still in stored form. Each name (one of
+    #: LAZY_FIELDS, or ``inbound_sas``/``outbound_sas`` for SAs not built yet) maps to the text
+    #: of the stored row (its body or its secret column) that holds it as a member.
     lazy: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: Durable engines, a reopened context with SAs not built yet: ``builder(ctx, name)`` builds
+    #: ``inbound_bundle`` or ``outbound_bundle`` from its stored form, stores it in the context
+    #: and returns it (None if it cannot be built now; see :class:`_LazyBundle`).
+    builder: Callable[[SaContext, str], Any] | None = field(default=None, repr=False,
+                                                           compare=False)
 
     def defer(self, name: str, stored: str) -> None:
-        """Keep ``name`` in its stored form until first read (see :class:`_Lazy`)."""
+        """Keep ``name`` (one of LAZY_FIELDS) in its stored form until first read
+        (:class:`_Lazy`); ``stored`` is the JSON text of the row holding it as a member."""
         self.__dict__.pop(name, None)
         self.lazy[name] = stored
+
+    def defer_sas(self, direction: str, stored: str) -> None:
+        """Keep the ``direction`` ("inbound"/"outbound") SAs unbuilt until first needed
+        (:class:`_LazyBundle`); ``stored`` is the secret column holding their descriptions."""
+        self.__dict__.pop(f"{direction}_bundle", None)
+        self.lazy[f"{direction}_sas"] = stored
+
+    def built(self, name: str) -> Any:
+        """``inbound_bundle``/``outbound_bundle`` if it exists as an object (None included),
+        UNBUILT while it is still in stored form; never builds it."""
+        return self.__dict__.get(name, UNBUILT)
 
     def next_timer(self) -> float | None:
         """When the engine must look at this context again (lifetime, idle time, linger)."""
@@ -138,15 +159,22 @@ class SaContext:
         return min(times) if times else None
 
 
+#: Stands for a part of a reopened context still in stored form (see SaContext.built).
+UNBUILT: Any = object()
+
 #: The structures a reopened context keeps in stored form until something reads them: the
 #: caller's traffic and bundles as given are read only by Get/Enum/Update, so a database of
 #: 100,000 contexts reopens without rebuilding 500,000 structures nobody asked for.
 LAZY_FIELDS = ("traffic", "getspi_traffic", "udp_struct", "inbound_given", "outbound_given")
+_lazy_lock = threading.Lock()
 
 
 class _Lazy:
     """A non-data descriptor standing in for a deferred field: the first read rebuilds the
-    structure (the store codec's ``loads``) and stores it in the instance, which then shadows this."""
+    structure (the store codec's ``loads`` of the row holding it, which rebuilds at once every
+    other deferred field of that row) and stores it in the instance, which then shadows this.
+    Reads may come from packet threads (the traffic of a flow's first packet): the rebuild is
+    done once, under a lock."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -156,10 +184,34 @@ class _Lazy:
             return None
         from ipsecsa.store.codec import loads  # the store imports this module
 
-        value = loads(obj.lazy.pop(self.name))
-        obj.__dict__[self.name] = value
-        return value
+        with _lazy_lock:
+            state = obj.__dict__
+            if self.name in state:  # rebuilt by another thread meanwhile
+                return state[self.name]
+            text = obj.lazy[self.name]
+            row = loads(text)
+            for name in LAZY_FIELDS:
+                if obj.lazy.get(name) is text:
+                    del obj.lazy[name]
+                    if name not in state:  # not replaced (set) since the reopen
+                        state[name] = row[name]
+            return state[self.name]
+
+
+class _LazyBundle:
+    """A non-data descriptor standing in for SAs not built yet: the first read builds them
+    (``ctx.builder``, the engine's), which stores the bundle in the instance."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return None
+        return obj.builder(obj, self.name)
 
 
 for _name in LAZY_FIELDS:
     setattr(SaContext, _name, _Lazy(_name))
+for _name in ("inbound_bundle", "outbound_bundle"):
+    setattr(SaContext, _name, _LazyBundle(_name))

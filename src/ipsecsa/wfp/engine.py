@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -50,11 +52,18 @@ from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.sad import Bundle, SaDatabase, SadError
 from ipsecsa.store.sqlite import Snapshot, SqliteStore, StoreError, key_from_environment
 from ipsecsa.wfp import constants as C
-from ipsecsa.wfp import persist
+from ipsecsa.wfp import filterrows, persist
 from ipsecsa.wfp import types as T
 from ipsecsa.wfp.access import AccessControl, principal_of
 from ipsecsa.wfp.conditions import PacketView, same_conditions
-from ipsecsa.wfp.contexts import EXPIRE_LINGER_SECONDS, CtxOp, CtxState, SaContext, next_state
+from ipsecsa.wfp.contexts import (
+    EXPIRE_LINGER_SECONDS,
+    UNBUILT,
+    CtxOp,
+    CtxState,
+    SaContext,
+    next_state,
+)
 from ipsecsa.wfp.described import fit_to_context, parse_descriptions, reported_bundle
 from ipsecsa.wfp.described import limits as described_limits
 from ipsecsa.wfp.filters import (
@@ -274,6 +283,10 @@ class Engine:
         self._store: SqliteStore | None = None
         #: Durable engines: the id counters as stored (see _ids_reserved).
         self._id_marks: dict[str, int] = {}
+        #: Durable engines: the clock at the reopen (SAs built later are built as of then) and
+        #: the lock under which a reopened context's outbound SAs are built (_build_stored).
+        self._reopened_at = 0.0
+        self._build_lock = threading.Lock()
         self._bind_routes()
         if database is not None:
             self._store = SqliteStore(database, database_key or key_from_environment())
@@ -582,10 +595,11 @@ class Engine:
                 s.filters.discard(fid)
 
             def publish() -> None:
+                entries = rec.compiled.index() if rec.layer.transport else []
                 if rec.lifetime != "boottime":  # F.15: stored, not enforced
-                    self._filters.publish(rec)
+                    self._filters.publish(rec, entries)
                     self._changed()
-                self._persist_filter(rec)
+                self._persist_filter(rec, entries)
                 self._filter_changed(rec, C.FWPM_CHANGE_ADD)
 
             self._record(s, undo, publish)
@@ -1527,10 +1541,13 @@ class Engine:
         return (self._get_statistics(engineHandle),)
 
     # ================================================================ durable state
-    def _persist_filter(self, rec: FilterRecord) -> None:
+    def _persist_filter(self, rec: FilterRecord, entries: list[Any]) -> None:
+        """Store a filter: as given (Get/Enum read it back) and compiled (``entries``: its
+        classifier entries; a reopen classifies with this form, :mod:`.filterrows`)."""
         if self._store is None or rec.lifetime == "dynamic":
             return
-        self._store.put_filter(rec.id, str(rec.key), rec.lifetime, persist.filter_body(rec.stored))
+        self._store.put_filter(rec.id, str(rec.key), rec.lifetime, persist.filter_body(rec.stored),
+                               filterrows.compiled_form(rec, entries))
 
     def _persist_ctx(self, ctx: SaContext, sync: bool = False) -> None:
         """Write a context whole: before the call that changed it returns (durability: every
@@ -1552,17 +1569,20 @@ class Engine:
 
     @staticmethod
     def _sa_rows(ctx: SaContext) -> list[tuple[int, str, int, int, int, int]]:
+        """The SA-state rows of a context's built SAs (those not built yet have not changed
+        since they were stored: their rows stay as they are)."""
         rows = []
-        if ctx.inbound_bundle is not None:
+        inbound, outbound = ctx.built("inbound_bundle"), ctx.built("outbound_bundle")
+        if inbound is not None and inbound is not UNBUILT:
             rows += [(ctx.id, "in", i, sa.seq, sa.packets, sa.bytes)
-                     for i, sa in enumerate(ctx.inbound_bundle.sas)]
-        if ctx.outbound_bundle is not None:
+                     for i, sa in enumerate(inbound.sas)]
+        if outbound is not None and outbound is not UNBUILT:
             # The end of the reserved block; an SA never armed (none on a durable engine)
             # counts as having reserved nothing beyond what it used.
             rows += [(ctx.id, "out", i,
                       sa.seq_limit if sa.seq_limit_hook is not None else sa.seq,
                       sa.packets, sa.bytes)
-                     for i, sa in enumerate(ctx.outbound_bundle.sas)]
+                     for i, sa in enumerate(outbound.sas)]
         return rows
 
     def _arm_reservation(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...]) -> None:
@@ -1602,8 +1622,25 @@ class Engine:
             c.unsaved = 0
 
     def _load(self, snap: Snapshot) -> None:
-        """Bring a stored engine back: the same ids, filters, contexts, SAs and grants."""
+        """Bring a stored engine back: the same ids, filters, contexts, SAs and grants.
+
+        SAs are not built here (building one is most of a context's cost, and a gateway holding
+        100,000 contexts mostly needs a few at a time): each context keeps their stored
+        descriptions, its inbound bundle is installed in the SA database as a deferred entry
+        (found by SPI and destination), and the bundles are built at first use
+        (:meth:`_build_stored`). The collector is paused meanwhile: the load makes many
+        objects and frees few, so its passes would find nothing to collect."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_all(snap)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _load_all(self, snap: Snapshot) -> None:
         now = self._clock()
+        self._reopened_at = now
         meta = snap.meta
         if "created" not in meta:  # a new database: it starts with the default DACL (D.2)
             assert self._store is not None
@@ -1617,30 +1654,62 @@ class Engine:
         self._next_ctx = int(meta.get("next_ctx_id", 1))
         self._id_marks = {"next_filter_id": self._filters.next_id,
                           "next_ctx_id": self._next_ctx}
-        for fid, key, lifetime, body in snap.filters:
-            stored = persist.filter_from_body(body)
-            try:
-                layer, action, callout, compiled, _, _ = validate_filter(stored, False)
-            except Fail as exc:
-                raise StoreError(f"{self._store.path if self._store else ''}: stored filter "
-                                 f"{fid} no longer validates (0x{exc.status:08X})") from exc
-            rec = FilterRecord(fid, uuid.UUID(key), stored, layer,
-                               int(stored.effectiveWeight.uint64), action, callout, compiled,
-                               lifetime)
+        path = self._store.path if self._store is not None else ""
+        recompiled = []
+        for fid, key, lifetime, body, compiled in snap.filters:
+            made = None
+            if compiled is not None:  # as the engine compiled it when the filter was added
+                try:
+                    made = filterrows.record_from_row(fid, key, lifetime, body, compiled)
+                except filterrows.RowError as exc:
+                    raise StoreError(f"{path}: {exc}: refused") from None
+            if made is None:  # written before compiled forms, or under other rules
+                stored = persist.filter_from_body(body)
+                try:
+                    layer, action, callout, compiled_, _, _ = validate_filter(stored, False)
+                except Fail as exc:
+                    raise StoreError(f"{path}: stored filter {fid} no longer validates "
+                                     f"(0x{exc.status:08X})") from exc
+                rec = FilterRecord(fid, uuid.UUID(key), stored, layer,
+                                   int(stored.effectiveWeight.uint64), action, callout,
+                                   compiled_, lifetime)
+                made = rec, rec.compiled.index() if layer.transport else []
+                recompiled.append(made)
+            rec, entries = made
             self._filters.insert(rec)
             if lifetime != "boottime":
-                self._filters.publish(rec)
+                self._filters.publish(rec, entries)
             self._filters.next_id = max(self._filters.next_id, fid + 1)
+        if recompiled and self._store is not None:  # compiled once: the next reopen is fast
+            with self._store.transaction():
+                for rec, entries in recompiled:
+                    self._persist_filter(rec, entries)
+        by_id = self._filters.by_id
         for cid, body, secret in snap.contexts:
-            ctx, parts = persist.context_from_rows(cid, body, secret, self._clock)
+            text = secret.decode()
+            ctx, (inbound, outbound) = persist.context_from_rows(cid, body, text, self._clock)
             self._next_ctx = max(self._next_ctx, cid + 1)
-            if ctx.outbound_filter not in self._filters.by_id or (
-                    ctx.inbound_filter and ctx.inbound_filter not in self._filters.by_id):
+            if ctx.outbound_filter not in by_id or (
+                    ctx.inbound_filter and ctx.inbound_filter not in by_id):
                 # Its filters were dynamic and died with the process: so does the context.
                 if self._store is not None:
                     self._store.delete_context(cid)
                 continue
-            self._restore_sas(ctx, parts, snap, now)
+            if inbound or outbound:
+                ctx.builder = self._build_stored
+            if inbound:
+                if ctx.spi is None:
+                    raise StoreError(f"{self._store.path if self._store else ''}: SA context "
+                                     f"{cid} has inbound SAs but no SPI")
+                ctx.defer_sas("inbound", text)
+                # Every inbound SA of a context has its SPI and its local address (_add and
+                # fit_to_context refuse others); ESP-in-UDP ones GetSpi's local port.
+                ports = (ctx.udp_encap[0],) if ctx.udp_encap and "esp" in inbound else ()
+                ctx.inbound_handle = self._sad.add_inbound_deferred(
+                    ctx.spi, ctx.local, functools.partial(self._stored_inbound, ctx), ports)
+            if outbound:
+                ctx.defer_sas("outbound", text)
+                self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
             self._contexts[cid] = ctx
             if ctx.spi is not None:
                 self._spis.setdefault(ctx.local, set()).add(ctx.spi)
@@ -1649,32 +1718,63 @@ class Engine:
             self._schedule(ctx)
         self._changed()
 
-    def _restore_sas(self, ctx: SaContext, parts: dict[str, Any], snap: Snapshot,
-                     now: float) -> None:
-        for direction in ("in", "out"):
-            descs = parts[f"{direction}bound_sas"]
-            if not descs:
-                continue
-            sas = []
-            for i, desc in enumerate(descs):
-                state = snap.sa_state.get((ctx.id, direction, i))
-                if state is not None:
-                    # outbound: continue after the reserved block; inbound: the stored edge.
-                    desc = dict(desc, seq=max(desc.get("seq", 0), state[0]))
-                sa = SecurityAssociation.from_dict(desc, now=now)
-                if state is not None:
-                    sa.restore_counters(max(sa.packets, state[1]), max(sa.bytes, state[2]), now)
-                sas.append(sa)
-            bundle = Bundle(tuple(sas))
-            if direction == "in":
-                ctx.inbound_bundle = bundle
-                ctx.inbound_handle = self._sad.add_inbound(bundle)
-                self._ctx_of_sa[id_of_outer(bundle)] = ctx
-            else:
-                ctx.outbound_bundle = bundle
-                self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
-                # Continue from the stored reservation; the first packet reserves the next.
-                self._arm_reservation(ctx, bundle.sas)
+    # ---------------------------------------------------------------- SAs built at first use
+    def _build_stored(self, ctx: SaContext, name: str) -> Any:
+        """``SaContext.builder`` of a reopened context: build its ``inbound_bundle`` or
+        ``outbound_bundle`` from the stored descriptions and state, exactly as the engine
+        that wrote them would have had them at the reopen. Reached from a packet's thread or
+        a control call, once per bundle; None (logged) if it cannot be built (the engine was
+        closed meanwhile)."""
+        if name == "inbound_bundle":
+            handle = ctx.inbound_handle
+            if handle is not None:
+                try:
+                    self._sad.materialize(handle)  # calls _stored_inbound once
+                except Exception:
+                    log.exception("SA context %d: its stored inbound SAs cannot be built",
+                                  ctx.id)
+            return ctx.__dict__.get(name)
+        with self._build_lock:
+            b = ctx.built(name)
+            if b is not UNBUILT:  # built by another thread meanwhile
+                return b
+            try:
+                b = self._stored_bundle(ctx, "outbound")
+            except Exception:
+                log.exception("SA context %d: its stored outbound SAs cannot be built", ctx.id)
+                return None
+            # Continue from the stored reservation: the first packet reserves the next block.
+            self._arm_reservation(ctx, b.sas)
+            ctx.__dict__[name] = b  # packets may use it from here on
+            ctx.lazy.pop("outbound_sas", None)
+            return b
+
+    def _stored_inbound(self, ctx: SaContext) -> Bundle:
+        """The SA database's build of a reopened context's deferred inbound bundle (under its
+        build lock, before it publishes the keys: the context is known by then)."""
+        b = self._stored_bundle(ctx, "inbound")
+        self._ctx_of_sa[id_of_outer(b)] = ctx
+        ctx.__dict__["inbound_bundle"] = b
+        ctx.lazy.pop("inbound_sas", None)
+        return b
+
+    def _stored_bundle(self, ctx: SaContext, direction: str) -> Bundle:
+        name = f"{direction}_sas"
+        descs = json.loads(ctx.lazy[name])[name]
+        assert self._store is not None
+        states = self._store.sa_state(ctx.id, "in" if direction == "inbound" else "out")
+        now = self._reopened_at
+        sas = []
+        for i, desc in enumerate(descs):
+            state = states.get(i)
+            if state is not None:
+                # outbound: continue after the reserved block; inbound: the stored edge.
+                desc = dict(desc, seq=max(desc.get("seq", 0), state[0]))
+            sa = SecurityAssociation.from_dict(desc, now=now)
+            if state is not None:
+                sa.restore_counters(max(sa.packets, state[1]), max(sa.bytes, state[2]), now)
+            sas.append(sa)
+        return Bundle(tuple(sas))
 
     # ================================================================ ipsecsa extensions
     # Not Windows functions (hence snake_case): what ipsecsa's Pythonic API (ipsecsa.api) needs

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipsecsa.sad import Classifier
+from ipsecsa.sad import Classifier, Filter
 from ipsecsa.store.codec import encode
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp._structbase import clone_but
@@ -58,7 +58,12 @@ _FILTER_ACTIONS = frozenset({C.FWP_ACTION_BLOCK, C.FWP_ACTION_PERMIT,
 
 @dataclass(eq=False)
 class FilterRecord:
-    """One filter in the table."""
+    """One filter in the table.
+
+    A record a durable engine reopened (:func:`.filterrows.record_from_row`) starts without
+    ``stored`` and ``compiled``: they are rebuilt from the stored row at first read
+    (:class:`_LazyStored`, :class:`_LazyCompiled`), while the classifier entries and the F.16
+    key come from the row's compiled form."""
 
     id: int
     key: uuid.UUID
@@ -75,6 +80,8 @@ class FilterRecord:
     order: tuple[int, int] = field(init=False)
     #: conditions_key() of an IPsec filter, computed once (insert and remove both need it).
     cond_key: tuple[Any, ...] | None = field(init=False, default=None)
+    #: A reopened record: the stored FWPM_FILTER0 (store codec JSON) until ``stored`` is read.
+    lazy_body: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.order = (-self.weight, self.id)
@@ -87,6 +94,46 @@ class FilterRecord:
                                                           C.FWP_ACTION_CALLOUT_UNKNOWN):
             return None
         return c.direction, c.role
+
+
+class _LazyStored:
+    """``FilterRecord.stored`` of a reopened record: decoded from the stored row at first read
+    (Get, Enum, a context's details, a callout's flags). Concurrent first reads may both
+    decode: each gets an equal structure, one of them stays."""
+
+    def __get__(self, rec: Any, owner: Any = None) -> Any:
+        if rec is None:
+            return None
+        from ipsecsa.store.codec import loads
+
+        value = loads(rec.lazy_body)
+        rec.__dict__["stored"] = value
+        return value
+
+
+class _LazyCompiled:
+    """``FilterRecord.compiled`` of a reopened record: its conditions compiled at first read
+    (a packet for which the classifier returned it as a candidate). The row was validated when
+    the filter was added and is checked against its digest on load; a stored filter this
+    version cannot compile is a damaged store (StoreError)."""
+
+    def __get__(self, rec: Any, owner: Any = None) -> Any:
+        if rec is None:
+            return None
+        conds = rec.stored.filterCondition or []
+        try:
+            compiled = compile_conditions(conds, rec.layer)
+        except Fail as exc:
+            from ipsecsa.store.sqlite import StoreError
+
+            raise StoreError(f"stored filter {rec.id} no longer compiles "
+                             f"(0x{exc.status:08X}: {exc.detail})") from exc
+        rec.__dict__["compiled"] = compiled
+        return compiled
+
+
+FilterRecord.stored = _LazyStored()  # type: ignore[assignment]
+FilterRecord.compiled = _LazyCompiled()  # type: ignore[assignment]
 
 
 def _is_uint(value: object, bits: int) -> bool:
@@ -222,7 +269,8 @@ class FilterTable:
             self.by_id[rec.id] = rec
             self.by_key[rec.key] = rec
             if rec.ipsec_role is not None:
-                rec.cond_key = conditions_key(rec)
+                if rec.cond_key is None:  # a reopened record comes with it
+                    rec.cond_key = conditions_key(rec)
                 self.by_conditions.setdefault(rec.cond_key, set()).add(rec.id)
 
     def remove(self, rec: FilterRecord) -> None:
@@ -237,12 +285,14 @@ class FilterTable:
                     if not ids:
                         del self.by_conditions[rec.cond_key]
 
-    def publish(self, rec: FilterRecord) -> None:
-        """Make ``rec`` visible to classification (transport layers only)."""
+    def publish(self, rec: FilterRecord, entries: list[Filter] | None = None) -> None:
+        """Make ``rec`` visible to classification (transport layers only), under ``entries``
+        (default: its compiled conditions' :meth:`~.conditions.Compiled.index`)."""
         if not rec.layer.transport or rec.published:
             return
         clf = self._index.setdefault(rec.layer.name, Classifier())
-        rec.handles = tuple(clf.add(f, rec) for f in rec.compiled.index())
+        index = rec.compiled.index() if entries is None else entries
+        rec.handles = tuple(clf.add(f, rec) for f in index)
         rec.published = True
 
     def unpublish(self, rec: FilterRecord) -> None:
@@ -286,10 +336,19 @@ class FilterTable:
 def conditions_key(rec: FilterRecord, layer: Any = None, role: Any = None) -> tuple[Any, ...]:
     """(layer, IPsec role, the filter's conditions as a set) — what F.16 compares: each
     condition as (field, match type, data type, selected member), so stale union members a C
-    caller would not see make no difference."""
-    conds = frozenset((c.fieldKey, c.matchType, value_key(c.conditionValue))
-                      for c in rec.stored.filterCondition)
-    return (layer or rec.stored.layerKey, role or rec.ipsec_role, conds)
+    caller would not see make no difference. The set is written as text
+    (:func:`conditions_text`), so that a durable engine stores it and reopens without
+    rebuilding the conditions."""
+    text = rec.cond_key[2] if rec.cond_key is not None else \
+        conditions_text(rec.stored.filterCondition)
+    return (layer or rec.stored.layerKey, role or rec.ipsec_role, text)
+
+
+def conditions_text(conditions: list[Any]) -> str:
+    """F.16's set of conditions in one canonical text: each condition's (field, match type,
+    :func:`value_key`) as sorted-key JSON, the distinct ones sorted, one per line."""
+    return "\n".join(sorted({encode([c.fieldKey, c.matchType, value_key(c.conditionValue)])
+                             for c in conditions}))
 
 
 def value_key(value: Any) -> tuple[Any, ...]:

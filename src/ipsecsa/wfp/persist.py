@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipsecsa.store.codec import compact, decode, dumps
-from ipsecsa.wfp.contexts import LAZY_FIELDS, CtxState, SaContext
+from ipsecsa.wfp.contexts import LAZY_FIELDS, UNBUILT, CtxState, SaContext
 
 #: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA. At a crash at
 #: most this many numbers are skipped, never reused. Measured in docs/PERFORMANCE.md.
@@ -46,7 +46,13 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
     bundles as given, the SA descriptions) are set once and never change: their JSON is made
     once and kept on the context (``ctx.encoded``), and only the small changing part is
     written anew. Sequence numbers and counters live in the store's SA-state rows, which
-    override the ``seq`` of the descriptions on load."""
+    override the ``seq`` of the descriptions on load.
+
+    The body is two JSON objects on two lines: the scalars a reopen reads at once (with
+    ``in_sas``/``out_sas``, the protocols of each direction's SAs, null for none, so that the
+    SAs are installed unbuilt without reading the secret column), then the structures it keeps
+    in stored form until they are read (traffic, GetSpi's traffic and UDP encapsulation). JSON
+    never holds a raw newline, so the split is exact; a body of one line is an older row."""
     body = {
         "state": ctx.state.value, "version1": ctx.version1, "version": ctx.version,
         "tunnel": ctx.tunnel, "local": ctx.local.hex(), "remote": ctx.remote.hex(),
@@ -60,20 +66,24 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
         "linger_until": to_wall(clock, ctx.linger_until), "limited": ctx.limited,
     }
     parts = [compact(body)[:-1]]
+    inbound, outbound = ctx.built("inbound_bundle"), ctx.built("outbound_bundle")
+    parts += (',"in_sas":', _protocols(ctx, "inbound", inbound),
+              ',"out_sas":', _protocols(ctx, "outbound", outbound))
     state = vars(ctx)
-    for name in ("traffic", "getspi_traffic", "udp_struct"):
-        parts.append(f',"{name}":{_part(ctx, name, state.get(name, UNLOADED))}')
+    sep = "}\n{"
+    for name in BODY_LAZY:
+        parts.append(f'{sep}"{name}":{_part(ctx, name, state.get(name, UNBUILT))}')
+        sep = ","
     secret = "".join((
-        '{"inbound_given":', _part(ctx, "inbound_given", state.get("inbound_given", UNLOADED)),
-        ',"outbound_given":', _part(ctx, "outbound_given",
-                                    state.get("outbound_given", UNLOADED)),
-        ',"inbound_sas":', _cached(ctx, "inbound_sas", ctx.inbound_bundle, _sas_text),
-        ',"outbound_sas":', _cached(ctx, "outbound_sas", ctx.outbound_bundle, _sas_text), "}"))
+        '{"inbound_given":', _part(ctx, "inbound_given", state.get("inbound_given", UNBUILT)),
+        ',"outbound_given":', _part(ctx, "outbound_given", state.get("outbound_given", UNBUILT)),
+        ',"inbound_sas":', _sas_part(ctx, "inbound", inbound),
+        ',"outbound_sas":', _sas_part(ctx, "outbound", outbound), "}"))
     return "".join(parts) + "}", secret.encode()
 
 
-#: Stands for a deferred part of a reopened context (still in ``ctx.lazy``, never read).
-UNLOADED = object()
+#: The LAZY_FIELDS the body holds (its second line); the others are in the secret column.
+BODY_LAZY = ("traffic", "getspi_traffic", "udp_struct")
 
 
 def _cached(ctx: SaContext, name: str, value: Any, make: Callable[[Any], str]) -> str:
@@ -81,7 +91,8 @@ def _cached(ctx: SaContext, name: str, value: Any, make: Callable[[Any], str]) -
     the object it is made from was replaced (compared by identity: the engine replaces, never
     mutates, what it stores; Update0, which does change the given bundles in place, drops
     their cached text). Each part is cached apart, so adding the outbound bundle does not
-    encode the inbound one again."""
+    encode the inbound one again. A part still in stored form (a reopened context's) is
+    cached under the stored row's text, which is as unique."""
     cached = ctx.encoded.get(name)
     if cached is not None and cached[0] is value:
         return cached[1]
@@ -93,8 +104,11 @@ def _cached(ctx: SaContext, name: str, value: Any, make: Callable[[Any], str]) -
 def _part(ctx: SaContext, name: str, value: Any) -> str:
     """A structure part's JSON: as stored while it is deferred (never read since reopen),
     else encoded (once: see :func:`_cached`)."""
-    if value is UNLOADED:
-        return ctx.lazy[name]  # type: ignore[no-any-return]
+    if value is UNBUILT:
+        stored = ctx.lazy.get(name)
+        if stored is not None:
+            return _cached(ctx, name, stored, lambda text: _member(text, name))
+        value = getattr(ctx, name)  # rebuilt (by a packet's thread) since it was looked at
     return _cached(ctx, name, value, _structure_text)
 
 
@@ -102,36 +116,81 @@ def _structure_text(value: Any) -> str:
     return "null" if value is None else dumps(value)
 
 
+def _sas_part(ctx: SaContext, direction: str, bundle: Any) -> str:
+    """The SA descriptions of one direction (keys included: this is the secret column): as
+    stored while they are not built, else made from the SAs (``seq`` at its current value)."""
+    name = f"{direction}_sas"
+    if bundle is UNBUILT:
+        stored = ctx.lazy.get(name)
+        if stored is not None:
+            return _cached(ctx, name, stored, lambda text: _member(text, name))
+        bundle = ctx.built(f"{direction}_bundle")  # built (by a packet's thread) meanwhile
+    return _cached(ctx, name, bundle, _sas_text)
+
+
 def _sas_text(bundle: Any) -> str:
-    """The SA descriptions of a bundle (keys included: this is the secret column)."""
     return "null" if bundle is None else compact([sa.to_dict() for sa in bundle.sas])
 
 
-def context_from_rows(cid: int, body_text: str, secret_text: bytes,
-                      clock: Callable[[], float]) -> tuple[SaContext, dict[str, Any]]:
-    """The context (without its SAs) and its secret part (SA descriptions, given bundles).
-    The structures among LAZY_FIELDS stay in stored form until first read."""
-    b = json.loads(body_text)
-    s = json.loads(secret_text)
+def _protocols(ctx: SaContext, direction: str, bundle: Any) -> str:
+    """``in_sas``/``out_sas``: the protocols of the direction's SAs, ESP first (null: none)."""
+    name = f"{direction}_sas"
+    if bundle is UNBUILT:
+        stored = ctx.lazy.get(name)
+        if stored is not None:
+            return _cached(ctx, f"{direction}_protocols", stored, lambda text: compact(
+                [d["protocol"] for d in json.loads(text)[name]]))
+        bundle = ctx.built(f"{direction}_bundle")
+    if bundle is None:
+        return "null"
+    return compact([sa.PROTOCOL for sa in bundle.sas])
+
+
+def _member(stored: str, name: str) -> str:
+    """The compact JSON of member ``name`` of the stored row ``stored`` (plain JSON: the
+    text comes back as it was written)."""
+    return compact(json.loads(stored)[name])
+
+
+def context_from_rows(cid: int, body_text: str, secret_text: str, clock: Callable[[], float]
+                      ) -> tuple[SaContext, tuple[list[str] | None, list[str] | None]]:
+    """The context, without its SAs, and the protocols of its inbound and outbound SAs (None:
+    no SAs that way). Nothing of the secret column is parsed: the structures among
+    LAZY_FIELDS stay in stored form until first read, and the SAs until first needed (the
+    engine defers them, :meth:`SaContext.defer_sas`)."""
+    head, newline, lazy_text = body_text.partition("\n")
+    b = json.loads(head)
+    shift = clock() - time.time()  # wall-clock seconds -> the engine's clock (from_wall)
+
+    def back(t: float | None) -> float | None:
+        return None if t is None else t + shift
+
     ctx = SaContext(
         cid, CtxState(b["state"]), b["version1"], None, b["version"],
         b["tunnel"], bytes.fromhex(b["local"]), bytes.fromhex(b["remote"]),
-        b["outbound_filter"], from_wall(clock, b["created"]) or clock(),
+        b["outbound_filter"], back(b["created"]) or clock(),
         inbound_filter=b["inbound_filter"],
         udp_encap=tuple(b["udp_encap"]) if b["udp_encap"] else None,  # type: ignore[arg-type]
-        spi=b["spi"],
-        inbound_added=from_wall(clock, b["inbound_added"]),
-        outbound_added=from_wall(clock, b["outbound_added"]),
-        deadline=from_wall(clock, b["deadline"]), idle_seconds=b["idle_seconds"],
-        last_used=from_wall(clock, b["last_used"]) or clock(),
-        linger_until=from_wall(clock, b["linger_until"]), limited=b["limited"])
+        spi=b["spi"], inbound_added=back(b["inbound_added"]),
+        outbound_added=back(b["outbound_added"]), deadline=back(b["deadline"]),
+        idle_seconds=b["idle_seconds"], last_used=back(b["last_used"]) or clock(),
+        linger_until=back(b["linger_until"]), limited=b["limited"])
     for name in LAZY_FIELDS:
-        stored = b[name] if name in b else s[name]
-        if stored is None:
+        if name not in BODY_LAZY:  # the bundles as given: the secret column, not parsed here
+            ctx.defer(name, secret_text)
+        elif newline:  # the body's second line, not parsed here
+            ctx.defer(name, lazy_text)
+        elif b[name] is None:  # an older row: one line, already parsed
             setattr(ctx, name, None)
-        else:  # kept as compact JSON text: a fifth of the memory of the parsed form
-            ctx.defer(name, compact(stored))
-    return ctx, s
+        else:
+            ctx.defer(name, body_text)
+    if "in_sas" in b:
+        protocols = b["in_sas"], b["out_sas"]
+    else:  # written before in_sas/out_sas: read the descriptions
+        s = json.loads(secret_text)
+        protocols = tuple(None if s[k] is None else [d["protocol"] for d in s[k]]
+                          for k in ("inbound_sas", "outbound_sas"))  # type: ignore[assignment]
+    return ctx, protocols
 
 
 def filter_body(stored: Any) -> str:
