@@ -1684,7 +1684,7 @@ class Engine:
             with self._store.transaction():
                 for rec, entries in recompiled:
                     self._persist_filter(rec, entries)
-        by_id = self._filters.by_id
+        by_id, spis = self._filters.by_id, self._spis
         for cid, body, secret in snap.contexts:
             text = secret.decode()
             ctx, (inbound, outbound) = persist.context_from_rows(cid, body, text, self._clock)
@@ -1712,7 +1712,10 @@ class Engine:
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
             self._contexts[cid] = ctx
             if ctx.spi is not None:
-                self._spis.setdefault(ctx.local, set()).add(ctx.spi)
+                used = spis.get(ctx.local)
+                if used is None:
+                    used = spis[ctx.local] = set()
+                used.add(ctx.spi)
             if self._offload is not None and ctx.state is CtxState.ESTABLISHED:
                 self._offload.established(ctx)  # a NIC keeps nothing across a restart
             self._schedule(ctx)

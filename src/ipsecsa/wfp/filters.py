@@ -290,7 +290,9 @@ class FilterTable:
         (default: its compiled conditions' :meth:`~.conditions.Compiled.index`)."""
         if not rec.layer.transport or rec.published:
             return
-        clf = self._index.setdefault(rec.layer.name, Classifier())
+        clf = self._index.get(rec.layer.name)
+        if clf is None:
+            clf = self._index[rec.layer.name] = Classifier()
         index = rec.compiled.index() if entries is None else entries
         rec.handles = tuple(clf.add(f, rec) for f in index)
         rec.published = True
