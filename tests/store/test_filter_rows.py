@@ -100,6 +100,13 @@ def test_reopened_filters_behave_as_before_without_being_rebuilt(db: Path) -> No
     assert all_filters(again, h2) == before
     assert [r.order for r in sorted(recs.values(), key=lambda r: r.id)] == \
         [(-f.effectiveWeight.uint64, f.filterId) for f in before]
+    # The classifier entries read from the rows (IPv6 ones hold 128-bit integers) are exactly
+    # what compiling the stored filters gives.
+    for rec in recs.values():
+        if rec.published:
+            clf = again._filters._index[rec.layer.name]
+            assert [clf._filters[h] for h in rec.handles] == rec.compiled.index(), rec.id
+    assert recs[ids["fin6"]].published and recs[ids["fin6"]].layer.version == 6
     again.close()
 
 

@@ -208,5 +208,15 @@ def dumps(value: Any) -> str:
     return compact(to_jsonable(value))
 
 
+def loads_u64(text: str | bytes) -> Any:
+    """Plain JSON (no structures) whose integers all fit 64 bits, parsed by orjson where it is
+    installed (4 times the standard library's speed: a reopen parses a row per context and per
+    filter). orjson reads an integer wider than 64 bits as a float, silently: callers pass only
+    texts that cannot hold one."""
+    if _orjson is not None:
+        return _orjson.loads(text)
+    return json.loads(text)
+
+
 def decode(text: str | bytes) -> Any:
     return loads(text)

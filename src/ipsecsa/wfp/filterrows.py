@@ -29,6 +29,7 @@ import json
 import uuid
 
 from ipsecsa.sad import Filter
+from ipsecsa.store.codec import loads_u64
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp.filters import _FILTER_ACTIONS, FilterRecord
 from ipsecsa.wfp.registry import (
@@ -68,9 +69,11 @@ def record_from_row(fid: int, key: str, lifetime: str, body: str, compiled: str
     compiled form; None when that form follows other rules (another FORMAT): the caller
     compiles the body the full way. RowError for a form this engine could not have written."""
     try:
-        form = json.loads(compiled)
+        form = loads_u64(compiled)
         if form[0] != FORMAT:
             return None
+        if type(form[1]) is str and form[1].endswith("_V6"):
+            form = json.loads(compiled)  # its entries hold 128-bit addresses (see loads_u64)
         _, layer_name, action, callout_name, weight, cond, entries = form
         layer = _LAYER_BY_NAME.get(layer_name)
         if layer is None:

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipsecsa.store.codec import compact, decode, dumps
-from ipsecsa.wfp.contexts import LAZY_FIELDS, UNBUILT, CtxState, SaContext
+from ipsecsa.store.codec import compact, decode, dumps, loads_u64
+from ipsecsa.wfp.contexts import UNBUILT, CtxState, SaContext
 
 #: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA. At a crash at
 #: most this many numbers are skipped, never reused. Measured in docs/PERFORMANCE.md.
@@ -159,31 +159,33 @@ def context_from_rows(cid: int, body_text: str, secret_text: str, clock: Callabl
     LAZY_FIELDS stay in stored form until first read, and the SAs until first needed (the
     engine defers them, :meth:`SaContext.defer_sas`)."""
     head, newline, lazy_text = body_text.partition("\n")
-    b = json.loads(head)
+    b = loads_u64(head)  # ids, SPI, ports, times: nothing wider than 64 bits
     shift = clock() - time.time()  # wall-clock seconds -> the engine's clock (from_wall)
 
     def back(t: float | None) -> float | None:
         return None if t is None else t + shift
 
-    ctx = SaContext(
-        cid, CtxState(b["state"]), b["version1"], None, b["version"],
-        b["tunnel"], bytes.fromhex(b["local"]), bytes.fromhex(b["remote"]),
-        b["outbound_filter"], back(b["created"]) or clock(),
-        inbound_filter=b["inbound_filter"],
-        udp_encap=tuple(b["udp_encap"]) if b["udp_encap"] else None,  # type: ignore[arg-type]
-        spi=b["spi"], inbound_added=back(b["inbound_added"]),
-        outbound_added=back(b["outbound_added"]), deadline=back(b["deadline"]),
-        idle_seconds=b["idle_seconds"], last_used=back(b["last_used"]) or clock(),
-        linger_until=back(b["linger_until"]), limited=b["limited"])
-    for name in LAZY_FIELDS:
-        if name not in BODY_LAZY:  # the bundles as given: the secret column, not parsed here
-            ctx.defer(name, secret_text)
-        elif newline:  # the body's second line, not parsed here
-            ctx.defer(name, lazy_text)
-        elif b[name] is None:  # an older row: one line, already parsed
-            setattr(ctx, name, None)
+    values = {
+        "id": cid, "state": CtxState(b["state"]), "version1": b["version1"],
+        "version": b["version"], "tunnel": b["tunnel"], "local": bytes.fromhex(b["local"]),
+        "remote": bytes.fromhex(b["remote"]), "outbound_filter": b["outbound_filter"],
+        "created": back(b["created"]) or clock(), "inbound_filter": b["inbound_filter"],
+        "udp_encap": tuple(b["udp_encap"]) if b["udp_encap"] else None, "spi": b["spi"],
+        "inbound_added": back(b["inbound_added"]),
+        "outbound_added": back(b["outbound_added"]), "deadline": back(b["deadline"]),
+        "idle_seconds": b["idle_seconds"], "last_used": back(b["last_used"]) or clock(),
+        "linger_until": back(b["linger_until"]), "limited": b["limited"]}
+    # The bundles as given are in the secret column; the traffic structures on the body's
+    # second line (an older row: in its one line, already parsed). Neither is parsed here.
+    lazy = {"inbound_given": secret_text, "outbound_given": secret_text}
+    for name in BODY_LAZY:
+        if newline:
+            lazy[name] = lazy_text
+        elif b[name] is None:
+            values[name] = None
         else:
-            ctx.defer(name, body_text)
+            lazy[name] = body_text
+    ctx = SaContext.restored(values, lazy)
     if "in_sas" in b:
         protocols = b["in_sas"], b["out_sas"]
     else:  # written before in_sas/out_sas: read the descriptions
