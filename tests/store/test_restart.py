@@ -474,3 +474,34 @@ def test_a_reopened_engine_knows_which_filters_its_contexts_name(db: Path) -> No
         assert bfe.FwpmFilterDeleteById0(h, other_in) == 0
     finally:
         bfe.close()
+
+
+def _state_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT ctx, dir, idx FROM sa_state ORDER BY ctx, dir").fetchall()
+
+
+def test_sa_state_rows_are_written_when_they_say_something(db: Path) -> None:
+    """AddInbound/AddOutbound write no SA-state row (the stored descriptions say the same:
+    their sequence numbers, no counters, nothing reserved); the first reservation and the
+    counters at close do; a context deleted with rows takes them along. A reopen reads a
+    context without rows as freshly added, and one with rows from them."""
+    bfe, h, cid, peer, _hp, _pcid, _, _ = _pair(db)
+    assert _state_rows(db) == []
+    wire = bfe.outbound(udp4(A4, B4, b"first")).packet  # reserves the first block (synced)
+    assert seq_of(wire) == 1
+    assert _state_rows(db) == [(cid, "out", 0)]
+    assert bfe.inbound(peer.outbound(udp4(B4, A4, b"back")).packet).drop is None
+    st, _, quiet = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, bfe._contexts[cid].outbound_filter),
+                                             None)
+    assert st == 0
+    bfe.close()
+    assert _state_rows(db) == [(cid, "in", 0), (cid, "out", 0)]  # counters at close
+    again = wfp.Engine(database=db)
+    h2 = open_engine(again)
+    assert seq_of(again.outbound(udp4(A4, B4, b"after")).packet) == persist.SEQ_BLOCK + 1
+    assert again.IPsecSaContextDeleteById0(h2, quiet) == 0  # never had rows
+    assert again.IPsecSaContextDeleteById0(h2, cid) == 0
+    assert _state_rows(db) == []
+    again.close()
+    peer.close()

@@ -116,6 +116,9 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._aead = AESGCM(key) if key is not None else None
+        #: Ids of contexts that have (or may have) SA-state rows: deleting any other context
+        #: is one statement instead of a transaction of two.
+        self._stated: set[int] = set()
         if key is not None and len(key) != 32:
             raise StoreError("the database key must be 32 bytes")
         self._check_file()
@@ -305,17 +308,25 @@ class SqliteStore:
         with self._txn(sync) as db:
             db.execute("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)", row)
             if state:
+                self._stated.add(cid)
                 db.executemany("INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)",
                                state)
 
     def delete_context(self, cid: int) -> None:
-        with self._txn() as db:
-            db.execute("DELETE FROM contexts WHERE id = ?", (cid,))
-            db.execute("DELETE FROM sa_state WHERE ctx = ?", (cid,))
+        """The context's row and its SA-state rows; one statement when it never had any."""
+        with self._lock:
+            if cid not in self._stated:
+                self._one("DELETE FROM contexts WHERE id = ?", (cid,))
+                return
+            with self._txn() as db:
+                db.execute("DELETE FROM contexts WHERE id = ?", (cid,))
+                db.execute("DELETE FROM sa_state WHERE ctx = ?", (cid,))
+            self._stated.discard(cid)
 
     def put_sa_state(self, rows: list[tuple[int, str, int, int, int, int]],
                      sync: bool = False) -> None:
         with self._txn(sync) as db:
+            self._stated.update(r[0] for r in rows)
             db.executemany("INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     # ---------------------------------------------------------------- reading
@@ -356,6 +367,8 @@ class SqliteStore:
                     filters.append((fid, key.decode(), lifetime.decode(), body.decode(),
                                     None if compiled is None else compiled.decode()))
             contexts = snap.contexts
+            # Contexts that may have SA-state rows (read lazily, per context): all stored ones.
+            self._stated.update(r[0] for r in db.execute("SELECT DISTINCT ctx FROM sa_state"))
             cur = db.execute("SELECT id, body, secret, digest FROM contexts ORDER BY id")
             while rows := cur.fetchmany(4096):
                 for cid, body, secret, digest in rows:

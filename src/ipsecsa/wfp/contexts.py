@@ -119,7 +119,12 @@ class SaContext:
     unsaved: int = 0
     #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
     encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False,
-                                                            compare=False)
+                                                compare=False)
+    #: Durable engines: the SA-state row last written per (direction, index), or the row a
+    #: missing one stands for (an SA as added: its description says it all), so that a change
+    #: of state rewrites only rows that changed.
+    saved_rows: dict[tuple[str, int], tuple[int, str, int, int, int, int]] = field(
+        default_factory=dict, repr=False, compare=False)
     #: Durable engines, a reopened context: what is still in stored form. Each name (one of
     #: LAZY_FIELDS, or ``inbound_sas``/``outbound_sas`` for SAs not built yet) maps to the text
     #: of the stored row (its body or its secret column) that holds it as a member.

@@ -1112,6 +1112,13 @@ class Engine:
             ctx.state = nxt
             if not inbound:
                 self._arm_reservation(ctx, sas)
+            # The new SAs' rows need not be written: the descriptions stored with the context
+            # say as much (their sequence numbers, no counters, nothing reserved yet), and a
+            # reopen reads a missing row so. Their first change writes them.
+            side = "in" if inbound else "out"
+            for r in self._sa_rows(ctx):
+                if r[1] == side:
+                    ctx.saved_rows[(side, r[2])] = r
             self._persist_ctx(ctx)
             self._schedule(ctx)
             if not inbound and self._offload is not None:
@@ -1555,7 +1562,11 @@ class Engine:
         if self._store is None:
             return
         body, secret = persist.context_rows(ctx, self._clock)
-        self._store.put_context(ctx.id, body, secret, self._sa_rows(ctx), sync)
+        saved = ctx.saved_rows
+        rows = [r for r in self._sa_rows(ctx) if saved.get((r[1], r[2])) != r]
+        self._store.put_context(ctx.id, body, secret, rows, sync)
+        for r in rows:
+            saved[(r[1], r[2])] = r
         ctx.unsaved = 0
 
     def _ids_reserved(self, name: str, next_id: int) -> None:
