@@ -58,6 +58,32 @@ def _cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return res
 
 
+def _serve_with(tmp_path: Path, wire: Wire, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    with open(tmp_path / "serve.log", "w") as err:
+        return subprocess.Popen(
+            wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
+                       str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
+                       "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
+                       "--local", WIRE4[0], *extra), stdout=subprocess.DEVNULL, stderr=err,
+            env=env)
+
+
+def _end(wire: Wire, *procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wire.destroy()
+
+
+def _serve_refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
+    return subprocess.run([sys.executable, "-m", "ipsecsa", "serve", "--db",
+                           str(tmp_path / "db"), "--socket", str(tmp_path / "s"), *args],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
 def _ping(ns: object, src: str, dst: str, count: int = 3) -> int:
     res = ns.run("ping", "-c", str(count), "-i", "0.2", "-W", "1", "-I", src, dst,  # type: ignore[attr-defined]
                  check=False, timeout=30)
@@ -76,13 +102,7 @@ def test_contexts_created_through_the_api_carry_traffic(tmp_path: Path) -> None:
     wire = Wire.create("v")
     service = gateway = None
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
-        with open(tmp_path / "serve.log", "w") as err:
-            service = subprocess.Popen(
-                wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
-                           str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
-                           "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
-                           "--local", WIRE4[0]), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        service = _serve_with(tmp_path, wire)
         wait_for_link(wire.a, TUN, service, timeout=30)
         wait_for_udp(wire.a, 4500)
         configure_site(wire.a, 0)
@@ -128,33 +148,15 @@ def test_contexts_created_through_the_api_carry_traffic(tmp_path: Path) -> None:
         for key in keys.values():  # no key material in the service's log
             assert key[0] not in log
     finally:
-        for proc in (service, gateway):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        wire.destroy()
+        _end(wire, service, gateway)
 
 
 def test_serve_tun_needs_local(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
-    res = subprocess.run([sys.executable, "-m", "ipsecsa", "serve", "--db",
-                          str(tmp_path / "db"), "--socket", str(tmp_path / "s"), "--tun", TUN],
-                         capture_output=True, text=True, timeout=60, env=env, check=False)
+    res = _serve_refused(tmp_path, "--tun", TUN)
     assert res.returncode != 0
     assert res.stderr.strip().splitlines() == [
         ("ipsecsa: error: --tun and --local go together (the TUN device and the address the "
          "gateway's UDP socket binds)")]
-
-
-def _serve_with(tmp_path: Path, wire: Wire, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
-    with open(tmp_path / "serve.log", "w") as err:
-        return subprocess.Popen(
-            wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
-                       str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
-                       "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
-                       "--local", WIRE4[0], *extra), stdout=subprocess.DEVNULL, stderr=err,
-            env=env)
 
 
 @pytest.mark.parametrize("transport", ["udp", "raw"])
@@ -200,19 +202,11 @@ def test_serve_tun_takes_the_gateway_options(tmp_path: Path, transport: str) -> 
         log = (tmp_path / "serve.log").read_text()
         assert f"transport={transport}" in log and "threads=1" in log and "tun_mtu=1280" in log
     finally:
-        for proc in (service, gateway):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        wire.destroy()
+        _end(wire, service, gateway)
 
 
 def test_serve_refuses_a_peer_of_another_family(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
-    res = subprocess.run([sys.executable, "-m", "ipsecsa", "serve", "--db",
-                          str(tmp_path / "db"), "--socket", str(tmp_path / "s"), "--tun", TUN,
-                          "--local", "192.0.2.1", "--peer", "2001:db8::1"],
-                         capture_output=True, text=True, timeout=60, env=env, check=False)
+    res = _serve_refused(tmp_path, "--tun", TUN, "--local", "192.0.2.1", "--peer", "2001:db8::1")
     assert res.returncode == 2
     assert "--peer 2001:db8::1 and --local 192.0.2.1 are of different families" in res.stderr
 
@@ -234,13 +228,7 @@ def test_peer_of_a_context_that_moves_is_followed(tmp_path: Path) -> None:
     service = gateway = None
     try:
         wire.b.run("ip", "addr", "add", f"{MOVED}/24", "dev", wire.ifb)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IPSECSA_")}
-        with open(tmp_path / "serve.log", "w") as err:
-            service = subprocess.Popen(
-                wire.a.cmd(sys.executable, "-m", "ipsecsa", "serve", "--db",
-                           str(tmp_path / "ipsecsa.db"), "--socket", str(tmp_path / "ipsecsa.sock"),
-                           "--token-file", str(tmp_path / "admin.token"), "--tun", TUN,
-                           "--local", WIRE4[0]), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        service = _serve_with(tmp_path, wire)
         wait_for_link(wire.a, TUN, service, timeout=30)
         wait_for_udp(wire.a, 4500)
         configure_site(wire.a, 0)
@@ -278,8 +266,4 @@ def test_peer_of_a_context_that_moves_is_followed(tmp_path: Path) -> None:
         log = (tmp_path / "serve.log").read_text()
         assert "peer_moved=1" in log, log
     finally:
-        for proc in (service, gateway):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        wire.destroy()
+        _end(wire, service, gateway)
