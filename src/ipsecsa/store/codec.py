@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def _encoder_for(value: Any) -> Callable[[Any], Any]:
     if hasattr(cls, "__dataclass_fields__"):
         return _struct_encoder(cls)
     if isinstance(value, uuid.UUID):
-        return lambda v: {"$g": str(v)}
+        return lambda v: {"$g": _guid_text(v)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return lambda v: {"$b": bytes(v).hex()}
     if isinstance(value, enum.Enum):
@@ -64,6 +65,10 @@ def _encoder_for(value: Any) -> Callable[[Any], Any]:
         return lambda v: v
     raise CodecError(f"cannot store a {cls.__name__}")
 
+
+#: The text of a GUID: the same few layer, callout and condition GUIDs are in every filter,
+#: and UUID.__str__ formats in Python each time.
+_guid_text = functools.lru_cache(maxsize=1024)(str)
 
 #: Per structure class, the function that writes one (built on first use).
 _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}

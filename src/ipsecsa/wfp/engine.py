@@ -1032,8 +1032,7 @@ class Engine:
 
     def _build_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
                    ) -> tuple[SecurityAssociation, ...]:
-        local = str(ipaddress.ip_address(ctx.local))
-        remote = str(ipaddress.ip_address(ctx.remote))
+        local, remote = _address_text(ctx.local), _address_text(ctx.remote)
         mode = "tunnel" if ctx.tunnel else "transport"
         now = self._clock()
         sas = []
@@ -2256,6 +2255,12 @@ def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_text(packed: bytes) -> str:
+    """An address of a context as SA descriptions spell it (a gateway has few peers: cached)."""
+    return str(ipaddress.ip_address(packed))
 
 
 def _flow_key(packet: bytes) -> tuple[Any, ...] | None:
