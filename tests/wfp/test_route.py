@@ -30,7 +30,13 @@ import pytest
 from ipsecsa import api, wfp
 from ipsecsa.datapath import native
 from ipsecsa.errors import DropReason
-from ipsecsa.wfp.persist import SEQ_BLOCK
+from ipsecsa.wfp import engine as wfp_engine
+from ipsecsa.wfp.persist import (
+    SEQ_BLOCK,
+    SEQ_BLOCK_FAST_SECONDS,
+    SEQ_BLOCK_MAX,
+    SEQ_BLOCK_SLOW_SECONDS,
+)
 from tests.api.helpers import A, B, esp_of, udp4
 from tests.wfp.helpers import open_engine, plain_filter
 
@@ -490,8 +496,9 @@ def test_a_durable_engine_reserves_synced_blocks_through_the_sa(tmp_path: Path,
         assert stored[0] == SEQ_BLOCK  # on disk before any number of the block was used
         results = e.outbound_batch([pkt] * (SEQ_BLOCK + 10))
         assert [esp_of(r.packet)[1] for r in results] == list(range(2, SEQ_BLOCK + 12))
-        assert sa.seq_limit == 2 * SEQ_BLOCK
-        assert e.wfp._store.sa_state(cid, "out")[0][0] == 2 * SEQ_BLOCK
+        # the second block: as large, or twice (the first went in under half a second)
+        assert sa.seq_limit in (2 * SEQ_BLOCK, 3 * SEQ_BLOCK)
+        assert e.wfp._store.sa_state(cid, "out")[0][0] == sa.seq_limit
     finally:
         e.close()
     again = api.Engine(db)
@@ -499,3 +506,38 @@ def test_a_durable_engine_reserves_synced_blocks_through_the_sa(tmp_path: Path,
         assert esp_of(again.outbound(pkt).packet)[1] > SEQ_BLOCK + 11  # never a number again
     finally:
         again.close()
+
+
+def test_the_reserved_block_follows_the_sending_rate(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast sender's blocks double (fewer fsyncs) up to SEQ_BLOCK_MAX; a slow one's halve
+    back to SEQ_BLOCK (fewer numbers skipped at a crash). Real time, faked here."""
+    e = engine(Clock(), database=tmp_path / "rate.db")
+    try:
+        cid = established(e)
+        sa = ctx_of(e, cid).outbound_bundle.sas[0]
+        hook = sa.seq_limit_hook
+        t = [50.0]
+        monkeypatch.setattr(wfp_engine.time, "monotonic", lambda: t[0])
+        blocks = []
+
+        def reserve(after: float) -> None:
+            t[0] += after
+            before = sa._seq = sa.seq_limit  # the block used up (as if sent)
+            hook(sa, sa.seq + 1)
+            blocks.append(sa.seq_limit - before)
+            assert e.wfp._store.sa_state(cid, "out")[0][0] == sa.seq_limit
+
+        reserve(0)
+        for _ in range(8):
+            reserve(SEQ_BLOCK_FAST_SECONDS / 2)
+        assert blocks[0] == SEQ_BLOCK
+        assert blocks[1:7] == [SEQ_BLOCK << k for k in range(1, 7)]
+        assert max(blocks) == SEQ_BLOCK_MAX == blocks[-1]
+        reserve(1.0)  # neither fast nor slow: kept
+        assert blocks[-1] == SEQ_BLOCK_MAX
+        for _ in range(8):
+            reserve(SEQ_BLOCK_SLOW_SECONDS * 2)
+        assert blocks[-8:] == [SEQ_BLOCK_MAX >> k for k in range(1, 6)] + [SEQ_BLOCK] * 3
+    finally:
+        e.close()

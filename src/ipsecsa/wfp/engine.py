@@ -77,7 +77,14 @@ from ipsecsa.wfp.filters import (
 )
 from ipsecsa.wfp.notify import Notifier, Subscription
 from ipsecsa.wfp.offload import NicOffload
-from ipsecsa.wfp.persist import CHECKPOINT_PACKETS, ID_BLOCK, SEQ_BLOCK
+from ipsecsa.wfp.persist import (
+    CHECKPOINT_PACKETS,
+    ID_BLOCK,
+    SEQ_BLOCK,
+    SEQ_BLOCK_FAST_SECONDS,
+    SEQ_BLOCK_MAX,
+    SEQ_BLOCK_SLOW_SECONDS,
+)
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
 from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
 from ipsecsa.wfp.status import Fail
@@ -1596,24 +1603,23 @@ class Engine:
         return rows
 
     def _arm_reservation(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...]) -> None:
-        """Durable engines: outbound sequence numbers are reserved on disk in blocks of
-        SEQ_BLOCK before use, through the SAs' own ``seq_limit``/``seq_limit_hook`` (the data
-        path, native or not, stops at the limit and calls the hook, with the context's lock
-        held). Nothing is reserved yet: the first packet reserves (and syncs) the first block,
-        so a control-plane call costs no fsync. An in-memory engine reserves nothing and its
-        packets check nothing."""
+        """Durable engines: outbound sequence numbers are reserved on disk in blocks before use,
+        through the SAs' own ``seq_limit``/``seq_limit_hook`` (the data path, native or not,
+        stops at the limit and calls the hook, with the context's lock held). Nothing is
+        reserved yet: the first packet reserves (and syncs) the first block, so a control-plane
+        call costs no fsync. An in-memory engine reserves nothing and its packets check
+        nothing."""
         if self._store is None:
             return
-        hook = functools.partial(self._reserve, ctx, sas)
+        hook = _Reservation(self, ctx, sas)
         for sa in sas:
             sa.seq_limit = sa.seq
             sa.seq_limit_hook = hook
 
-    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...],
-                 sa: SecurityAssociation, seq: int) -> None:
-        """The ``seq_limit_hook``: the next block for every SA of the bundle, synced to disk
-        before the limits move (so no number is ever sent that a restart could reuse)."""
-        limits = [min(s.seq + SEQ_BLOCK, SEQ_MAX_64 if s.esn else SEQ_MAX_32) for s in sas]
+    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...], block: int) -> None:
+        """The next ``block`` numbers for every SA of the bundle, synced to disk before the
+        limits move (so no number is ever sent that a restart could send again)."""
+        limits = [min(s.seq + block, SEQ_MAX_64 if s.esn else SEQ_MAX_32) for s in sas]
         if self._store is not None:
             self._store.put_sa_state([(ctx.id, "out", i, limit, s.packets, s.bytes)
                                       for i, (s, limit) in enumerate(zip(sas, limits))],
@@ -2244,6 +2250,33 @@ def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Bundle) -> None:
         if cfg.protocol == "esp" and enc is not None and getattr(enc, "name", "null") \
                 not in ("null", "null-aes-gmac"):
             st[f"{d}:encrypted"] = st.get(f"{d}:encrypted", 0) + sa.bytes
+
+
+class _Reservation:
+    """The ``seq_limit_hook`` of a durable context's outbound SAs: reserves the next block,
+    sized by how fast the last one went (real time, not the engine's clock: this is about the
+    cost of an fsync): doubled up to SEQ_BLOCK_MAX while blocks last less than
+    SEQ_BLOCK_FAST_SECONDS, halved down to SEQ_BLOCK when one lasts more than
+    SEQ_BLOCK_SLOW_SECONDS."""
+
+    __slots__ = ("at", "block", "ctx", "engine", "sas")
+
+    def __init__(self, engine: Engine, ctx: SaContext,
+                 sas: tuple[SecurityAssociation, ...]) -> None:
+        self.engine, self.ctx, self.sas = engine, ctx, sas
+        self.block = SEQ_BLOCK
+        self.at: float | None = None
+
+    def __call__(self, sa: SecurityAssociation, seq: int) -> None:
+        now = time.monotonic()
+        if self.at is not None:
+            took = now - self.at
+            if took < SEQ_BLOCK_FAST_SECONDS:
+                self.block = min(self.block * 2, SEQ_BLOCK_MAX)
+            elif took > SEQ_BLOCK_SLOW_SECONDS:
+                self.block = max(self.block // 2, SEQ_BLOCK)
+        self.engine._reserve(self.ctx, self.sas, self.block)
+        self.at = now
 
 
 def id_of_outer(bundle: Bundle) -> int:

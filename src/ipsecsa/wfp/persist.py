@@ -21,9 +21,16 @@ from typing import Any
 from ipsecsa.store.codec import compact, decode, dumps, loads_u64
 from ipsecsa.wfp.contexts import UNBUILT, CtxState, SaContext
 
-#: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA. At a crash at
-#: most this many numbers are skipped, never reused. Measured in docs/PERFORMANCE.md.
+#: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA: the first
+#: block. A context whose block lasted less than SEQ_BLOCK_FAST_SECONDS reserves twice as many
+#: next time, up to SEQ_BLOCK_MAX (so a fast sender syncs a few times a second, not per 4,096
+#: packets); one that lasted more than SEQ_BLOCK_SLOW_SECONDS halves it again, down to
+#: SEQ_BLOCK. At a crash at most one block per SA is skipped, never reused. Measured in
+#: docs/PERFORMANCE.md.
 SEQ_BLOCK = 4096
+SEQ_BLOCK_MAX = 1 << 18
+SEQ_BLOCK_FAST_SECONDS = 0.5
+SEQ_BLOCK_SLOW_SECONDS = 10.0
 #: Filter and SA-context ids reserved ahead on disk: the stored counters are written once per
 #: this many ids (a crash skips up to this many; ids are never reused).
 ID_BLOCK = 1024
