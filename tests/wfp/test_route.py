@@ -545,3 +545,31 @@ def test_the_reserved_block_follows_the_sending_rate(tmp_path: Path,
         assert blocks[-8:] == [SEQ_BLOCK_MAX >> k for k in range(1, 6)] + [SEQ_BLOCK] * 3
     finally:
         e.close()
+
+
+def test_a_control_write_during_a_reservation_never_lowers_it(tmp_path: Path) -> None:
+    """The reservation's synced write and the SAs' new limit are two steps; a control call
+    persisting the context in between (another thread: it does not take the context's lock)
+    must write the new reservation, never the old limit over it."""
+    e = engine(Clock(), database=tmp_path / "race.db")
+    try:
+        cid = established(e)
+        ctx = ctx_of(e, cid)
+        store = e.wfp._store
+        real = store.put_sa_state
+
+        def put_then_persist(rows: Any, sync: bool = False) -> None:
+            real(rows, sync)
+            e.wfp._persist_ctx(ctx)  # e.g. an Update0 landing right after the sync
+
+        pkt = udp4(A, B)
+        e.outbound_batch([pkt] * SEQ_BLOCK)  # the first block, used up
+        sa = ctx.outbound_bundle.sas[0]
+        assert sa.seq == sa.seq_limit == SEQ_BLOCK
+        store.put_sa_state = put_then_persist
+        e.outbound(pkt)  # reserves the second block
+        store.put_sa_state = real
+        assert sa.seq_limit > SEQ_BLOCK
+        assert store.sa_state(cid, "out")[0][0] == sa.seq_limit
+    finally:
+        e.close()

@@ -1594,11 +1594,12 @@ class Engine:
             rows += [(ctx.id, "in", i, sa.seq, sa.packets, sa.bytes)
                      for i, sa in enumerate(inbound.sas)]
         if outbound is not None and outbound is not UNBUILT:
-            # The end of the reserved block; an SA never armed (none on a durable engine)
-            # counts as having reserved nothing beyond what it used.
+            # The end of the reserved block (as being written: never below what is on disk,
+            # see _Reservation); an SA never armed (none on a durable engine) counts as having
+            # reserved nothing beyond what it used.
             rows += [(ctx.id, "out", i,
-                      sa.seq_limit if sa.seq_limit_hook is not None else sa.seq,
-                      sa.packets, sa.bytes)
+                      hook.limits[i] if isinstance(hook := sa.seq_limit_hook, _Reservation)
+                      else sa.seq, sa.packets, sa.bytes)
                      for i, sa in enumerate(outbound.sas)]
         return rows
 
@@ -1616,16 +1617,17 @@ class Engine:
             sa.seq_limit = sa.seq
             sa.seq_limit_hook = hook
 
-    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...], block: int) -> None:
-        """The next ``block`` numbers for every SA of the bundle, synced to disk before the
-        limits move (so no number is ever sent that a restart could send again)."""
-        limits = [min(s.seq + block, SEQ_MAX_64 if s.esn else SEQ_MAX_32) for s in sas]
-        if self._store is not None:
-            self._store.put_sa_state([(ctx.id, "out", i, limit, s.packets, s.bytes)
-                                      for i, (s, limit) in enumerate(zip(sas, limits))],
-                                     sync=True)
-        for s, limit in zip(sas, limits, strict=True):
-            s.seq_limit = limit
+    def _reserve(self, ctx: SaContext, sas: tuple[SecurityAssociation, ...],
+                 limits: list[int]) -> None:
+        """Write the SAs' new reservation ``limits``, synced (the caller moves ``seq_limit``
+        only after this returns)."""
+        if self._store is None:
+            return
+        rows = [(ctx.id, "out", i, limit, s.packets, s.bytes)
+                for i, (s, limit) in enumerate(zip(sas, limits, strict=True))]
+        self._store.put_sa_state(rows, sync=True)
+        for r in rows:
+            ctx.saved_rows[(r[1], r[2])] = r
 
     def _checkpoint(self, ctxs: list[SaContext]) -> None:
         """Write contexts' counters and replay edges (not synced: process-crash safe)."""
@@ -2259,13 +2261,18 @@ class _Reservation:
     SEQ_BLOCK_FAST_SECONDS, halved down to SEQ_BLOCK when one lasts more than
     SEQ_BLOCK_SLOW_SECONDS."""
 
-    __slots__ = ("at", "block", "ctx", "engine", "sas")
+    __slots__ = ("at", "block", "ctx", "engine", "limits", "sas")
 
     def __init__(self, engine: Engine, ctx: SaContext,
                  sas: tuple[SecurityAssociation, ...]) -> None:
         self.engine, self.ctx, self.sas = engine, ctx, sas
         self.block = SEQ_BLOCK
         self.at: float | None = None
+        #: The reservation as written to the store, or being written: raised *before* the
+        #: synced write, so that a control call persisting the context meanwhile (on another
+        #: thread, without the context's lock) never writes a lower limit over it; the SAs'
+        #: ``seq_limit`` moves only *after* it, so no packet uses a number not yet synced.
+        self.limits = [sa.seq for sa in sas]
 
     def __call__(self, sa: SecurityAssociation, seq: int) -> None:
         now = time.monotonic()
@@ -2275,7 +2282,12 @@ class _Reservation:
                 self.block = min(self.block * 2, SEQ_BLOCK_MAX)
             elif took > SEQ_BLOCK_SLOW_SECONDS:
                 self.block = max(self.block // 2, SEQ_BLOCK)
-        self.engine._reserve(self.ctx, self.sas, self.block)
+        sas, block = self.sas, self.block
+        self.limits = limits = [max(old, min(s.seq + block, SEQ_MAX_64 if s.esn else SEQ_MAX_32))
+                                for s, old in zip(sas, self.limits, strict=True)]
+        self.engine._reserve(self.ctx, sas, limits)
+        for s, limit in zip(sas, limits, strict=True):
+            s.seq_limit = limit
         self.at = now
 
 
