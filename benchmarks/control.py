@@ -19,6 +19,7 @@ Usage: ``python benchmarks/control.py [--seconds S] [--packets N] [--size BYTES]
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import os
 import struct
@@ -172,6 +173,8 @@ def reopen(n: int, workdir: Path) -> tuple[float, float, float, float, float]:
         check(bfe.IPsecSaContextAddOutbound1(h, ctx, gcm_bundle(0xC0000000 + i, key)))
     write = time.perf_counter() - t
     bfe.close()
+    del bfe  # as a restarted process would, reopen without the writer's objects around
+    gc.collect()
     t = time.perf_counter()
     again = wfp.Engine(database=db)
     load = time.perf_counter() - t
@@ -185,6 +188,8 @@ def reopen(n: int, workdir: Path) -> tuple[float, float, float, float, float]:
             assert again.outbound(probe).drop is None
         sends.append((time.perf_counter() - t) / len(probes))
     again.close()
+    del again
+    gc.collect()
     # Memory in a second reopen: tracing allocations slows the load several times over.
     tracemalloc.start()
     again = wfp.Engine(database=db)
