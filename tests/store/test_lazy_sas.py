@@ -8,7 +8,6 @@ before an SA was ever built loses nothing. The peer is a second engine holding t
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wfp.helpers import A4, B4, bundle, gcm_sa, open_engine, traffic, udp4
+from wfp.helpers import A4, B4, open_engine, udp4
 
 from ipsecsa import wfp
 from ipsecsa.errors import DropReason
 from ipsecsa.wfp import persist
 from ipsecsa.wfp.contexts import UNBUILT
-from store.test_restart import _pair, _peer, filters, getspi, seq_of
+from store.test_restart import _pair, seq_of
 
 
 @pytest.fixture()
@@ -141,18 +140,8 @@ def test_expire_and_delete_before_any_packet(db: Path) -> None:
 
 
 def test_a_lifetime_that_ran_out_while_down(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bfe = wfp.Engine(database=db)
-    h = open_engine(bfe)
-    fin, fout = filters(bfe, h)
-    _, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, fout), None)
-    _, spi = bfe.IPsecSaContextGetSpi1(h, cid, getspi(fin))
-    peer, hp, pcid, pspi = _peer()
-    k_in, k_out = os.urandom(20), os.urandom(20)
-    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, k_in))) == 0
-    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(
-        gcm_sa(pspi, k_out), lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=100))) == 0
-    assert peer.IPsecSaContextAddInbound1(hp, pcid, bundle(gcm_sa(pspi, k_out))) == 0
-    assert peer.IPsecSaContextAddOutbound1(hp, pcid, bundle(gcm_sa(spi, k_in))) == 0
+    bfe, _h, cid, peer, _hp, _pcid, _, _ = _pair(
+        db, lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=100))
     bfe.close()
     real = persist.time.time
     monkeypatch.setattr(persist.time, "time", lambda: real() + 101)  # down for 101 s

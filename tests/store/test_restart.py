@@ -142,7 +142,10 @@ def _peer(local: str = B4, remote: str = A4) -> tuple[wfp.Engine, int, int, int]
     return peer, hp, cid, spi
 
 
-def _pair(db: Path) -> tuple[wfp.Engine, int, int, wfp.Engine, int, int, bytes, bytes]:
+def _pair(db: Path, **outbound: Any
+          ) -> tuple[wfp.Engine, int, int, wfp.Engine, int, int, bytes, bytes]:
+    """A durable engine and an in-memory peer with one established context each, keyed for
+    each other; ``outbound``: more of the durable side's outbound bundle (e.g. a lifetime)."""
     bfe = wfp.Engine(database=db)
     h = open_engine(bfe)
     fin, fout = filters(bfe, h)
@@ -152,7 +155,7 @@ def _pair(db: Path) -> tuple[wfp.Engine, int, int, wfp.Engine, int, int, bytes, 
     k_in, k_out = os.urandom(20), os.urandom(20)
     assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, k_in))) == 0
     assert peer.IPsecSaContextAddInbound1(hp, pcid, bundle(gcm_sa(pspi, k_out))) == 0
-    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(gcm_sa(pspi, k_out))) == 0
+    assert bfe.IPsecSaContextAddOutbound1(h, cid, bundle(gcm_sa(pspi, k_out), **outbound)) == 0
     assert peer.IPsecSaContextAddOutbound1(hp, pcid, bundle(gcm_sa(spi, k_in))) == 0
     return bfe, h, cid, peer, hp, pcid, k_in, k_out
 
