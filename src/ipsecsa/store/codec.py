@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ipsecsa.wfp import types as T
+from ipsecsa.wfp._structbase import WfpStruct
 
 try:  # optional speed-up, a runtime dependency in pyproject (see compact())
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised by the fallback test
     _orjson = None  # type: ignore[assignment]
-from ipsecsa.wfp._structbase import WfpStruct
 
 _CLASSES: dict[str, type] = {
     name: obj for name, obj in vars(T).items()
@@ -104,9 +104,6 @@ def _struct_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
     lines.append("    return out")
     exec("\n".join(lines), env)  # noqa: S102 - source built above from dataclass field names
     return env["encode_struct"]  # type: ignore[no-any-return]
-
-
-_NOT_A_FIELD = object()
 
 
 def from_jsonable(value: Any) -> Any:

@@ -349,21 +349,15 @@ class SqliteStore:
             for c, p, r in db.execute("SELECT container, principal, rights FROM grants"):
                 snap.grants.setdefault(c.decode(), {})[p.decode()] = r
             # One query per table, rows fetched in large batches; each row's digest is checked
-            # on the bytes as stored, before anything is decoded (_digest unrolled: a reopen
-            # checks 300,000 of them for 100,000 contexts).
-            sha, n = hashlib.sha256, _LENGTH
+            # on the bytes as stored, before anything is decoded.
             filters = snap.filters
             cur = db.execute("SELECT id, key, lifetime, body, digest, compiled FROM filters "
                              "ORDER BY id")
             while rows := cur.fetchmany(4096):
                 for fid, key, lifetime, body, digest, compiled in rows:
-                    if digest is not None:
-                        data = [n(len(key)), key, n(len(lifetime)), lifetime, n(len(body)), body]
-                        if compiled is not None:
-                            data += (n(len(compiled)), compiled)
-                        if sha(b"".join(data)).digest()[:16] != digest:
-                            raise StoreError(f"{self.path}: corrupt: filter {fid} fails its "
-                                             "digest")
+                    if digest is not None and digest != _filter_digest(key, lifetime, body,
+                                                                       compiled):
+                        raise StoreError(f"{self.path}: corrupt: filter {fid} fails its digest")
                     filters.append((fid, key.decode(), lifetime.decode(), body.decode(),
                                     None if compiled is None else compiled.decode()))
             contexts = snap.contexts
@@ -372,12 +366,9 @@ class SqliteStore:
             cur = db.execute("SELECT id, body, secret, digest FROM contexts ORDER BY id")
             while rows := cur.fetchmany(4096):
                 for cid, body, secret, digest in rows:
-                    if digest is not None:
-                        rid = str(cid).encode()
-                        if sha(b"".join((n(len(rid)), rid, n(len(body)), body, n(len(secret)),
-                                         secret))).digest()[:16] != digest:
-                            raise StoreError(f"{self.path}: corrupt: SA context {cid} fails "
-                                             "its digest")
+                    if digest is not None and digest != _digest(str(cid), body, secret):
+                        raise StoreError(f"{self.path}: corrupt: SA context {cid} fails its "
+                                         "digest")
                     contexts.append((cid, body.decode(),
                                      self.open_secret(f"context {cid}", secret)))
             return snap
@@ -410,11 +401,11 @@ _LENGTH = struct.Struct(">Q").pack
 def _digest(*parts: str | bytes) -> bytes:
     """SHA-256 (truncated to 16 bytes) over the parts, each preceded by its length (8 bytes,
     big-endian); str parts as UTF-8."""
+    n = _LENGTH
     chunks: list[bytes] = []
     for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        chunks.append(len(data).to_bytes(8, "big"))
-        chunks.append(data)
+        data = part if type(part) is bytes else part.encode()  # type: ignore[union-attr]
+        chunks += (n(len(data)), data)
     return hashlib.sha256(b"".join(chunks)).digest()[:16]
 
 

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import uuid
 from collections.abc import Iterator
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "GUID_NULL",
@@ -99,13 +99,7 @@ class WfpStruct:
         cls = type(self)
         if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
             return self
-        new = object.__new__(cls)
-        state = self.__dict__.copy()
-        for k, v in state.items():
-            if type(v) not in _EXACT_IMMUTABLE:
-                state[k] = _clone_value(v)
-        new.__dict__ = state
-        return new
+        return _copied(self)
 
 
 _IMMUTABLE = (int, float, str, bytes, uuid.UUID, type(None))
@@ -198,9 +192,9 @@ def check_counts(obj: WfpStruct) -> None:
         stack.extend(reversed(nested))
 
 
-def clone_but(obj: _T, field: str, value: object) -> _T:
-    """A deep copy of the structure ``obj`` with ``field`` set to ``value`` (not copied), for
-    a copy whose one field is replaced anyway: copying it first would be wasted."""
+def _copied(obj: Any, field: str | None = None, value: object = None) -> Any:
+    """The deep copy of a (mutable) structure; with ``field``, that field set to ``value``
+    instead of a copy of it."""
     new = object.__new__(type(obj))
     state = obj.__dict__.copy()
     for k, v in state.items():
@@ -210,6 +204,12 @@ def clone_but(obj: _T, field: str, value: object) -> _T:
             state[k] = _clone_value(v)
     new.__dict__ = state
     return new
+
+
+def clone_but(obj: _T, field: str, value: object) -> _T:
+    """A deep copy of the structure ``obj`` with ``field`` set to ``value`` (not copied), for
+    a copy whose one field is replaced anyway: copying it first would be wasted."""
+    return _copied(obj, field, value)  # type: ignore[no-any-return]
 
 
 def clone(obj: _T) -> _T:

@@ -1118,14 +1118,7 @@ class Engine:
             ctx.state = nxt
             if not inbound:
                 self._arm_reservation(ctx, sas)
-            # The new SAs' rows need not be written: the descriptions stored with the context
-            # say as much (their sequence numbers, no counters, nothing reserved yet), and a
-            # reopen reads a missing row so. Their first change writes them.
-            side = "in" if inbound else "out"
-            for r in self._sa_rows(ctx):
-                if r[1] == side:
-                    ctx.saved_rows[(side, r[2])] = r
-            self._persist_ctx(ctx)
+            self._persist_ctx(ctx, added="in" if inbound else "out")
             self._schedule(ctx)
             if not inbound and self._offload is not None:
                 self._offload.established(ctx)  # issue 13: before AddOutbound returns
@@ -1562,14 +1555,24 @@ class Engine:
         self._store.put_filter(rec.id, str(rec.key), rec.lifetime, persist.filter_body(rec.stored),
                                filterrows.compiled_form(rec, entries))
 
-    def _persist_ctx(self, ctx: SaContext, sync: bool = False) -> None:
+    def _persist_ctx(self, ctx: SaContext, sync: bool = False, added: str | None = None) -> None:
         """Write a context whole: before the call that changed it returns (durability: every
-        acknowledged call survives a crash of the process; ``sync`` for reservations)."""
+        acknowledged call survives a crash of the process; ``sync`` for reservations).
+
+        SA-state rows are written when they changed. ``added`` ("in"/"out"): that direction's
+        SAs were just added, and their rows need not be written at all: the descriptions
+        stored with the context say as much (their sequence numbers, no counters, nothing
+        reserved yet), and a reopen reads a missing row so. Their first change writes them."""
         if self._store is None:
             return
         body, secret = persist.context_rows(ctx, self._clock)
         saved = ctx.saved_rows
-        rows = [r for r in self._sa_rows(ctx) if saved.get((r[1], r[2])) != r]
+        rows = []
+        for r in self._sa_rows(ctx):
+            if r[1] == added:
+                saved[(r[1], r[2])] = r  # what the missing row stands for
+            elif saved.get((r[1], r[2])) != r:
+                rows.append(r)
         self._store.put_context(ctx.id, body, secret, rows, sync)
         for r in rows:
             saved[(r[1], r[2])] = r

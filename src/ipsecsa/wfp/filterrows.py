@@ -29,7 +29,7 @@ import json
 import uuid
 
 from ipsecsa.sad import Filter
-from ipsecsa.store.codec import loads_u64
+from ipsecsa.store.codec import compact, loads_u64
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp.filters import _FILTER_ACTIONS, FilterRecord
 from ipsecsa.wfp.registry import (
@@ -56,11 +56,11 @@ class RowError(ValueError):
 def compiled_form(rec: FilterRecord, entries: list[Filter]) -> str:
     """The compiled column of ``rec`` (indexed under ``entries``)."""
     cond = rec.cond_key[2] if rec.cond_key is not None else None
-    return json.dumps(
+    return compact(
         [FORMAT, rec.layer.name, rec.action, rec.callout.name if rec.callout else None,
          rec.weight, cond,
          [[f.version, f.src, f.src_mask, f.dst, f.dst_mask, f.protocol, f.sport, f.dport]
-          for f in entries]], separators=(",", ":"))
+          for f in entries]])
 
 
 def record_from_row(fid: int, key: str, lifetime: str, body: str, compiled: str
