@@ -326,3 +326,26 @@ def test_without_the_subscribe_right_filters_are_swept_at_the_next_create(tmp_pa
         ab, ba = pair(spi_ab=0x3001, spi_ba=0x3002, b="198.51.100.77")
         cb = a.create_context(outbound=ab, inbound=ba)
         assert {f.filterId for f in api_filters(a)} == {cb.outbound_filter, cb.inbound_filter}
+
+
+def test_the_contract_call_shapes_of_issue_12(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12's contract, called exactly as written: ``wfp.Engine(database=PATH,
+    clock=None)`` brings a closed engine back; ``api.Engine(database=None)`` is in memory and
+    ``api.Engine(database=PATH)`` durable, with create_context(outbound=, inbound=), contexts(),
+    expire and delete."""
+    path = tmp_path / "state" / "contract.db"
+    out, inb = pair()
+    with api.Engine(database=str(path)) as durable:
+        ctx = durable.create_context(outbound=out, inbound=inb)
+        assert [c.id for c in durable.contexts()] == [ctx.id]
+    bfe = wfp.Engine(database=str(path), clock=None)
+    h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, None, None)[1]
+    st, got = bfe.IPsecSaContextGetById1(h, ctx.id)
+    assert st == wfp.ERROR_SUCCESS and got.saContextId == ctx.id
+    bfe.close()
+    with api.Engine(database=None) as memory:
+        made = memory.create_context(outbound=out, inbound=inb)
+        memory.expire(made.id)
+        assert memory.contexts()[0].state == "expiring"
+        memory.delete(made.id)
+        assert memory.contexts() == []
