@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
@@ -97,24 +97,149 @@ class WfpStruct:
         (structures here are trees, as C's are when passed to BFE).
         """
         cls = type(self)
-        if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-            return self
-        return _copied(self)
+        fn = _STRUCT_COPIERS.get(cls)
+        if fn is None:
+            fn = _struct_copier(cls)
+        return fn(self)  # type: ignore[no-any-return]
 
 
+# ---------------------------------------------------------------- copies
+#
+# How a value is copied depends only on its type, so the decision is made once per type and
+# kept: ``_SHARED`` holds the types whose values are shared (immutable), ``_COPIERS`` the copy
+# function of every other type met so far. A mutable structure class gets a generated copier
+# (:func:`_struct_copier`) with one unrolled test per field, as ``dataclasses`` generates
+# ``__init__``: a loop over the fields that asked each value "are you a structure, a list,
+# immutable?" was about a sixth of an SA context's whole life cycle (benchmarks/control.py).
+
+#: Immutable types met so far: their values are shared. Starts with the common field types;
+#: IntEnum classes, str/bytes/int subclasses and frozen structures join on first sight.
+_SHARED: set[type] = {int, float, str, bytes, uuid.UUID, type(None), bool}
+#: Per type, the function that copies a value of it (for every type not in ``_SHARED``).
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
+#: Per structure class, its field-by-field copier (what ``WfpStruct.__deepcopy__`` runs, also
+#: for a class that overrides ``__deepcopy__`` and calls ``super()``).
+_STRUCT_COPIERS: dict[type, Callable[[Any], Any]] = {}
+#: Per (structure class, field), the copier that sets that field instead of copying it.
+_BUT_COPIERS: dict[tuple[type, str], Callable[[Any, object], Any]] = {}
 _IMMUTABLE = (int, float, str, bytes, uuid.UUID, type(None))
-#: The common field value types, tested by exact type first because that is the cheapest test.
-_EXACT_IMMUTABLE = frozenset({int, float, str, bytes, uuid.UUID, type(None), bool})
 
 
 def _clone_value(value: object) -> object:
-    if isinstance(value, WfpStruct):
-        return value.__deepcopy__(None)
-    if isinstance(value, list):
-        return [_clone_value(item) for item in value]
-    if isinstance(value, _IMMUTABLE):  # includes IntEnum members and bool
+    """The copy of any value, by the rules of :meth:`WfpStruct.__deepcopy__`."""
+    t = type(value)
+    if t in _SHARED:
         return value
-    return copy.deepcopy(value)
+    fn = _COPIERS.get(t)
+    if fn is None:
+        fn = _copier_for(t)
+        if fn is None:
+            return value
+    return fn(value)
+
+
+def _copy_list(value: list[Any]) -> list[Any]:
+    """A list (or list subclass) as a plain list of copies of its items."""
+    out = []
+    for item in value:
+        t = type(item)
+        if t in _SHARED:
+            out.append(item)
+        else:
+            c = _COPIERS.get(t)
+            out.append(_clone_value(item) if c is None else c(item))
+    return out
+
+
+def _call_deepcopy(value: Any) -> Any:
+    return value.__deepcopy__(None)
+
+
+def _copier_for(t: type) -> Callable[[Any], Any] | None:
+    """Decide once how values of type ``t`` are copied: None (shared: ``t`` joins ``_SHARED``)
+    or the copy function (kept in ``_COPIERS``). The order of the tests is the order of the
+    rules: a structure first, then a list, then the immutable types, else ``copy.deepcopy``
+    (a bytearray, a tuple, a dict a caller put in a field)."""
+    fn: Callable[[Any], Any]
+    if issubclass(t, WfpStruct):
+        if t.__deepcopy__ is not WfpStruct.__deepcopy__:  # type: ignore[comparison-overlap]
+            fn = _call_deepcopy  # the class's own rule
+        else:
+            fn = _STRUCT_COPIERS.get(t) or _struct_copier(t)
+            if fn is _shared_struct:
+                _SHARED.add(t)
+                return None
+    elif issubclass(t, list):
+        fn = _copy_list
+    elif issubclass(t, _IMMUTABLE):  # IntEnum members, bool, str/bytes/int subclasses
+        _SHARED.add(t)
+        return None
+    else:
+        fn = copy.deepcopy
+    _COPIERS[t] = fn
+    return fn
+
+
+def _shared_struct(obj: Any) -> Any:
+    """The "copy" of a frozen structure: the structure itself (a value, like an int)."""
+    return obj
+
+
+def _struct_copier(cls: type) -> Callable[[Any], Any]:
+    """The field-by-field copier of structure class ``cls`` (made once, then looked up)."""
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]  # AttributeError as before
+    if params.frozen:
+        fn: Callable[[Any], Any] = _shared_struct
+    else:
+        fn = _generate(cls, None)
+    _STRUCT_COPIERS[cls] = fn
+    return fn
+
+
+def _generate(cls: type, but: str | None) -> Callable[..., Any]:
+    """Source of a copier of ``cls``: a copy of the instance dict (order and all), then each
+    field whose value is not of a shared type replaced by its copy, one unrolled test per field
+    (with ``but``: that field set to the ``value`` argument instead). An instance whose dict is
+    not exactly its fields (a field deleted, an attribute that is no field set) goes the general
+    way (:func:`_copied`); when that shows only as a missing field, the copies made until then
+    are dropped and made again."""
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    env: dict[str, Any] = {"_SHARED": _SHARED, "_COPIERS": _COPIERS, "_cv": _clone_value,
+                           "_copied": _copied,
+                           "_new": object.__new__, "_cls": cls}
+    args = "obj" if but is None else "obj, value"
+    fallback = "_copied(obj)" if but is None else f"_copied(obj, {but!r}, value)"
+    lines = [f"def copy_struct({args}):",
+             "    state = obj.__dict__.copy()",
+             f"    if len(state) != {len(names)}:",
+             f"        return {fallback}",
+             "    try:"]
+    for i, f in enumerate(fields):
+        name = f.name
+        if name == but:
+            lines += [f"        state[{name!r}]", f"        state[{name!r}] = value"]
+            continue
+        lines.append(f"        v = state[{name!r}]")
+        # A member still holding its declared default (None, 0, zero bytes) is the commonest
+        # case: one identity test skips the type test.
+        if f.default is None:
+            skip = "v is not None and "
+        elif type(f.default) in _SHARED:
+            env[f"_D{i}"] = f.default
+            skip = f"v is not _D{i} and "
+        else:
+            skip = ""
+        lines += [f"        if {skip}type(v) not in _SHARED:",
+                  "            c = _COPIERS.get(type(v))",
+                  f"            state[{name!r}] = _cv(v) if c is None else c(v)"]
+    lines += ["    except KeyError:",
+              f"        return {fallback}",
+              "    new = _new(_cls)",
+              "    new.__dict__ = state",
+              "    return new"]
+    exec("\n".join(lines), env)  # noqa: S102 - source built above from dataclass field names
+    return env["copy_struct"]  # type: ignore[no-any-return]
 
 
 def _redacted(value: object) -> str:
@@ -193,14 +318,15 @@ def check_counts(obj: WfpStruct) -> None:
 
 
 def _copied(obj: Any, field: str | None = None, value: object = None) -> Any:
-    """The deep copy of a (mutable) structure; with ``field``, that field set to ``value``
-    instead of a copy of it."""
+    """The deep copy of a (mutable) structure, attribute by attribute whatever their names;
+    with ``field``, that attribute set to ``value`` instead of a copy of it (when the structure
+    has it). The general way, for an instance the generated copiers do not fit."""
     new = object.__new__(type(obj))
     state = obj.__dict__.copy()
     for k, v in state.items():
         if k == field:
             state[k] = value
-        elif type(v) not in _EXACT_IMMUTABLE:
+        elif type(v) not in _SHARED:
             state[k] = _clone_value(v)
     new.__dict__ = state
     return new
@@ -209,7 +335,13 @@ def _copied(obj: Any, field: str | None = None, value: object = None) -> Any:
 def clone_but(obj: _T, field: str, value: object) -> _T:
     """A deep copy of the structure ``obj`` with ``field`` set to ``value`` (not copied), for
     a copy whose one field is replaced anyway: copying it first would be wasted."""
-    return _copied(obj, field, value)  # type: ignore[no-any-return]
+    cls = type(obj)
+    fn = _BUT_COPIERS.get((cls, field))
+    if fn is None:
+        if field not in getattr(cls, "__dataclass_fields__", ()):
+            return _copied(obj, field, value)  # type: ignore[no-any-return]
+        fn = _BUT_COPIERS[(cls, field)] = _generate(cls, field)
+    return fn(obj, value)  # type: ignore[no-any-return]
 
 
 def clone(obj: _T) -> _T:
