@@ -3,12 +3,13 @@ the columns that hold keys.
 
 Durability (documented in docs/store.md):
 
-* Every write the engine acknowledges is committed before the call returns. In WAL mode with
-  ``synchronous=NORMAL`` a commit survives a crash of the process (SIGKILL): the WAL is in the
-  operating system's page cache, and SQLite recovers it on the next open.
-* Sequence-number reservations are committed with ``synchronous=FULL`` (the WAL is fsynced), so
-  they also survive a crash of the machine: losing one is the one failure that would make an SA
-  send an (SPI, sequence number) twice.
+* Every write the engine acknowledges is in the store's journal (:mod:`.journal`) before the
+  call returns: in the operating system's page cache, it survives a crash of the process
+  (SIGKILL) as a commit in SQLite's WAL with ``synchronous=NORMAL`` would. The journal is
+  applied to the tables in batches, and on the next open whatever it holds beyond them.
+* Sequence-number reservations are journaled and the journal fsynced, so they also survive a
+  crash of the machine: losing one is the one failure that would make an SA send an (SPI,
+  sequence number) twice. The journal starts over only after an apply synced into SQLite.
 
 The file is created 0600 (and its directory 0700 when it has to be made), SQLite gives the WAL
 and shared-memory files the database's permissions. A file that is not an SQLite database, fails
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import struct
@@ -34,12 +36,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecsa.errors import IpsecsaError
+from ipsecsa.store import journal as J
 
 #: "IPSA": marks the file as ipsecsa's (PRAGMA application_id).
 APPLICATION_ID = 0x49505341
 #: The schema this code writes. Older files are migrated forward on open; newer are refused.
 SCHEMA_VERSION = 3
 _HEADER = b"SQLite format 3\x00"
+log = logging.getLogger(__name__)
 _KEY_CHECK = b"ipsecsa database key check"
 
 
@@ -74,6 +78,31 @@ ALTER TABLE contexts ADD COLUMN digest BLOB;
 ALTER TABLE filters ADD COLUMN compiled TEXT;
 """,
 }
+
+
+#: The statements a journal record may name, by code (ipsecsa.store.journal): the only SQL a
+#: replayed journal can run.
+_STATEMENTS = (
+    "INSERT OR REPLACE INTO meta VALUES (?, ?)",  # 0
+    "DELETE FROM grants",  # 1
+    "INSERT INTO grants VALUES (?, ?, ?)",  # 2
+    ("INSERT OR REPLACE INTO filters (id, key, lifetime, body, digest, compiled) "
+     "VALUES (?, ?, ?, ?, ?, ?)"),  # 3
+    "DELETE FROM filters WHERE id = ?",  # 4
+    "INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)",  # 5
+    "INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)",  # 6
+    "DELETE FROM contexts WHERE id = ?",  # 7
+    "DELETE FROM sa_state WHERE ctx = ?",  # 8
+)
+_META, _NO_GRANTS, _GRANT, _FILTER, _NO_FILTER, _CONTEXT, _SA_STATE, _NO_CONTEXT, \
+    _NO_SA_STATE = range(len(_STATEMENTS))
+#: Applied to SQLite once this many operations, or this many journal bytes, are pending.
+APPLY_OPS = 1024
+APPLY_BYTES = 4 << 20
+#: The journal starts over (after an apply synced into SQLite) once it is this long.
+JOURNAL_RESTART_BYTES = 16 << 20
+#: meta key: the LSN of the last journal record applied to the tables.
+_APPLIED = "journal_applied"
 
 
 @dataclass
@@ -114,7 +143,6 @@ class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], key: bytes | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._depth = 0
         self._aead = AESGCM(key) if key is not None else None
         #: Ids of contexts that have (or may have) SA-state rows: deleting any other context
         #: is one statement instead of a transaction of two.
@@ -127,8 +155,23 @@ class SqliteStore:
                                        timeout=5.0)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
+        #: Writes journaled but not yet applied to the tables, and the LSN of the last of them.
+        self._pending: list[J.Op] = []
+        self._pending_lsn = 0
+        #: Operations and journal length at the last apply (the next is due after
+        #: APPLY_OPS more, or APPLY_BYTES more).
+        self._since_apply = 0
+        self._applied_size = 0
+        #: Inside transaction(): the operations gathered for its one record, and whether the
+        #: record must be synced.
+        self._group: list[J.Op] | None = None
+        self._group_sync = False
+        #: The journal (ipsecsa.store.journal). Not "-journal": SQLite takes a file of that
+        #: name beside the database for its own rollback journal, and deletes it.
+        self.journal_path = self.path.with_name(self.path.name + "-ipsalog")
         try:
             self._open()
+            self._replay()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{self.path}: not a usable ipsecsa database ({exc})") from exc
@@ -238,96 +281,180 @@ class SqliteStore:
             raise StoreError(f"{self.path}: {what} does not decrypt (wrong key, or the row "
                              "was tampered with)") from None
 
+    # ---------------------------------------------------------------- journal
+    def _replay(self) -> None:
+        """Apply what the journal holds beyond the tables (the writes acknowledged since the
+        last apply: the process stopped before applying them), synced, then start the journal
+        over. Damage that is not a torn tail refuses the database: nothing is half-loaded."""
+        try:
+            records, valid = J.read(self.journal_path)
+        except J.JournalError as exc:
+            raise StoreError(f"{self.journal_path}: corrupt journal ({exc}): refused") from None
+        except OSError as exc:
+            raise StoreError(f"{self.journal_path}: cannot read the journal: "
+                             f"{exc.strerror}") from exc
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_APPLIED,)).fetchone()
+        applied = int(row[0]) if row else 0
+        todo = [(lsn, ops) for lsn, ops in records if lsn > applied]
+        if todo and todo[0][0] != applied + 1 and applied:
+            raise StoreError(f"{self.journal_path}: the journal starts at record {todo[0][0]}, "
+                             f"the database has applied up to {applied}: refused")
+        last = max([applied] + [lsn for lsn, _ in records])
+        self._journal = J.Journal(self.journal_path, valid, last + 1)  # a torn tail cut off
+        if todo:
+            self._pending = [op for _, ops in todo for op in ops]
+            self._pending_lsn = todo[-1][0]
+            try:
+                self._apply_pending(sync=True)
+            except (sqlite3.Error, IndexError, TypeError) as exc:
+                self._journal.close()
+                raise StoreError(f"{self.journal_path}: the journal does not apply ({exc}): "
+                                 "refused") from exc
+        self._restart_journal()
+
+    def _write(self, ops: list[J.Op], sync: bool = False) -> None:
+        """Journal ``ops`` as one record (synced with ``sync``) before returning; they reach
+        the tables with the next apply. Inside :meth:`transaction`, gathered for its record."""
+        with self._lock:
+            if self._group is not None:
+                self._group += ops
+                self._group_sync = self._group_sync or sync
+                return
+            try:
+                self._pending_lsn = self._journal.append(ops, sync)
+            except OSError as exc:
+                raise StoreError(f"{self.journal_path}: cannot write the journal: {exc}") \
+                    from exc
+            self._pending += ops
+            self._since_apply += len(ops)
+            if self._since_apply >= APPLY_OPS \
+                    or self._journal.size - self._applied_size >= APPLY_BYTES:
+                self._apply()
+
+    def _apply(self) -> None:
+        """Apply the pending writes in one SQLite transaction; start the journal over when it
+        has grown long (that apply is synced first: the journal is then the only copy of
+        nothing). A failure leaves everything in the journal, to be applied later."""
+        restart = self._journal.size >= JOURNAL_RESTART_BYTES
+        # Counted from here whether or not it works: a failing apply is retried after as much
+        # again, not at every write.
+        self._since_apply, self._applied_size = 0, self._journal.size
+        try:
+            self._apply_pending(sync=restart)
+        except sqlite3.Error as exc:
+            # The writes are safe in the journal: the next apply, or the next open, retries.
+            log.warning("%s: applying the journal failed (%s); kept in the journal",
+                        self.path, exc)
+            return
+        if restart:
+            self._restart_journal()
+
+    def _restart_journal(self) -> None:
+        self._journal.restart()
+        self._applied_size = self._journal.size
+
+    def _apply_pending(self, sync: bool) -> None:
+        ops = self._pending
+        if not ops:
+            return
+        db = self._db
+        with self._txn(sync):
+            execute = db.execute
+            for code, params in ops:
+                execute(_STATEMENTS[code], params)
+            execute(_STATEMENTS[_META], (_APPLIED, str(self._pending_lsn)))
+        self._pending = []
+        self._since_apply, self._applied_size = 0, self._journal.size
+
+    def flush(self) -> None:
+        """Apply every journaled write to the tables, synced, and start the journal over."""
+        with self._lock:
+            self._apply_pending(sync=True)
+            self._restart_journal()
+
     # ---------------------------------------------------------------- writes
     @contextlib.contextmanager
     def _txn(self, sync: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction on the tables themselves (schema, key check, applying the journal)."""
         with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self._db
-                finally:
-                    self._depth -= 1
-                return
             if sync:
                 self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
             try:
                 yield self._db
             except BaseException:
-                self._depth = 0
                 self._db.execute("ROLLBACK")
                 raise
             else:
-                self._depth = 0
                 self._db.execute("COMMIT")
             finally:
                 if sync:
                     self._db.execute("PRAGMA synchronous = NORMAL")
 
-    def transaction(self, sync: bool = False) -> contextlib.AbstractContextManager[Any]:
-        """Group writes into one commit (``sync``: fsync the WAL at commit)."""
-        return self._txn(sync)
-
-    def _one(self, sql: str, params: tuple[Any, ...]) -> None:
-        """One statement, committed by SQLite's implicit transaction (or part of the open
-        ``transaction()``): a third cheaper than BEGIN, the statement and COMMIT, the same
-        durability (the engine writes most of its changes as one row)."""
+    @contextlib.contextmanager
+    def _gather(self, sync: bool) -> Iterator[None]:
         with self._lock:
-            self._db.execute(sql, params)
+            if self._group is not None:  # nested: part of the enclosing record
+                self._group_sync = self._group_sync or sync
+                yield
+                return
+            self._group, self._group_sync = [], sync
+            try:
+                yield
+            except BaseException:
+                self._group = None
+                raise
+            ops, sync = self._group, self._group_sync
+            self._group = None
+            if ops:
+                self._write(ops, sync)
+
+    def transaction(self, sync: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Group writes into one journal record: all of them survive a crash, or none
+        (``sync``: fsynced before the ``with`` block ends)."""
+        return self._gather(sync)
 
     def put_meta(self, key: str, value: str) -> None:
-        self._one("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._write([(_META, (key, value))])
 
     def put_grants(self, entries: dict[str, dict[str, int]]) -> None:
-        with self._txn() as db:
-            db.execute("DELETE FROM grants")
-            db.executemany("INSERT INTO grants VALUES (?, ?, ?)",
-                           [(c, p, r) for c, t in entries.items() for p, r in t.items()])
+        self._write([(_NO_GRANTS, ())] + [(_GRANT, (c, p, r)) for c, t in entries.items()
+                                          for p, r in t.items()])
 
     def put_filter(self, fid: int, key: str, lifetime: str, body: str,
                    compiled: str | None = None) -> None:
-        self._one("INSERT OR REPLACE INTO filters (id, key, lifetime, body, digest, compiled) "
-                  "VALUES (?, ?, ?, ?, ?, ?)",
-                  (fid, key, lifetime, body, _filter_digest(key, lifetime, body, compiled),
-                   compiled))
+        self._write([(_FILTER, (fid, key, lifetime, body,
+                                _filter_digest(key, lifetime, body, compiled), compiled))])
 
     def delete_filter(self, fid: int) -> None:
-        self._one("DELETE FROM filters WHERE id = ?", (fid,))
+        self._write([(_NO_FILTER, (fid,))])
 
     def put_context(self, cid: int, body: str, secret: bytes,
                     state: list[tuple[int, str, int, int, int, int]] | None = None,
                     sync: bool = False) -> None:
-        """A context's row, and with ``state`` its SA-state rows, in one commit."""
+        """A context's row, and with ``state`` its SA-state rows, in one record."""
         sealed = self.seal(f"context {cid}", secret)
-        row = (cid, body, sealed, _digest(str(cid), body, sealed))
-        if not state and not sync:
-            self._one("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)", row)
-            return
-        with self._txn(sync) as db:
-            db.execute("INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)", row)
-            if state:
+        ops: list[J.Op] = [(_CONTEXT, (cid, body, sealed, _digest(str(cid), body, sealed)))]
+        if state:
+            with self._lock:
                 self._stated.add(cid)
-                db.executemany("INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)",
-                               state)
+            ops += [(_SA_STATE, r) for r in state]
+        self._write(ops, sync)
 
     def delete_context(self, cid: int) -> None:
-        """The context's row and its SA-state rows; one statement when it never had any."""
+        """The context's row and its SA-state rows (the latter only when it may have any)."""
         with self._lock:
             if cid not in self._stated:
-                self._one("DELETE FROM contexts WHERE id = ?", (cid,))
+                self._write([(_NO_CONTEXT, (cid,))])
                 return
-            with self._txn() as db:
-                db.execute("DELETE FROM contexts WHERE id = ?", (cid,))
-                db.execute("DELETE FROM sa_state WHERE ctx = ?", (cid,))
+            self._write([(_NO_CONTEXT, (cid,)), (_NO_SA_STATE, (cid,))])
             self._stated.discard(cid)
 
     def put_sa_state(self, rows: list[tuple[int, str, int, int, int, int]],
                      sync: bool = False) -> None:
-        with self._txn(sync) as db:
+        with self._lock:
             self._stated.update(r[0] for r in rows)
-            db.executemany("INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._write([(_SA_STATE, r) for r in rows], sync)
 
     # ---------------------------------------------------------------- reading
     def load(self) -> Snapshot:
@@ -335,6 +462,7 @@ class SqliteStore:
         (nothing is half-loaded: the engine builds nothing until this returns)."""
         with self._lock:
             try:
+                self._apply_pending(sync=False)
                 return self._load()
             except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:
                 raise StoreError(f"{self.path}: corrupt ({exc}): refused") from exc
@@ -381,6 +509,8 @@ class SqliteStore:
         engine builds the SAs (not at load: most are built later, or never)."""
         with self._lock:
             try:
+                if self._pending:  # the rows asked for may be among them
+                    self._apply_pending(sync=False)
                 return {i: (s, p, b) for i, s, p, b in self._db.execute(
                     "SELECT idx, seq, packets, bytes FROM sa_state WHERE ctx = ? AND dir = ?",
                     (ctx, direction))}
@@ -389,9 +519,19 @@ class SqliteStore:
                                  f"({exc})") from exc
 
     def close(self) -> None:
+        """Apply the journal (synced) and close. Were the apply to fail, the journal keeps the
+        writes, and the next open applies them."""
         with self._lock:
+            try:
+                self._apply_pending(sync=True)
+                self._journal.restart()
+            except sqlite3.Error as exc:
+                log.warning(
+                    "%s: applying the journal at close failed (%s); the next open applies it",
+                    self.path, exc)
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._journal.close()
             self._db.close()
 
 

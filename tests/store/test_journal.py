@@ -1,0 +1,226 @@
+"""The store's write-ahead journal (ipsecsa.store.journal; issue 12, durable state): what an
+engine acknowledged is in the journal before the call returns and comes back from it after a
+crash; a torn last record (a write the crash interrupted, never acknowledged) is cut off; any
+other damage refuses the database, naming the journal; the journal never runs SQL of its own,
+holds keys only as sealed as the tables do, and is 0600.
+
+A "crash" here is a copy of the database's files taken while the engine is open (what a kill
+would leave on disk: every acknowledged write is in the files, in the page cache), then damaged
+as a crash or a bad disk would; test_crash.py kills real processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import sqlite3
+import struct
+from pathlib import Path
+
+import pytest
+from wfp.helpers import (
+    A4,
+    B4,
+    add_filter,
+    addr_conditions,
+    bundle,
+    gcm_sa,
+    ipsec_filter,
+    open_engine,
+    traffic,
+)
+
+from ipsecsa import wfp
+from ipsecsa.store import journal as J
+from ipsecsa.store import sqlite as S
+from ipsecsa.store.sqlite import StoreError
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "live" / "ipsecsa.db"
+
+
+def crash_copy(db: Path, to: Path) -> Path:
+    """The database's files as a crash of the engine's process would leave them now."""
+    to.mkdir()
+    for p in db.parent.iterdir():
+        shutil.copy2(p, to / p.name)
+    return to / db.name
+
+
+def journal_of(db: Path) -> Path:
+    return db.with_name(db.name + "-ipsalog")
+
+
+def context(bfe: wfp.Engine, h: int, key: bytes, remote: str = B4) -> int:
+    conds = addr_conditions(A4, remote)
+    fin = add_filter(bfe, h, ipsec_filter("inbound", conds))
+    fout = add_filter(bfe, h, ipsec_filter("outbound", conds))
+    st, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, remote, fout), None)
+    assert st == 0
+    st, spi = bfe.IPsecSaContextGetSpi1(h, cid, wfp.IPSEC_GETSPI1(
+        inboundIpsecTraffic=traffic(A4, remote, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
+    assert st == 0
+    assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, key))) == 0
+    return cid
+
+
+def test_acknowledged_writes_come_back_from_the_journal_alone(db: Path, tmp_path: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    cid = context(bfe, h, bytes(20))
+    spi = bfe._contexts[cid].spi
+    with sqlite3.connect(db) as conn:  # not in the tables yet: only in the journal
+        assert conn.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0
+    copy = crash_copy(db, tmp_path / "crash")
+    bfe.close()
+    again = wfp.Engine(database=copy)
+    try:
+        ctx = again._contexts[cid]
+        assert (ctx.state.value, ctx.spi) == ("inbound", spi)
+        with sqlite3.connect(copy) as conn:  # applied (and the journal started over) at open
+            assert conn.execute("SELECT count(*) FROM contexts").fetchone()[0] == 1
+        assert journal_of(copy).read_bytes() == J.MAGIC
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, "half"])
+def test_a_torn_last_record_is_cut_off(db: Path, tmp_path: Path, cut: object) -> None:
+    """A kill inside ``write`` leaves part of the last record: that call never returned, so
+    the reopen has everything before it and nothing of it."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    first = context(bfe, h, bytes(20))
+    size = journal_of(db).stat().st_size
+    second = context(bfe, h, bytes(20), remote="198.51.100.7")
+    copy = crash_copy(db, tmp_path / "crash")
+    bfe.close()
+    log = journal_of(copy)
+    data = log.read_bytes()
+    records, _ = J.read(log)
+    last_len = len(J.encode(records[-1][0], records[-1][1]))
+    keep = len(data) - last_len + (last_len // 2 if cut == "half" else int(str(cut)))
+    log.write_bytes(data[:keep])
+    again = wfp.Engine(database=copy)
+    try:
+        assert first in again._contexts and second in again._contexts
+        # The second context's AddInbound was the torn call: it is as GetSpi left it.
+        assert again._contexts[first].state.value == "inbound"
+        assert again._contexts[second].state.value == "spi_assigned"
+        assert size < keep
+    finally:
+        again.close()
+
+
+def test_zeros_where_a_machine_crash_lost_the_tail_are_cut_off(db: Path, tmp_path: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    cid = context(bfe, h, bytes(20))
+    copy = crash_copy(db, tmp_path / "crash")
+    bfe.close()
+    log = journal_of(copy)
+    data = log.read_bytes()
+    records, _ = J.read(log)
+    last_len = len(J.encode(records[-1][0], records[-1][1]))
+    log.write_bytes(data[:-last_len] + bytes(last_len + 4096))
+    again = wfp.Engine(database=copy)
+    try:
+        assert again._contexts[cid].state.value == "spi_assigned"
+    finally:
+        again.close()
+
+
+def test_damage_before_the_last_record_refuses_the_database(db: Path, tmp_path: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    context(bfe, h, bytes(20))
+    copy = crash_copy(db, tmp_path / "crash")
+    bfe.close()
+    log = journal_of(copy)
+    data = bytearray(log.read_bytes())
+    data[len(J.MAGIC) + 12] ^= 0x40  # inside the first record's body
+    log.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="ipsalog: corrupt journal"):
+        wfp.Engine(database=copy)
+    log.write_bytes(b"NOTAJRNL" + bytes(data[8:]))
+    with pytest.raises(StoreError, match="bad magic"):
+        wfp.Engine(database=copy)
+
+
+def test_the_journal_names_statements_never_sql(db: Path, tmp_path: Path) -> None:
+    """A record naming a statement the store does not have is refused, not run."""
+    bfe = wfp.Engine(database=db)
+    open_engine(bfe)
+    bfe.close()
+    log = journal_of(db)
+    log.write_bytes(J.MAGIC + J.encode(1, [(99, ("x",))]))
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'journal_applied'")
+    with pytest.raises(StoreError, match="does not apply"):
+        wfp.Engine(database=db)
+
+
+def test_keys_in_the_journal_are_sealed_as_in_the_tables(db: Path) -> None:
+    secret = bytes(range(100, 120))
+    bfe = wfp.Engine(database=db, database_key=os.urandom(32))
+    h = open_engine(bfe)
+    context(bfe, h, secret)
+    raw = journal_of(db).read_bytes()
+    assert len(raw) > len(J.MAGIC) + 1000
+    assert secret not in raw and secret.hex().encode() not in raw
+    assert journal_of(db).stat().st_mode & 0o777 == 0o600
+    bfe.close()
+    plain = wfp.Engine(database=db.with_name("plain.db"))
+    context(plain, open_engine(plain), secret)
+    assert secret.hex().encode() in journal_of(db.with_name("plain.db")).read_bytes()
+    plain.close()
+
+
+def test_the_tables_catch_up_in_batches_and_the_journal_starts_over(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S, "APPLY_OPS", 8)
+    monkeypatch.setattr(S, "JOURNAL_RESTART_BYTES", 20000)
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    sizes = []
+    for i in range(12):
+        context(bfe, h, bytes(20), remote=f"198.51.100.{10 + i}")
+        sizes.append(journal_of(db).stat().st_size)
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT count(*) FROM contexts").fetchone()[0]
+    assert 8 <= stored <= 12  # applied in batches, without a flush
+    assert any(b < a for a, b in itertools.pairwise(sizes))  # started over
+    assert max(sizes) < 20000 + 8 * 4000
+    bfe.close()
+    again = wfp.Engine(database=db)
+    assert len(again._contexts) == 12
+    again.close()
+
+
+def test_a_synced_write_is_fsynced(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reservations are the writes that must survive a crash of the machine: the journal is
+    fsynced before the write returns (the others only reach the page cache)."""
+    bfe = wfp.Engine(database=db)
+    open_engine(bfe)
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(J.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    bfe._store.put_meta("plain", "1")
+    assert synced == []
+    bfe._store.put_sa_state([(1, "out", 0, 4097, 0, 0)], sync=True)
+    assert len(synced) == 1
+    monkeypatch.undo()
+    bfe.close()
+
+
+def test_record_framing_round_trips_every_value_kind() -> None:
+    ops = [(5, (1, "text é", b"\x00\xffbytes", None, -(2 ** 63), 2 ** 63 - 1)), (1, ())]
+    rec = J.encode(7, ops)
+    length, _crc = struct.unpack_from("<II", rec)
+    assert length == len(rec) - 8
+    assert J._decode_body(rec[8:]) == (7, [(5, ops[0][1]), (1, ())])
+    with pytest.raises(TypeError):
+        J.encode(1, [(0, (1.5,))])
