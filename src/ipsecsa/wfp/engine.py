@@ -1255,6 +1255,12 @@ class Engine:
                 self._offload.outbound_gone(ctx)  # issue 13: off the NIC at once
             for sa in b.sas:
                 sa.delete()
+                if isinstance(sa.seq_limit_hook, _Reservation):
+                    # The SA and its reservation refer to each other (and through it to the
+                    # context): cut the loop, so that a deleted context is freed at once
+                    # rather than left to the cyclic collector (measured: most of a durable
+                    # life cycle's collector time).
+                    sa.seq_limit_hook = None
             self._retire("out", ctx, b)
 
     def _expire(self, ctx: SaContext, now: float) -> None:
