@@ -513,3 +513,23 @@ def test_sa_state_rows_are_written_when_they_say_something(db: Path) -> None:
     assert _state_rows(db, again) == []
     again.close()
     peer.close()
+
+
+def test_a_deleted_durable_context_is_freed_without_the_cyclic_collector(db: Path) -> None:
+    """Its outbound SAs' reservation hook refers back to the context: deleting it cuts that
+    loop, so the context goes at once (reference counting), as on an in-memory engine."""
+    import gc
+    import weakref
+
+    bfe, h, cid, peer, _hp, _pcid, _, _ = _pair(db)
+    assert bfe.outbound(udp4(A4, B4, b"x")).drop is None  # a reservation made and used
+    gone = weakref.ref(bfe._contexts[cid])
+    gc.disable()
+    try:
+        assert bfe.IPsecSaContextDeleteById0(h, cid) == 0
+        bfe._flows.clear()  # the flow cache may hold the last decision's context
+        assert gone() is None
+    finally:
+        gc.enable()
+        bfe.close()
+        peer.close()
