@@ -142,36 +142,38 @@ class Compiled:
 
     def index(self) -> list[Filter]:
         """Classifier entries covering at least every packet the conditions match."""
-        def atoms(name: str) -> list[Atom]:
-            fld = self.fields.get(name)
-            if fld is None or fld.atoms is None or len(fld.atoms) > _MAX_ATOMS:
-                return [(0, 0)]  # a wildcard
-            return fld.atoms
-
-        per = {name: atoms(name) for name in ("local", "remote", "protocol", "local_port",
-                                              "remote_port")}
-        # Wildcard the widest fields until the cross product is small enough.
-        while _product(len(v) for v in per.values()) > _MAX_ENTRIES:
-            widest = max(per, key=lambda k: len(per[k]))
-            per[widest] = [(0, 0)]
+        fields = self.fields
+        per: list[list[Atom]] = []
+        size = 1
+        for name in _INDEXED:
+            fld = fields.get(name)
+            atoms = None if fld is None else fld.atoms
+            if atoms is None or len(atoms) > _MAX_ATOMS:
+                atoms = _WILDCARD
+            per.append(atoms)
+            size *= len(atoms)
+        # Wildcard the widest fields (the first of equals) until the cross product is small
+        # enough.
+        while size > _MAX_ENTRIES:
+            widest = max(range(len(per)), key=lambda i: len(per[i]))
+            size //= len(per[widest])
+            per[widest] = _WILDCARD
+        inbound = self.direction == "inbound"
+        version = self.version
         out = []
-        for (la, lm), (ra, rm), (p, _), (lp, _), (rp, _) in itertools.product(
-                per["local"], per["remote"], per["protocol"], per["local_port"],
-                per["remote_port"]):
+        for (la, lm), (ra, rm), (p, _), (lp, _), (rp, _) in itertools.product(*per):
             # An address 0 is a wildcard to the classifier whatever the mask: over-approximate.
             la, ra = la & lm, ra & rm
-            if self.direction == "inbound":  # the packet's source is the remote end
-                out.append(Filter(self.version, ra, rm, la, lm, p, rp, lp))
+            if inbound:  # the packet's source is the remote end
+                out.append(Filter(version, ra, rm, la, lm, p, rp, lp))
             else:
-                out.append(Filter(self.version, la, lm, ra, rm, p, lp, rp))
+                out.append(Filter(version, la, lm, ra, rm, p, lp, rp))
         return out
 
 
-def _product(values: Iterable[int]) -> int:
-    n = 1
-    for v in values:
-        n *= v
-    return n
+#: The fields the classifier indexes, in the order of its entries' cross product.
+_INDEXED = ("local", "remote", "protocol", "local_port", "remote_port")
+_WILDCARD: list[Atom] = [(0, 0)]
 
 
 def compile_conditions(conditions: Sequence[Any], layer: LayerInfo) -> Compiled:
@@ -197,7 +199,10 @@ def compile_conditions(conditions: Sequence[Any], layer: LayerInfo) -> Compiled:
         if value is None:
             raise Fail(C.FWP_E_NULL_POINTER, "conditionValue is NULL")
         pred, atoms = _compile_one(field, match, value, layer.version)
-        fld = fields.setdefault(field, _Field([], []))
+        fld = fields.get(field)
+        if fld is None:
+            fields[field] = _Field([pred], atoms)
+            continue
         fld.predicates.append(pred)
         if fld.atoms is not None:
             fld.atoms = None if atoms is None else fld.atoms + atoms

@@ -764,6 +764,8 @@ class Engine:
         return entries, len(entries)
 
     def _filter_changed(self, rec: FilterRecord, kind: int) -> None:
+        if not self._subs:  # nobody subscribed: no change structure to build
+            return
         change = T.FWPM_FILTER_CHANGE0(changeType=kind, filterKey=rec.key, filterId=rec.id)
         for sub in list(self._subs.values()):
             if sub.kind == "filter" and sub.accepts((kind, rec)):

@@ -9,6 +9,7 @@ conditions decide, and F.20's order (effectiveWeight descending, filterId ascend
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from ipsecsa.wfp.registry import (
 )
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.types import (
+    FWP_CONDITION_VALUE0,
     FWP_RANGE0,
     FWP_VALUE0,
     FWPM_FILTER0,
@@ -41,7 +43,7 @@ from ipsecsa.wfp.types import (
     clone,
     effective_count,
 )
-from ipsecsa.wfp.unions import selected
+from ipsecsa.wfp.unions import CONDITION_VALUE_MEMBERS, selected
 
 #: F.19: the first filterId a fresh engine hands out.
 FIRST_FILTER_ID = 0x10000
@@ -146,6 +148,10 @@ def _known(table: dict[uuid.UUID, str], key: object) -> str | None:
     return table.get(key) if isinstance(key, uuid.UUID) else None
 
 
+#: layer_info() of each layer filters were added at (a LayerInfo is a frozen value).
+_LAYER_INFO: dict[str, LayerInfo] = {}
+
+
 def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, CalloutInfo | None,
                                                                Compiled, str, list[Any]]:
     """F.21's checks after the filter pointer itself, in order; returns what the table needs:
@@ -173,7 +179,9 @@ def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, Ca
         raise Fail(C.FWP_E_LAYER_NOT_FOUND, "layerKey")
     if layer_name not in LAYER_CONDITIONS:
         raise Fail(C.FWP_E_INCOMPATIBLE_LAYER, f"filters cannot be added at {layer_name} here")
-    layer = layer_info(layer_name)
+    layer = _LAYER_INFO.get(layer_name)
+    if layer is None:
+        layer = _LAYER_INFO[layer_name] = layer_info(layer_name)
     sub = flt.subLayerKey
     if sub is not None and sub != GUID_NULL and _known(SUBLAYERS, sub) is None:
         raise Fail(C.FWP_E_SUBLAYER_NOT_FOUND, "subLayerKey")
@@ -349,8 +357,33 @@ def conditions_key(rec: FilterRecord, layer: Any = None, role: Any = None) -> tu
 def conditions_text(conditions: list[Any]) -> str:
     """F.16's set of conditions in one canonical text: each condition's (field, match type,
     :func:`value_key`) as sorted-key JSON, the distinct ones sorted, one per line."""
-    return "\n".join(sorted({encode([c.fieldKey, c.matchType, value_key(c.conditionValue)])
-                             for c in conditions}))
+    return "\n".join(sorted({_condition_text(c) for c in conditions}))
+
+
+#: Integer types whose JSON is ``int.__repr__`` of the value: int, and the IntEnums a condition's
+#: match type and data type come as (their members' values are plain ints; the codec writes an
+#: enum as its value).
+_JSON_INTS = frozenset({int, C.FWP_MATCH_TYPE, C.FWP_DATA_TYPE})
+_guid_text = functools.lru_cache(maxsize=256)(str)
+
+
+def _condition_text(c: Any) -> str:
+    """One line of :func:`conditions_text`: ``encode([fieldKey, matchType, value_key(value)])``.
+
+    The common shape — a GUID field, an integer match type, a value whose selected member is
+    an integer (addresses, ports, protocol, flags) — is written here directly, as encode writes
+    it (``[{"$g":"<guid>"},<match>,[<type>,<member>]]``); a new JSON encoder per condition cost
+    more than the rest of a filter's validation. Any other shape goes through encode."""
+    fk, mt, v = c.fieldKey, c.matchType, c.conditionValue
+    if type(fk) is uuid.UUID and type(mt) in _JSON_INTS and type(v) is FWP_CONDITION_VALUE0:
+        vt = v.type
+        member_name = CONDITION_VALUE_MEMBERS.get(vt) if type(vt) in _JSON_INTS else None
+        if member_name is not None:
+            member = getattr(v, member_name)
+            if type(member) is int:
+                return (f'[{{"$g":"{_guid_text(fk)}"}},{int.__repr__(mt)},'
+                        f'[{int.__repr__(vt)},{int.__repr__(member)}]]')
+    return encode([fk, mt, value_key(v)])
 
 
 def value_key(value: Any) -> tuple[Any, ...]:
