@@ -199,6 +199,35 @@ def reopen(n: int, workdir: Path) -> tuple[float, float, float, float, float]:
     return write, load, mem / n, sends[0], sends[1]
 
 
+def reads_after_reopen(db: Path) -> dict[str, float]:
+    """Seconds of the reads a dashboard makes right after a reopen of ``db``: the first and the
+    second IPsecGetStatistics1, then a full ``api.Engine.contexts()`` listing; and in a second
+    reopen the listing first (nothing read yet) and again. A reopened context's SAs are not
+    built: these read them from their stored form (``ipsecsa.wfp.stored``), once."""
+    from ipsecsa import api
+
+    out: dict[str, float] = {}
+    for first in ("statistics", "contexts"):
+        gc.collect()
+        t = time.perf_counter()
+        engine = api.Engine(database=db)
+        out[f"reopen_{first}"] = time.perf_counter() - t
+        with engine.session() as s:
+            if first == "statistics":
+                for name in ("stats1", "stats2"):
+                    t = time.perf_counter()
+                    check(engine.wfp.IPsecGetStatistics1(s.handle)[0])
+                    out[name] = time.perf_counter() - t
+            for name in (f"list1_after_{first}", f"list2_after_{first}"):
+                t = time.perf_counter()
+                n = len(engine.contexts())
+                out[name] = time.perf_counter() - t
+        out["contexts"] = n
+        engine.close()
+        del engine
+    return out
+
+
 def reservation_cost(n: int, size: int, workdir: Path) -> tuple[float, float]:
     """bfe.outbound's rate on an in-memory engine and on a durable one (sequence numbers
     reserved in synced blocks), best slices, same run."""
@@ -325,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"Python memory per context\n  after the reopen, bfe.outbound: first packet "
                   f"to a context {first * 1e6:,.0f} us (builds its outbound SA), the second "
                   f"{second * 1e6:,.1f} us")
+            r = reads_after_reopen(work / "reopen.db")
+            print(f"  reads after the reopen ({r['contexts']:,.0f} contexts, SAs read as "
+                  f"stored): IPsecGetStatistics1 first {r['stats1']:.2f} s, second "
+                  f"{r['stats2']:.2f} s; api contexts() {r['list1_after_statistics']:.2f} s "
+                  f"after them, {r['list1_after_contexts']:.2f} s as the first read, "
+                  f"{r['list2_after_contexts']:.2f} s the second")
     print(f"\nbfe.outbound vs SecurityAssociation.protect, ESP AES-128-GCM, transport, "
           f"{args.size}-byte packets")
     for size in sorted({args.size, 1400}):

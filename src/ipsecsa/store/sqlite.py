@@ -518,6 +518,23 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: cannot read the state of SA context {ctx} "
                                  f"({exc})") from exc
 
+    def sa_states(self) -> dict[tuple[int, str], dict[int, tuple[int, int, int]]]:
+        """Every stored SA-state row, by (context id, direction): as :meth:`sa_state` reads
+        one context's, in one query (a listing or the statistics of a reopened engine read
+        the rows of every context whose SAs are not built yet)."""
+        out: dict[tuple[int, str], dict[int, tuple[int, int, int]]] = {}
+        with self._lock:
+            try:
+                for c, d, i, s, p, b in self._db.execute(
+                        "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state"):
+                    rows = out.get((c, d))
+                    if rows is None:
+                        rows = out[(c, d)] = {}
+                    rows[i] = (s, p, b)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read the SA state ({exc})") from exc
+        return out
+
     def close(self) -> None:
         """Apply the journal (synced) and close. Were the apply to fail, the journal keeps the
         writes, and the next open applies them."""

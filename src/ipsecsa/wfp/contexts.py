@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,11 @@ class SaContext:
     #: and returns it (None if it cannot be built now; see :class:`_LazyBundle`).
     builder: Callable[[SaContext, str], Any] | None = field(default=None, repr=False,
                                                            compare=False)
+    #: Durable engines, a reopened context with SAs not built yet: what views and statistics
+    #: read of them (``ipsecsa.wfp.stored``), by ``inbound_sas``/``outbound_sas``: (the stored
+    #: text it was read from, the StoredBundle). None until something reads them.
+    stored_sas: dict[str, tuple[str, Any]] | None = field(default=None, repr=False,
+                                                          compare=False)
 
     @classmethod
     def restored(cls, values: dict[str, Any], lazy: dict[str, str]) -> SaContext:
@@ -160,6 +166,28 @@ class SaContext:
         """``inbound_bundle``/``outbound_bundle`` if it exists as an object (None included),
         UNBUILT while it is still in stored form; never builds it."""
         return self.__dict__.get(name, UNBUILT)
+
+    def __repr__(self) -> str:
+        """Identity, state and SPIs only: reading a field still in stored form would build it
+        (a reopened context's SAs: keys parsed, cipher contexts made) just to print it, and
+        the structures as given hold the keys."""
+        def sas(name: str) -> str:
+            b = self.built(name)
+            if b is UNBUILT:
+                return "not built"
+            if b is None:
+                return "none"
+            return "[" + ", ".join(f"{sa.config.protocol} 0x{sa.spi:08x}" for sa in b.sas) + "]"
+
+        try:
+            hosts = f"{ipaddress.ip_address(self.local)} -> {ipaddress.ip_address(self.remote)}"
+        except ValueError:
+            hosts = "?"
+        spi = "none" if self.spi is None else f"0x{self.spi:08x}"
+        return (f"<SaContext {self.id} {self.state.value} IPv{self.version} "
+                f"{'tunnel' if self.tunnel else 'transport'} {hosts} spi={spi} "
+                f"filters={self.outbound_filter}/{self.inbound_filter} "
+                f"inbound={sas('inbound_bundle')} outbound={sas('outbound_bundle')}>")
 
     def next_timer(self) -> float | None:
         """When the engine must look at this context again (lifetime, idle time, linger)."""

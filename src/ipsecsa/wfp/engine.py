@@ -52,7 +52,7 @@ from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.sad import Bundle, SaDatabase, SadError
 from ipsecsa.store.sqlite import Snapshot, SqliteStore, StoreError, key_from_environment
 from ipsecsa.wfp import constants as C
-from ipsecsa.wfp import filterrows, persist
+from ipsecsa.wfp import filterrows, persist, stored
 from ipsecsa.wfp import types as T
 from ipsecsa.wfp.access import AccessControl, principal_of
 from ipsecsa.wfp.conditions import PacketView, same_conditions
@@ -1459,26 +1459,32 @@ class Engine:
             _add_traffic(self._stats, d, ctx, b)
             self._stats["totalSasDeleted"] = self._stats.get("totalSasDeleted", 0) + len(b.sas)
 
+    def _sides(self, ctx: SaContext, states: stored.States | None = None) -> tuple[Any, Any]:
+        """``ctx``'s inbound and outbound SAs for a view or the statistics, never built by
+        this: a reopened context's SAs not built yet are read from their stored form
+        (:mod:`.stored`; ``states``: the SA-state rows read at once)."""
+        return stored.sides(ctx, self._store, self._reopened_at, states)
+
     def _statistics1(self) -> Any:
         with self._stats_lock:
             st = dict(self._stats)
-        for c in self._contexts.values():
-            if c.inbound_bundle is not None:
-                _add_traffic(st, "in", c, c.inbound_bundle)
-            if c.outbound_bundle is not None:
-                _add_traffic(st, "out", c, c.outbound_bundle)
-        if self._offload is not None:  # issue 13: bytes the SAs handled while on the NIC
-            st["out:offload"], st["in:offload"] = self._offload.bytes_offloaded()
+        contexts = list(self._contexts.values())
+        states = stored.bulk_states(contexts, self._store)
         active = pending = tunnels = 0
-        for c in self._contexts.values():
-            if c.inbound_bundle is not None:
-                active += len(c.inbound_bundle.sas)
-            if c.outbound_bundle is not None:
-                active += len(c.outbound_bundle.sas)
+        for c in contexts:
+            inbound, outbound = self._sides(c, states)
+            if inbound is not None:
+                _add_traffic(st, "in", c, inbound)
+                active += len(inbound.sas)
+            if outbound is not None:
+                _add_traffic(st, "out", c, outbound)
+                active += len(outbound.sas)
             if c.state in (CtxState.CREATED, CtxState.SPI_ASSIGNED, CtxState.INBOUND):
                 pending += 1
             if c.tunnel and c.state is CtxState.ESTABLISHED:
                 tunnels += 1
+        if self._offload is not None:  # issue 13: bytes the SAs handled while on the NIC
+            st["out:offload"], st["in:offload"] = self._offload.bytes_offloaded()
 
         def g(k: str) -> int:
             return st.get(k, 0) & 0xFFFFFFFF
@@ -1779,6 +1785,7 @@ class Engine:
             self._arm_reservation(ctx, b.sas)
             ctx.__dict__[name] = b  # packets may use it from here on
             ctx.lazy.pop("outbound_sas", None)
+            stored.forget(ctx, "outbound_sas")
             return b
 
     def _stored_inbound(self, ctx: SaContext) -> Bundle:
@@ -1788,6 +1795,7 @@ class Engine:
         self._ctx_of_sa[id_of_outer(b)] = ctx
         ctx.__dict__["inbound_bundle"] = b
         ctx.lazy.pop("inbound_sas", None)
+        stored.forget(ctx, "inbound_sas")
         return b
 
     def _stored_bundle(self, ctx: SaContext, direction: str) -> Bundle:
@@ -1862,7 +1870,8 @@ class Engine:
         self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_READ)
         self._txn_state(s)
         with self._locked(s):
-            return (context_view(self._ctx(id), self._clock()),)
+            ctx = self._ctx(id)
+            return (context_view(ctx, self._clock(), *self._sides(ctx)),)
 
     @_api(1)
     def sa_context_views(self, engineHandle: Any) -> tuple[list[dict[str, Any]]]:
@@ -1872,8 +1881,9 @@ class Engine:
         self._txn_state(s)
         with self._locked(s):
             now = self._clock()
-            return ([context_view(c, now) for c in sorted(self._contexts.values(),
-                                                          key=lambda c: c.id)],)
+            contexts = sorted(self._contexts.values(), key=lambda c: c.id)
+            states = stored.bulk_states(contexts, self._store)
+            return ([context_view(c, now, *self._sides(c, states)) for c in contexts],)
 
     # ================================================================ timers
     def _schedule(self, ctx: SaContext) -> None:
@@ -2247,22 +2257,26 @@ class Engine:
                 st[k] = st.get(k, 0) + 1
 
 
-def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Bundle) -> None:
-    """Add a bundle's data-path counters to the statistics totals ``st`` (direction ``d``)."""
-    sas = b.sas
-    first = sas[0]
-    n = first.bytes
-    st[f"{d}:packets"] = st.get(f"{d}:packets", 0) + first.packets
-    kind = f"{d}:tunnel" if ctx.tunnel else f"{d}:transport"
-    st[kind] = st.get(kind, 0) + n
-    for sa in sas:
-        cfg = sa.config
-        key = f"{d}:ah" if cfg.protocol == "ah" else f"{d}:esp"
-        st[key] = st.get(key, 0) + sa.bytes
-        enc = getattr(cfg, "encryption", None)
-        if cfg.protocol == "esp" and enc is not None and getattr(enc, "name", "null") \
-                not in ("null", "null-aes-gmac"):
-            st[f"{d}:encrypted"] = st.get(f"{d}:encrypted", 0) + sa.bytes
+def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Any) -> None:
+    """Add a bundle's data-path counters to the statistics totals ``st`` (direction ``d``): a
+    Bundle's, or a StoredBundle's (SAs of a reopened context not built yet, counted once)."""
+    packets, n, esp, ah, encrypted = b.traffic if type(b) is stored.StoredBundle \
+        else stored.traffic_counts(b.sas)
+    packets_key, tunnel_key, transport_key, esp_key, ah_key, encrypted_key = _TRAFFIC_KEYS[d]
+    kind = tunnel_key if ctx.tunnel else transport_key
+    get = st.get
+    st[packets_key] = get(packets_key, 0) + packets
+    st[kind] = get(kind, 0) + n
+    if esp:
+        st[esp_key] = get(esp_key, 0) + esp
+    if ah:
+        st[ah_key] = get(ah_key, 0) + ah
+    if encrypted:
+        st[encrypted_key] = get(encrypted_key, 0) + encrypted
+
+
+_TRAFFIC_KEYS = {d: tuple(f"{d}:{k}" for k in ("packets", "tunnel", "transport", "esp", "ah",
+                                               "encrypted")) for d in ("in", "out")}
 
 
 class _Reservation:

@@ -17,7 +17,7 @@ from ipsecsa.wfp.contexts import SaContext
 
 
 def sa_view(sa: Any) -> dict[str, Any]:
-    """One data-path SA: what it is and what it has done."""
+    """One data-path SA (or a :class:`.stored.StoredSa`): what it is and what it has done."""
     cfg = sa.config
     counters = sa.counters
     encap = cfg.encapsulation
@@ -42,13 +42,14 @@ def sa_view(sa: Any) -> dict[str, Any]:
     return view
 
 
-def context_view(ctx: SaContext, now: float) -> dict[str, Any]:
-    """One SA context (read under the engine's state lock; counters under the context's)."""
+def context_view(ctx: SaContext, now: float, inbound_sas: Any, outbound_sas: Any
+                 ) -> dict[str, Any]:
+    """One SA context (read under the engine's state lock; counters under the context's).
+    ``inbound_sas``/``outbound_sas``: its SAs each way, a Bundle or, for a reopened context's
+    SAs not built yet, what their stored form says (:func:`.stored.side`); None for none."""
     with ctx.lock:
-        inbound = [sa_view(sa) for sa in ctx.inbound_bundle.sas] \
-            if ctx.inbound_bundle is not None else []
-        outbound = [sa_view(sa) for sa in ctx.outbound_bundle.sas] \
-            if ctx.outbound_bundle is not None else []
+        inbound = [sa_view(sa) for sa in inbound_sas.sas] if inbound_sas is not None else []
+        outbound = [sa_view(sa) for sa in outbound_sas.sas] if outbound_sas is not None else []
     ends = [t for t in (ctx.deadline, ctx.linger_until) if t is not None]
     return {
         "id": ctx.id,
