@@ -293,6 +293,8 @@ class Engine:
         #: Durable engines: the clock at the reopen (SAs built later are built as of then) and
         #: the lock under which a reopened context's outbound SAs are built (_build_stored).
         self._reopened_at = 0.0
+        #: Reopened contexts may have stored SAs not read yet (:meth:`_read_stored`).
+        self._stored_unread = False
         self._build_lock = threading.Lock()
         self._bind_routes()
         if database is not None:
@@ -1459,20 +1461,27 @@ class Engine:
             _add_traffic(self._stats, d, ctx, b)
             self._stats["totalSasDeleted"] = self._stats.get("totalSasDeleted", 0) + len(b.sas)
 
-    def _sides(self, ctx: SaContext, states: stored.States | None = None) -> tuple[Any, Any]:
+    def _sides(self, ctx: SaContext) -> tuple[Any, Any]:
         """``ctx``'s inbound and outbound SAs for a view or the statistics, never built by
         this: a reopened context's SAs not built yet are read from their stored form
-        (:mod:`.stored`; ``states``: the SA-state rows read at once)."""
-        return stored.sides(ctx, self._store, self._reopened_at, states)
+        (:mod:`.stored`), once."""
+        return stored.sides(ctx, self._store, self._reopened_at)
+
+    def _read_stored(self, contexts: list[SaContext]) -> None:
+        """Before a view or the statistics of all ``contexts``: read the stored SAs of the
+        reopened ones at once (:func:`.stored.read_all`). After one such pass every context's
+        are read or built (new contexts never have stored SAs), so later passes skip this."""
+        if self._stored_unread:
+            stored.read_all(contexts, self._store, self._reopened_at)
 
     def _statistics1(self) -> Any:
         with self._stats_lock:
             st = dict(self._stats)
         contexts = list(self._contexts.values())
-        states = stored.bulk_states(contexts, self._store)
+        self._read_stored(contexts)
         active = pending = tunnels = 0
         for c in contexts:
-            inbound, outbound = self._sides(c, states)
+            inbound, outbound = self._sides(c)
             if inbound is not None:
                 _add_traffic(st, "in", c, inbound)
                 active += len(inbound.sas)
@@ -1483,6 +1492,7 @@ class Engine:
                 pending += 1
             if c.tunnel and c.state is CtxState.ESTABLISHED:
                 tunnels += 1
+        self._stored_unread = False
         if self._offload is not None:  # issue 13: bytes the SAs handled while on the NIC
             st["out:offload"], st["in:offload"] = self._offload.bytes_offloaded()
 
@@ -1676,6 +1686,7 @@ class Engine:
     def _load_all(self, snap: Snapshot) -> None:
         now = self._clock()
         self._reopened_at = now
+        self._stored_unread = True
         meta = snap.meta
         if "created" not in meta:  # a new database: it starts with the default DACL (D.2)
             assert self._store is not None
@@ -1882,8 +1893,10 @@ class Engine:
         with self._locked(s):
             now = self._clock()
             contexts = sorted(self._contexts.values(), key=lambda c: c.id)
-            states = stored.bulk_states(contexts, self._store)
-            return ([context_view(c, now, *self._sides(c, states)) for c in contexts],)
+            self._read_stored(contexts)
+            views = [context_view(c, now, *self._sides(c)) for c in contexts]
+            self._stored_unread = False
+            return (views,)
 
     # ================================================================ timers
     def _schedule(self, ctx: SaContext) -> None:
