@@ -293,3 +293,28 @@ def test_repr_of_a_reopened_context_builds_nothing(tmp_path: Path, peer: api.Eng
     ctx.outbound_bundle  # noqa: B018
     assert "outbound=[esp 0x00001001]" in repr(ctx)
     engine.close()
+
+
+def test_stored_descriptions_are_read_from_the_tail_or_whole() -> None:
+    """parse_sas reads the members after the bundles as given when it can, and the whole text
+    otherwise (another member order, a member of that name nested in a structure before, an
+    integer wider than 64 bits): always the same descriptions, integers exact."""
+    inbound = [{"spi": 0x100, "protocol": "esp", "lifetime": {"hard": {"bytes": 2 ** 70}}}]
+    outbound = [{"spi": 0x200, "protocol": "ah", "seq": 2 ** 64 - 1}]
+    rows = [
+        {"inbound_given": {"s": 'a,"inbound_sas":[]}'}, "outbound_given": None,
+         "inbound_sas": inbound, "outbound_sas": outbound},
+        {"inbound_given": None, "inbound_sas": inbound, "outbound_given": {"inbound_sas": 1},
+         "outbound_sas": outbound},  # sorted, with a nested member of the same name after
+        {"inbound_sas": inbound, "outbound_sas": outbound},  # first: no comma before it
+    ]
+    for row in rows:
+        text = json.dumps(row, separators=(",", ":"))
+        got_in, got_out = stored.parse_sas(text, "inbound_sas"), stored.parse_sas(
+            text, "outbound_sas")
+        assert got_in == inbound and got_out == outbound
+        assert type(got_in[0]["lifetime"]["hard"]["bytes"]) is int
+    small = [{"spi": 0x100, "protocol": "esp"}]
+    assert stored.parse_sas(json.dumps({"inbound_given": None, "inbound_sas": small,
+                                        "outbound_sas": None}, separators=(",", ":")),
+                            "inbound_sas") == small

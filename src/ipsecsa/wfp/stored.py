@@ -120,11 +120,11 @@ def parse_sas(stored: str, name: str) -> list[dict[str, Any]]:
     """The SA descriptions of member ``name`` ("inbound_sas"/"outbound_sas") of a context's
     secret column text. The SA descriptions are its last members (``persist.context_rows``
     writes them after the bundles as given, which are most of the text), so only that tail is
-    parsed when it can be: a ``,"`` never occurs inside a JSON string, so the text from
-    ``,"inbound_sas":`` on is a member of some object, and of the outermost one exactly when
-    it then parses as an object. Anything else (another member order, an integer wider than 64
-    bits, which the fast parser would read as a float) is parsed whole by the standard
-    library."""
+    parsed when it can be. ``,"inbound_sas":`` can only start a member of some object (inside
+    a JSON string a ``"`` is escaped, and a string closed by that quote could not be followed
+    by ``inbound_sas``), and of the outermost one exactly when the text from there on parses
+    as an object. Anything else (another member order, an integer wider than 64 bits, which
+    the fast parser would read as a float) is parsed whole by the standard library."""
     at = stored.rfind(',"inbound_sas":')
     if at >= 0:
         try:
