@@ -274,6 +274,18 @@ def test_statistics_totals_stay_exact_across_close_reopen_build_and_delete(
     for part in traffic:
         assert after[part] == before[part]
     assert after["aggregateSaStatistics"]["activeSas"] == 78
+    # Expire stops the outbound SAs (built to stop them: their counts retire exactly); the
+    # inbound ones linger, still read as stored.
+    ctx = bfe._contexts[made[4]]
+    assert engine.context(made[4]).outbound[0].packets == 1
+    engine.expire(made[4])
+    assert ctx.built("inbound_bundle") is UNBUILT
+    info = engine.context(made[4])
+    assert info.state == "expiring" and info.outbound == () and info.inbound[0].packets == 1
+    expired = engine.statistics()
+    for part in traffic:
+        assert expired[part] == before[part]
+    assert expired["aggregateSaStatistics"]["activeSas"] == 77
     engine.close()
 
 
