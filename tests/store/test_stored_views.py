@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,46 @@ def test_stored_descriptions_are_read_from_the_tail_or_whole() -> None:
     assert stored.parse_sas(json.dumps({"inbound_given": None, "inbound_sas": small,
                                         "outbound_sas": None}, separators=(",", ":")),
                             "inbound_sas") == small
+
+
+def test_listings_while_packets_build_the_sas(tmp_path: Path, peer: api.Engine) -> None:
+    """Packets build SAs (and reserve sequence numbers) on their own thread while listings and
+    statistics read the same contexts: each read sees an SA either as stored or as built,
+    never a mix that loses or invents a count, and the totals end exact."""
+    db = tmp_path / "race.db"
+    engine = api.Engine(database=db)
+    n = 48
+    for i in range(n):
+        b = remote(i)
+        ab, ba = sa(0x1000 + i, A, b), sa(0x2000 + i, b, A)
+        engine.create_context(outbound=ab, inbound=ba)
+        peer.create_context(outbound=ba, inbound=ab)
+        engine.outbound(udp4(A, b))
+    engine.close()
+    engine = api.Engine(database=db)
+    packets_before = engine.statistics()["outboundTrafficStatistics"]["totalSuccessfulPackets"]
+    assert packets_before == n
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for i in range(n):
+                assert engine.outbound(udp4(A, remote(i))).drop is None
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen = []
+    while sender.is_alive() or not seen:
+        infos = engine.contexts()
+        total = engine.statistics()["outboundTrafficStatistics"]["totalSuccessfulPackets"]
+        assert all(c.outbound[0].packets in (1, 2) for c in infos)
+        assert n <= total <= 2 * n
+        seen.append(total)
+    sender.join()
+    assert not errors
+    assert [c.outbound[0].packets for c in engine.contexts()] == [2] * n
+    assert engine.statistics()["outboundTrafficStatistics"]["totalSuccessfulPackets"] == 2 * n
+    assert seen == sorted(seen)  # counts never go back
+    engine.close()

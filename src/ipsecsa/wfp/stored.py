@@ -175,15 +175,16 @@ def stored_bundle(descriptions: Sequence[Mapping[str, Any]], states: Mapping[int
         state = SaState.MATURE
         if cfg.direction == "outbound" and seq >= (SEQ_MAX_64 if cfg.esn else SEQ_MAX_32):
             state = SaState.DEAD  # sequence numbers used up: exhausted from the start
-        life = d.get("lifetime") or {}
-        marks = lifetime_marks(Limits.of(_lifetime(life.get("soft"))),
-                               Limits.of(_lifetime(life.get("hard"))), installed)
-        if packets >= marks.packet_mark or nbytes >= marks.byte_mark:
-            soft, hard = marks.crossed(packets, nbytes, installed)
-            if soft is not None and state is SaState.MATURE:
-                state = SaState.DYING
-            if hard is not None and state in USABLE:
-                state = SaState.DEAD
+        life = d.get("lifetime")
+        if life:  # without, nothing is ever crossed
+            marks = lifetime_marks(Limits.of(_lifetime(life.get("soft"))),
+                                   Limits.of(_lifetime(life.get("hard"))), installed)
+            if packets >= marks.packet_mark or nbytes >= marks.byte_mark:
+                soft, hard = marks.crossed(packets, nbytes, installed)
+                if soft is not None and state is SaState.MATURE:
+                    state = SaState.DYING
+                if hard is not None and state in USABLE:
+                    state = SaState.DEAD
         sas.append(StoredSa(_spi(d["spi"]), cfg, seq, state, packets, nbytes))
     return StoredBundle(tuple(sas))
 
