@@ -24,6 +24,7 @@ import pytest
 from wfp.helpers import open_engine
 
 from ipsecsa import api
+from ipsecsa.store.sqlite import SqliteStore
 from ipsecsa.wfp import stored
 from ipsecsa.wfp.contexts import UNBUILT
 from store.test_restart import build
@@ -374,3 +375,15 @@ def test_listings_while_packets_build_the_sas(tmp_path: Path, peer: api.Engine) 
     assert engine.statistics()["outboundTrafficStatistics"]["totalSuccessfulPackets"] == 2 * n
     assert seen == sorted(seen)  # counts never go back
     engine.close()
+
+
+def test_all_sa_state_rows_in_one_query_include_journaled_ones(tmp_path: Path) -> None:
+    """SqliteStore.sa_states answers as sa_state does, rows still in the journal included."""
+    store = SqliteStore(tmp_path / "rows.db")
+    store.put_sa_state([(7, "out", 0, 4096, 3, 300), (7, "in", 0, 5, 2, 100),
+                        (8, "in", 1, 9, 1, 50)])
+    store.put_sa_state([(7, "out", 0, 8192, 4, 400)])
+    assert store.sa_states() == {(7, "out"): {0: (8192, 4, 400)}, (7, "in"): {0: (5, 2, 100)},
+                                 (8, "in"): {1: (9, 1, 50)}}
+    assert store.sa_state(7, "out") == {0: (8192, 4, 400)}
+    store.close()

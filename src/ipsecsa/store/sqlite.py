@@ -525,6 +525,8 @@ class SqliteStore:
         out: dict[tuple[int, str], dict[int, tuple[int, int, int]]] = {}
         with self._lock:
             try:
+                if self._pending:  # as sa_state: journaled rows are applied first
+                    self._apply_pending(sync=False)
                 for c, d, i, s, p, b in self._db.execute(
                         "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state"):
                     rows = out.get((c, d))
