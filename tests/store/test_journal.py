@@ -224,3 +224,56 @@ def test_record_framing_round_trips_every_value_kind() -> None:
     assert J._decode_body(rec[8:]) == (7, [(5, ops[0][1]), (1, ())])
     with pytest.raises(TypeError):
         J.encode(1, [(0, (1.5,))])
+
+
+def test_coalescing_a_batch_ends_with_the_same_tables(tmp_path: Path) -> None:
+    """Applying a batch without the operations a later one makes moot leaves every table as
+    applying all of them does: random batches over few keys (so that they collide), on tables
+    that already hold rows."""
+    import random
+
+    rng = random.Random(1207)
+
+    def random_op() -> J.Op:
+        code = rng.choice(range(len(S._STATEMENTS)))
+        c, i = rng.randrange(4), rng.randrange(3)
+        d = rng.choice(("in", "out"))
+        return (code, {
+            S._META: (f"k{c}", str(rng.random())),
+            S._NO_GRANTS: (),
+            S._GRANT: (rng.choice(("engine", "ipsec_sa_db")), f"p{rng.randrange(1000)}", c),
+            S._FILTER: (c, f"key{c}", "static", str(rng.random()), b"d", None),
+            S._NO_FILTER: (c,),
+            S._CONTEXT: (c, str(rng.random()), b"s", b"d"),
+            S._SA_STATE: (c, d, i, rng.randrange(99), 0, 0),
+            S._NO_CONTEXT: (c,),
+            S._NO_SA_STATE: (c,),
+        }[code])
+
+    def tables(store: S.SqliteStore) -> list[object]:
+        return [sorted(store._db.execute(f"SELECT * FROM {t}").fetchall())
+                for t in ("meta", "grants", "filters", "contexts", "sa_state")]
+
+    for run in range(200):
+        stores = [S.SqliteStore(tmp_path / f"{run}-{n}.db") for n in range(2)]
+        setup = [random_op() for _ in range(10)]
+        batch = [random_op() for _ in range(rng.randrange(1, 40))]
+        for store, ops in zip(stores, (batch, S._coalesced(batch)), strict=True):
+            with store._txn():
+                for code, params in [*setup, *ops]:
+                    store._db.execute(S._STATEMENTS[code], params)
+        assert tables(stores[0]) == tables(stores[1]), (run, batch)
+        assert len(S._coalesced(batch)) <= len(batch)
+        for store in stores:
+            store.close()
+
+
+def test_a_whole_life_in_one_batch_applies_as_its_deletes() -> None:
+    life = [(S._FILTER, (1, "k1", "static", "{}", b"d", None)),
+            (S._FILTER, (2, "k2", "static", "{}", b"d", None)),
+            *[(S._CONTEXT, (7, f"step {n}", b"s", b"d")) for n in range(4)],
+            (S._NO_CONTEXT, (7,)), (S._NO_FILTER, (2,)), (S._NO_FILTER, (1,))]
+    assert S._coalesced(life) == life[-3:]
+    grants = [(S._NO_GRANTS, ()), (S._GRANT, ("engine", "a", 1)), (S._NO_GRANTS, ()),
+              (S._GRANT, ("engine", "b", 2))]
+    assert S._coalesced(grants) == grants[2:]

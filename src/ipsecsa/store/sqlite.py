@@ -360,7 +360,7 @@ class SqliteStore:
         db = self._db
         with self._txn(sync):
             execute = db.execute
-            for code, params in ops:
+            for code, params in _coalesced(ops):
                 execute(_STATEMENTS[code], params)
             execute(_STATEMENTS[_META], (_APPLIED, str(self._pending_lsn)))
         self._pending = []
@@ -553,6 +553,49 @@ class SqliteStore:
             self._journal.close()
             self._db.close()
 
+
+def _coalesced(ops: list[J.Op]) -> list[J.Op]:
+    """``ops`` without those a later one makes moot, in order: the tables end the same.
+
+    A row written or deleted by key (a context, a filter, a meta value, one SA-state row) ends
+    as its last write says; deleting a context's SA-state rows undoes every earlier write of
+    them; replacing the grants, every earlier grant. A batch holds many such: a context is
+    written at each step of its life and often deleted within the same batch."""
+    kept: list[J.Op] = []
+    seen: set[tuple[Any, ...]] = set()
+    cleared: set[int] = set()  # contexts whose SA-state rows a later op deletes
+    grants_cleared = False
+    for op in reversed(ops):
+        code, p = op
+        key: tuple[Any, ...]
+        if code in _BY_KEY:
+            key = (_BY_KEY[code], p[0])
+        elif code == _SA_STATE:
+            if p[0] in cleared:
+                continue
+            key = (_SA_STATE, p[0], p[1], p[2])
+        elif code == _NO_SA_STATE:
+            if p[0] in cleared:
+                continue
+            cleared.add(p[0])
+            kept.append(op)
+            continue
+        else:  # the grants: replaced whole
+            if grants_cleared:
+                continue
+            grants_cleared = code == _NO_GRANTS
+            kept.append(op)
+            continue
+        if key not in seen:
+            seen.add(key)
+            kept.append(op)
+    kept.reverse()
+    return kept
+
+
+#: Statements that write or delete one row by its key (the first parameter), by table.
+_BY_KEY = {_META: "meta", _FILTER: "filters", _NO_FILTER: "filters", _CONTEXT: "contexts",
+           _NO_CONTEXT: "contexts"}
 
 _LENGTH = struct.Struct(">Q").pack
 
