@@ -54,6 +54,12 @@ def journal_of(db: Path) -> Path:
     return db.with_name(db.name + "-ipsalog")
 
 
+def store_id(db: Path) -> bytes:
+    with sqlite3.connect(db) as conn:
+        return bytes.fromhex(conn.execute(
+            "SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
+
+
 def context(bfe: wfp.Engine, h: int, key: bytes, remote: str = B4) -> int:
     conds = addr_conditions(A4, remote)
     fin = add_filter(bfe, h, ipsec_filter("inbound", conds))
@@ -82,7 +88,7 @@ def test_acknowledged_writes_come_back_from_the_journal_alone(db: Path, tmp_path
         assert (ctx.state.value, ctx.spi) == ("inbound", spi)
         with sqlite3.connect(copy) as conn:  # applied (and the journal started over) at open
             assert conn.execute("SELECT count(*) FROM contexts").fetchone()[0] == 1
-        assert journal_of(copy).read_bytes() == J.MAGIC
+        assert journal_of(copy).read_bytes() == J.header(again._store.store_id)
     finally:
         again.close()
 
@@ -100,7 +106,7 @@ def test_a_torn_last_record_is_cut_off(db: Path, tmp_path: Path, cut: object) ->
     bfe.close()
     log = journal_of(copy)
     data = log.read_bytes()
-    records, _ = J.read(log)
+    records, _ = J.read(log, store_id(copy))
     last_len = len(J.encode(records[-1][0], records[-1][1]))
     keep = len(data) - last_len + (last_len // 2 if cut == "half" else int(str(cut)))
     log.write_bytes(data[:keep])
@@ -123,7 +129,7 @@ def test_zeros_where_a_machine_crash_lost_the_tail_are_cut_off(db: Path, tmp_pat
     bfe.close()
     log = journal_of(copy)
     data = log.read_bytes()
-    records, _ = J.read(log)
+    records, _ = J.read(log, store_id(copy))
     last_len = len(J.encode(records[-1][0], records[-1][1]))
     log.write_bytes(data[:-last_len] + bytes(last_len + 4096))
     again = wfp.Engine(database=copy)
@@ -141,7 +147,7 @@ def test_damage_before_the_last_record_refuses_the_database(db: Path, tmp_path: 
     bfe.close()
     log = journal_of(copy)
     data = bytearray(log.read_bytes())
-    data[len(J.MAGIC) + 12] ^= 0x40  # inside the first record's body
+    data[len(J.header(store_id(copy))) + 12] ^= 0x40  # inside the first record's body
     log.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="ipsalog: corrupt journal"):
         wfp.Engine(database=copy)
@@ -156,7 +162,7 @@ def test_the_journal_names_statements_never_sql(db: Path, tmp_path: Path) -> Non
     open_engine(bfe)
     bfe.close()
     log = journal_of(db)
-    log.write_bytes(J.MAGIC + J.encode(1, [(99, ("x",))]))
+    log.write_bytes(J.header(store_id(db)) + J.encode(1, [(99, ("x",))]))
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM meta WHERE key = 'journal_applied'")
     with pytest.raises(StoreError, match="does not apply"):
@@ -169,7 +175,7 @@ def test_keys_in_the_journal_are_sealed_as_in_the_tables(db: Path) -> None:
     h = open_engine(bfe)
     context(bfe, h, secret)
     raw = journal_of(db).read_bytes()
-    assert len(raw) > len(J.MAGIC) + 1000
+    assert len(raw) > 1000
     assert secret not in raw and secret.hex().encode() not in raw
     assert journal_of(db).stat().st_mode & 0o777 == 0o600
     bfe.close()
@@ -251,7 +257,9 @@ def test_coalescing_a_batch_ends_with_the_same_tables(tmp_path: Path) -> None:
         }[code])
 
     def tables(store: S.SqliteStore) -> list[object]:
-        return [sorted(store._db.execute(f"SELECT * FROM {t}").fetchall())
+        own = ("store_id", "journal_applied")  # each database's own
+        return [sorted(r for r in store._db.execute(f"SELECT * FROM {t}").fetchall()
+                       if t != "meta" or r[0] not in own)
                 for t in ("meta", "grants", "filters", "contexts", "sa_state")]
 
     for run in range(200):
@@ -277,3 +285,26 @@ def test_a_whole_life_in_one_batch_applies_as_its_deletes() -> None:
     grants = [(S._NO_GRANTS, ()), (S._GRANT, ("engine", "a", 1)), (S._NO_GRANTS, ()),
               (S._GRANT, ("engine", "b", 2))]
     assert S._coalesced(grants) == grants[2:]
+
+
+def test_a_journal_beside_a_database_made_anew_is_refused(db: Path, tmp_path: Path) -> None:
+    """Deleting a database but not its journal, then opening the path again, must not apply
+    the old database's writes to the new one."""
+    bfe = wfp.Engine(database=db)
+    context(bfe, open_engine(bfe), bytes(20))
+    copy = crash_copy(db, tmp_path / "crash")
+    bfe.close()
+    for p in copy.parent.iterdir():
+        if p != journal_of(copy):
+            p.unlink()
+    with pytest.raises(StoreError, match="ipsalog: corrupt journal .*another database"):
+        wfp.Engine(database=copy)
+
+
+def test_a_journal_that_does_not_continue_the_tables_is_refused(db: Path) -> None:
+    bfe = wfp.Engine(database=db)
+    open_engine(bfe)
+    bfe.close()
+    journal_of(db).write_bytes(J.header(store_id(db)) + J.encode(5, [(S._META, ("k", "v"))]))
+    with pytest.raises(StoreError, match="starts at record 5"):
+        wfp.Engine(database=db)

@@ -8,7 +8,9 @@ cache it survives a crash of the process exactly as a commit in SQLite's WAL doe
 ``synchronous=NORMAL`` (the level the store always had). The rows are then applied to SQLite a
 batch per transaction, where a statement costs ~6 µs.
 
-Format: an 8-byte magic (``IPSAJ1`` and two zero bytes), then records::
+Format: an 8-byte magic (``IPSAJ1`` and two zero bytes) and the 16-byte id of the database it
+belongs to (its ``meta`` row ``store_id``: a journal left beside a database made anew is
+refused, never applied to it), then records::
 
     length  u32  bytes after the crc field
     crc     u32  CRC-32 of those bytes
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 MAGIC = b"IPSAJ1\x00\x00"
+#: Bytes of a database id in the header, after the magic.
+ID_SIZE = 16
 _HEAD = struct.Struct("<II")  # length, crc
 _LSN_COUNT = struct.Struct("<QH")
 _OP = struct.Struct("<BB")
@@ -112,21 +116,29 @@ def _decode_body(body: bytes) -> tuple[int, list[Op]]:
     return lsn, ops
 
 
-def read(path: Path) -> tuple[list[tuple[int, list[Op]]], int]:
+def header(owner: bytes) -> bytes:
+    """The start of a journal of the database whose id is ``owner``."""
+    return MAGIC + owner
+
+
+def read(path: Path, owner: bytes) -> tuple[list[tuple[int, list[Op]]], int]:
     """The records of the journal at ``path`` (none if it does not exist) and the length of
-    its valid part (where a torn tail, if any, begins). :class:`JournalError` on damage."""
+    its valid part (where a torn tail, if any, begins). :class:`JournalError` on damage, or
+    when it is not the journal of the database whose id is ``owner``."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], 0
-    if not data:
-        return [], 0
+    head = header(owner)
+    if len(data) < len(head) and head.startswith(data):
+        return [], 0  # created, header torn: nothing was ever acknowledged
     if not data.startswith(MAGIC):
-        if len(data) < len(MAGIC) and MAGIC.startswith(data):
-            return [], 0  # created, magic torn: nothing was ever acknowledged
         raise JournalError("not an ipsecsa journal (bad magic)")
+    if data[len(MAGIC):len(head)] != owner:
+        raise JournalError("the journal of another database (its id differs); if that "
+                           "database is gone, remove the journal")
     records: list[tuple[int, list[Op]]] = []
-    pos = len(MAGIC)
+    pos = len(head)
     end = len(data)
     while pos < end:
         start = pos
@@ -170,15 +182,16 @@ def _only_zeros_after(data: bytes, start: int) -> bool:
 class Journal:
     """The append side. Not thread-safe: the store calls it under its lock."""
 
-    def __init__(self, path: Path, valid: int, next_lsn: int) -> None:
+    def __init__(self, path: Path, owner: bytes, valid: int, next_lsn: int) -> None:
         self.path = path
+        self._head = header(owner)
         new = not path.exists()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.fchmod(self._fd, 0o600)
-        if new or valid < len(MAGIC):
+        if new or valid < len(self._head):
             os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, MAGIC, 0)
-            valid = len(MAGIC)
+            os.pwrite(self._fd, self._head, 0)
+            valid = len(self._head)
             if new:
                 _sync_dir(path.parent)
         else:
@@ -201,8 +214,8 @@ class Journal:
 
     def restart(self) -> None:
         """Every record is applied (and synced into SQLite): start the file over."""
-        os.ftruncate(self._fd, len(MAGIC))
-        self.size = len(MAGIC)
+        os.ftruncate(self._fd, len(self._head))
+        self.size = len(self._head)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -286,8 +286,9 @@ class SqliteStore:
         """Apply what the journal holds beyond the tables (the writes acknowledged since the
         last apply: the process stopped before applying them), synced, then start the journal
         over. Damage that is not a torn tail refuses the database: nothing is half-loaded."""
+        self.store_id = owner = self._store_id()
         try:
-            records, valid = J.read(self.journal_path)
+            records, valid = J.read(self.journal_path, owner)
         except J.JournalError as exc:
             raise StoreError(f"{self.journal_path}: corrupt journal ({exc}): refused") from None
         except OSError as exc:
@@ -296,11 +297,11 @@ class SqliteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_APPLIED,)).fetchone()
         applied = int(row[0]) if row else 0
         todo = [(lsn, ops) for lsn, ops in records if lsn > applied]
-        if todo and todo[0][0] != applied + 1 and applied:
+        if todo and todo[0][0] != applied + 1:
             raise StoreError(f"{self.journal_path}: the journal starts at record {todo[0][0]}, "
                              f"the database has applied up to {applied}: refused")
         last = max([applied] + [lsn for lsn, _ in records])
-        self._journal = J.Journal(self.journal_path, valid, last + 1)  # a torn tail cut off
+        self._journal = J.Journal(self.journal_path, owner, valid, last + 1)  # torn tail cut
         if todo:
             self._pending = [op for _, ops in todo for op in ops]
             self._pending_lsn = todo[-1][0]
@@ -311,6 +312,17 @@ class SqliteStore:
                 raise StoreError(f"{self.journal_path}: the journal does not apply ({exc}): "
                                  "refused") from exc
         self._restart_journal()
+
+    def _store_id(self) -> bytes:
+        """This database's id (made at its first open by a version with the journal), which
+        its journal carries: a journal is applied only to the database it belongs to."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        if row is not None:
+            return bytes.fromhex(row[0])
+        made = os.urandom(J.ID_SIZE)
+        with self._txn(sync=True):
+            self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (made.hex(),))
+        return made
 
     def _write(self, ops: list[J.Op], sync: bool = False) -> None:
         """Journal ``ops`` as one record (synced with ``sync``) before returning; they reach
