@@ -38,7 +38,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -405,16 +405,9 @@ class Engine:
         if s.txn is not None and s.txn.read_only:
             raise Fail(C.FWP_E_INCOMPATIBLE_TXN, "a write in a read-only transaction")
 
-    @contextlib.contextmanager
-    def _locked(self, s: _Session) -> Iterator[None]:
+    def _locked(self, s: _Session) -> _CallLock:
         """The call's (implicit) transaction: the transaction lock, then the state lock."""
-        if not self._txn_lock.acquire(s, s.wait_ms, self._reap_owner):
-            raise Fail(C.FWP_E_TIMEOUT, "timed out waiting for the transaction lock")
-        try:
-            with self._lock:
-                yield
-        finally:
-            self._txn_lock.release(s)
+        return _CallLock(self, s)
 
     def _reap_owner(self, owner: Any) -> None:
         """Called while waiting for the lock: abort an owner past the one-hour limit."""
@@ -2290,6 +2283,35 @@ def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Any) -> None:
 
 _TRAFFIC_KEYS = {d: tuple(f"{d}:{k}" for k in ("packets", "tunnel", "transport", "esp", "ah",
                                                "encrypted")) for d in ("in", "out")}
+
+
+class _CallLock:
+    """``with engine._locked(session):`` — the transaction lock for the session, then the
+    engine's state lock; released in the reverse order, whatever the block raised. A class
+    rather than a generator-based context manager: every mutating call takes it, and the
+    generator's machinery cost half again as much as the two locks."""
+
+    __slots__ = ("engine", "session")
+
+    def __init__(self, engine: Engine, session: _Session) -> None:
+        self.engine, self.session = engine, session
+
+    def __enter__(self) -> None:
+        engine, s = self.engine, self.session
+        if not engine._txn_lock.acquire(s, s.wait_ms, engine._reap_owner):
+            raise Fail(C.FWP_E_TIMEOUT, "timed out waiting for the transaction lock")
+        try:
+            engine._lock.acquire()
+        except BaseException:
+            engine._txn_lock.release(s)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        engine = self.engine
+        try:
+            engine._lock.release()
+        finally:
+            engine._txn_lock.release(self.session)
 
 
 class _Reservation:
