@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from ipsecsa import api, wfp
 from tests.api.helpers import pair
 
@@ -116,3 +118,37 @@ def test_filter_events_need_the_subscribe_right_on_filters() -> None:
 
 def api_rights(_container: str) -> int:
     return wfp.FWPM_ACTRL_SUBSCRIBE | wfp.FWPM_ACTRL_READ | wfp.FWPM_ACTRL_ENUM
+
+
+def test_state_changes_only_for_subscriptions_that_ask() -> None:
+    """``states=True``: a ``"changed"`` event for each step that changes a context's state
+    (SPI set, each side added, expired by a lifetime when ``run_timers`` lets the engine run
+    its timers, expired by a call); a plain subscription sees additions and deletions only."""
+    clock = Clock()
+    with api.Engine(clock=clock) as engine, engine.events(timeout=0.2, states=True) as states, \
+            engine.events(timeout=0.2) as plain:
+        ab, ba = pair(lifetime={"hard": {"seconds": 10}})
+        timed = engine.create_context(outbound=ab, inbound=ba)
+        ab, ba = pair(0x3003, 0x4004)
+        called = engine.create_context(outbound=ab, inbound=ba)
+        clock.now = 11.0
+        engine.run_timers()  # reads nothing: only lets the lifetime end
+        assert engine.context(timed.id).state == "expiring"
+        engine.expire(called.id)
+        engine.flush_events()
+        changed = [api.ContextEvent("changed", timed.id)] * 3
+        assert list(states) == [api.ContextEvent("added", timed.id), *changed,
+                                api.ContextEvent("added", called.id),
+                                *[api.ContextEvent("changed", called.id)] * 3,
+                                api.ContextEvent("changed", timed.id),
+                                api.ContextEvent("changed", called.id)]
+        assert list(plain) == [api.ContextEvent("added", timed.id),
+                               api.ContextEvent("added", called.id)]
+        assert engine.events_dropped == 0
+
+
+def test_run_timers_on_a_closed_engine_raises() -> None:
+    engine = api.Engine()
+    engine.close()
+    with pytest.raises(api.EngineClosed):
+        engine.run_timers()

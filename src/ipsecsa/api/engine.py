@@ -24,7 +24,8 @@ from ipsecsa.config import parse_sa
 from ipsecsa.datapath.result import Result
 from ipsecsa.errors import ConfigError
 
-_KINDS = {wfp.IPSEC_SA_CONTEXT_EVENT_ADD: "added", wfp.IPSEC_SA_CONTEXT_EVENT_DELETE: "deleted"}
+_KINDS = {wfp.IPSEC_SA_CONTEXT_EVENT_ADD: "added", wfp.IPSEC_SA_CONTEXT_EVENT_DELETE: "deleted",
+          wfp.IPSECSA_SA_CONTEXT_EVENT_STATE: "changed"}
 _FILTER_KINDS = {wfp.FWPM_CHANGE_ADD: "added", wfp.FWPM_CHANGE_DELETE: "deleted"}
 Rename = Callable[[str], str]
 
@@ -354,19 +355,25 @@ class _Operations:
                _renamer({"id": "filter_id"}))
 
     # ---------------------------------------------------------------- events
-    def events(self, *, timeout: float | None = None, filters: bool = False) -> EventStream:
+    def events(self, *, timeout: float | None = None, filters: bool = False,
+               states: bool = False) -> EventStream:
         """The SA-context events from now on, as an iterator (a context manager too: leaving
         it unsubscribes). ``timeout``: iteration stops when no event came for that long.
         ``filters``: filter additions and deletions too (:class:`FilterEvent`), in the order
-        they happened with the context events."""
-        return EventStream(self, timeout, filters)
+        they happened with the context events. ``states``: ``"changed"`` events too (see
+        :meth:`subscribe`)."""
+        return EventStream(self, timeout, filters, states)
 
-    def subscribe(self, callback: Callable[[Any], Any], *,
-                  filters: bool = False) -> Subscription:
+    def subscribe(self, callback: Callable[[Any], Any], *, filters: bool = False,
+                  states: bool = False) -> Subscription:
         """Call ``callback(event)`` for each SA-context event (and, with ``filters``, each
         filter event), on the engine's notification thread (it may call the engine).
-        Returns the :class:`Subscription` to cancel."""
-        return Subscription(self, callback, filters)
+        ``states``: also ``ContextEvent("changed", id)`` when a context changes state without
+        appearing or disappearing (SPI set, a side added, expired by a call, a lifetime or a
+        hard limit) -- an ipsecsa extension, for a subscriber that keeps a copy of the
+        contexts up to date without listing them. Returns the :class:`Subscription` to
+        cancel."""
+        return Subscription(self, callback, filters, states)
 
 
 Event = ContextEvent | FilterEvent
@@ -378,7 +385,7 @@ class Subscription:
     notification thread, so their relative order is the order of the changes."""
 
     def __init__(self, ops: _Operations, callback: Callable[[Any], Any],
-                 filters: bool = False) -> None:
+                 filters: bool = False, states: bool = False) -> None:
         if not callable(callback):
             raise InvalidArgument(wfp.FWP_E_INVALID_PARAMETER, "callback must be callable",
                                   "callback")
@@ -395,7 +402,9 @@ class Subscription:
             if kind is not None:
                 callback(FilterEvent(kind, change.filterId, str(change.filterKey)))
 
-        self._handle: int | None = _check(self._bfe, self._bfe.IPsecSaContextSubscribe0(
+        subscribe = (self._bfe.sa_context_subscribe_states if states
+                     else self._bfe.IPsecSaContextSubscribe0)
+        self._handle: int | None = _check(self._bfe, subscribe(
             self._session, wfp.IPSEC_SA_CONTEXT_SUBSCRIPTION0(), deliver, None))
         if filters:
             try:
@@ -427,10 +436,11 @@ _END = object()
 class EventStream:
     """Events as an iterator, fed by a subscription made when it is created."""
 
-    def __init__(self, ops: _Operations, timeout: float | None, filters: bool = False) -> None:
+    def __init__(self, ops: _Operations, timeout: float | None, filters: bool = False,
+                 states: bool = False) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._timeout = timeout
-        self._sub = Subscription(ops, self._queue.put, filters)
+        self._sub = Subscription(ops, self._queue.put, filters, states)
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -601,6 +611,20 @@ class Engine(_Operations):
     def flush_events(self, timeout: float = 5.0) -> None:
         """Wait until every event so far has reached its subscribers."""
         self._bfe.flush_notifications(timeout)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped so far, for every subscriber, because the engine's notification
+        queue was full (a subscriber too slow): one that keeps a copy of the contexts reads
+        them all again when this grows."""
+        return self._bfe.notifications_dropped
+
+    def run_timers(self) -> None:
+        """Let the engine run the timers that are due (lifetimes, expire lingers) and nothing
+        else. Every call runs them first; this one reads nothing, so it costs nothing unless
+        a timer is due -- for a caller that must see contexts expire on time without listing
+        them (the gateway's housekeeping)."""
+        _check(self._bfe, self._bfe.run_timers(self._handle))
 
     # ---------------------------------------------------------------- the API's filters
     def _note_deleting(self, context_id: int, add: bool = True) -> None:

@@ -99,7 +99,10 @@ class ContextInfo:
 @dataclass(frozen=True, slots=True)
 class ContextEvent:
     """An SA context appeared (``"added"``: Create) or disappeared (``"deleted"``: delete, the
-    end of an expire linger, a lifetime) -- IPSEC_SA_CONTEXT_EVENT_ADD/DELETE."""
+    end of an expire linger, a lifetime) -- IPSEC_SA_CONTEXT_EVENT_ADD/DELETE; or, only for
+    subscriptions made with ``states=True``, changed state (``"changed"``: SPI set, a side
+    added, expired by a call, a lifetime or a hard limit; ipsecsa's
+    IPSECSA_SA_CONTEXT_EVENT_STATE)."""
 
     kind: str
     context_id: int

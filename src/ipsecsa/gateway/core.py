@@ -505,6 +505,10 @@ class GatewayCore:
         return tun_mtu_for([b.sas[0] for _h, d, b in self.sad if d == "outbound"],
                            self.path_mtu)
 
+    def close(self) -> None:
+        """Release what the core holds beyond its own memory (nothing here; the engine's core
+        cancels its event subscription)."""
+
     # ----------------------------------------------------------------- timers
     def next_timer(self) -> float:
         """When :meth:`handle_timer` has work next (housekeeping runs every second)."""

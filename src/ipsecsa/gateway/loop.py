@@ -141,7 +141,9 @@ class Gateway:
         return self
 
     def close(self) -> None:
-        """Close the socket and the TUN (which removes the device)."""
+        """Close the socket and the TUN (which removes the device), and the core's hold on its
+        engine."""
+        self.core.close()
         if self.net is not None:
             self.net.close()
             self.net = None

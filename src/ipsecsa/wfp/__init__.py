@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from . import constants, types, unions
 from .constants import *
-from .engine import Engine
+from .engine import IPSECSA_SA_CONTEXT_EVENT_STATE, Engine
 from .types import *
 
-__all__ = ["Engine", "constants", "types", "unions"]
+__all__ = ["IPSECSA_SA_CONTEXT_EVENT_STATE", "Engine", "constants", "types", "unions"]
 __all__ += constants.__all__
 __all__ += types.__all__

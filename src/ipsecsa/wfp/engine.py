@@ -106,6 +106,10 @@ _SEND, _PASS, _BLOCK, _NO_SA, _SECURE, _MALFORMED = (
     "send", "pass", "block", "no_sa", "secure", "malformed")
 #: Flows remembered at most before the cache starts over (an implementation constant).
 _FLOW_CACHE_MAX = 65536
+#: ipsecsa extension (CHOICE): the changeType of an SA-context state change, delivered only to
+#: :meth:`Engine.sa_context_subscribe_states` subscriptions (beyond IPSEC_SA_CONTEXT_EVENT_MAX,
+#: so a Windows-shaped subscriber never sees a value it does not know).
+IPSECSA_SA_CONTEXT_EVENT_STATE = 0x1000
 _V4_PORTED = frozenset({6, 17, 132, 136})
 
 
@@ -799,9 +803,9 @@ class Engine:
             s.enums.discard(enumHandle)
 
     def _subscribe(self, s: _Session, kind: str, stored: Any, callback: Any, context: Any,
-                   accepts: Callable[[Any], bool]) -> int:
+                   accepts: Callable[[Any], bool], states: bool = False) -> int:
         h = next(self._handles)
-        self._subs[h] = Subscription(h, s, kind, stored, callback, context, accepts)
+        self._subs[h] = Subscription(h, s, kind, stored, callback, context, accepts, states=states)
         s.subscriptions.add(h)
         return h
 
@@ -971,6 +975,7 @@ class Engine:
             self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
             ctx.state = nxt
             self._persist_ctx(ctx)
+            self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
             return (ctx.spi,)
 
     def _take_spi_traffic(self, ctx: SaContext, tr: _Traffic, encap: Any, rec: FilterRecord,
@@ -1033,6 +1038,7 @@ class Engine:
             self._take_spi_traffic(ctx, tr, encap, rec, getSpi)
             ctx.state = nxt
             self._persist_ctx(ctx)
+            self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
 
     def _build_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
                    ) -> tuple[SecurityAssociation, ...]:
@@ -1117,6 +1123,7 @@ class Engine:
                 self._arm_reservation(ctx, sas)
             self._persist_ctx(ctx, added="in" if inbound else "out")
             self._schedule(ctx)
+            self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
             if not inbound and self._offload is not None:
                 self._offload.established(ctx)  # issue 13: before AddOutbound returns
 
@@ -1268,6 +1275,7 @@ class Engine:
         ctx.linger_until = now + EXPIRE_LINGER_SECONDS
         self._persist_ctx(ctx)
         self._schedule(ctx)
+        self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
 
     def _delete_ctx(self, ctx: SaContext) -> None:
         if self._contexts.pop(ctx.id, None) is None:
@@ -1394,6 +1402,22 @@ class Engine:
     @_api(1)
     def IPsecSaContextSubscribe0(self, engineHandle: Any, subscription: Any, callback: Any,
                                  context: Any) -> tuple[int]:
+        return self._subscribe_contexts(engineHandle, subscription, callback, context, False)
+
+    @_api(1)
+    def sa_context_subscribe_states(self, engineHandle: Any, subscription: Any, callback: Any,
+                                    context: Any) -> tuple[int]:
+        """ipsecsa extension (CHOICE): IPsecSaContextSubscribe0 whose callback also receives
+        :data:`IPSECSA_SA_CONTEXT_EVENT_STATE` when a context changes state without appearing
+        or disappearing -- GetSpi/SetSpi, AddInbound, AddOutbound, and Expire whether called,
+        reached by a lifetime (time, idle, bytes, packets) or by a data-path SA's hard limit.
+        Windows notifies ADD and DELETE only, so a subscriber keeping a copy of the contexts'
+        state would otherwise have to list them all to see an expiry. Same access, template,
+        handles and IPsecSaContextUnsubscribe0 as IPsecSaContextSubscribe0."""
+        return self._subscribe_contexts(engineHandle, subscription, callback, context, True)
+
+    def _subscribe_contexts(self, engineHandle: Any, subscription: Any, callback: Any,
+                            context: Any, states: bool) -> tuple[int]:
         s = self._session(engineHandle)
         self._need(s, "ipsec_sa_db", C.FWPM_ACTRL_SUBSCRIBE)
         self._no_txn(s)
@@ -1414,7 +1438,8 @@ class Engine:
         stored = T.clone(subscription)
         stored.sessionKey = s.key
         with self._locked(s):
-            return (self._subscribe(s, "sa_context", stored, callback, context, accepts),)
+            return (self._subscribe(s, "sa_context", stored, callback, context, accepts,
+                                    states),)
 
     @_api(0)
     def IPsecSaContextUnsubscribe0(self, engineHandle: Any, eventsHandle: Any) -> None:
@@ -1434,9 +1459,25 @@ class Engine:
 
     def _ctx_changed(self, ctx: SaContext, kind: int) -> None:
         change = T.IPSEC_SA_CONTEXT_CHANGE0(changeType=kind, saContextId=ctx.id)
+        state = kind == IPSECSA_SA_CONTEXT_EVENT_STATE
         for sub in list(self._subs.values()):
-            if sub.kind == "sa_context" and sub.accepts(ctx):
+            if sub.kind == "sa_context" and (sub.states or not state) and sub.accepts(ctx):
                 self._notifier.post(sub, T.clone(change))
+
+    @property
+    def notifications_dropped(self) -> int:
+        """ipsecsa extension: notifications dropped so far because the queue was full (F.13:
+        Windows has no path to report FWP_E_NOTIFICATION_DROPPED). A subscriber keeping a copy
+        of the engine's state reads it to know when to read everything again."""
+        return self._notifier.dropped
+
+    @_api(0)
+    def run_timers(self, engineHandle: Any) -> None:
+        """ipsecsa extension: do nothing but what every call does first -- run the timers that
+        are due (lifetimes, expire lingers, the transaction limit; :meth:`_due`). For a caller
+        that must let time-based changes happen without reading anything; cheap unless
+        something is due."""
+        self._session(engineHandle)
 
     def flush_notifications(self, timeout: float = 5.0) -> None:
         """Wait until every notification posted so far has been delivered (for tests and

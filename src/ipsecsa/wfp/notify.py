@@ -32,6 +32,8 @@ class Subscription:
     context: Any
     accepts: Callable[[Any], bool]  # does this change concern the subscriber
     active: bool = True
+    #: SA-context state changes too (ipsecsa's ``sa_context_subscribe_states``).
+    states: bool = False
 
 
 class Notifier:
