@@ -229,3 +229,22 @@ def test_housekeeping_does_not_list_every_context_each_second(engine: api.Engine
         assert core._spi_ctx == reference(core)[1]
     finally:
         core.close()
+
+
+def test_a_peer_that_moved_is_readdressed(engine: api.Engine) -> None:
+    """After NAT roaming moved a peer (:meth:`GatewayCore._roam` records it and forgets the
+    routes), the next pass hands out its new address, with no listing."""
+    engine.create_context(**pair(0))
+    engine.create_context(**pair(1))
+    core = EngineGatewayCore(engine, local=A)
+    try:
+        housekeeping(core)
+        listings = counting(engine, "contexts")
+        core._moved[ipaddress.ip_address(remote(0))] = ("203.0.113.9", 31000)
+        core._forget_routes()
+        peers = housekeeping(core)[0]
+        assert listings[0] == 0
+        assert peers == {("203.0.113.9", 31000), (remote(1), 4500)}
+        assert peers == reference(core)[0]
+    finally:
+        core.close()

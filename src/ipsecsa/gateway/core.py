@@ -540,9 +540,10 @@ class GatewayCore:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self.sa_timers(now, sa_direction)
             peers = self.current_peers()
-            for addr in peers - self._peers:
-                self._last_tx.setdefault(addr, now)  # a new peer is idle from now
-            self._peers = peers
+            if peers is not self._peers:  # the same set: no peer came (O(changes) housekeeping)
+                for addr in peers - self._peers:
+                    self._last_tx.setdefault(addr, now)  # a new peer is idle from now
+                self._peers = peers
         if self.keepalive > 0 and self.transport == "udp":
             for addr in self._peers:
                 if now - self._last_tx.get(addr, now) >= self.keepalive:

@@ -129,8 +129,11 @@ class EngineGatewayCore(GatewayCore):
         self._tracked: dict[int, _Tracked] = {}
         self._peer_keys: collections.Counter[tuple[bytes, int]] = collections.Counter()
         self._hosts: collections.Counter[IpAddress] = collections.Counter()
-        #: The peers' addresses as last built (None: to build again); replaced, never changed
-        #: in place, so the set handed to :meth:`GatewayCore.handle_timer` stays as it was.
+        #: Where each peer's datagrams go (kept with ``_peer_keys``; made again after a move).
+        self._peer_addr: dict[tuple[bytes, int], Address] = {}
+        self._readdress = False
+        #: The peers' addresses as last handed out (None: to make again); replaced, never
+        #: changed in place, so the set :meth:`GatewayCore.handle_timer` compares with stays.
         self._peer_addrs: set[Address] | None = None
         #: Ids of contexts that changed since the last refresh (appended by the engine's
         #: notification thread, read by the housekeeping thread).
@@ -222,7 +225,7 @@ class EngineGatewayCore(GatewayCore):
     # ----------------------------------------------------------------- NAT roaming
     def _forget_routes(self) -> None:
         self._dests = {}
-        self._peer_addrs = None  # a peer moved: its address is made again
+        self._readdress = True  # a peer moved: the housekeeping thread makes them again
 
     def _edges(self, roaming: list[tuple[int, Address, bytes]]) -> list[_Edge]:
         """As :meth:`GatewayCore._edges`, with the context found by its inbound SPI and its
@@ -322,6 +325,7 @@ class EngineGatewayCore(GatewayCore):
         self._spi_ctx = {}
         self._peer_keys = collections.Counter()
         self._hosts = collections.Counter()
+        self._peer_addr = {}
         self._peer_addrs = None
         for ctx in contexts:
             self._track(ctx)
@@ -336,6 +340,7 @@ class EngineGatewayCore(GatewayCore):
             port = ctx.udp_encapsulation["remote_port"] if ctx.udp_encapsulation else 0
             peer = (remote.packed, port)
             if not self._peer_keys[peer]:
+                self._peer_addr[peer] = self._dests.get(peer) or self._dest(*peer)
                 self._peer_addrs = None
             self._peer_keys[peer] += 1
         host = remote if ctx.ip_version == self.local.version else None
@@ -355,6 +360,7 @@ class EngineGatewayCore(GatewayCore):
             self._peer_keys[old.peer] -= 1
             if self._peer_keys[old.peer] <= 0:
                 del self._peer_keys[old.peer]
+                del self._peer_addr[old.peer]
                 self._peer_addrs = None
         if old.host is not None:
             self._hosts[old.host] -= 1
@@ -363,11 +369,15 @@ class EngineGatewayCore(GatewayCore):
 
     def current_peers(self) -> set[Address]:
         """The addresses of the peers of the established contexts that suit the gateway:
-        kept from events (see the module docstring); built again only when a peer came,
-        went or moved."""
+        kept from events (see the module docstring). A new set only when a peer came or went
+        (a copy, at C speed) or moved (each peer's address made again)."""
         self._refresh()
+        if self._readdress:
+            self._readdress = False
+            self._peer_addr = {k: self._dest(*k) for k in self._peer_addr}
+            self._peer_addrs = None
         if self._peer_addrs is None:
-            self._peer_addrs = {self._dests.get(k) or self._dest(*k) for k in self._peer_keys}
+            self._peer_addrs = set(self._peer_addr.values())
         return self._peer_addrs
 
     def peer_hosts(self) -> set[IpAddress]:
