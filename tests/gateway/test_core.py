@@ -154,7 +154,11 @@ def test_keepalives_only_when_idle(pair: tuple[GatewayCore, GatewayCore]) -> Non
     assert a.handle_timer(130.5).net == [(b"\xff", 0, (WIRE4[1], 4500))]
     assert a.handle_timer(131.0).net == []
     assert a.next_timer() == pytest.approx(131.5)  # housekeeping; the keepalive at 150.5
-    assert a.counters.keepalive_tx == 1
+    a.from_tun([p], 145.0)  # traffic moves the keepalive to 165 without a peer being read
+    assert a.handle_timer(150.5).net == []  # woken early, nothing to send
+    assert a.handle_timer(164.9).net == []
+    assert a.handle_timer(165.0).net == [(b"\xff", 0, (WIRE4[1], 4500))]
+    assert a.counters.keepalive_tx == 2
 
 
 def test_ipv6_outer_back_to_back() -> None:

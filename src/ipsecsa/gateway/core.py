@@ -206,6 +206,9 @@ class GatewayCore:
         self._sources: set[Address] = set()
         self._retired: list[dict] = []
         self._next_housekeeping = 0.0
+        #: The earliest keepalive due as of the last :meth:`handle_timer` (None: no peer).
+        #: Traffic since then only makes the true one later, so waking at this one is safe.
+        self._next_keepalive: float | None = None
         self._local_b = self.local.packed
         # The constant part of the checksum of the IPv4 header put back on received datagrams.
         proto = PROTO_UDP if transport == "udp" else PROTO_ESP
@@ -511,11 +514,12 @@ class GatewayCore:
 
     # ----------------------------------------------------------------- timers
     def next_timer(self) -> float:
-        """When :meth:`handle_timer` has work next (housekeeping runs every second)."""
+        """When :meth:`handle_timer` has work next (housekeeping runs every second). Called on
+        every wake-up of the loop, so it looks at no peer: the keepalive due is the one
+        :meth:`handle_timer` computed (possibly early, never late)."""
         due = self._next_housekeeping
-        if self.keepalive > 0 and self.transport == "udp":
-            for addr in self._peers:
-                due = min(due, self._last_tx.get(addr, 0.0) + self.keepalive)
+        if self._next_keepalive is not None and self._next_keepalive < due:
+            due = self._next_keepalive
         return due
 
     def sa_timers(self, now: float, direction: str | None = None) -> None:
@@ -545,11 +549,17 @@ class GatewayCore:
                     self._last_tx.setdefault(addr, now)  # a new peer is idle from now
                 self._peers = peers
         if self.keepalive > 0 and self.transport == "udp":
+            keepalive = self.keepalive
+            nxt: float | None = None
             for addr in self._peers:
-                if now - self._last_tx.get(addr, now) >= self.keepalive:
+                last = self._last_tx.get(addr, now)
+                if now - last >= keepalive:
                     net.append((KEEPALIVE, 0, addr))
-                    self._last_tx[addr] = now
+                    self._last_tx[addr] = last = now
                     self.counters.keepalive_tx += 1
+                if nxt is None or last + keepalive < nxt:
+                    nxt = last + keepalive
+            self._next_keepalive = nxt
         return Output(net, [])
 
 
