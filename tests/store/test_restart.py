@@ -282,13 +282,13 @@ def test_a_version_1_database_is_migrated(db: Path) -> None:
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
-    assert store_sqlite.SCHEMA_VERSION == 3
+    assert store_sqlite.SCHEMA_VERSION == 4
     again = wfp.Engine(database=db)
     h2 = open_engine(again)
     assert snapshot(again, h2)["contexts"] == before["contexts"]
     assert again.outbound(udp4(A4, B4, b"migrated")).drop is None
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     con.close()
     again.close()
     assert ids
@@ -320,10 +320,38 @@ def test_a_version_2_database_gets_compiled_filters(db: Path) -> None:
         assert again.outbound(udp4(A4, B4, b"migrated")).drop is None
         again.close()
         con = sqlite3.connect(db)
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert con.execute("SELECT count(*) FROM filters WHERE compiled IS NULL").fetchone() \
             == (0,)
         con.close()
+
+
+def test_a_version_3_database_gets_a_journal(db: Path) -> None:
+    """Version 3 wrote its rows straight to the tables, with no journal and no database id:
+    it opens as it was, gets its id, and writes through a journal from then on."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    build(bfe, h)
+    before = snapshot(bfe, h)
+    bfe.close()
+    db.with_name(db.name + "-ipsalog").unlink()
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM meta WHERE key IN ('store_id', 'journal_applied')")
+    con.execute("PRAGMA user_version = 3")
+    con.commit()
+    con.close()
+    again = wfp.Engine(database=db)
+    h2 = open_engine(again)
+    assert snapshot(again, h2) == before
+    fin, fout = filters(again, h2, remote="198.51.100.77")
+    assert db.with_name(db.name + "-ipsalog").stat().st_size > 100  # written through it
+    again.close()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert con.execute("SELECT count(*) FROM meta WHERE key = 'store_id'").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM filters WHERE id IN (?, ?)",
+                       (fin, fout)).fetchone() == (2,)
+    con.close()
 
 
 def test_keys_at_rest_can_be_encrypted(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

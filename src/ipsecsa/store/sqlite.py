@@ -41,7 +41,7 @@ from ipsecsa.store import journal as J
 #: "IPSA": marks the file as ipsecsa's (PRAGMA application_id).
 APPLICATION_ID = 0x49505341
 #: The schema this code writes. Older files are migrated forward on open; newer are refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _HEADER = b"SQLite format 3\x00"
 log = logging.getLogger(__name__)
 _KEY_CHECK = b"ipsecsa database key check"
@@ -58,6 +58,7 @@ class StoreError(IpsecsaError):
 # (SQLite checks its page structure, not the bytes of the values). Version 3 gives each filter
 # row its compiled form (ipsecsa.wfp.filterrows), so that a reopen classifies with it without
 # rebuilding the filter; rows without one are compiled the full way on load and written again.
+# Version 4: the write-ahead journal (below).
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE grants(container TEXT NOT NULL, principal TEXT NOT NULL, rights INTEGER NOT NULL,
@@ -77,6 +78,10 @@ ALTER TABLE contexts ADD COLUMN digest BLOB;
     3: """
 ALTER TABLE filters ADD COLUMN compiled TEXT;
 """,
+    # Version 4 writes through the journal (ipsecsa.store.journal): no table changes, but
+    # after a crash the tables alone are not the state (the journal beside them holds the
+    # last writes), so a version that knows no journal must refuse the file, not half-read it.
+    4: "",
 }
 
 
