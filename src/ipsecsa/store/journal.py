@@ -15,8 +15,9 @@ refused, never applied to it), then records::
     length  u32  bytes after the crc field
     crc     u32  CRC-32 of those bytes
     lsn     u64  the record's sequence number: the previous record's + 1
-    count   u16  operations in the record (applied in one SQLite transaction: a record is the
-                 unit of atomicity, e.g. a context row with its SA-state rows)
+    count   u32  operations in the record (applied in one SQLite transaction: a record is the
+                 unit of atomicity, e.g. a context row with its SA-state rows, or the counters
+                 of every context written at close: 200,000 rows for 100,000 contexts)
     then per operation: code u8 (an index into the store's fixed statements: a journal can
     never make the store run any other SQL), nparams u8, and per parameter a tag and value:
     ``n`` None, ``i`` i64, ``s`` u32 length + UTF-8, ``b`` u32 length + bytes.
@@ -41,7 +42,7 @@ MAGIC = b"IPSAJ1\x00\x00"
 #: Bytes of a database id in the header, after the magic.
 ID_SIZE = 16
 _HEAD = struct.Struct("<II")  # length, crc
-_LSN_COUNT = struct.Struct("<QH")
+_LSN_COUNT = struct.Struct("<QI")
 _OP = struct.Struct("<BB")
 _I64 = struct.Struct("<q")
 _LEN = struct.Struct("<I")
