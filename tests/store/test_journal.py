@@ -60,6 +60,13 @@ def store_id(db: Path) -> bytes:
             "SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
 
+def last_record(db: Path) -> tuple[Path, bytes, int]:
+    """The journal of ``db``, its bytes, and the length of its last record."""
+    log = journal_of(db)
+    records, _ = J.read(log, store_id(db))
+    return log, log.read_bytes(), len(J.encode(records[-1][0], records[-1][1]))
+
+
 def context(bfe: wfp.Engine, h: int, key: bytes, remote: str = B4) -> int:
     conds = addr_conditions(A4, remote)
     fin = add_filter(bfe, h, ipsec_filter("inbound", conds))
@@ -104,10 +111,7 @@ def test_a_torn_last_record_is_cut_off(db: Path, tmp_path: Path, cut: object) ->
     second = context(bfe, h, bytes(20), remote="198.51.100.7")
     copy = crash_copy(db, tmp_path / "crash")
     bfe.close()
-    log = journal_of(copy)
-    data = log.read_bytes()
-    records, _ = J.read(log, store_id(copy))
-    last_len = len(J.encode(records[-1][0], records[-1][1]))
+    log, data, last_len = last_record(copy)
     keep = len(data) - last_len + (last_len // 2 if cut == "half" else int(str(cut)))
     log.write_bytes(data[:keep])
     again = wfp.Engine(database=copy)
@@ -127,10 +131,7 @@ def test_zeros_where_a_machine_crash_lost_the_tail_are_cut_off(db: Path, tmp_pat
     cid = context(bfe, h, bytes(20))
     copy = crash_copy(db, tmp_path / "crash")
     bfe.close()
-    log = journal_of(copy)
-    data = log.read_bytes()
-    records, _ = J.read(log, store_id(copy))
-    last_len = len(J.encode(records[-1][0], records[-1][1]))
+    log, data, last_len = last_record(copy)
     log.write_bytes(data[:-last_len] + bytes(last_len + 4096))
     again = wfp.Engine(database=copy)
     try:

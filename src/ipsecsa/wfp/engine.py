@@ -1458,6 +1458,8 @@ class Engine:
         return entries, len(entries)
 
     def _ctx_changed(self, ctx: SaContext, kind: int) -> None:
+        if not self._subs:  # every change of every context comes here: nothing to build
+            return
         change = T.IPSEC_SA_CONTEXT_CHANGE0(changeType=kind, saContextId=ctx.id)
         state = kind == IPSECSA_SA_CONTEXT_EVENT_STATE
         for sub in list(self._subs.values()):
