@@ -606,3 +606,32 @@ def test_statistics_need_no_transaction(eng: wfp.Engine) -> None:
     assert eng.FwpmTransactionBegin0(h, 0) == 0
     assert eng.IPsecGetStatistics1(h) == (wfp.FWP_E_TXN_IN_PROGRESS, None)
     assert eng.FwpmTransactionAbort0(h) == 0
+
+
+def test_a_due_timer_looks_only_at_the_contexts_it_is_for(eng: wfp.Engine, clock: Clock,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Timers are kept in a heap: when one comes due, the engine looks at the contexts whose
+    timers came up, not at every context (a gateway of 100,000 contexts with lifetimes has
+    one due every few milliseconds)."""
+    h = open_engine(eng)
+    late = [established(eng, h, lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=3600))[0]
+            for _ in range(40)]
+    soon, _ = established(eng, h, lifetime=wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=10))
+    idle, _ = established(eng, h, idleTimeoutSeconds=20)
+    looked: list[int] = []
+    real = eng._tick_ctx
+    monkeypatch.setattr(eng, "_tick_ctx", lambda ctx, now: (looked.append(ctx.id),
+                                                             real(ctx, now))[1])
+    clock.now += 11
+    assert eng.IPsecSaContextGetById1(h, soon)[1].outboundSa is None  # expired on time
+    assert looked == [soon]
+    looked.clear()
+    clock.now += 10  # the idle one's timer, and nothing else
+    assert eng.IPsecSaContextGetById1(h, idle)[1].outboundSa is None
+    assert looked == [idle]
+    looked.clear()
+    clock.now += 3600
+    assert eng.IPsecGetStatistics1(h)[0] == 0  # any call runs the due timers
+    assert sorted(looked) == sorted(late + [soon, idle])  # lifetimes, and the two lingers
+    assert all(eng.IPsecSaContextGetById1(h, c)[1].outboundSa is None for c in late)
