@@ -165,7 +165,7 @@ def read(path: Path, owner: bytes) -> tuple[list[tuple[int, list[Op]]], int]:
                     records.append((lsn, ops))
                     pos += _HEAD.size + length
                     continue
-        if problem == "torn" or not any(data[start:]) or _only_zeros_after(data, start):
+        if problem == "torn" or _only_zeros_after(data, start):
             return records, start
         raise JournalError(f"damaged record at offset {start} of {end} bytes")
     return records, pos

@@ -526,8 +526,7 @@ class SqliteStore:
         engine builds the SAs (not at load: most are built later, or never)."""
         with self._lock:
             try:
-                if self._pending:  # the rows asked for may be among them
-                    self._apply_pending(sync=False)
+                self._apply_pending(sync=False)  # the rows asked for may be among them
                 return {i: (s, p, b) for i, s, p, b in self._db.execute(
                     "SELECT idx, seq, packets, bytes FROM sa_state WHERE ctx = ? AND dir = ?",
                     (ctx, direction))}
@@ -542,8 +541,7 @@ class SqliteStore:
         out: dict[tuple[int, str], dict[int, tuple[int, int, int]]] = {}
         with self._lock:
             try:
-                if self._pending:  # as sa_state: journaled rows are applied first
-                    self._apply_pending(sync=False)
+                self._apply_pending(sync=False)  # as sa_state: journaled rows first
                 for c, d, i, s, p, b in self._db.execute(
                         "SELECT ctx, dir, idx, seq, packets, bytes FROM sa_state"):
                     rows = out.get((c, d))
@@ -559,8 +557,7 @@ class SqliteStore:
         writes, and the next open applies them."""
         with self._lock:
             try:
-                self._apply_pending(sync=True)
-                self._journal.restart()
+                self.flush()
             except sqlite3.Error as exc:
                 log.warning(
                     "%s: applying the journal at close failed (%s); the next open applies it",

@@ -1944,8 +1944,7 @@ class Engine:
         t = ctx.next_timer()
         if t is not None:
             heapq.heappush(self._timers, (t, ctx.id))
-            if self._next_due is None or t < self._next_due:
-                self._next_due = t
+            self._set_due(t)
 
     def _due(self, now: float) -> None:
         """Expiry is evaluated on every call and every packet: cheap unless something is due,
@@ -1986,10 +1985,7 @@ class Engine:
                 or (ctx.idle_seconds and now >= ctx.last_used + ctx.idle_seconds)):
             self._expire(ctx, now)  # schedules the linger's end
             return
-        t = ctx.next_timer()
-        if t is not None:
-            heapq.heappush(self._timers, (t, ctx.id))
-            self._set_due(t)
+        self._schedule(ctx)
 
     def _sa_spent(self, ctx: SaContext) -> None:
         """A data-path SA of ``ctx`` reached a hard limit (F.7: behaves like Expire)."""
