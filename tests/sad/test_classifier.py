@@ -587,3 +587,30 @@ def test_concurrent_duplicate_bucket_updates(fast_switching):
 
     run_threads(writer, reader)
     assert len(c) == 1
+
+
+def test_shape_and_key_is_the_packed_word_under_the_shape_mask():
+    """``Filter._shape_and_key`` is written out for speed; the definition it shortcuts is the
+    packed word of every field ANDed with the mask of the shape (effective masks, all-ones
+    protocol/port parts for the fields given). Random filters of both versions, wildcards,
+    mask-0 hosts and non-contiguous masks included."""
+    from ipsecsa.sad.classifier import _pack, _shape_mask
+
+    rng = random.Random(0x5A1E)
+
+    def addr(bits: int) -> int:
+        return rng.choice((0, 1, rng.getrandbits(bits), (1 << bits) - 1))
+
+    def mask(bits: int) -> int:
+        return rng.choice((0, (1 << bits) - 1, rng.getrandbits(bits),
+                           ((1 << bits) - 1) ^ ((1 << rng.randrange(bits)) - 1)))
+
+    for _ in range(3000):
+        version = rng.choice((4, 6))
+        bits = 32 if version == 4 else 128
+        f = Filter(version, addr(bits), mask(bits), addr(bits), mask(bits),
+                   rng.choice((0, 6, 255)), rng.choice((0, 1, 65535)), rng.choice((0, 500, 65535)))
+        shape = (version, f.effective_src_mask, f.effective_dst_mask, bool(f.protocol),
+                 bool(f.sport), bool(f.dport))
+        want = _pack(version, f.src, f.dst, f.protocol, f.sport, f.dport) & _shape_mask(shape)
+        assert f._shape_and_key() == (shape, want)

@@ -348,6 +348,73 @@ def test_clone_but_of_an_absent_or_unknown_field_matches_before() -> None:
         assert list(got.__dict__) == list(want.__dict__)
 
 
+def _reference_copied2(obj: Any, field: str, value: object, field2: str, value2: object) -> Any:
+    """clone_but with a second field: the one-field copy, then that field replaced in place."""
+    new = _reference_copied(obj, field, value)
+    if field2 in new.__dict__:
+        new.__dict__[field2] = value2
+    return new
+
+
+@pytest.mark.parametrize("cls", [c for c in CLASSES if len(dataclasses.fields(c)) >= 2
+                                 and not c.__dataclass_params__.frozen],  # type: ignore[attr-defined]
+                         ids=lambda c: c.__name__)
+def test_clone_but_two_fields_is_the_one_field_copy_with_the_second_replaced(
+        cls: type[WfpStruct]) -> None:
+    rng = random.Random(f"but2/{cls.__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for _ in range(8):
+        first, second = rng.sample(names, 2)
+        obj = _random_struct(cls, rng)
+        if rng.random() < 0.25:  # the general way: a field deleted or an extra attribute
+            victim = rng.choice([first, second, rng.choice(names)])
+            if victim in vars(obj):
+                delattr(obj, victim)
+        if rng.random() < 0.15:
+            obj.__dict__["extra"] = [1, 2]
+        m1, m2 = [object()], [object()]
+        got = clone_but(obj, first, m1, second, m2)
+        want = _reference_copied2(obj, first, m1, second, m2)
+        assert list(vars(got)) == list(vars(want))
+        for name, value in vars(obj).items():
+            if name in (first, second):
+                assert vars(got)[name] is vars(want)[name]
+            else:
+                _assert_same_copy(value, vars(got)[name], vars(want)[name])
+
+
+def test_stored_copy_is_the_copy_it_was() -> None:
+    """filters.stored_copy against its previous formula (a one-field clone_but, then each
+    output field assigned), on random filters, odd ones included (an output field deleted, so
+    that it is set last)."""
+    from ipsecsa.wfp.filters import SUBLAYER_UNIVERSAL, stored_copy
+
+    rng = random.Random("stored_copy")
+    for i in range(300):
+        flt = _random_struct(T.FWPM_FILTER0, rng)
+        for name in ("effectiveWeight", "filterId", "subLayerKey"):
+            if rng.random() < 0.1 and name in vars(flt):
+                delattr(flt, name)
+        if rng.random() < 0.3:
+            flt.subLayerKey = T.GUID_NULL
+        conds = list(getattr(flt, "filterCondition", None) or [])
+        key = uuid.UUID(int=rng.getrandbits(128))
+        want = _reference_copied(flt, "filterCondition", _reference_clone(conds))
+        want.filterId = i
+        want.filterKey = key
+        want.numFilterConditions = len(conds)
+        if getattr(want, "subLayerKey", None) is None or want.subLayerKey == T.GUID_NULL:
+            want.subLayerKey = SUBLAYER_UNIVERSAL
+        want.effectiveWeight = T.FWP_VALUE0(type=C.FWP_UINT64, uint64=i * 7)
+        got = stored_copy(flt, i, key, i * 7, conds)
+        assert list(vars(got)) == list(vars(want))
+        assert got == want
+        mutable_in_flt = {id(a) for _, a, _ in _nodes(flt, flt)
+                          if isinstance(a, (list, WfpStruct)) and not _is_frozen(a)}
+        assert not any(id(b) in mutable_in_flt for _, b, _ in _nodes(got, got)
+                       if isinstance(b, (list, WfpStruct)) and not _is_frozen(b))
+
+
 def test_copy_decisions_are_cached_per_type() -> None:
     clone(T.FWPM_FILTER0(weight=T.FWP_VALUE0(type=C.FWP_UINT8, uint8=1)))
     assert C.FWP_DATA_TYPE in SB._SHARED  # an IntEnum: shared from then on

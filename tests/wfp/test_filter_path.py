@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -25,9 +26,16 @@ from ipsecsa import wfp
 from ipsecsa.sad import Filter
 from ipsecsa.store.codec import encode
 from ipsecsa.wfp import constants as C
-from ipsecsa.wfp.conditions import _MAX_ATOMS, _MAX_ENTRIES, Compiled, compile_conditions
-from ipsecsa.wfp.filters import conditions_text, value_key
+from ipsecsa.wfp.conditions import (
+    _MAX_ATOMS,
+    _MAX_ENTRIES,
+    Compiled,
+    PacketView,
+    compile_conditions,
+)
+from ipsecsa.wfp.filters import compile_filter_conditions, conditions_text, value_key
 from ipsecsa.wfp.registry import layer_info
+from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.unions import CONDITION_VALUE_MEMBERS, UnionSelectorError
 
 
@@ -236,3 +244,120 @@ def test_index_wildcards_the_widest_fields_as_before(layer_name: str) -> None:
         entries = compiled.index()
         assert entries == _reference_index(compiled)
         assert 1 < len(entries) <= _MAX_ENTRIES
+
+
+# ------------------------------------------------------------------ compiled conditions, shared
+_SCALAR_FIELDS = [(C.FWPM_CONDITION_IP_LOCAL_ADDRESS, C.FWP_UINT32, "uint32", 32),
+                  (C.FWPM_CONDITION_IP_REMOTE_ADDRESS, C.FWP_UINT32, "uint32", 32),
+                  (C.FWPM_CONDITION_IP_PROTOCOL, C.FWP_UINT8, "uint8", 8),
+                  (C.FWPM_CONDITION_IP_LOCAL_PORT, C.FWP_UINT16, "uint16", 16),
+                  (C.FWPM_CONDITION_IP_REMOTE_PORT, C.FWP_UINT16, "uint16", 16),
+                  (C.FWPM_CONDITION_FLAGS, C.FWP_UINT32, "uint32", 32),
+                  (C.FWPM_CONDITION_IP_LOCAL_ADDRESS_TYPE, C.FWP_UINT8, "uint8", 8),
+                  (C.FWPM_CONDITION_IP_LOCAL_INTERFACE, C.FWP_UINT64, "uint64", 64)]
+
+
+def _common_condition(rng: random.Random) -> Any:
+    """A condition of the common shape (integer member), valid or not: wrong match types,
+    wrong data types, values out of range, plain ints for enums, stale members."""
+    field, dtype, member, bits = rng.choice(_SCALAR_FIELDS)
+    if rng.random() < 0.1:
+        dtype, member, bits = rng.choice(_SCALAR_FIELDS)[1:]  # often a type mismatch
+    match = rng.choice([C.FWP_MATCH_EQUAL, C.FWP_MATCH_EQUAL, C.FWP_MATCH_NOT_EQUAL,
+                        C.FWP_MATCH_GREATER, C.FWP_MATCH_LESS_OR_EQUAL,
+                        C.FWP_MATCH_FLAGS_ANY_SET, C.FWP_MATCH_FLAGS_NONE_SET, C.FWP_MATCH_RANGE])
+    if rng.random() < 0.3:
+        match = int(match)
+    if rng.random() < 0.02:
+        match = C.FWP_MATCH_TYPE_MAX + 1
+    value = rng.choice([0, 1, 6, 17, rng.getrandbits(bits), (1 << bits) - 1])
+    if rng.random() < 0.03:
+        value = 1 << bits  # out of range
+    v = wfp.FWP_CONDITION_VALUE0(type=dtype if rng.random() < 0.8 else int(dtype),
+                                 **{member: value})
+    if rng.random() < 0.2 and member != "uint16":
+        v.uint16 = rng.getrandbits(16)  # a stale member: never read
+    return wfp.FWPM_FILTER_CONDITION0(fieldKey=field, matchType=match, conditionValue=v)
+
+
+def _outcome(conds: list[Any], layer: Any, compile_: Any) -> Any:
+    try:
+        return compile_(conds, layer)
+    except Fail as exc:
+        return (exc.status, exc.detail)
+
+
+def _packets(rng: random.Random, version: int, n: int) -> list[PacketView]:
+    bits = 32 if version == 4 else 128
+    return [PacketView(version, rng.getrandbits(bits), rng.getrandbits(bits),
+                       rng.choice([6, 17, 1, 50]), rng.choice([None, 0, 500, rng.getrandbits(16)]),
+                       rng.choice([None, 0, 4500, rng.getrandbits(16)]),
+                       flags=rng.choice([0, 1, 0x20, rng.getrandbits(32)]),
+                       local_address_type=rng.choice([0, 1, 2]),
+                       interface=rng.choice([0, 1, rng.getrandbits(64)]))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_shared_compilations_are_what_compiling_again_gives(seed: int) -> None:
+    """compile_filter_conditions (compilations shared by the conditions' F.16 lines) against a
+    fresh compile_conditions of the same list, on random lists, many of them repeated with new
+    but equal objects (so that the second one finds the first one's compilation): the same
+    Fail, or the same count, version, direction, atoms, classifier entries and verdict on
+    random packets; and the F.16 text it carries is conditions_text of the list."""
+    rng = random.Random(f"shared/{seed}")
+    seen: list[tuple[Any, list[Any]]] = []
+    for _ in range(60):
+        if seen and rng.random() < 0.4:
+            layer, old = rng.choice(seen)
+            conds = [copy.deepcopy(c) for c in old]  # equal values, new objects
+        else:
+            layer = layer_info(rng.choice(_TRANSPORT))
+            conds = [_common_condition(rng) if rng.random() < 0.9 else
+                     _index_condition(rng, layer.version) for _ in range(rng.randint(0, 4))]
+            seen.append((layer, conds))
+        got = _outcome(conds, layer, compile_filter_conditions)
+        want = _outcome(conds, layer, compile_conditions)
+        if isinstance(want, tuple):
+            assert got == want
+            continue
+        assert isinstance(got, Compiled)
+        assert (got.count, got.version, got.direction) == (want.count, want.version,
+                                                           want.direction)
+        assert list(got.fields) == list(want.fields)
+        for name, fld in want.fields.items():
+            assert got.fields[name].atoms == fld.atoms
+            assert len(got.fields[name].predicates) == len(fld.predicates)
+        assert got.index() == want.index()
+        for pkt in _packets(rng, layer.version, 40):
+            assert got.matches(pkt) == want.matches(pkt)
+        if all(type(c.conditionValue.type) in (int, C.FWP_DATA_TYPE)
+               and type(getattr(c.conditionValue,
+                                CONDITION_VALUE_MEMBERS[c.conditionValue.type])) is int
+               for c in conds):
+            assert got.text == conditions_text(conds)
+        else:
+            assert got.text is None
+
+
+def test_shared_compilations_are_bounded_and_per_layer() -> None:
+    from ipsecsa.wfp import filters as F
+
+    inbound, outbound = (layer_info("FWPM_LAYER_INBOUND_TRANSPORT_V4"),
+                         layer_info("FWPM_LAYER_OUTBOUND_TRANSPORT_V4"))
+
+    def conds(n: int) -> list[Any]:
+        return [wfp.FWPM_FILTER_CONDITION0(
+            fieldKey=C.FWPM_CONDITION_IP_REMOTE_ADDRESS, matchType=C.FWP_MATCH_EQUAL,
+            conditionValue=wfp.FWP_CONDITION_VALUE0(type=C.FWP_UINT32, uint32=n))]
+
+    a, b = compile_filter_conditions(conds(7), inbound), compile_filter_conditions(conds(7),
+                                                                                   outbound)
+    assert a is compile_filter_conditions(conds(7), inbound)  # shared
+    assert a is not b and (a.direction, b.direction) == ("inbound", "outbound")
+    assert a.index() == [Filter(4, 7, 0xFFFFFFFF, 0, 0)]
+    assert b.index() == [Filter(4, 0, 0, 7, 0xFFFFFFFF)]
+    for n in range(F._COMPILED_MAX + 50):
+        compile_filter_conditions(conds(1000 + n), inbound)
+    assert len(F._compiled) <= F._COMPILED_MAX
+    assert a is not compile_filter_conditions(conds(7), inbound)  # dropped, compiled again

@@ -286,11 +286,17 @@ class Filter:
         return dst & dmask == self.dst & dmask
 
     def _shape_and_key(self) -> tuple[_Shape, int]:
-        sm = self.effective_src_mask
-        dm = self.effective_dst_mask
-        shape = (self.version, sm, dm, bool(self.protocol), bool(self.sport), bool(self.dport))
-        key = _pack(self.version, self.src, self.dst, self.protocol, self.sport, self.dport)
-        return shape, key & _shape_mask(shape)
+        """The filter's shape and its key there: ``_pack(fields) & _shape_mask(shape)``,
+        written out (the protocol and ports are within their masks once validated)."""
+        version, src, dst = self.version, self.src, self.dst
+        top = _ALL_ONES[version]
+        sm = 0 if src == 0 else self.src_mask or top  # _effective_mask, inline
+        dm = 0 if dst == 0 else self.dst_mask or top
+        p, sp, dp = self.protocol, self.sport, self.dport
+        shape = (version, sm, dm, bool(p), bool(sp), bool(dp))
+        key = ((src & sm) << _SRC_SHIFT[version]) | ((dst & dm) << _DST_SHIFT) | (p << 32) \
+            | (sp << 16) | dp
+        return shape, key
 
     def __str__(self) -> str:
         src = _format_addr(self.version, self.src, self.src_mask)
@@ -421,7 +427,8 @@ class Classifier(Generic[T]):
         self._probes4: tuple[_Probe, ...] = ()
         self._probes6: tuple[_Probe, ...] = ()
         self._groups: dict[_Shape, _Group] = {}
-        self._filters: dict[int, Filter] = {}
+        #: Per handle: the filter, its shape and its key (computed once, at add).
+        self._filters: dict[int, tuple[Filter, _Shape, int]] = {}
         self._next_handle = 1
 
     def __len__(self) -> int:
@@ -437,7 +444,7 @@ class Classifier(Generic[T]):
 
     def filter_of(self, handle: int) -> Filter:
         """The filter installed under ``handle`` (KeyError if none)."""
-        return self._filters[handle]
+        return self._filters[handle][0]
 
     # -- lookup ---------------------------------------------------------------------------------
 
@@ -540,7 +547,7 @@ class Classifier(Generic[T]):
                         if isinstance(old, int):  # a lone handle (always a plain int) becomes a bucket
                             old = (old, group.values[key])
                         group.handles[key] = old + (handle, value)
-                self._filters[handle] = filter
+                self._filters[handle] = (filter, shape, key)
             finally:
                 self._ended += 1
         return handle
@@ -548,8 +555,7 @@ class Classifier(Generic[T]):
     def remove(self, handle: int) -> T:
         """Uninstall the filter ``handle``; return its value. KeyError for an unknown handle."""
         with self._lock:
-            filter = self._filters[handle]
-            shape, key = filter._shape_and_key()
+            _, shape, key = self._filters[handle]
             group = self._groups[shape]
             entry = group.handles[key]
             value: T
@@ -584,7 +590,7 @@ class Classifier(Generic[T]):
         if value is None:
             raise ConfigError("value", "must not be None (a lookup's None means no filter)")
         with self._lock:
-            shape, key = self._filters[handle]._shape_and_key()
+            _, shape, key = self._filters[handle]
             group = self._groups[shape]
             entry = group.handles[key]
             old: T

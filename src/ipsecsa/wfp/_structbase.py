@@ -120,8 +120,9 @@ _COPIERS: dict[type, Callable[[Any], Any]] = {}
 #: Per structure class, its field-by-field copier (what ``WfpStruct.__deepcopy__`` runs, also
 #: for a class that overrides ``__deepcopy__`` and calls ``super()``).
 _STRUCT_COPIERS: dict[type, Callable[[Any], Any]] = {}
-#: Per (structure class, field), the copier that sets that field instead of copying it.
-_BUT_COPIERS: dict[tuple[type, str], Callable[[Any, object], Any]] = {}
+#: Per (structure class, field[, second field]), the copier that sets those fields instead of
+#: copying them.
+_BUT_COPIERS: dict[tuple[type, str, str | None], Callable[..., Any]] = {}
 _IMMUTABLE = (int, float, str, bytes, uuid.UUID, type(None))
 
 
@@ -196,20 +197,26 @@ def _struct_copier(cls: type) -> Callable[[Any], Any]:
     return fn
 
 
-def _generate(cls: type, but: str | None) -> Callable[..., Any]:
+def _generate(cls: type, but: str | None, but2: str | None = None) -> Callable[..., Any]:
     """Source of a copier of ``cls``: a copy of the instance dict (order and all), then each
     field whose value is not of a shared type replaced by its copy, one unrolled test per field
-    (with ``but``: that field set to the ``value`` argument instead). An instance whose dict is
-    not exactly its fields (a field deleted, an attribute that is no field set) goes the general
-    way (:func:`_copied`); when that shows only as a missing field, the copies made until then
-    are dropped and made again."""
+    (with ``but``: that field set to the ``value`` argument instead; with ``but2`` as well, that
+    one set to ``value2``). An instance whose dict is not exactly its fields (a field deleted, an
+    attribute that is no field set) goes the general way (:func:`_copied`, :func:`_copied2`);
+    when that shows only as a missing field, the copies made until then are dropped and made
+    again."""
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
     env: dict[str, Any] = {"_SHARED": _SHARED, "_COPIERS": _COPIERS, "_cv": _clone_value,
-                           "_copied": _copied,
+                           "_copied": _copied, "_copied2": _copied2,
                            "_new": object.__new__, "_cls": cls}
-    args = "obj" if but is None else "obj, value"
-    fallback = "_copied(obj)" if but is None else f"_copied(obj, {but!r}, value)"
+    if but is None:
+        args, fallback = "obj", "_copied(obj)"
+    elif but2 is None:
+        args, fallback = "obj, value", f"_copied(obj, {but!r}, value)"
+    else:
+        args = "obj, value, value2"
+        fallback = f"_copied2(obj, {but!r}, value, {but2!r}, value2)"
     lines = [f"def copy_struct({args}):",
              "    state = obj.__dict__.copy()",
              f"    if len(state) != {len(names)}:",
@@ -217,8 +224,9 @@ def _generate(cls: type, but: str | None) -> Callable[..., Any]:
              "    try:"]
     for i, f in enumerate(fields):
         name = f.name
-        if name == but:
-            lines += [f"        state[{name!r}]", f"        state[{name!r}] = value"]
+        if name == but or name == but2:
+            arg = "value" if name == but else "value2"
+            lines += [f"        state[{name!r}]", f"        state[{name!r}] = {arg}"]
             continue
         lines.append(f"        v = state[{name!r}]")
         # A member still holding its declared default (None, 0, zero bytes) is the commonest
@@ -332,16 +340,34 @@ def _copied(obj: Any, field: str | None = None, value: object = None) -> Any:
     return new
 
 
-def clone_but(obj: _T, field: str, value: object) -> _T:
+def _copied2(obj: Any, field: str, value: object, field2: str, value2: object) -> Any:
+    """:func:`_copied` with ``field`` set, and ``field2`` too if the structure has it."""
+    new = _copied(obj, field, value)
+    if field2 in new.__dict__:
+        new.__dict__[field2] = value2
+    return new
+
+
+def clone_but(obj: _T, field: str, value: object, field2: str | None = None,
+              value2: object = None) -> _T:
     """A deep copy of the structure ``obj`` with ``field`` set to ``value`` (not copied), for
-    a copy whose one field is replaced anyway: copying it first would be wasted."""
+    a copy whose one field is replaced anyway: copying it first would be wasted. With
+    ``field2``, that field is set to ``value2`` too: the same as ``clone_but(obj, field,
+    value)`` with that field then replaced in place (if the structure has it), without copying
+    its old value."""
     cls = type(obj)
-    fn = _BUT_COPIERS.get((cls, field))
+    fn = _BUT_COPIERS.get((cls, field, field2))
     if fn is None:
-        if field not in getattr(cls, "__dataclass_fields__", ()):
-            return _copied(obj, field, value)  # type: ignore[no-any-return]
-        fn = _BUT_COPIERS[(cls, field)] = _generate(cls, field)
-    return fn(obj, value)  # type: ignore[no-any-return]
+        fields = getattr(cls, "__dataclass_fields__", ())
+        if field not in fields or (field2 is not None and (field2 not in fields
+                                                           or field2 == field)):
+            if field2 is None:
+                return _copied(obj, field, value)  # type: ignore[no-any-return]
+            return _copied2(obj, field, value, field2, value2)  # type: ignore[no-any-return]
+        fn = _BUT_COPIERS[(cls, field, field2)] = _generate(cls, field, field2)
+    if field2 is None:
+        return fn(obj, value)  # type: ignore[no-any-return]
+    return fn(obj, value, value2)  # type: ignore[no-any-return]
 
 
 def clone(obj: _T) -> _T:

@@ -117,9 +117,10 @@ def _prefixes(lo: int, hi: int, width: int) -> list[Atom]:
 
 
 class Compiled:
-    """The validated conditions of one filter."""
+    """The validated conditions of one filter. Never changed once made (filters with the same
+    conditions may share one, see :func:`.filters.validate_filter`)."""
 
-    __slots__ = ("count", "direction", "fields", "version")
+    __slots__ = ("_entries", "count", "direction", "fields", "text", "version")
 
     def __init__(self, version: int, direction: str, fields: dict[str, _Field], count: int):
         self.version = version
@@ -127,6 +128,10 @@ class Compiled:
         self.fields = fields
         #: Number of distinct fields (the auto-weight of F.20 counts them).
         self.count = count
+        #: F.16's text of the conditions (:func:`.filters.conditions_text`) when the compiler's
+        #: caller knew it, else None.
+        self.text: str | None = None
+        self._entries: tuple[Filter, ...] | None = None
 
     def matches(self, pkt: PacketView) -> bool:
         for name, fld in self.fields.items():
@@ -141,7 +146,14 @@ class Compiled:
         return True
 
     def index(self) -> list[Filter]:
-        """Classifier entries covering at least every packet the conditions match."""
+        """Classifier entries covering at least every packet the conditions match (made once;
+        a new list each call, of the same frozen entries)."""
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = tuple(self._make_index())
+        return list(entries)
+
+    def _make_index(self) -> list[Filter]:
         fields = self.fields
         per: list[list[Atom]] = []
         size = 1

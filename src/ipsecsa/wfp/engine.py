@@ -127,7 +127,8 @@ def _api(outs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 failures.last = Fail(status, "the engine is closed")
             else:
                 try:
-                    self._due(self._clock())
+                    if self._due_at is not None:  # a timer is set: run what came due
+                        self._due(self._clock())
                     result = fn(self, *args, **kwargs)
                 except Fail as failure:
                     status = failure.status
@@ -168,6 +169,9 @@ class _Session:
     subscriptions: set[int] = field(default_factory=set)
     enums: set[int] = field(default_factory=set)
     ended: bool = False
+    #: The session's :class:`_CallLock` (it holds no state of its own: one per session serves
+    #: every call, nested ones included).
+    call_lock: Any = field(default=None, repr=False)
 
     @property
     def dynamic(self) -> bool:
@@ -416,7 +420,10 @@ class Engine:
 
     def _locked(self, s: _Session) -> _CallLock:
         """The call's (implicit) transaction: the transaction lock, then the state lock."""
-        return _CallLock(self, s)
+        lock = s.call_lock
+        if lock is None:
+            lock = s.call_lock = _CallLock(self, s)
+        return lock  # type: ignore[no-any-return]
 
     def _reap_owner(self, owner: Any) -> None:
         """Called while waiting for the lock: abort an owner past the one-hour limit."""

@@ -23,7 +23,6 @@ from ipsecsa.wfp._structbase import clone_but
 from ipsecsa.wfp.conditions import Compiled, PacketView, compile_conditions
 from ipsecsa.wfp.registry import (
     CALLOUT_INFO,
-    CALLOUTS,
     LAYER_CONDITIONS,
     LAYERS,
     PROVIDERS,
@@ -39,6 +38,7 @@ from ipsecsa.wfp.types import (
     FWP_RANGE0,
     FWP_VALUE0,
     FWPM_FILTER0,
+    FWPM_FILTER_CONDITION0,
     GUID_NULL,
     clone,
     effective_count,
@@ -142,9 +142,18 @@ def _is_uint(value: object, bits: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
 
 
-def _known(table: dict[uuid.UUID, str], key: object) -> str | None:
+#: The registry tables by the GUIDs' integers: a UUID hashes and compares in Python code, an
+#: int in C, and a filter add looks up five of them.
+_BY_INT: dict[int, dict[int, Any]] = {
+    id(table): {g.int: v for g, v in table.items()}
+    for table in (LAYERS, SUBLAYERS, PROVIDERS, CALLOUT_INFO)}
+
+
+def _known(table: dict[uuid.UUID, Any], key: object) -> Any:
     """``table[key]``, or None for an unknown key or one that is not a GUID at all (a caller's
     garbage must become a status, never a TypeError from hashing it)."""
+    if type(key) is uuid.UUID:
+        return _BY_INT[id(table)].get(key.int)
     return table.get(key) if isinstance(key, uuid.UUID) else None
 
 
@@ -198,15 +207,15 @@ def validate_filter(flt: Any, session_dynamic: bool) -> tuple[LayerInfo, int, Ca
     except (ValueError, TypeError) as exc:
         raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc)) from exc
     conds = list(flt.filterCondition or [])[:n]
-    compiled = compile_conditions(conds, layer)
+    compiled = compile_filter_conditions(conds, layer)
     if not isinstance(atype, int) or atype not in _FILTER_ACTIONS:
         raise Fail(C.FWP_E_INVALID_ACTION_TYPE, f"action type {atype!r}")
     callout = None
     if atype & C.FWP_ACTION_FLAG_CALLOUT:
         key = getattr(action, "calloutKey", None)
-        if not isinstance(key, uuid.UUID) or _known(CALLOUTS, key) is None:
+        callout = _known(CALLOUT_INFO, key)  # every callout, with what it means
+        if callout is None:
             raise Fail(C.FWP_E_CALLOUT_NOT_FOUND, "calloutKey")
-        callout = CALLOUT_INFO[key]
         if callout.layer != layer_name:
             raise Fail(C.FWP_E_INCOMPATIBLE_LAYER,
                        f"{callout.name} does not apply at {layer_name}")
@@ -349,8 +358,13 @@ def conditions_key(rec: FilterRecord, layer: Any = None, role: Any = None) -> tu
     caller would not see make no difference. The set is written as text
     (:func:`conditions_text`), so that a durable engine stores it and reopens without
     rebuilding the conditions."""
-    text = rec.cond_key[2] if rec.cond_key is not None else \
-        conditions_text(rec.stored.filterCondition)
+    if rec.cond_key is not None:
+        text = rec.cond_key[2]
+    else:
+        compiled = rec.__dict__.get("compiled")  # never compiles a reopened record's
+        text = compiled.text if compiled is not None else None
+        if text is None:
+            text = conditions_text(rec.stored.filterCondition)
     return (layer or rec.stored.layerKey, role or rec.ipsec_role, text)
 
 
@@ -364,26 +378,83 @@ def conditions_text(conditions: list[Any]) -> str:
 #: match type and data type come as (their members' values are plain ints; the codec writes an
 #: enum as its value).
 _JSON_INTS = frozenset({int, C.FWP_MATCH_TYPE, C.FWP_DATA_TYPE})
-_guid_text = functools.lru_cache(maxsize=256)(str)
+
+
+
+@functools.lru_cache(maxsize=256)
+def _guid_text(n: int) -> str:
+    """``str()`` of the GUID whose integer is ``n``, remembered for the few condition fields
+    there are."""
+    return str(uuid.UUID(int=n))
 
 
 def _condition_text(c: Any) -> str:
     """One line of :func:`conditions_text`: ``encode([fieldKey, matchType, value_key(value)])``.
 
-    The common shape — a GUID field, an integer match type, a value whose selected member is
-    an integer (addresses, ports, protocol, flags) — is written here directly, as encode writes
-    it (``[{"$g":"<guid>"},<match>,[<type>,<member>]]``); a new JSON encoder per condition cost
-    more than the rest of a filter's validation. Any other shape goes through encode."""
-    fk, mt, v = c.fieldKey, c.matchType, c.conditionValue
+    The common shape (:func:`_common_line`) is written directly, as encode writes it; a new
+    JSON encoder per condition cost more than the rest of a filter's validation. Any other
+    shape goes through encode."""
+    line = _common_line(c)
+    if line is not None:
+        return line
+    return encode([c.fieldKey, c.matchType, value_key(c.conditionValue)])
+
+
+def _common_line(c: Any) -> str | None:
+    """The line of :func:`conditions_text` of a condition of the common shape — an
+    FWPM_FILTER_CONDITION0 with a GUID field, an integer match type, an FWP_CONDITION_VALUE0
+    whose type is an integer and whose selected member is a plain int (addresses, ports,
+    protocol, flags) — as encode writes it (``[{"$g":"<guid>"},<match>,[<type>,<member>]]``);
+    None for any other condition (nothing here raises, whatever ``c`` is)."""
+    if type(c) is not FWPM_FILTER_CONDITION0:
+        return None
+    fk = getattr(c, "fieldKey", None)
+    mt = getattr(c, "matchType", None)
+    v = getattr(c, "conditionValue", None)
     if type(fk) is uuid.UUID and type(mt) in _JSON_INTS and type(v) is FWP_CONDITION_VALUE0:
-        vt = v.type
+        vt: Any = getattr(v, "type", None)
         member_name = CONDITION_VALUE_MEMBERS.get(vt) if type(vt) in _JSON_INTS else None
         if member_name is not None:
-            member = getattr(v, member_name)
+            member = getattr(v, member_name, None)
             if type(member) is int:
-                return (f'[{{"$g":"{_guid_text(fk)}"}},{int.__repr__(mt)},'
+                return (f'[{{"$g":"{_guid_text(fk.int)}"}},{int.__repr__(mt)},'
                         f'[{int.__repr__(vt)},{int.__repr__(member)}]]')
-    return encode([fk, mt, value_key(v)])
+    return None
+
+
+#: Compiled conditions by (layer name, their lines of conditions_text in order), for lists of
+#: common-shape conditions only: such a line holds everything compile_conditions reads of its
+#: condition (the field's GUID, the match type's value, the data type's value and the selected
+#: member, the only member compilation reads), so conditions with the same lines at the same
+#: layer compile to the same thing, and a filter added again with the conditions of one added
+#: before (the same peer's filters after a delete, a rekey that remakes them) skips the
+#: compilation, its F.16 text and its classifier entries. Only successful compilations are
+#: kept, the oldest dropped beyond _COMPILED_MAX (an implementation constant).
+_COMPILED_MAX = 512
+_compiled: dict[tuple[str, tuple[str, ...]], Compiled] = {}
+_compiled_lock = threading.Lock()
+
+
+def compile_filter_conditions(conds: list[Any], layer: LayerInfo) -> Compiled:
+    """:func:`.conditions.compile_conditions` of a filter's conditions (raising its Fail),
+    through :data:`_compiled`; the result's ``text`` is set when the conditions have the common
+    shape."""
+    lines = []
+    for c in conds:
+        line = _common_line(c)
+        if line is None:
+            return compile_conditions(conds, layer)
+        lines.append(line)
+    key = (layer.name, tuple(lines))
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = compile_conditions(conds, layer)
+        compiled.text = "\n".join(sorted(set(lines)))
+        with _compiled_lock:
+            if len(_compiled) >= _COMPILED_MAX:
+                del _compiled[next(iter(_compiled))]
+            _compiled[key] = compiled
+    return compiled
 
 
 def value_key(value: Any) -> tuple[Any, ...]:
@@ -405,13 +476,15 @@ def stored_copy(flt: FWPM_FILTER0, fid: int, key: uuid.UUID, weight: int,
                 conds: list[Any]) -> FWPM_FILTER0:
     """F.19: what Get/Enum return: the caller's fields as given, plus filterId, the filterKey,
     effectiveWeight (FWP_UINT64) and the universal sublayer for a zero subLayerKey (F.20)."""
-    out = clone_but(flt, "filterCondition", clone(conds))
+    effective = FWP_VALUE0(type=C.FWP_UINT64, uint64=weight)
+    # The caller's effectiveWeight (an output field) is replaced, not copied.
+    out = clone_but(flt, "filterCondition", clone(conds), "effectiveWeight", effective)
     out.filterId = fid
     out.filterKey = key
     out.numFilterConditions = len(conds)
     if out.subLayerKey is None or out.subLayerKey == GUID_NULL:
         out.subLayerKey = SUBLAYER_UNIVERSAL
-    out.effectiveWeight = FWP_VALUE0(type=C.FWP_UINT64, uint64=weight)
+    out.effectiveWeight = effective  # in place when the copy has it; else set last, as before
     return out
 
 

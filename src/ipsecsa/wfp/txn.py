@@ -50,7 +50,10 @@ class TxnLock:
     session's explicit transaction holds it; its calls inside do not wait)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        #: The condition's lock, also taken directly (a C-level ``with``) on the uncontended
+        #: paths: every management call takes and releases this lock once.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._owner: Any = None
         self._depth = 0
         #: Threads waiting in acquire(): a release wakes them only if there are any (nearly
@@ -68,6 +71,17 @@ class TxnLock:
         ``on_wait(owner)`` is called (without the lock) while waiting, so the engine can abort an
         owner whose transaction has outlived the hour limit; it runs at least every 50 ms.
         """
+        with self._mutex:  # the common case: free, or already this session's
+            owner = self._owner
+            if owner is None or owner is session:
+                self._owner = session
+                self._depth += 1
+                return True
+        return self._wait(session, timeout_ms, on_wait)
+
+    def _wait(self, session: Any, timeout_ms: int,
+              on_wait: Callable[[Any], None] | None) -> bool:
+        """:meth:`acquire` when the lock was held by another session a moment ago."""
         deadline = time.monotonic() + timeout_ms / 1000.0
         with self._cond:
             while True:
@@ -94,7 +108,7 @@ class TxnLock:
                     self._waiting -= 1
 
     def release(self, session: Any) -> None:
-        with self._cond:
+        with self._mutex:
             if self._owner is not session:
                 return
             self._depth -= 1
@@ -105,7 +119,7 @@ class TxnLock:
 
     def release_all(self, session: Any) -> None:
         """Drop every hold ``session`` has (its explicit transaction ended)."""
-        with self._cond:
+        with self._mutex:
             if self._owner is session:
                 self._owner = None
                 self._depth = 0
