@@ -105,7 +105,7 @@ def test_reopened_filters_behave_as_before_without_being_rebuilt(db: Path) -> No
     for rec in recs.values():
         if rec.published:
             clf = again._filters._index[rec.layer.name]
-            assert [clf._filters[h] for h in rec.handles] == rec.compiled.index(), rec.id
+            assert [clf.filter_of(h) for h in rec.handles] == rec.compiled.index(), rec.id
     assert recs[ids["fin6"]].published and recs[ids["fin6"]].layer.version == 6
     again.close()
 
