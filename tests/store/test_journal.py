@@ -255,6 +255,8 @@ def test_coalescing_a_batch_ends_with_the_same_tables(tmp_path: Path) -> None:
             S._SA_STATE: (c, d, i, rng.randrange(99), 0, 0),
             S._NO_CONTEXT: (c,),
             S._NO_SA_STATE: (c,),
+            S._FILTER_UNDIGESTED: (c, f"key{c}", "static", str(rng.random()), None),
+            S._CONTEXT_UNDIGESTED: (c, str(rng.random()), b"s"),
         }[code])
 
     def tables(store: S.SqliteStore) -> list[object]:
@@ -270,7 +272,7 @@ def test_coalescing_a_batch_ends_with_the_same_tables(tmp_path: Path) -> None:
         for store, ops in zip(stores, (batch, S._coalesced(batch)), strict=True):
             with store._txn():
                 for code, params in [*setup, *ops]:
-                    store._db.execute(S._STATEMENTS[code], params)
+                    store._db.execute(*S._bound(code, params))
         assert tables(stores[0]) == tables(stores[1]), (run, batch)
         assert len(S._coalesced(batch)) <= len(batch)
         for store in stores:
@@ -322,4 +324,60 @@ def test_a_record_of_many_operations(db: Path) -> None:
     again = S.SqliteStore(copy)
     assert again.sa_state(69_999, "out") == {0: (70_000, 69_999, 0)}
     assert len(again.sa_states()) == 70_000
+    again.close()
+
+
+def test_rows_get_their_digest_when_applied_and_a_short_life_never_does(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filter and context rows are journaled without their digest; the apply computes it
+    (the load checks it), and rows written and deleted within one batch are never digested."""
+    bfe = wfp.Engine(database=db)
+    h = open_engine(bfe)
+    kept = context(bfe, h, bytes(20))
+    digests: list[object] = []
+    real = S._digest
+    monkeypatch.setattr(S, "_digest", lambda *parts: digests.append(parts) or real(*parts))
+    gone = context(bfe, h, bytes(20), remote="198.51.100.77")
+    assert bfe.IPsecSaContextDeleteById0(h, gone) == 0
+    assert digests == []  # nothing applied yet: the journal holds the writes
+    bfe._store.flush()
+    # Context rows' digests begin with the id (filter rows' with the key): the kept context's
+    # only; the other one, written and deleted in the batch, coalesced to its delete.
+    assert [p[0] for p in digests if str(p[0]).isdigit()] == [str(kept)]
+    assert len(digests) == 1 + 4  # and the four filters (the contexts' helper keeps them)
+    bfe.close()
+    again = wfp.Engine(database=db)  # every row passes its digest at load
+    try:
+        assert set(again._contexts) == {kept}
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM contexts WHERE digest IS NULL"
+                                ).fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM filters WHERE digest IS NULL"
+                                ).fetchone()[0] == 0
+    finally:
+        again.close()
+
+
+def test_a_journal_of_the_previous_release_with_digests_applies(db: Path) -> None:
+    """Before the digest moved to the apply, rows were journaled with it (codes 3 and 5): a
+    database left with such a journal opens, and a wrong digest in it is still refused."""
+    store = S.SqliteStore(db)
+    sid = store.store_id
+    store.close()
+    body = '{"state": "x"}'
+    good = S._digest("7", body, b"P1{}")
+    journal_of(db).write_bytes(J.header(sid) + J.encode(1, [
+        (S._FILTER, (3, "k3", "static", "{}", S._filter_digest("k3", "static", "{}", None),
+                     None)),
+        (S._CONTEXT, (7, body, b"P1{}", good))]))
+    again = S.SqliteStore(db)
+    snap = again.load()
+    assert [f[0] for f in snap.filters] == [3]
+    assert [c[0] for c in snap.contexts] == [7]
+    again.close()
+    journal_of(db).write_bytes(J.header(sid) + J.encode(2, [(S._CONTEXT, (7, body, b"P1{}",
+                                                                          bytes(16)))]))
+    again = S.SqliteStore(db)
+    with pytest.raises(StoreError, match="SA context 7 fails its digest"):
+        again.load()
     again.close()

@@ -27,7 +27,7 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,20 +87,29 @@ ALTER TABLE filters ADD COLUMN compiled TEXT;
 
 #: The statements a journal record may name, by code (ipsecsa.store.journal): the only SQL a
 #: replayed journal can run.
+_PUT_FILTER = ("INSERT OR REPLACE INTO filters (id, key, lifetime, body, digest, compiled) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+_PUT_CONTEXT = "INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)"
 _STATEMENTS = (
     "INSERT OR REPLACE INTO meta VALUES (?, ?)",  # 0
     "DELETE FROM grants",  # 1
     "INSERT INTO grants VALUES (?, ?, ?)",  # 2
-    ("INSERT OR REPLACE INTO filters (id, key, lifetime, body, digest, compiled) "
-     "VALUES (?, ?, ?, ?, ?, ?)"),  # 3
+    _PUT_FILTER,  # 3
     "DELETE FROM filters WHERE id = ?",  # 4
-    "INSERT OR REPLACE INTO contexts VALUES (?, ?, ?, ?)",  # 5
+    _PUT_CONTEXT,  # 5
     "INSERT OR REPLACE INTO sa_state VALUES (?, ?, ?, ?, ?, ?)",  # 6
     "DELETE FROM contexts WHERE id = ?",  # 7
     "DELETE FROM sa_state WHERE ctx = ?",  # 8
+    # 9 and 10: a filter row and a context row journaled without their digest, which the
+    # apply computes (_bound): the digest protects the row in the table, the journal's CRC
+    # the record, and a row written and deleted again within one batch (a short-lived context
+    # and its filters) never needs one. Journals of the previous release hold 3 and 5 (digest
+    # included); both apply.
+    _PUT_FILTER,  # 9
+    _PUT_CONTEXT,  # 10
 )
 _META, _NO_GRANTS, _GRANT, _FILTER, _NO_FILTER, _CONTEXT, _SA_STATE, _NO_CONTEXT, \
-    _NO_SA_STATE = range(len(_STATEMENTS))
+    _NO_SA_STATE, _FILTER_UNDIGESTED, _CONTEXT_UNDIGESTED = range(len(_STATEMENTS))
 #: Applied to SQLite once this many operations, or this many journal bytes, are pending.
 APPLY_OPS = 1024
 APPLY_BYTES = 4 << 20
@@ -312,7 +321,7 @@ class SqliteStore:
             self._pending_lsn = todo[-1][0]
             try:
                 self._apply_pending(sync=True)
-            except (sqlite3.Error, IndexError, TypeError) as exc:
+            except (sqlite3.Error, IndexError, TypeError, ValueError) as exc:
                 self._journal.close()
                 raise StoreError(f"{self.journal_path}: the journal does not apply ({exc}): "
                                  "refused") from exc
@@ -378,7 +387,7 @@ class SqliteStore:
         with self._txn(sync):
             execute = db.execute
             for code, params in _coalesced(ops):
-                execute(_STATEMENTS[code], params)
+                execute(*_bound(code, params))
             execute(_STATEMENTS[_META], (_APPLIED, str(self._pending_lsn)))
         self._pending = []
         self._since_apply, self._applied_size = 0, self._journal.size
@@ -440,8 +449,7 @@ class SqliteStore:
 
     def put_filter(self, fid: int, key: str, lifetime: str, body: str,
                    compiled: str | None = None) -> None:
-        self._write([(_FILTER, (fid, key, lifetime, body,
-                                _filter_digest(key, lifetime, body, compiled), compiled))])
+        self._write([(_FILTER_UNDIGESTED, (fid, key, lifetime, body, compiled))])
 
     def delete_filter(self, fid: int) -> None:
         self._write([(_NO_FILTER, (fid,))])
@@ -451,7 +459,7 @@ class SqliteStore:
                     sync: bool = False) -> None:
         """A context's row, and with ``state`` its SA-state rows, in one record."""
         sealed = self.seal(f"context {cid}", secret)
-        ops: list[J.Op] = [(_CONTEXT, (cid, body, sealed, _digest(str(cid), body, sealed)))]
+        ops: list[J.Op] = [(_CONTEXT_UNDIGESTED, (cid, body, sealed))]
         if state:
             with self._lock:
                 self._stated.add(cid)
@@ -609,7 +617,21 @@ def _coalesced(ops: list[J.Op]) -> list[J.Op]:
 
 #: Statements that write or delete one row by its key (the first parameter), by table.
 _BY_KEY = {_META: "meta", _FILTER: "filters", _NO_FILTER: "filters", _CONTEXT: "contexts",
-           _NO_CONTEXT: "contexts"}
+           _NO_CONTEXT: "contexts", _FILTER_UNDIGESTED: "filters",
+           _CONTEXT_UNDIGESTED: "contexts"}
+
+
+def _bound(code: int, p: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+    """The statement of a journaled operation and its parameters: as journaled, or with the
+    digest that codes 9 and 10 leave to the apply."""
+    if code == _CONTEXT_UNDIGESTED:
+        cid, body, sealed = p
+        return _STATEMENTS[code], (cid, body, sealed, _digest(str(cid), body, sealed))
+    if code == _FILTER_UNDIGESTED:
+        fid, key, lifetime, body, compiled = p
+        return _STATEMENTS[code], (fid, key, lifetime, body,
+                                   _filter_digest(key, lifetime, body, compiled), compiled)
+    return _STATEMENTS[code], p
 
 _LENGTH = struct.Struct(">Q").pack
 

@@ -118,8 +118,9 @@ class SaContext:
     #: Durable engines: inbound packets since the last checkpoint of counters and replay edge.
     #: (Outbound sequence numbers are reserved through the SAs' ``seq_limit``/``seq_limit_hook``.)
     unsaved: int = 0
-    #: Durable engines: JSON of the parts that are set once (:func:`.persist.context_rows`).
-    encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False,
+    #: Durable engines: JSON of the parts that are set once, and the secret column's bytes
+    #: made of them (:func:`.persist.context_rows`).
+    encoded: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False,
                                                 compare=False)
     #: Durable engines: the SA-state row last written per (direction, index), or the row a
     #: missing one stands for (an SA as added: its description says it all), so that a change

@@ -60,33 +60,45 @@ def context_rows(ctx: SaContext, clock: Callable[[], float]) -> tuple[str, bytes
     SAs are installed unbuilt without reading the secret column), then the structures it keeps
     in stored form until they are read (traffic, GetSpi's traffic and UDP encapsulation). JSON
     never holds a raw newline, so the split is exact; a body of one line is an older row."""
+    off = time.time() - clock()  # the engine's clock -> wall-clock seconds (to_wall)
+    t0, t1, t2, t3, t4, t5 = (ctx.created, ctx.inbound_added, ctx.outbound_added,
+                              ctx.deadline, ctx.last_used, ctx.linger_until)
     body = {
-        "state": ctx.state.value, "version1": ctx.version1, "version": ctx.version,
+        "state": ctx.state._value_, "version1": ctx.version1, "version": ctx.version,
         "tunnel": ctx.tunnel, "local": ctx.local.hex(), "remote": ctx.remote.hex(),
         "outbound_filter": ctx.outbound_filter, "inbound_filter": ctx.inbound_filter,
         "udp_encap": list(ctx.udp_encap) if ctx.udp_encap else None, "spi": ctx.spi,
-        "created": to_wall(clock, ctx.created),
-        "inbound_added": to_wall(clock, ctx.inbound_added),
-        "outbound_added": to_wall(clock, ctx.outbound_added),
-        "deadline": to_wall(clock, ctx.deadline), "idle_seconds": ctx.idle_seconds,
-        "last_used": to_wall(clock, ctx.last_used),
-        "linger_until": to_wall(clock, ctx.linger_until), "limited": ctx.limited,
+        "created": None if t0 is None else t0 + off,
+        "inbound_added": None if t1 is None else t1 + off,
+        "outbound_added": None if t2 is None else t2 + off,
+        "deadline": None if t3 is None else t3 + off, "idle_seconds": ctx.idle_seconds,
+        "last_used": None if t4 is None else t4 + off, "linger_until": None if t5 is None else t5 + off,
+        "limited": ctx.limited,
     }
-    parts = [compact(body)[:-1]]
-    inbound, outbound = ctx.built("inbound_bundle"), ctx.built("outbound_bundle")
-    parts += (',"in_sas":', _protocols(ctx, "inbound", inbound),
-              ',"out_sas":', _protocols(ctx, "outbound", outbound))
     state = vars(ctx)
-    sep = "}\n{"
-    for name in BODY_LAZY:
-        parts.append(f'{sep}"{name}":{_part(ctx, name, state.get(name, UNBUILT))}')
-        sep = ","
-    secret = "".join((
-        '{"inbound_given":', _part(ctx, "inbound_given", state.get("inbound_given", UNBUILT)),
-        ',"outbound_given":', _part(ctx, "outbound_given", state.get("outbound_given", UNBUILT)),
-        ',"inbound_sas":', _sas_part(ctx, "inbound", inbound),
-        ',"outbound_sas":', _sas_part(ctx, "outbound", outbound), "}"))
-    return "".join(parts) + "}", secret.encode()
+    inbound = state.get("inbound_bundle", UNBUILT)
+    outbound = state.get("outbound_bundle", UNBUILT)
+    head = compact(body)[:-1]
+    tail = ",".join([f'"{name}":{_part(ctx, name, state.get(name, UNBUILT))}'
+                     for name in BODY_LAZY])
+    text = (f'{head},"in_sas":{_protocols(ctx, "inbound", inbound)},"out_sas":'
+            f'{_protocols(ctx, "outbound", outbound)}}}\n{{{tail}}}')
+    return text, _secret(ctx, state, inbound, outbound)
+
+
+def _secret(ctx: SaContext, state: dict[str, Any], inbound: Any, outbound: Any) -> bytes:
+    """The secret column's bytes: made again only when one of its four parts changed (a
+    context is written at each step of its life; its keys are set once per direction)."""
+    parts = (_part(ctx, "inbound_given", state.get("inbound_given", UNBUILT)),
+             _part(ctx, "outbound_given", state.get("outbound_given", UNBUILT)),
+             _sas_part(ctx, "inbound", inbound), _sas_part(ctx, "outbound", outbound))
+    cached = ctx.encoded.get("secret")
+    if cached is not None and cached[0] == parts:  # the same texts (tuples compare their
+        return cached[1]  # members by identity first)
+    text = "".join(('{"inbound_given":', parts[0], ',"outbound_given":', parts[1],
+                    ',"inbound_sas":', parts[2], ',"outbound_sas":', parts[3], "}")).encode()
+    ctx.encoded["secret"] = (parts, text)
+    return text
 
 
 #: The LAZY_FIELDS the body holds (its second line); the others are in the secret column.
