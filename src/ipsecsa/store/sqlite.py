@@ -183,8 +183,12 @@ class SqliteStore:
         #: The journal (ipsecsa.store.journal). Not "-journal": SQLite takes a file of that
         #: name beside the database for its own rollback journal, and deletes it.
         self.journal_path = self.path.with_name(self.path.name + "-ipsalog")
+        #: The highest filter and context id in the tables (see _coalesced).
+        self._top: dict[str, int] = {}
         try:
             self._open()
+            self._top = {t: self._db.execute(f"SELECT coalesce(max(id), 0) FROM {t}"
+                                             ).fetchone()[0] for t in ("filters", "contexts")}
             self._replay()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -386,9 +390,13 @@ class SqliteStore:
         db = self._db
         with self._txn(sync):
             execute = db.execute
-            for code, params in _coalesced(ops):
+            for code, params in _coalesced(ops, self._top):
                 execute(*_bound(code, params))
             execute(_STATEMENTS[_META], (_APPLIED, str(self._pending_lsn)))
+        for code, params in ops:
+            table = _PUT_TABLE.get(code)
+            if table is not None and params[0] > self._top[table]:
+                self._top[table] = params[0]
         self._pending = []
         self._since_apply, self._applied_size = 0, self._journal.size
 
@@ -576,13 +584,17 @@ class SqliteStore:
             self._db.close()
 
 
-def _coalesced(ops: list[J.Op]) -> list[J.Op]:
+def _coalesced(ops: list[J.Op], top: dict[str, int] | None = None) -> list[J.Op]:
     """``ops`` without those a later one makes moot, in order: the tables end the same.
 
     A row written or deleted by key (a context, a filter, a meta value, one SA-state row) ends
     as its last write says; deleting a context's SA-state rows undoes every earlier write of
     them; replacing the grants, every earlier grant. A batch holds many such: a context is
-    written at each step of its life and often deleted within the same batch."""
+    written at each step of its life and often deleted within the same batch.
+
+    ``top``: the highest filter and context id in the tables before this batch. Ids are never
+    given out twice, so a row with a higher id was made within the batch, and its delete
+    (the last op on it) has nothing to delete: dropped too."""
     kept: list[J.Op] = []
     seen: set[tuple[Any, ...]] = set()
     cleared: set[int] = set()  # contexts whose SA-state rows a later op deletes
@@ -610,6 +622,8 @@ def _coalesced(ops: list[J.Op]) -> list[J.Op]:
             continue
         if key not in seen:
             seen.add(key)
+            if top is not None and code in _DELETE_TABLE and p[0] > top[_DELETE_TABLE[code]]:
+                continue
             kept.append(op)
     kept.reverse()
     return kept
@@ -619,6 +633,12 @@ def _coalesced(ops: list[J.Op]) -> list[J.Op]:
 _BY_KEY = {_META: "meta", _FILTER: "filters", _NO_FILTER: "filters", _CONTEXT: "contexts",
            _NO_CONTEXT: "contexts", _FILTER_UNDIGESTED: "filters",
            _CONTEXT_UNDIGESTED: "contexts"}
+
+
+#: Statements that write a filter or context row, and those that delete one, by table.
+_PUT_TABLE = {_FILTER: "filters", _FILTER_UNDIGESTED: "filters", _CONTEXT: "contexts",
+              _CONTEXT_UNDIGESTED: "contexts"}
+_DELETE_TABLE = {_NO_FILTER: "filters", _NO_CONTEXT: "contexts"}
 
 
 def _bound(code: int, p: Sequence[Any]) -> tuple[str, Sequence[Any]]:
