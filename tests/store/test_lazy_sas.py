@@ -198,8 +198,8 @@ def test_concurrent_first_packets_build_once_and_never_share_a_number(db: Path) 
     cid, peer, _old, _ = traffic_then_close(db)
     again = wfp.Engine(database=db)
     built: list[str] = []
-    real = again._stored_bundle
-    again._stored_bundle = lambda ctx, d: built.append(d) or real(ctx, d)  # type: ignore[method-assign]
+    real = again._bundle_of
+    again._bundle_of = lambda ctx, d: built.append(d) or real(ctx, d)  # type: ignore[method-assign]
     incoming = [peer.outbound(udp4(B4, A4, b"%d" % i)).packet for i in range(64)]
     seqs: list[int] = []
     drops: list[Any] = []

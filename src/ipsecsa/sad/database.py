@@ -33,7 +33,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -82,23 +82,9 @@ class Bundle:
     sas: tuple[SecurityAssociation, ...]
 
     def __post_init__(self) -> None:
-        if len(self.sas) not in (1, 2):
-            raise SadError("bundle", f"a bundle holds 1 or 2 SAs, not {len(self.sas)}")
-        if len(self.sas) == 2:
-            esp, ah = self.sas
-            if (esp.PROTOCOL, ah.PROTOCOL) != ("esp", "ah"):
-                raise SadError("bundle", "a two-SA bundle is ESP then AH (the only combination "
-                                         "NDIS IPsec offload defines)")
-            if esp.direction != ah.direction:
-                raise SadError("bundle", "the SAs of a bundle go the same direction")
-            if ah.mode != "transport":
-                raise SadError("bundle", "the AH SA of a bundle is in transport mode: it "
-                                         "authenticates the packet ESP built ([IP][AH][ESP])")
-            if (esp.config.src, esp.config.dst) != (ah.config.src, ah.config.dst):
-                raise SadError("bundle", "the AH SA of a bundle runs between the same addresses "
-                                         "as the ESP SA (its tunnel endpoints in tunnel mode)")
-            if esp.config.encapsulation is not None:
-                raise SadError("bundle", "UDP encapsulation cannot be bundled with AH")
+        problem = bundle_problem([sa.config for sa in self.sas])
+        if problem is not None:
+            raise SadError("bundle", problem)
 
     @classmethod
     def of(cls, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation]) -> Bundle:
@@ -115,6 +101,31 @@ class Bundle:
 
     def __repr__(self) -> str:
         return "Bundle(" + " + ".join(f"{sa.PROTOCOL}:0x{sa.spi:08x}" for sa in self.sas) + ")"
+
+
+def bundle_problem(configs: Sequence[Any]) -> str | None:
+    """What makes SAs of these configurations (``SaConfig``, ESP first, or anything with its
+    ``protocol``/``direction``/``mode``/``src``/``dst``/``encapsulation``) no :class:`Bundle`,
+    or None: the rules of :class:`Bundle` on configurations, so that a front end that builds
+    its SAs later (the SA-context engine) refuses at once exactly what the build would."""
+    if len(configs) not in (1, 2):
+        return f"a bundle holds 1 or 2 SAs, not {len(configs)}"
+    if len(configs) == 2:
+        esp, ah = configs
+        if (esp.protocol, ah.protocol) != ("esp", "ah"):
+            return "a two-SA bundle is ESP then AH (the only combination NDIS IPsec offload " \
+                   "defines)"
+        if esp.direction != ah.direction:
+            return "the SAs of a bundle go the same direction"
+        if ah.mode != "transport":
+            return "the AH SA of a bundle is in transport mode: it authenticates the packet " \
+                   "ESP built ([IP][AH][ESP])"
+        if (esp.src, esp.dst) != (ah.src, ah.dst):
+            return "the AH SA of a bundle runs between the same addresses as the ESP SA (its " \
+                   "tunnel endpoints in tunnel mode)"
+        if esp.encapsulation is not None:
+            return "UDP encapsulation cannot be bundled with AH"
+    return None
 
 
 @dataclass(slots=True)
@@ -376,6 +387,21 @@ class SaDatabase:
                 del self._inbound[k]
             self._count_ports(inst.encap_ports, -1)
         return inst.bundle
+
+    def withdraw(self, handle: int) -> Bundle | None:
+        """:meth:`delete` without building: a deferred bundle is dropped as it is (its SPI,
+        destination and ports freed) and None returned; an installed one is deleted and
+        returned. For a front end that knows what an unbuilt bundle has done (nothing, or
+        what its store says) and would build it only to throw it away."""
+        with self._build_lock:  # no build of it starts or finishes meanwhile
+            entry = self._deferred.get(handle)
+            if entry is None:
+                return self.delete(handle)
+            with self._lock:
+                del self._pending[entry.key]
+                del self._deferred[handle]
+                self._count_ports(entry.encap_ports, -1)
+            return None
 
     def replace(self, handle: int,
                 sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation]) -> Bundle:
@@ -700,4 +726,4 @@ def _encap_ports(bundle: Bundle) -> tuple[int, ...]:
                  if sa.config.encapsulation is not None)
 
 
-__all__ = ["Bundle", "SaDatabase", "SadError", "filters_for"]
+__all__ = ["Bundle", "SaDatabase", "SadError", "bundle_problem", "filters_for"]

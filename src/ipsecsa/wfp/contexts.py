@@ -127,23 +127,25 @@ class SaContext:
     #: of state rewrites only rows that changed.
     saved_rows: dict[tuple[str, int], tuple[int, str, int, int, int, int]] = field(
         default_factory=dict, repr=False, compare=False)
-    #: Durable engines, a reopened context: what is still in stored form. Each name (one of
-    #: LAZY_FIELDS, or ``inbound_sas``/``outbound_sas`` for SAs not built yet) maps to the text
-    #: of the stored row (its body or its secret column) that holds it as a member.
-    lazy: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-    #: Durable engines, a reopened context with SAs not built yet: ``builder(ctx, name)`` builds
-    #: ``inbound_bundle`` or ``outbound_bundle`` from its stored form, stores it in the context
-    #: and returns it (None if it cannot be built now; see :class:`_LazyBundle`).
+    #: What is not built yet. A reopened context's LAZY_FIELDS map to the text of the stored
+    #: row (its body or its secret column) that holds them as members; ``inbound_sas`` and
+    #: ``outbound_sas``, for SAs not built yet, to that text too (a reopened context's) or to
+    #: the :class:`AddedSas` an Add left (a context's SAs are built at first need, not at the
+    #: Add: see :meth:`defer_sas`).
+    lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: A context with SAs not built yet: ``builder(ctx, name)`` builds ``inbound_bundle`` or
+    #: ``outbound_bundle`` from ``lazy``, stores it in the context and returns it (None if it
+    #: cannot be built now; see :class:`_LazyBundle`).
     builder: Callable[[SaContext, str], Any] | None = field(default=None, repr=False,
                                                            compare=False)
-    #: Durable engines, a reopened context with SAs not built yet: what views and statistics
-    #: read of them (``ipsecsa.wfp.stored``), by ``inbound_sas``/``outbound_sas``: (the stored
-    #: text it was read from, the StoredBundle). None until something reads them.
-    stored_sas: dict[str, tuple[str, Any]] | None = field(default=None, repr=False,
+    #: A context with SAs not built yet: what views and statistics read of them
+    #: (``ipsecsa.wfp.stored``), by ``inbound_sas``/``outbound_sas``: (the ``lazy`` entry it
+    #: was read from, the StoredBundle). None until something reads them.
+    stored_sas: dict[str, tuple[Any, Any]] | None = field(default=None, repr=False,
                                                           compare=False)
 
     @classmethod
-    def restored(cls, values: dict[str, Any], lazy: dict[str, str]) -> SaContext:
+    def restored(cls, values: dict[str, Any], lazy: dict[str, Any]) -> SaContext:
         """A context rebuilt from the store (a reopen makes 100,000 of these): the declared
         defaults, then ``values``, without running ``__init__``. Each of LAZY_FIELDS is either
         in ``values`` or in ``lazy``: the text of the stored row that holds it as a member,
@@ -157,11 +159,14 @@ class SaContext:
         obj.lazy = lazy
         return obj
 
-    def defer_sas(self, direction: str, stored: str) -> None:
+    def defer_sas(self, direction: str, stored: str | AddedSas,
+                  builder: Callable[[SaContext, str], Any]) -> None:
         """Keep the ``direction`` ("inbound"/"outbound") SAs unbuilt until first needed
-        (:class:`_LazyBundle`); ``stored`` is the secret column holding their descriptions."""
+        (:class:`_LazyBundle`, which calls ``builder``): ``stored`` is the secret column holding
+        their descriptions (a reopened context's) or what the Add gave (:class:`AddedSas`)."""
         self.__dict__.pop(f"{direction}_bundle", None)
         self.lazy[f"{direction}_sas"] = stored
+        self.builder = builder
 
     def built(self, name: str) -> Any:
         """``inbound_bundle``/``outbound_bundle`` if it exists as an object (None included),
@@ -203,8 +208,45 @@ class SaContext:
         return min(times) if times else None
 
 
-#: Stands for a part of a reopened context still in stored form (see SaContext.built).
+#: Stands for a part of a context not built yet (see SaContext.built).
 UNBUILT: Any = object()
+
+
+class AddedSas:
+    """One direction's SAs as an Add gave them, not built yet (issue 12: building an SA parses
+    its keys and makes its OpenSSL contexts, most of an Add's cost, and nothing needs the
+    objects before the first packet, an offload or a key-known-answer test).
+
+    ``descriptions``: complete ``sa-format`` descriptions (keys included, as hex), ESP first:
+    what :func:`.sabuild.describe` made of a Windows bundle, or made from ``configs`` when
+    first asked for. ``configs``: their validated ``SaConfig`` when the Add had them
+    (``add_inbound_sas``/``add_outbound_sas``, whose descriptions are parsed to be checked
+    against the context), else None (parsed at the build; :mod:`.sabuild` holds why every
+    description it makes parses). ``installed``: the engine's clock at the Add, when the SAs'
+    lifetimes start, whenever they are built."""
+
+    __slots__ = ("_descriptions", "configs", "installed")
+
+    def __init__(self, descriptions: tuple[dict[str, Any], ...] | None,
+                 configs: tuple[Any, ...] | None, installed: float) -> None:
+        if descriptions is None and configs is None:
+            raise ValueError("AddedSas needs descriptions or configs")
+        self._descriptions = descriptions
+        self.configs = configs
+        self.installed = installed
+
+    @property
+    def descriptions(self) -> tuple[dict[str, Any], ...]:
+        if self._descriptions is None:
+            assert self.configs is not None
+            self._descriptions = tuple(cfg.to_dict() for cfg in self.configs)
+        return self._descriptions
+
+    def __len__(self) -> int:
+        return len(self.configs if self.configs is not None else self._descriptions or ())
+
+    def __repr__(self) -> str:  # never the keys
+        return f"<AddedSas of {len(self)} SA(s), not built>"
 
 #: The structures a reopened context keeps in stored form until something reads them: the
 #: caller's traffic and bundles as given are read only by Get/Enum/Update, so a database of

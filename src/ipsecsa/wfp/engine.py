@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipsecsa.config import parse_sa
 from ipsecsa.datapath import native
 from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64
 from ipsecsa.datapath.result import DROPPED, Result
@@ -51,6 +52,7 @@ from ipsecsa.errors import ConfigError, DropReason, MalformedPacket, as_packet
 from ipsecsa.packet.flow import PORTED_PROTOCOLS, flow_of
 from ipsecsa.packet.ipv6 import parse_ipv6_chain
 from ipsecsa.sad import Bundle, SaDatabase, SadError
+from ipsecsa.sad.database import bundle_problem
 from ipsecsa.store.sqlite import Snapshot, SqliteStore, StoreError, key_from_environment
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp import filterrows, persist, stored
@@ -60,6 +62,7 @@ from ipsecsa.wfp.conditions import PacketView, same_conditions
 from ipsecsa.wfp.contexts import (
     EXPIRE_LINGER_SECONDS,
     UNBUILT,
+    AddedSas,
     CtxOp,
     CtxState,
     SaContext,
@@ -87,7 +90,7 @@ from ipsecsa.wfp.persist import (
     SEQ_BLOCK_SLOW_SECONDS,
 )
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
-from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, check_bundle, describe
+from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, Shape, check_bundle, describe
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.txn import DEFAULT_WAIT_MS, TXN_MAX_SECONDS, Transaction, TxnLock
 from ipsecsa.wfp.views import context_view
@@ -236,14 +239,20 @@ class _Traffic:
 
 @dataclass(frozen=True, slots=True)
 class _Install:
-    """What :meth:`Engine._install` puts into a context: the data-path SAs (ESP first), the
-    bundle GetById reports, and the limits the engine times (the data path enforces the rest)."""
+    """What :meth:`Engine._install` puts into a context: its SAs as checked but not built
+    (ESP first: complete descriptions, or validated configurations; see ``AddedSas``) with
+    what ``bundle_problem`` reads of them, the bundle GetById reports, the limits the engine
+    times (the data path enforces the rest), and the UDP ports its ESP-in-UDP SAs receive on
+    (inbound: known before they are built)."""
 
-    sas: tuple[SecurityAssociation, ...]
+    descriptions: tuple[dict[str, Any], ...] | None
+    configs: tuple[Any, ...] | None
+    shapes: tuple[Any, ...]
     given: Any  # IPSEC_SA_BUNDLE1
     seconds: float
     limited: bool  # the SAs have packet or byte limits
     idle_seconds: int
+    ports: tuple[int, ...]
 
 
 class Engine:
@@ -303,12 +312,14 @@ class Engine:
         self._store: SqliteStore | None = None
         #: Durable engines: the id counters as stored (see _ids_reserved).
         self._id_marks: dict[str, int] = {}
-        #: Durable engines: the clock at the reopen (SAs built later are built as of then) and
-        #: the lock under which a reopened context's outbound SAs are built (_build_stored).
+        #: Durable engines: the clock at the reopen (SAs built later are built as of then);
+        #: the lock under which a context's outbound SAs are built (_build_bundle).
         self._reopened_at = 0.0
         #: Reopened contexts may have stored SAs not read yet (:meth:`_read_stored`).
         self._stored_unread = False
         self._build_lock = threading.Lock()
+        #: Every context's ``builder`` (one bound method for all).
+        self._builder = self._build_bundle
         self._bind_routes()
         if database is not None:
             self._store = SqliteStore(database, database_key or key_from_environment())
@@ -1052,20 +1063,34 @@ class Engine:
             self._persist_ctx(ctx)
             self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
 
-    def _build_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
-                   ) -> tuple[SecurityAssociation, ...]:
+    def _describe_sas(self, ctx: SaContext, spec: BundleSpec, direction: str
+                      ) -> tuple[tuple[dict[str, Any], ...], tuple[Any, ...] | None]:
+        """A checked bundle's SAs as complete descriptions, not built (:mod:`.sabuild` says
+        why they need not be parsed here), and their configurations when they are parsed all
+        the same: for the format's warnings, or to try the test hook ``unsafe_iv_source`` on
+        them (a misuse of it is this Add's error)."""
         local, remote = _address_text(ctx.local), _address_text(ctx.remote)
         mode = "tunnel" if ctx.tunnel else "transport"
-        now = self._clock()
-        sas = []
-        for part, spi in zip(spec.sas, spec.spis, strict=True):
-            obj = describe(part, spi, direction, mode, local, remote, ctx.udp_encap, spec)
+        descs = tuple(describe(part, spi, direction, mode, local, remote, ctx.udp_encap, spec)
+                      for part, spi in zip(spec.sas, spec.spis, strict=True))
+        if not spec.warns and self._unsafe_iv_source is None:
+            return descs, None
+        configs = []
+        for obj in descs:
             try:
-                sas.append(SecurityAssociation.from_dict(
-                    obj, now=now, unsafe_iv_source=self._unsafe_iv_source))
+                cfg = parse_sa(obj)
+                self._try_build(cfg)
             except ConfigError as exc:
                 raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc), exc.field) from exc
-        return tuple(sas)
+            configs.append(cfg)
+        return descs, tuple(configs)
+
+    def _try_build(self, cfg: Any) -> None:
+        """Engines with the known-answer test hook ``unsafe_iv_source``: build an SA of ``cfg``
+        now and drop it, so that the Add reports what the hook refuses (an SA is otherwise
+        built at first need, with that same hook, from a configuration already validated)."""
+        if self._unsafe_iv_source is not None:
+            SecurityAssociation.from_config(cfg, unsafe_iv_source=self._unsafe_iv_source)
 
     def _add(self, engineHandle: Any, id: Any, bundle: Any, v1: bool, inbound: bool) -> None:
         s = self._session(engineHandle)
@@ -1086,11 +1111,13 @@ class Engine:
             if inbound and any(spi != ctx.spi for spi in spec.spis):
                 raise Fail(C.FWP_E_INVALID_PARAMETER, "the inbound SA's SPI is not the one "
                                                       "GetSpi/SetSpi gave (F.5)", "spi")
-            sas = self._build_sas(ctx, spec, "inbound" if inbound else "outbound")
+            descs, configs = self._describe_sas(ctx, spec, "inbound" if inbound else "outbound")
             given = _convert(bundle, T.IPSEC_SA_BUNDLE1)
             given.numSAs = len(given.saList)
-            return _Install(sas, given, spec.lifetime_seconds,
-                            bool(spec.kilobytes or spec.packets), spec.idle_seconds)
+            ports = tuple(d["encapsulation"]["dport"] for d in descs if "encapsulation" in d)
+            return _Install(descs, configs, tuple(map(Shape, descs)), given,
+                            spec.lifetime_seconds, bool(spec.kilobytes or spec.packets),
+                            spec.idle_seconds, ports)
 
         self._install(s, id, inbound, build)
 
@@ -1098,28 +1125,36 @@ class Engine:
                  build: Callable[[SaContext], _Install]) -> None:
         """AddInbound/AddOutbound, whatever the SAs were described with (a Windows bundle or
         ipsecsa's SA descriptions): the state machine, then ``build``'s checks against the
-        context, then the SAs go live."""
+        context, then the SAs go live, unbuilt: they are built at first need (a packet either
+        way, an offload: :meth:`_build_bundle`), with their lifetimes counted from now. Every
+        error the build could meet was ruled out by then (``build``'s checks and the bundle's
+        here), so the Add is where it is reported."""
         with self._locked(s):
             ctx = self._ctx(id)
             nxt = self._step(ctx, CtxOp.ADD_INBOUND if inbound else CtxOp.ADD_OUTBOUND)
             made = build(ctx)
-            sas, given = made.sas, made.given
+            given = made.given
+            problem = bundle_problem(made.shapes)
+            if problem is not None:
+                raise Fail(C.FWP_E_INVALID_TRANSFORM_COMBINATION, str(SadError("bundle", problem)))
             now = self._clock()
-            try:
-                b = Bundle(sas)
-            except SadError as exc:
-                raise Fail(C.FWP_E_INVALID_TRANSFORM_COMBINATION, str(exc)) from exc
+            sas = AddedSas(made.descriptions, made.configs, now)
             if inbound:
+                # Every inbound SA of a context has its SPI and its local address (_add and
+                # fit_to_context refuse others): the SA database holds both until the build.
+                assert ctx.spi is not None  # the state machine: GetSpi/SetSpi came first
                 try:
-                    ctx.inbound_handle = self._sad.add_inbound(b)
+                    ctx.inbound_handle = self._sad.add_inbound_deferred(
+                        ctx.spi, ctx.local, functools.partial(self._build_inbound, ctx),
+                        made.ports)
                 except SadError as exc:
                     raise Fail(C.FWP_E_ALREADY_EXISTS, str(exc), "spi") from exc
-                ctx.inbound_bundle, ctx.inbound_given, ctx.inbound_added = b, given, now
-                self._ctx_of_sa[id_of_outer(b)] = ctx
+                ctx.defer_sas("inbound", sas, self._builder)
+                ctx.inbound_given, ctx.inbound_added = given, now
             else:
                 ctx.outbound_given, ctx.outbound_added = given, now
                 ctx.limited = made.limited
-                ctx.outbound_bundle = b  # packets may use it from here on
+                ctx.defer_sas("outbound", sas, self._builder)  # packets may use it from here on
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
                 self._changed()
             self._count("totalSasAdded", len(sas))
@@ -1131,8 +1166,6 @@ class Engine:
                     else min(ctx.idle_seconds, made.idle_seconds)
             ctx.last_used = now
             ctx.state = nxt
-            if not inbound:
-                self._arm_reservation(ctx, sas)
             self._persist_ctx(ctx, added="in" if inbound else "out")
             self._schedule(ctx)
             self._ctx_changed(ctx, IPSECSA_SA_CONTEXT_EVENT_STATE)
@@ -1255,8 +1288,36 @@ class Engine:
             if not users:
                 del self._filter_users[fid]  # type: ignore[union-attr]
 
+    def _withdraw_outbound(self, ctx: SaContext) -> tuple[Any, bool]:
+        """Take ``ctx``'s outbound SAs away (``outbound_bundle`` None from here on), without
+        building them: (the built Bundle, or while unbuilt what the statistics retire of them,
+        or None for none; whether they were unbuilt)."""
+        b = ctx.built("outbound_bundle")
+        if b is not UNBUILT:
+            ctx.outbound_bundle = None
+            return b, False
+        seen = self._unbuilt_counts(ctx, "outbound")  # before the lock: this may read rows
+        with self._build_lock:  # no packet builds them meanwhile
+            b = ctx.built("outbound_bundle")
+            ctx.outbound_bundle = None
+            if b is not UNBUILT:  # a packet built them after all
+                return b, False
+            ctx.lazy.pop("outbound_sas", None)
+            stored.forget(ctx, "outbound_sas")
+        return seen, True
+
+    def _unbuilt_counts(self, ctx: SaContext, direction: str) -> Any:
+        """What the statistics retire of ``ctx``'s SAs of ``direction`` not built yet: their
+        stored state (a reopened context's: :func:`.stored.side`), or nothing but their number
+        when they were added since the engine started (no traffic has gone through them). The
+        SAs are never built for this (an unreadable stored form aside, which is logged)."""
+        unbuilt = ctx.lazy.get(f"{direction}_sas")
+        if type(unbuilt) is AddedSas:
+            return len(unbuilt)
+        return stored.side(ctx, direction, self._store, self._reopened_at)
+
     def _stop_outbound(self, ctx: SaContext) -> None:
-        b, ctx.outbound_bundle = ctx.outbound_bundle, None
+        b, unbuilt = self._withdraw_outbound(ctx)
         route, ctx.route = ctx.route, False
         if route:
             route.kill()  # no packet takes the native route from here on
@@ -1269,14 +1330,15 @@ class Engine:
             self._changed()
             if self._offload is not None:
                 self._offload.outbound_gone(ctx)  # issue 13: off the NIC at once
-            for sa in b.sas:
-                sa.delete()
-                if isinstance(sa.seq_limit_hook, _Reservation):
-                    # The SA and its reservation refer to each other (and through it to the
-                    # context): cut the loop, so that a deleted context is freed at once
-                    # rather than left to the cyclic collector (measured: most of a durable
-                    # life cycle's collector time).
-                    sa.seq_limit_hook = None
+            if not unbuilt:
+                for sa in b.sas:
+                    sa.delete()
+                    if isinstance(sa.seq_limit_hook, _Reservation):
+                        # The SA and its reservation refer to each other (and through it to
+                        # the context): cut the loop, so that a deleted context is freed at
+                        # once rather than left to the cyclic collector (measured: most of a
+                        # durable life cycle's collector time).
+                        sa.seq_limit_hook = None
             self._retire("out", ctx, b)
 
     def _expire(self, ctx: SaContext, now: float) -> None:
@@ -1294,11 +1356,20 @@ class Engine:
             return
         self._stop_outbound(ctx)
         if ctx.inbound_handle is not None:
-            b = self._sad.delete(ctx.inbound_handle)
-            self._ctx_of_sa.pop(id_of_outer(b), None)
-            for sa in b.sas:
-                sa.delete()
-            self._retire("in", ctx, b)
+            seen = None
+            if ctx.built("inbound_bundle") is UNBUILT:
+                seen = self._unbuilt_counts(ctx, "inbound")
+            b = self._sad.withdraw(ctx.inbound_handle)  # None: withdrawn unbuilt
+            if b is not None:
+                self._ctx_of_sa.pop(id_of_outer(b), None)
+                for sa in b.sas:
+                    sa.delete()
+            else:
+                b = seen
+                ctx.lazy.pop("inbound_sas", None)
+                stored.forget(ctx, "inbound_sas")
+            if b is not None:
+                self._retire("in", ctx, b)
             ctx.inbound_handle = ctx.inbound_bundle = None
         if self._offload is not None:
             self._offload.removed(ctx)  # issue 13: nothing of it stays on the NIC
@@ -1503,11 +1574,17 @@ class Engine:
         with self._stats_lock:
             self._stats[name] = self._stats.get(name, 0) + n
 
-    def _retire(self, d: str, ctx: SaContext, b: Bundle) -> None:
-        """Keep the traffic counts of SAs leaving the engine (statistics are totals)."""
+    def _retire(self, d: str, ctx: SaContext, b: Any) -> None:
+        """Keep the traffic counts of SAs leaving the engine (statistics are totals): ``b`` is
+        their Bundle, their StoredBundle (a reopened context's, unbuilt), or the number of SAs
+        added unbuilt since the engine started (they have no traffic)."""
         with self._stats_lock:
-            _add_traffic(self._stats, d, ctx, b)
-            self._stats["totalSasDeleted"] = self._stats.get("totalSasDeleted", 0) + len(b.sas)
+            if type(b) is int:
+                n = b
+            else:
+                _add_traffic(self._stats, d, ctx, b)
+                n = len(b.sas)
+            self._stats["totalSasDeleted"] = self._stats.get("totalSasDeleted", 0) + n
 
     def _sides(self, ctx: SaContext) -> tuple[Any, Any]:
         """``ctx``'s inbound and outbound SAs for a view or the statistics, never built by
@@ -1640,6 +1717,12 @@ class Engine:
         body, secret = persist.context_rows(ctx, self._clock)
         saved = ctx.saved_rows
         rows = []
+        if added is not None:
+            # Not built yet: the row each SA will have once built, as the missing row says.
+            unbuilt = ctx.lazy.get("inbound_sas" if added == "in" else "outbound_sas")
+            if type(unbuilt) is AddedSas:
+                for i, d in enumerate(unbuilt.descriptions):
+                    saved[(added, i)] = (ctx.id, added, i, d.get("seq", 0), 0, 0)
         for r in self._sa_rows(ctx):
             if r[1] == added:
                 saved[(r[1], r[2])] = r  # what the missing row stands for
@@ -1721,7 +1804,7 @@ class Engine:
         100,000 contexts mostly needs a few at a time): each context keeps their stored
         descriptions, its inbound bundle is installed in the SA database as a deferred entry
         (found by SPI and destination), and the bundles are built at first use
-        (:meth:`_build_stored`). The collector is paused meanwhile: the load makes many
+        (:meth:`_build_bundle`). The collector is paused meanwhile: the load makes many
         objects and frees few, so its passes would find nothing to collect."""
         paused = gc.isenabled()
         gc.disable()
@@ -1789,20 +1872,18 @@ class Engine:
                 if self._store is not None:
                     self._store.delete_context(cid)
                 continue
-            if inbound or outbound:
-                ctx.builder = self._build_stored
             if inbound:
                 if ctx.spi is None:
                     raise StoreError(f"{self._store.path if self._store else ''}: SA context "
                                      f"{cid} has inbound SAs but no SPI")
-                ctx.defer_sas("inbound", text)
+                ctx.defer_sas("inbound", text, self._builder)
                 # Every inbound SA of a context has its SPI and its local address (_add and
                 # fit_to_context refuse others); ESP-in-UDP ones GetSpi's local port.
                 ports = (ctx.udp_encap[0],) if ctx.udp_encap and "esp" in inbound else ()
                 ctx.inbound_handle = self._sad.add_inbound_deferred(
-                    ctx.spi, ctx.local, functools.partial(self._stored_inbound, ctx), ports)
+                    ctx.spi, ctx.local, functools.partial(self._build_inbound, ctx), ports)
             if outbound:
-                ctx.defer_sas("outbound", text)
+                ctx.defer_sas("outbound", text, self._builder)
                 self._by_out_filter.setdefault(ctx.outbound_filter, []).append(ctx)
             self._contexts[cid] = ctx
             if ctx.spi is not None:
@@ -1816,29 +1897,30 @@ class Engine:
         self._changed()
 
     # ---------------------------------------------------------------- SAs built at first use
-    def _build_stored(self, ctx: SaContext, name: str) -> Any:
-        """``SaContext.builder`` of a reopened context: build its ``inbound_bundle`` or
-        ``outbound_bundle`` from the stored descriptions and state, exactly as the engine
-        that wrote them would have had them at the reopen. Reached from a packet's thread or
-        a control call, once per bundle; None (logged) if it cannot be built (the engine was
-        closed meanwhile)."""
+    def _build_bundle(self, ctx: SaContext, name: str) -> Any:
+        """``SaContext.builder``: build a context's ``inbound_bundle`` or ``outbound_bundle``
+        left unbuilt by its Add or by a reopen (``ctx.lazy``): as the Add gave them, with their
+        lifetimes counted from the Add, or from the stored descriptions and state, exactly as
+        the engine that wrote them would have had them at the reopen. Outbound SAs of a
+        durable engine are armed for sequence-number reservation here. Reached from a packet's
+        thread or a control call, once per bundle; None (logged) if it cannot be built (the
+        engine was closed meanwhile, or the SAs were withdrawn unbuilt)."""
         if name == "inbound_bundle":
             handle = ctx.inbound_handle
             if handle is not None:
                 try:
-                    self._sad.materialize(handle)  # calls _stored_inbound once
+                    self._sad.materialize(handle)  # calls _build_inbound once
                 except Exception:
-                    log.exception("SA context %d: its stored inbound SAs cannot be built",
-                                  ctx.id)
+                    log.exception("SA context %d: its inbound SAs cannot be built", ctx.id)
             return ctx.__dict__.get(name)
         with self._build_lock:
             b = ctx.built(name)
-            if b is not UNBUILT:  # built by another thread meanwhile
+            if b is not UNBUILT:  # built by another thread meanwhile, or withdrawn
                 return b
             try:
-                b = self._stored_bundle(ctx, "outbound")
+                b = self._bundle_of(ctx, "outbound")
             except Exception:
-                log.exception("SA context %d: its stored outbound SAs cannot be built", ctx.id)
+                log.exception("SA context %d: its outbound SAs cannot be built", ctx.id)
                 return None
             # Continue from the stored reservation: the first packet reserves the next block.
             self._arm_reservation(ctx, b.sas)
@@ -1847,19 +1929,28 @@ class Engine:
             stored.forget(ctx, "outbound_sas")
             return b
 
-    def _stored_inbound(self, ctx: SaContext) -> Bundle:
-        """The SA database's build of a reopened context's deferred inbound bundle (under its
-        build lock, before it publishes the keys: the context is known by then)."""
-        b = self._stored_bundle(ctx, "inbound")
+    def _build_inbound(self, ctx: SaContext) -> Bundle:
+        """The SA database's build of a context's deferred inbound bundle (under its build
+        lock, before it publishes the keys: the context is known by then)."""
+        b = self._bundle_of(ctx, "inbound")
         self._ctx_of_sa[id_of_outer(b)] = ctx
         ctx.__dict__["inbound_bundle"] = b
         ctx.lazy.pop("inbound_sas", None)
         stored.forget(ctx, "inbound_sas")
         return b
 
-    def _stored_bundle(self, ctx: SaContext, direction: str) -> Bundle:
+    def _bundle_of(self, ctx: SaContext, direction: str) -> Bundle:
+        """The SAs ``ctx.lazy`` holds for ``direction``, built (not installed anywhere)."""
         name = f"{direction}_sas"
-        descs = json.loads(ctx.lazy[name])[name]
+        unbuilt = ctx.lazy[name]
+        if type(unbuilt) is AddedSas:
+            now = unbuilt.installed
+            configs = unbuilt.configs
+            if configs is None:
+                configs = tuple(map(parse_sa, unbuilt.descriptions))
+            return Bundle(tuple(SecurityAssociation.from_config(
+                cfg, now=now, unsafe_iv_source=self._unsafe_iv_source) for cfg in configs))
+        descs = json.loads(unbuilt)[name]
         assert self._store is not None
         states = self._store.sa_state(ctx.id, "in" if direction == "inbound" else "out")
         now = self._reopened_at
@@ -1907,17 +1998,16 @@ class Engine:
         def build(ctx: SaContext) -> _Install:
             fitted = fit_to_context(configs, direction, tunnel=ctx.tunnel, local=ctx.local,
                                     remote=ctx.remote, spi=ctx.spi, udp_encap=ctx.udp_encap)
-            now = self._clock()
-            sas = []
             for i, cfg in enumerate(fitted):
                 try:
-                    sas.append(SecurityAssociation.from_config(
-                        cfg, now=now, unsafe_iv_source=self._unsafe_iv_source))
+                    self._try_build(cfg)
                 except ConfigError as exc:
                     raise Fail(C.FWP_E_INVALID_PARAMETER, exc.reason,
                                f"descriptions[{i}].{exc.field}") from exc
             seconds, limited = described_limits(fitted)
-            return _Install(tuple(sas), reported_bundle(fitted, ctx.version), seconds, limited, 0)
+            ports = tuple(c.encapsulation.dport for c in fitted if c.encapsulation is not None)
+            return _Install(None, fitted, fitted, reported_bundle(fitted, ctx.version), seconds,
+                            limited, 0, ports)
 
         self._install(s, id, inbound, build)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipsecsa.store.codec import compact, decode, dumps, loads_u64
-from ipsecsa.wfp.contexts import UNBUILT, CtxState, SaContext
+from ipsecsa.wfp.contexts import UNBUILT, AddedSas, CtxState, SaContext
 
 #: Outbound sequence numbers reserved (and synced to disk) ahead of use, per SA: the first
 #: block. A context whose block lasted less than SEQ_BLOCK_FAST_SECONDS reserves twice as many
@@ -136,11 +136,14 @@ def _structure_text(value: Any) -> str:
 
 
 def _sas_part(ctx: SaContext, direction: str, bundle: Any) -> str:
-    """The SA descriptions of one direction (keys included: this is the secret column): as
-    stored while they are not built, else made from the SAs (``seq`` at its current value)."""
+    """The SA descriptions of one direction (keys included: this is the secret column): while
+    they are not built, as stored or as the Add described them (the SAs they build are the
+    same, and have done nothing yet), else made from the SAs (``seq`` at its current value)."""
     name = f"{direction}_sas"
     if bundle is UNBUILT:
         stored = ctx.lazy.get(name)
+        if type(stored) is AddedSas:
+            return _cached(ctx, name, stored, lambda added: compact(list(added.descriptions)))
         if stored is not None:
             return _cached(ctx, name, stored, lambda text: _member(text, name))
         bundle = ctx.built(f"{direction}_bundle")  # built (by a packet's thread) meanwhile
@@ -156,6 +159,9 @@ def _protocols(ctx: SaContext, direction: str, bundle: Any) -> str:
     name = f"{direction}_sas"
     if bundle is UNBUILT:
         stored = ctx.lazy.get(name)
+        if type(stored) is AddedSas:
+            return _cached(ctx, f"{direction}_protocols", stored, lambda added: compact(
+                [d["protocol"] for d in added.descriptions]))
         if stored is not None:
             return _cached(ctx, f"{direction}_protocols", stored, lambda text: compact(
                 [d["protocol"] for d in json.loads(text)[name]]))

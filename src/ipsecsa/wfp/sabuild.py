@@ -4,7 +4,13 @@ The WFP structures say *which* transform and *which* key; everything else an SA 
 from the context (its traffic: addresses, mode; GetSpi's UDP encapsulation). The transform and
 key-blob rules are reference C.5, F.5 and F.6; the SA itself is then built by the same parser
 and validator every other front end uses (``ipsecsa.config.parse_sa``), so no rule is written
-twice.
+twice. It is built at first need, not at the Add (:class:`.contexts.AddedSas`), and the Add does
+not parse the descriptions either: what :func:`check_bundle` and the engine's context checks
+admit is exactly what ``parse_sa`` and ``Bundle`` accept (the transforms, key sizes, SPIs and
+ports are the table's and the checks'; addresses, mode and limits the context's), which
+``tests/wfp/test_deferred_sas.py`` proves by comparing both verdicts over random bundles of every
+transform, cipher, key size, lifetime, UDP encapsulation, IP version and mode. A bundle the
+format would warn of is parsed at the Add all the same, for its warning (:func:`warns`).
 
 **ipsecsa's choices** (Windows says nothing):
 
@@ -20,9 +26,12 @@ twice.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ipsecsa.crypto.algorithms import lookup_encryption, lookup_integrity
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.types import CountMismatchError, effective_count
@@ -185,6 +194,29 @@ class BundleSpec:
     packets: int
     idle_seconds: int
     flags: int
+    #: An SA of the bundle is one the SA format warns of (a legacy algorithm, or ESP that
+    #: encrypts without integrity): the engine parses such a bundle's descriptions at the Add,
+    #: so that the warning is logged then (:func:`warns`).
+    warns: bool = False
+
+
+def warns(parts: tuple[dict[str, Any], ...], transforms: tuple[int, ...]) -> bool:
+    """Whether ``parse_sa`` would log a warning for one of these SAs: DES, 3DES and HMAC-MD5
+    are legacy in the algorithm table, and IPSEC_TRANSFORM_ESP_CIPHER is the one transform
+    that encrypts without integrity (GCM and GMAC carry their own ICV)."""
+    if C.IPSEC_TRANSFORM_ESP_CIPHER in transforms:
+        return True
+    for part in parts:
+        enc, integ = part.get("encryption"), part.get("integrity")
+        if enc is not None and _legacy(lookup_encryption, enc["algorithm"]) or \
+                integ is not None and _legacy(lookup_integrity, integ["algorithm"]):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=64)
+def _legacy(lookup: Callable[[str], Any], name: str) -> bool:
+    return bool(lookup(name).algorithm.legacy)
 
 
 def check_bundle(bundle: Any, version1: bool) -> BundleSpec:
@@ -214,7 +246,8 @@ def check_bundle(bundle: Any, version1: bool) -> BundleSpec:
     for spi in spis:
         if spi < 256:
             raise Fail(C.FWP_E_INVALID_PARAMETER, f"SPI {spi} is reserved (RFC 4303)")
-    return BundleSpec(parts, spis, seconds, kb, packets, idle, flags)
+    return BundleSpec(parts, spis, seconds, kb, packets, idle, flags,
+                      warns(parts, tuple(sa.saTransformType for sa in bundle.saList)))
 
 
 def describe(part: dict[str, Any], spi: int, direction: str, mode: str, local: str,
@@ -239,3 +272,15 @@ def describe(part: dict[str, Any], spi: int, direction: str, mode: str, local: s
             else (remote_port, local_port)
         obj["encapsulation"] = {"type": "udp", "sport": sport, "dport": dport}
     return obj
+
+
+class Shape:
+    """What :func:`ipsecsa.sad.bundle_problem` reads of an SA, from its description: a bundle
+    of descriptions is refused at the Add for what would refuse it at the build."""
+
+    __slots__ = ("direction", "dst", "encapsulation", "mode", "protocol", "src")
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        d = description
+        self.protocol, self.direction, self.mode = d["protocol"], d["direction"], d["mode"]
+        self.src, self.dst, self.encapsulation = d["src"], d["dst"], d.get("encapsulation")

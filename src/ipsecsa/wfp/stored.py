@@ -8,7 +8,7 @@ what they show of an SA not built yet is fixed by its stored description (SPI, p
 algorithms, ESN, replay window, UDP encapsulation, lifetimes) and its stored SA-state row
 (sequence-number reservation or replay edge, packets, bytes), neither of which changes while
 the SA is unbuilt. :func:`stored_bundle` derives from those exactly what the SA built at that
-moment would report -- the same rules as :meth:`.engine.Engine._stored_bundle` and the
+moment would report -- the same rules as :meth:`.engine.Engine._bundle_of` and the
 ``SecurityAssociation`` constructor apply -- into objects shaped like the built ones for the
 readers (``sa.spi``, ``sa.config.protocol``/``encryption.name``/..., ``sa.seq``, ``sa.state``,
 ``sa.packets``/``sa.bytes``/``sa.counters``), so :func:`.views.sa_view` and the statistics read
@@ -35,7 +35,7 @@ from ipsecsa.datapath.replay import SEQ_MAX_32, SEQ_MAX_64
 from ipsecsa.datapath.sa import SaCounters
 from ipsecsa.datapath.state import USABLE, SaState
 from ipsecsa.store.codec import loads_u64
-from ipsecsa.wfp.contexts import UNBUILT, SaContext
+from ipsecsa.wfp.contexts import UNBUILT, AddedSas, SaContext
 
 log = logging.getLogger("ipsecsa.wfp")
 
@@ -155,7 +155,7 @@ def stored_bundle(descriptions: Sequence[Mapping[str, Any]], states: Mapping[int
     """The SAs ``descriptions`` describe (one direction of a context, as stored), with their
     stored state rows by index in the bundle (``SqliteStore.sa_state``; a missing row: the SA
     as added), as they would be if built now with ``installed`` as their install time (the
-    reopen's, as :meth:`.engine.Engine._stored_bundle` builds them). Raises (ValueError,
+    reopen's, as :meth:`.engine.Engine._bundle_of` builds them). Raises (ValueError,
     KeyError, TypeError, ConfigError) for a description it cannot read; the caller then builds
     the SAs the full way, which reports the error as the engine always has."""
     sas = []
@@ -276,7 +276,10 @@ def side(ctx: SaContext, direction: str, store: Any, installed: float,
         if hit is not None and hit[0] is text:
             return hit[1]
     made = None
-    if text is not None:
+    if type(text) is AddedSas:
+        # Added since the engine started: no state row, no traffic; lifetimes from the Add.
+        made = stored_bundle(text.descriptions, {}, text.installed)
+    elif text is not None:
         try:
             rows = states.get((ctx.id, d), {}) if states is not None \
                 else store.sa_state(ctx.id, d)
@@ -298,14 +301,15 @@ def side(ctx: SaContext, direction: str, store: Any, installed: float,
 
 
 def unread(ctx: SaContext) -> bool:
-    """Whether ``ctx`` has SAs not built whose stored form was not read yet."""
+    """Whether ``ctx`` has SAs not built whose stored form (a reopened context's: SAs added
+    since are not read from the store) was not read yet."""
     lazy = ctx.lazy
     if not lazy:
         return False
     cache = ctx.stored_sas or {}
     for key in ("inbound_sas", "outbound_sas"):
         text = lazy.get(key)
-        if text is not None and cache.get(key, (None,))[0] is not text:
+        if type(text) is str and cache.get(key, (None,))[0] is not text:
             return True
     return False
 
