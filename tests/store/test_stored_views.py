@@ -1,5 +1,6 @@
 """Views and statistics of a reopened engine read SAs not built yet from their stored form
-(issue 12: ``ipsecsa.wfp.stored``), and say exactly what the built SAs say.
+(issue 12: ``ipsecsa.wfp.stored``), and say exactly what the built SAs say; so do those of SAs
+an Add left unbuilt (``contexts.AddedSas``), in memory and in a durable engine.
 
 A differential test: contexts in every state, inbound and outbound, ESP, AH and ESP+AH, with
 and without traffic before the close, soft and hard lifetimes reached or not, ESN, a replay
@@ -226,6 +227,36 @@ def test_views_and_statistics_of_unbuilt_sas_equal_the_built_ones(
         engine.close()
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "durable"])
+def test_views_and_statistics_of_sas_added_unbuilt_equal_the_built_ones(
+        tmp_path: Path, durable: bool, peer: api.Engine) -> None:
+    """The same differential as above without a reopen: the contexts of CASES as made (an Add
+    builds nothing; their traffic built the SAs it went through, the others stay unbuilt)."""
+    clock = Clock()
+    engine = api.Engine(database=tmp_path / "fresh.db" if durable else None, clock=clock)
+    keys, ids = populate(engine, peer)
+    h = open_engine(engine.wfp)
+    sides = unbuilt_sides(engine)
+    # idle both ways, the inbound of out-only-traffic, the exhausted outbound, the Windows
+    # face's contexts (two SAs in each of 5, the expiring one's inbound):
+    assert sides >= 2 + 1 + 1 + 5
+    before = readings(engine, h)
+    assert unbuilt_sides(engine) == sides  # nothing was built to read them
+    for ctx in engine.wfp._contexts.values():
+        ctx.inbound_bundle, ctx.outbound_bundle  # noqa: B018 - builds them
+    assert unbuilt_sides(engine) == 0
+    after = readings(engine, h)
+    assert before == after
+    assert before["alone"] == before["views"]
+    text = json.dumps(before["views"]) + json.dumps(before["api"])
+    assert not [k for k in keys if k in text]
+    by_id = {v["id"]: v for v in before["views"]}
+    assert by_id[ids["exhausted"]]["outbound"][0]["state"] == "dead"
+    assert [s["protocol"] for s in by_id[ids["wfp-bundle"]]["inbound"]] == ["esp", "ah"]
+    assert by_id[ids["limits"]]["seconds_left"] == pytest.approx(3600, abs=5)
+    engine.close()
+
+
 def test_statistics_totals_stay_exact_across_close_reopen_build_and_delete(
         tmp_path: Path, peer: api.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "stats.db"
@@ -269,19 +300,24 @@ def test_statistics_totals_stay_exact_across_close_reopen_build_and_delete(
     moved = engine.statistics()["outboundTrafficStatistics"]
     assert moved["totalSuccessfulPackets"] == totals[traffic[1]]["totalSuccessfulPackets"] + 1
     assert engine.context(made[1]).outbound[0].packets == 2  # live counters since the build
-    # A context deleted while its SAs are unbuilt keeps its traffic in the totals.
+    # A context deleted while its SAs are unbuilt keeps its traffic in the totals, and its
+    # SAs are not built to count it.
     before = engine.statistics()
+    builds: list[Any] = []
+    real_build = bfe._bundle_of
+    monkeypatch.setattr(bfe, "_bundle_of", lambda *a: builds.append(a) or real_build(*a))
     engine.delete(made[2])
+    engine.expire(made[4])
+    assert builds == []
+    monkeypatch.undo()
     after = engine.statistics()
     for part in traffic:
         assert after[part] == before[part]
-    assert after["aggregateSaStatistics"]["activeSas"] == 78
-    # Expire stops the outbound SAs (built to stop them: their counts retire exactly); the
+    assert after["aggregateSaStatistics"]["activeSas"] == 77  # 2 deleted, 1 stopped
+    # Expire stops the outbound SAs (not built to stop them: their stored counts retire); the
     # inbound ones linger, still read as stored.
     ctx = bfe._contexts[made[4]]
-    assert engine.context(made[4]).outbound[0].packets == 1
-    engine.expire(made[4])
-    assert ctx.built("inbound_bundle") is UNBUILT
+    assert ctx.built("inbound_bundle") is UNBUILT and ctx.built("outbound_bundle") is None
     info = engine.context(made[4])
     assert info.state == "expiring" and info.outbound == () and info.inbound[0].packets == 1
     expired = engine.statistics()

@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -230,8 +231,13 @@ class SaConfig:
 
     def log_warnings(self) -> None:
         """Emit ``warnings`` on the ``ipsecsa.config`` logger (the SPI, never a key)."""
-        for text in self.warnings:
-            log.warning("SA spi=0x%08x (%s): %s", self.spi, self.protocol, text)
+        log_warnings(self.spi, self.protocol, self.warnings)
+
+
+def log_warnings(spi: int, protocol: str, warnings: Iterable[str]) -> None:
+    """Emit the warnings of an SA on the ``ipsecsa.config`` logger (the SPI, never a key)."""
+    for text in warnings:
+        log.warning("SA spi=0x%08x (%s): %s", spi, protocol, text)
 
 
 def _choice(value: object, name: str, allowed: tuple[str, ...], *, optional: bool = False) -> None:

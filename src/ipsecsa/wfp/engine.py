@@ -90,7 +90,14 @@ from ipsecsa.wfp.persist import (
     SEQ_BLOCK_SLOW_SECONDS,
 )
 from ipsecsa.wfp.registry import GUID_OF, LAYERS
-from ipsecsa.wfp.sabuild import BUNDLE_FLAGS_VALID, BundleSpec, Shape, check_bundle, describe
+from ipsecsa.wfp.sabuild import (
+    BUNDLE_FLAGS_VALID,
+    BundleSpec,
+    Shape,
+    check_bundle,
+    describe,
+    log_format_warnings,
+)
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.txn import DEFAULT_WAIT_MS, TXN_MAX_SECONDS, Transaction, TxnLock
 from ipsecsa.wfp.views import context_view
@@ -1067,22 +1074,23 @@ class Engine:
                       ) -> tuple[tuple[dict[str, Any], ...], tuple[Any, ...] | None]:
         """A checked bundle's SAs as complete descriptions, not built (:mod:`.sabuild` says
         why they need not be parsed here), and their configurations when they are parsed all
-        the same: for the format's warnings, or to try the test hook ``unsafe_iv_source`` on
-        them (a misuse of it is this Add's error)."""
+        the same: to try the test hook ``unsafe_iv_source`` on them (a misuse of it is this
+        Add's error). The format's warnings are logged here, as parsing them would."""
         local, remote = _address_text(ctx.local), _address_text(ctx.remote)
         mode = "tunnel" if ctx.tunnel else "transport"
         descs = tuple(describe(part, spi, direction, mode, local, remote, ctx.udp_encap, spec)
                       for part, spi in zip(spec.sas, spec.spis, strict=True))
-        if not spec.warns and self._unsafe_iv_source is None:
-            return descs, None
-        configs = []
-        for obj in descs:
-            try:
-                cfg = parse_sa(obj)
+        try:
+            if self._unsafe_iv_source is None:
+                log_format_warnings(descs)
+                return descs, None
+            configs = []
+            for obj in descs:
+                cfg = parse_sa(obj)  # logs the format's warnings
                 self._try_build(cfg)
-            except ConfigError as exc:
-                raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc), exc.field) from exc
-            configs.append(cfg)
+                configs.append(cfg)
+        except ConfigError as exc:
+            raise Fail(C.FWP_E_INVALID_PARAMETER, str(exc), exc.field) from exc
         return descs, tuple(configs)
 
     def _try_build(self, cfg: Any) -> None:

@@ -9,8 +9,9 @@ not parse the descriptions either: what :func:`check_bundle` and the engine's co
 admit is exactly what ``parse_sa`` and ``Bundle`` accept (the transforms, key sizes, SPIs and
 ports are the table's and the checks'; addresses, mode and limits the context's), which
 ``tests/wfp/test_deferred_sas.py`` proves by comparing both verdicts over random bundles of every
-transform, cipher, key size, lifetime, UDP encapsulation, IP version and mode. A bundle the
-format would warn of is parsed at the Add all the same, for its warning (:func:`warns`).
+transform, cipher, key size, lifetime, UDP encapsulation, IP version and mode. The format's
+warnings (a legacy algorithm, encryption without integrity) are logged at the Add all the same
+(:func:`log_format_warnings`).
 
 **ipsecsa's choices** (Windows says nothing):
 
@@ -26,12 +27,12 @@ format would warn of is parsed at the Add all the same, for its warning (:func:`
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ipsecsa.crypto.algorithms import lookup_encryption, lookup_integrity
+from ipsecsa.config import parse_sa
+from ipsecsa.config.model import log_warnings
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp.status import Fail
 from ipsecsa.wfp.types import CountMismatchError, effective_count
@@ -194,29 +195,6 @@ class BundleSpec:
     packets: int
     idle_seconds: int
     flags: int
-    #: An SA of the bundle is one the SA format warns of (a legacy algorithm, or ESP that
-    #: encrypts without integrity): the engine parses such a bundle's descriptions at the Add,
-    #: so that the warning is logged then (:func:`warns`).
-    warns: bool = False
-
-
-def warns(parts: tuple[dict[str, Any], ...], transforms: tuple[int, ...]) -> bool:
-    """Whether ``parse_sa`` would log a warning for one of these SAs: DES, 3DES and HMAC-MD5
-    are legacy in the algorithm table, and IPSEC_TRANSFORM_ESP_CIPHER is the one transform
-    that encrypts without integrity (GCM and GMAC carry their own ICV)."""
-    if C.IPSEC_TRANSFORM_ESP_CIPHER in transforms:
-        return True
-    for part in parts:
-        enc, integ = part.get("encryption"), part.get("integrity")
-        if enc is not None and _legacy(lookup_encryption, enc["algorithm"]) or \
-                integ is not None and _legacy(lookup_integrity, integ["algorithm"]):
-            return True
-    return False
-
-
-@functools.lru_cache(maxsize=64)
-def _legacy(lookup: Callable[[str], Any], name: str) -> bool:
-    return bool(lookup(name).algorithm.legacy)
 
 
 def check_bundle(bundle: Any, version1: bool) -> BundleSpec:
@@ -246,8 +224,7 @@ def check_bundle(bundle: Any, version1: bool) -> BundleSpec:
     for spi in spis:
         if spi < 256:
             raise Fail(C.FWP_E_INVALID_PARAMETER, f"SPI {spi} is reserved (RFC 4303)")
-    return BundleSpec(parts, spis, seconds, kb, packets, idle, flags,
-                      warns(parts, tuple(sa.saTransformType for sa in bundle.saList)))
+    return BundleSpec(parts, spis, seconds, kb, packets, idle, flags)
 
 
 def describe(part: dict[str, Any], spi: int, direction: str, mode: str, local: str,
@@ -284,3 +261,21 @@ class Shape:
         d = description
         self.protocol, self.direction, self.mode = d["protocol"], d["direction"], d["mode"]
         self.src, self.dst, self.encapsulation = d["src"], d["dst"], d.get("encapsulation")
+
+
+#: ``parse_sa``'s warnings of an SA by (protocol, encryption, integrity): they depend on nothing
+#: else (``SaConfig``'s rules), and the combinations a Windows bundle can make are few.
+_WARNINGS: dict[tuple[str, str | None, str | None], tuple[str, ...]] = {}
+
+
+def log_format_warnings(descriptions: Iterable[dict[str, Any]]) -> None:
+    """Log what ``parse_sa`` warns of these descriptions, as it logs it: the first SA of each
+    algorithm combination is parsed (which logs), the next ones logged from what it said."""
+    for d in descriptions:
+        enc, integ = d.get("encryption"), d.get("integrity")
+        key = (d["protocol"], enc and enc["algorithm"], integ and integ["algorithm"])
+        texts = _WARNINGS.get(key)
+        if texts is None:
+            _WARNINGS[key] = tuple(parse_sa(d).warnings)
+        elif texts:
+            log_warnings(d["spi"], d["protocol"], texts)
