@@ -28,8 +28,7 @@ warnings (a legacy algorithm, encryption without integrity) are logged at the Ad
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipsecsa.config import parse_sa
 from ipsecsa.config.model import log_warnings
@@ -65,6 +64,8 @@ BUNDLE_FLAGS_VALID = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x200 |
 
 
 def _uint(value: object, bits: int, name: str) -> int:
+    if type(value) is int and 0 <= value < 1 << bits:  # the common case, checked at once
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise Fail(C.FWP_E_INVALID_PARAMETER, f"{name} must be an integer")
     if not 0 <= value < 1 << bits:
@@ -184,9 +185,9 @@ def sa_algorithms(sa: Any) -> dict[str, Any]:
     raise Fail(C.ERROR_NOT_SUPPORTED, "IPSEC_TRANSFORM_ESP_AUTH_FW is not implemented")
 
 
-@dataclass(frozen=True)
-class BundleSpec:
-    """A validated bundle: its SAs' algorithm parts (ESP first) and the limits it sets."""
+class BundleSpec(NamedTuple):
+    """A validated bundle: its SAs' algorithm parts (ESP first) and the limits it sets (a
+    named tuple: made at every Add, where a frozen dataclass costs ~3 µs more)."""
 
     sas: tuple[dict[str, Any], ...]
     spis: tuple[int, ...]
