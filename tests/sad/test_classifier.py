@@ -614,3 +614,42 @@ def test_shape_and_key_is_the_packed_word_under_the_shape_mask():
                  bool(f.sport), bool(f.dport))
         want = _pack(version, f.src, f.dst, f.protocol, f.sport, f.dport) & _shape_mask(shape)
         assert f._shape_and_key() == (shape, want)
+
+
+def _reference_probes(clf: Classifier, version: int) -> tuple:
+    """The probe tuple as ``_publish`` built it before its one-shape case was written out."""
+    groups = sorted((g for s, g in clf._groups.items() if s[0] == version),
+                    key=lambda g: g.specificity, reverse=True)
+    probes: list = []
+    i = 0
+    while i < len(groups):
+        j = i + 1
+        while j < len(groups) and groups[j].specificity == groups[i].specificity:
+            j += 1
+        tier = None if j == i + 1 else tuple((g.values.get, g.handles.get, g.mask)
+                                             for g in groups[i:j])
+        probes.extend((g.ports.get if g.prunes() else None, g.pmask, g.values.get, g.mask, tier)
+                      for g in groups[i:j])
+        i = j
+    return tuple(probes)
+
+
+def test_published_probes_are_what_the_general_loop_builds():
+    """After every add and remove of a random sequence (zero, one and many shapes per version,
+    shapes of equal specificity), the published probes equal the reference loop's."""
+    rng = random.Random(0xB0B)
+    clf: Classifier[int] = Classifier()
+    live: list[int] = []
+    for step in range(1500):
+        if live and rng.random() < 0.45:
+            clf.remove(live.pop(rng.randrange(len(live))))
+        else:
+            version = rng.choice((4, 6))
+            top = (1 << (32 if version == 4 else 128)) - 1
+            mask = rng.choice((top, top ^ 0xFF, top ^ 0xFFFF, 0))
+            f = Filter(version, rng.choice((0, rng.getrandbits(8) + 1)), mask,
+                       rng.getrandbits(8) + 1, rng.choice((top, top ^ 0xFF)),
+                       rng.choice((0, 6)), 0, rng.choice((0, 443)))
+            live.append(clf.add(f, step))
+        assert clf._probes4 == _reference_probes(clf, 4)
+        assert clf._probes6 == _reference_probes(clf, 6)

@@ -612,9 +612,14 @@ class Classifier(Generic[T]):
 
     def _publish(self, version: int) -> None:
         """Rebuild the probe tuple of ``version`` from the groups and publish it (lock held)."""
-        groups = sorted((g for s, g in self._groups.items() if s[0] == version),
-                        key=lambda g: g.specificity, reverse=True)
+        groups = [g for s, g in self._groups.items() if s[0] == version]
         probes: list[_Probe] = []
+        if len(groups) <= 1:  # none, or one shape (alone in its tier): what the loop gives
+            probes = [(g.ports.get if g.prunes() else None, g.pmask, g.values.get, g.mask, None)
+                      for g in groups]
+            groups = []
+        else:
+            groups.sort(key=lambda g: g.specificity, reverse=True)
         i = 0
         while i < len(groups):
             j = i + 1

@@ -106,6 +106,11 @@ log = logging.getLogger("ipsecsa.wfp")
 
 #: F.4: the range GetSpi allocates from (strongSwan's charon.spi_min/spi_max defaults).
 SPI_MIN, SPI_MAX = 0xC0000000, 0xCFFFFFFF
+#: The range holds 2**28 SPIs: 28 random bits are a uniform draw from it (secrets.randbelow of
+#: its size draws 29 bits and throws half the draws away).
+_SPI_BITS = (SPI_MAX - SPI_MIN).bit_length()
+if SPI_MAX - SPI_MIN + 1 != 1 << _SPI_BITS:
+    raise ImportError("the SPI range must hold a power of two of SPIs")
 _SESSION_FLAGS = C.FWPM_SESSION_FLAG_DYNAMIC | C.FWPM_SESSION_FLAG_RESERVED
 _UPDATE_FLAGS = 0x7F  # C.6
 _ENUM_FLAGS = 0x1F  # C.7.1: the five documented FWP_FILTER_ENUM_FLAG_* bits (F.23)
@@ -852,6 +857,12 @@ class Engine:
 
     # ================================================================ C.3: SA contexts
     def _traffic(self, t: Any, v1: bool, direction: str) -> _Traffic:
+        """A validated traffic: :func:`_common_traffic` when it applies, else the checks of
+        :meth:`_traffic_checked` (which raise what the traffic deserves)."""
+        tr = _common_traffic(t)
+        return tr if tr is not None else self._traffic_checked(t, v1, direction)
+
+    def _traffic_checked(self, t: Any, v1: bool, direction: str) -> _Traffic:
         want = T.IPSEC_TRAFFIC1 if v1 else T.IPSEC_TRAFFIC0
         if t is None:
             raise Fail(C.FWP_E_NULL_POINTER, "traffic")
@@ -1021,7 +1032,7 @@ class Engine:
     def _allocate_spi(self, local: bytes) -> int:
         used = self._spis.setdefault(local, set())
         while True:
-            spi = SPI_MIN + secrets.randbelow(SPI_MAX - SPI_MIN + 1)
+            spi = SPI_MIN + secrets.randbits(_SPI_BITS)
             if spi not in used:
                 used.add(spi)
                 return spi
@@ -2424,6 +2435,62 @@ class Engine:
             if proto:
                 k = f"{proto}:{reason.value}"
                 st[k] = st.get(k, 0) + 1
+
+
+#: Types a field of a traffic may have for :func:`_common_traffic` (ints that are not bools).
+_TRAFFIC_INTS = frozenset({int, C.FWP_IP_VERSION, C.IPSEC_TRAFFIC_TYPE})
+_U16, _U32, _U64 = 1 << 16, 1 << 32, 1 << 64
+
+
+def _common_traffic(t: Any) -> _Traffic | None:
+    """:meth:`Engine._traffic_checked` of the common traffic — an IPSEC_TRAFFIC1 whose fields
+    are all present and valid, integers (not bools) where integers go, an IPv6 address as 16
+    bytes — in one pass over its fields; None for anything else, which then takes the full
+    checks in F.10's order (so that the status and the field named are theirs). Never raises."""
+    if type(t) is not T.IPSEC_TRAFFIC1:
+        return None
+    d = t.__dict__
+    ints = _TRAFFIC_INTS
+    try:
+        ipv, ttype = d["ipVersion"], d["trafficType"]
+        fid_a, fid_b = d["ipsecFilterId"], d["tunnelPolicyId"]
+        rport, lport, proto = d["remotePort"], d["localPort"], d["ipProtocol"]
+        luid, profile = d["localIfLuid"], d["realIfProfileId"]
+        if type(ipv) not in ints or type(ttype) not in ints or type(fid_a) not in ints \
+                or type(fid_b) not in ints or type(rport) not in ints \
+                or type(lport) not in ints or type(proto) not in ints \
+                or type(luid) not in ints or type(profile) not in ints:
+            return None
+        if ttype == C.IPSEC_TRAFFIC_TYPE_TRANSPORT:
+            tunnel = False
+            fid = fid_a or fid_b
+        elif ttype == C.IPSEC_TRAFFIC_TYPE_TUNNEL:
+            tunnel = True
+            fid = fid_b or fid_a
+            if rport or lport or proto:
+                return None
+        else:
+            return None
+        if not (0 <= fid < _U64 and 0 <= rport < _U16 and 0 <= lport < _U16
+                and 0 <= proto < 256 and 0 <= luid < _U64 and 0 <= profile < _U32):
+            return None
+        if ipv == C.FWP_IP_VERSION_V4:
+            lv4, rv4 = d["localV4Address"], d["remoteV4Address"]
+            if type(lv4) not in ints or type(rv4) not in ints \
+                    or not (0 < lv4 < _U32 and 0 < rv4 < _U32):
+                return None
+            version, local, remote = 4, lv4.to_bytes(4, "big"), rv4.to_bytes(4, "big")
+        elif ipv == C.FWP_IP_VERSION_V6:
+            local, remote = d["localV6Address"], d["remoteV6Address"]
+            if type(local) is not bytes or type(remote) is not bytes or len(local) != 16 \
+                    or len(remote) != 16 or not any(local) or not any(remote):
+                return None
+            version = 6
+        else:
+            return None
+    except KeyError:
+        return None
+    return _Traffic(version, tunnel, local, remote, fid, lport, rport, proto, T.clone(t))
 
 
 def _add_traffic(st: dict[str, int], d: str, ctx: SaContext, b: Any) -> None:
