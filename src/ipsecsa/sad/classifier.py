@@ -90,6 +90,7 @@ program order, which holds under the GIL; the free-threaded build keeps dict ope
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from dataclasses import dataclass
@@ -317,6 +318,15 @@ def _specificity_of_shape(shape: _Shape) -> Specificity:
             int(sport))
 
 
+@functools.lru_cache(maxsize=1024)
+def _shape_constants(shape: _Shape) -> tuple[int, int, Specificity]:
+    """(mask, protocol/ports part of the mask, specificity) of a shape: a group is made each
+    time a shape gets its first filter (again after its last one went), and the few shapes a
+    table has are met again and again."""
+    mask = _shape_mask(shape)
+    return mask, mask & _PORTS_PART, _specificity_of_shape(shape)
+
+
 def _position(bucket: tuple[Any, ...], handle: int) -> int:
     """Index of ``handle`` in a bucket (handles sit at even positions; values are never compared,
     so a value whose ``==`` is odd cannot confuse it)."""
@@ -340,11 +350,10 @@ class _Group:
     def __init__(self, shape: _Shape) -> None:
         self.values: dict[int, Any] = {}
         self.handles: dict[int, int | tuple[Any, ...]] = {}
-        self.mask = _shape_mask(shape)
-        #: The protocol/ports part of the mask, and the number of keys per such part (pruning).
-        self.pmask = self.mask & _PORTS_PART
+        #: The shape's mask; its protocol/ports part, and the number of keys per such part
+        #: (pruning); its specificity.
+        self.mask, self.pmask, self.specificity = _shape_constants(shape)
         self.ports: dict[int, int] = {}
-        self.specificity = _specificity_of_shape(shape)
 
     def prunes(self) -> bool:
         """Whether lookups check the protocol/ports part before probing this shape's table."""

@@ -293,14 +293,16 @@ class FilterTable:
     def remove(self, rec: FilterRecord) -> None:
         with self.lock:
             self.by_id.pop(rec.id, None)
-            if self.by_key.get(rec.key) is rec:
-                del self.by_key[rec.key]
+            key = rec.key  # a GUID hashes in Python code: once per table, not get then del
+            held = self.by_key.pop(key, None)
+            if held is not rec and held is not None:
+                self.by_key[key] = held  # another record's key: put back
             if rec.cond_key is not None:
-                ids = self.by_conditions.get(rec.cond_key)
+                ids = self.by_conditions.pop(rec.cond_key, None)
                 if ids is not None:
                     ids.discard(rec.id)
-                    if not ids:
-                        del self.by_conditions[rec.cond_key]
+                    if ids:
+                        self.by_conditions[rec.cond_key] = ids
 
     def publish(self, rec: FilterRecord, entries: list[Filter] | None = None) -> None:
         """Make ``rec`` visible to classification (transport layers only), under ``entries``
@@ -311,7 +313,7 @@ class FilterTable:
         if clf is None:
             clf = self._index[rec.layer.name] = Classifier()
         index = rec.compiled.index() if entries is None else entries
-        rec.handles = tuple(clf.add(f, rec) for f in index)
+        rec.handles = tuple([clf.add(f, rec) for f in index])
         rec.published = True
 
     def unpublish(self, rec: FilterRecord) -> None:
