@@ -1,5 +1,6 @@
 """Build of the optional native ESP fast path (``ipsecsa._fastesp``, C over OpenSSL EVP) and of
-the capture tools' record loops (``ipsecsa._capio``).
+the capture tools' record loops (``ipsecsa._capio``) and of the durable store's JSON writer
+(``ipsecsa._storejson``).
 
 Everything else about the package is in ``pyproject.toml``. The extension is ``optional``: if it
 cannot be built (no compiler, no ``libssl-dev``), the package still installs and runs on the
@@ -37,6 +38,14 @@ setup(
         Extension(
             "ipsecsa._capio",
             ["src/ipsecsa/_capio.c"],
+            extra_compile_args=_cflags,
+            extra_link_args=_ldflags,
+            optional=True,
+        ),
+        # The durable store's JSON writer (ipsecsa.store.codec has the Python reference).
+        Extension(
+            "ipsecsa._storejson",
+            ["src/ipsecsa/_storejson.c"],
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
             optional=True,
