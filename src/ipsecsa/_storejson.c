@@ -61,7 +61,7 @@ typedef struct {
     PyObject *describe;    /* callable(cls) -> kind tuple */
     PyObject *cycle_error; /* exception class raised for a reference cycle */
     PyObject *float_text;  /* callable(float) -> bytes */
-    PyObject *kinds;       /* dict: type -> kind tuple */
+    PyObject *kinds;       /* dict: type -> capsule of its compiled Kind */
     PyObject *guids;       /* dict: UUID.int -> its text (str) */
 } Encoder;
 
@@ -713,15 +713,6 @@ static PyObject *Encoder_dumps_checked(Encoder *self, PyObject *value)
     return Encoder_dumps(self, value);
 }
 
-static PyObject *Encoder_clear(Encoder *self, PyObject *unused)
-{
-    if (self->kinds)
-        PyDict_Clear(self->kinds);
-    if (self->guids)
-        PyDict_Clear(self->guids);
-    Py_RETURN_NONE;
-}
-
 static int Encoder_traverse(Encoder *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->describe);
@@ -752,8 +743,6 @@ static void Encoder_dealloc(Encoder *self)
 static PyMethodDef Encoder_methods[] = {
     {"dumps", (PyCFunction)Encoder_dumps_checked, METH_O,
      "dumps(value) -> str | None: the stored JSON of value, or None (the Python path writes it)"},
-    {"clear", (PyCFunction)Encoder_clear, METH_NOARGS,
-     "clear(): forget the type descriptions and GUID texts (after describe's rules change)"},
     {NULL, NULL, 0, NULL},
 };
 
