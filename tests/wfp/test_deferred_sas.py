@@ -445,14 +445,17 @@ def test_a_build_that_fails_is_logged_and_its_packets_dropped_and_counted(
 
     monkeypatch.setattr(SecurityAssociation, "from_config", classmethod(broken))
     with caplog.at_level(logging.ERROR):
-        out = a.outbound(udp4(A4, B4, b"x"))
-        wire = b.outbound(udp4(B4, A4, b"y"))  # b's SAs were built before the failure
-        assert wire.drop is None
-        got = a.inbound(wire.packet)
-    assert out.drop is DropReason.NO_POLICY and got.drop is DropReason.BAD_SPI
-    assert any("cannot be built" in r.getMessage() for r in caplog.records)
+        for i in range(3):  # each packet tries the build again; the error is logged once
+            out = a.outbound(udp4(A4, B4, b"x"))
+            wire = b.outbound(udp4(B4, A4, b"y", sport=5000 + i))  # b's SAs are built
+            assert wire.drop is None
+            got = a.inbound(wire.packet)
+            assert out.drop is DropReason.NO_POLICY and got.drop is DropReason.BAD_SPI
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("cannot be built" in r.getMessage() for r in errors)
+    assert all(r.exc_info for r in errors)  # with the failure itself
     _, stats = a.IPsecGetStatistics1(ha)
-    assert stats.aggregateDropPacketStatistics.invalidSpisOnInbound == 1
+    assert stats.aggregateDropPacketStatistics.invalidSpisOnInbound == 3
     monkeypatch.setattr(SecurityAssociation, "from_config", classmethod(real))
     p = udp4(A4, B4, b"after")
     wire = a.outbound(p)  # built now that it can be

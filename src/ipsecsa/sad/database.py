@@ -241,6 +241,8 @@ class SaDatabase:
         self._pending: dict[int, _Deferred] = {}
         self._deferred: dict[int, _Deferred] = {}
         self._build_lock = threading.RLock()
+        #: Handles of deferred bundles whose last build failed (logged once, see _resolve).
+        self._failing: set[int] = set()
 
     # ----------------------------------------------------------------- installing
     def add_outbound(self, sas: SecurityAssociation | Bundle | Iterable[SecurityAssociation],
@@ -337,6 +339,7 @@ class SaDatabase:
                 del self._pending[entry.key]
                 del self._deferred[handle]
                 self._installed[handle] = _Installed("inbound", bundle, encap_ports=ports)
+            self._failing.discard(handle)
             return bundle
 
     def _resolve(self, key: int) -> Any:
@@ -349,11 +352,20 @@ class SaDatabase:
                 self.materialize(entry.handle)
             except SadError as exc:
                 if exc.field != "handle":  # deleted meanwhile: simply no SA
-                    log.error("deferred inbound bundle %d cannot be installed: %s",
-                              entry.handle, exc)
-            except Exception:
-                log.exception("deferred inbound bundle %d cannot be built", entry.handle)
+                    self._build_failed(entry.handle, exc)
+            except Exception as exc:  # noqa: BLE001 - logged there: packets never raise
+                self._build_failed(entry.handle, exc)
         return self._inbound.get(key)
+
+    def _build_failed(self, handle: int, exc: BaseException) -> None:
+        """Log a deferred bundle that cannot be built or installed: with the error the first
+        time, quietly (debug) the next ones -- each packet to it tries again, and a flood of
+        them must not flood the log -- until a build of it succeeds."""
+        if handle in self._failing:
+            log.debug("deferred inbound bundle %d still cannot be built: %s", handle, exc)
+            return
+        self._failing.add(handle)
+        log.error("deferred inbound bundle %d cannot be built: %s", handle, exc, exc_info=exc)
 
     def _publish_inbound(self, bundle: Bundle, keys: tuple[int, ...]) -> None:
         """Publish a bundle's keys, inner SAs first (index 0 = ESP), the outermost last: a
@@ -401,6 +413,7 @@ class SaDatabase:
                 del self._pending[entry.key]
                 del self._deferred[handle]
                 self._count_ports(entry.encap_ports, -1)
+            self._failing.discard(handle)
             return None
 
     def replace(self, handle: int,

@@ -332,6 +332,8 @@ class Engine:
         self._build_lock = threading.Lock()
         #: Every context's ``builder`` (one bound method for all).
         self._builder = self._build_bundle
+        #: Ids of contexts whose outbound SAs failed to build last time (logged once).
+        self._failing: set[int] = set()
         self._bind_routes()
         if database is not None:
             self._store = SqliteStore(database, database_key or key_from_environment())
@@ -1392,6 +1394,7 @@ class Engine:
             ctx.inbound_handle = ctx.inbound_bundle = None
         if self._offload is not None:
             self._offload.removed(ctx)  # issue 13: nothing of it stays on the NIC
+        self._failing.discard(ctx.id)
         self._release_spi(ctx)
         self._drop_filter_use(ctx, ctx.outbound_filter)
         self._drop_filter_use(ctx, ctx.inbound_filter)
@@ -1939,8 +1942,16 @@ class Engine:
             try:
                 b = self._bundle_of(ctx, "outbound")
             except Exception:
-                log.exception("SA context %d: its outbound SAs cannot be built", ctx.id)
+                # Every packet to it tries again: the error is logged once, until a build
+                # succeeds (the packets are dropped and counted as having no SA).
+                if ctx.id in self._failing:
+                    log.debug("SA context %d: its outbound SAs still cannot be built", ctx.id,
+                              exc_info=True)
+                else:
+                    self._failing.add(ctx.id)
+                    log.exception("SA context %d: its outbound SAs cannot be built", ctx.id)
                 return None
+            self._failing.discard(ctx.id)
             # Continue from the stored reservation: the first packet reserves the next block.
             self._arm_reservation(ctx, b.sas)
             ctx.__dict__[name] = b  # packets may use it from here on
