@@ -403,11 +403,25 @@ def _condition_text(c: Any) -> str:
 
 
 def _common_line(c: Any) -> str | None:
-    """The line of :func:`conditions_text` of a condition of the common shape — an
-    FWPM_FILTER_CONDITION0 with a GUID field, an integer match type, an FWP_CONDITION_VALUE0
-    whose type is an integer and whose selected member is a plain int (addresses, ports,
-    protocol, flags) — as encode writes it (``[{"$g":"<guid>"},<match>,[<type>,<member>]]``);
-    None for any other condition (nothing here raises, whatever ``c`` is)."""
+    """The line of :func:`conditions_text` of a condition of the common shape
+    (:func:`_common_parts`), as encode writes it (``[{"$g":"<guid>"},<match>,[<type>,<member>]]``);
+    None for any other condition."""
+    parts = _common_parts(c)
+    return None if parts is None else _line_of(parts)
+
+
+def _line_of(parts: tuple[int, int, int, int]) -> str:
+    guid, mt, vt, member = parts
+    return (f'[{{"$g":"{_guid_text(guid)}"}},{int.__repr__(mt)},'
+            f'[{int.__repr__(vt)},{int.__repr__(member)}]]')
+
+
+def _common_parts(c: Any) -> tuple[int, int, int, int] | None:
+    """(field GUID's integer, match type, data type, selected member) of a condition of the
+    common shape — an FWPM_FILTER_CONDITION0 with a GUID field, an integer match type, an
+    FWP_CONDITION_VALUE0 whose type is an integer and whose selected member is a plain int
+    (addresses, ports, protocol, flags) —, all its line of :func:`conditions_text` says; None
+    for any other condition (nothing here raises, whatever ``c`` is)."""
     if type(c) is not FWPM_FILTER_CONDITION0:
         return None
     fk = getattr(c, "fieldKey", None)
@@ -419,21 +433,20 @@ def _common_line(c: Any) -> str | None:
         if member_name is not None:
             member = getattr(v, member_name, None)
             if type(member) is int:
-                return (f'[{{"$g":"{_guid_text(fk.int)}"}},{int.__repr__(mt)},'
-                        f'[{int.__repr__(vt)},{int.__repr__(member)}]]')
+                return fk.int, mt, vt, member  # type: ignore[return-value]
     return None
 
 
-#: Compiled conditions by (layer name, their lines of conditions_text in order), for lists of
-#: common-shape conditions only: such a line holds everything compile_conditions reads of its
-#: condition (the field's GUID, the match type's value, the data type's value and the selected
-#: member, the only member compilation reads), so conditions with the same lines at the same
+#: Compiled conditions by (layer name, their _common_parts in order), for lists of common-shape
+#: conditions only: those parts are everything compile_conditions reads of a condition (the
+#: field's GUID, the match type's value, the data type's value and the selected member, the
+#: only member compilation reads), so conditions with the same parts at the same
 #: layer compile to the same thing, and a filter added again with the conditions of one added
 #: before (the same peer's filters after a delete, a rekey that remakes them) skips the
 #: compilation, its F.16 text and its classifier entries. Only successful compilations are
 #: kept, the oldest dropped beyond _COMPILED_MAX (an implementation constant).
 _COMPILED_MAX = 512
-_compiled: dict[tuple[str, tuple[str, ...]], Compiled] = {}
+_compiled: dict[tuple[str, tuple[tuple[int, int, int, int], ...]], Compiled] = {}
 _compiled_lock = threading.Lock()
 
 
@@ -441,17 +454,17 @@ def compile_filter_conditions(conds: list[Any], layer: LayerInfo) -> Compiled:
     """:func:`.conditions.compile_conditions` of a filter's conditions (raising its Fail),
     through :data:`_compiled`; the result's ``text`` is set when the conditions have the common
     shape."""
-    lines = []
+    parts = []
     for c in conds:
-        line = _common_line(c)
-        if line is None:
+        p = _common_parts(c)
+        if p is None:
             return compile_conditions(conds, layer)
-        lines.append(line)
-    key = (layer.name, tuple(lines))
+        parts.append(p)
+    key = (layer.name, tuple(parts))
     compiled = _compiled.get(key)
     if compiled is None:
         compiled = compile_conditions(conds, layer)
-        compiled.text = "\n".join(sorted(set(lines)))
+        compiled.text = "\n".join(sorted({_line_of(p) for p in parts}))
         with _compiled_lock:
             if len(_compiled) >= _COMPILED_MAX:
                 del _compiled[next(iter(_compiled))]
