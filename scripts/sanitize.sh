@@ -59,6 +59,7 @@ done
   tests/sad/test_database_batch.py tests/io/test_pcapbatch.py tests/wfp/test_route.py \
   tests/wfp/test_batch.py
 IPSECSA_CODEC_SEEDS=60 "$py" -m pytest -q -p no:cacheprovider -o addopts="" \
-  tests/store/test_codec_native.py tests/store/test_codec.py tests/store/test_restart.py
+  tests/store/test_codec_native.py tests/store/test_codec.py tests/store/test_restart.py \
+  tests/store/test_journal.py
 "$py" scripts/fuzz_native.py --packets "$packets"
 "$py" scripts/fuzz_capio.py --records 300000

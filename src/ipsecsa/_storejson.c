@@ -20,6 +20,7 @@
  *         (UUID,) (BYTES,) (ENUM,) (LIST,) (PLAIN,)  see write_value
  *       float_text(x) -> bytes: the text of an exact float (orjson.dumps: its shortest round-trip
  *       form and its exponent notation are its own; floats are rare in WFP structures)
+ *   journal_body(lsn, ops) -> bytes, or None: see the journal section below.
  *   Encoder.dumps(value) -> str, or None when the Python path must write `value` (an integer
  *       beyond 64 bits, a string with a lone surrogate, a type described PYTHON, nesting
  *       deeper than MAX_DEPTH): the reference then writes it, so the text is always the
@@ -761,9 +762,147 @@ static PyTypeObject EncoderType = {
     .tp_methods = Encoder_methods,
 };
 
+/* ------------------------------------------------------------------ journal records */
+/* journal_body(lsn, ops) -> bytes, or None: the body of one journal record exactly as
+ * ipsecsa.store.journal.encode lays it out (that module adds the length and CRC-32 and is the
+ * reference): lsn u64 LE, the number of operations u32 LE, then per operation its statement code
+ * and parameter count (u8 each) and each parameter tagged: "s" u32 length and UTF-8, "i" i64 LE,
+ * "b" u32 length and bytes, "n" None. None is returned (no exception) for anything the reference
+ * treats otherwise (a type it refuses, an int beyond 64 bits, a code or count beyond a byte, a
+ * string that is not valid UTF-8, more than 2^32-1 operations): the reference then raises as it
+ * always did. */
+static void put_le(unsigned char *p, unsigned long long v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static PyObject *journal_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "journal_body(lsn, ops)");
+        return NULL;
+    }
+    unsigned long long lsn = PyLong_AsUnsignedLongLong(args[0]);
+    if (lsn == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (!PyList_CheckExact(args[1]) && !PyTuple_CheckExact(args[1]))
+        Py_RETURN_NONE; /* the reference decides what else it takes */
+    /* A tuple of the operations (not the list itself: nothing may change it under us). */
+    PyObject *ops = PySequence_Tuple(args[1]);
+    if (ops == NULL)
+        return NULL;
+    PyObject *result = NULL, *out = NULL;
+    Py_ssize_t nops = PyTuple_GET_SIZE(ops);
+    if ((unsigned long long)nops > 0xFFFFFFFFull)
+        goto back;
+    /* First pass: check every value and add up the size. */
+    size_t size = 12;
+    for (Py_ssize_t i = 0; i < nops; i++) {
+        PyObject *op = PyTuple_GET_ITEM(ops, i);
+        if (!PyTuple_CheckExact(op) || PyTuple_GET_SIZE(op) != 2)
+            goto back;
+        PyObject *code = PyTuple_GET_ITEM(op, 0), *params = PyTuple_GET_ITEM(op, 1);
+        if (!PyLong_CheckExact(code) || !PyTuple_CheckExact(params))
+            goto back;
+        long c = PyLong_AsLong(code);
+        if (c < 0 || c > 255 || PyTuple_GET_SIZE(params) > 255) {
+            PyErr_Clear();
+            goto back;
+        }
+        size += 2;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(params); j++) {
+            PyObject *p = PyTuple_GET_ITEM(params, j);
+            if (p == Py_None) {
+                size += 1;
+            } else if (PyLong_CheckExact(p)) {
+                int overflow = 0;
+                (void)PyLong_AsLongLongAndOverflow(p, &overflow);
+                if (overflow)
+                    goto back;
+                size += 9;
+            } else if (PyUnicode_CheckExact(p)) {
+                Py_ssize_t n;
+                if (PyUnicode_AsUTF8AndSize(p, &n) == NULL) {
+                    PyErr_Clear();
+                    goto back;
+                }
+                if ((unsigned long long)n > 0xFFFFFFFFull)
+                    goto back;
+                size += 5 + (size_t)n;
+            } else if (PyBytes_CheckExact(p)) {
+                if ((unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFull)
+                    goto back;
+                size += 5 + (size_t)PyBytes_GET_SIZE(p);
+            } else {
+                goto back;
+            }
+        }
+    }
+    /* Second pass: write. Everything read is immutable and held by `ops`, and nothing here runs
+     * Python code: the values are those the first pass checked. */
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out == NULL)
+        goto done;
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+    put_le(w, lsn, 8);
+    put_le(w + 8, (unsigned long long)nops, 4);
+    w += 12;
+    for (Py_ssize_t i = 0; i < nops; i++) {
+        PyObject *op = PyTuple_GET_ITEM(ops, i);
+        PyObject *params = PyTuple_GET_ITEM(op, 1);
+        *w++ = (unsigned char)PyLong_AsLong(PyTuple_GET_ITEM(op, 0));
+        *w++ = (unsigned char)PyTuple_GET_SIZE(params);
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(params); j++) {
+            PyObject *p = PyTuple_GET_ITEM(params, j);
+            if (p == Py_None) {
+                *w++ = 'n';
+            } else if (PyLong_CheckExact(p)) {
+                long long v = PyLong_AsLongLong(p);
+                *w++ = 'i';
+                put_le(w, (unsigned long long)v, 8);
+                w += 8;
+            } else if (PyUnicode_CheckExact(p)) {
+                Py_ssize_t n;
+                const char *s = PyUnicode_AsUTF8AndSize(p, &n); /* cached by the first pass */
+                *w++ = 's';
+                put_le(w, (unsigned long long)n, 4);
+                memcpy(w + 4, s, (size_t)n);
+                w += 4 + n;
+            } else {
+                Py_ssize_t n = PyBytes_GET_SIZE(p);
+                *w++ = 'b';
+                put_le(w, (unsigned long long)n, 4);
+                memcpy(w + 4, PyBytes_AS_STRING(p), (size_t)n);
+                w += 4 + n;
+            }
+        }
+    }
+    result = out;
+    out = NULL;
+    goto done;
+back:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(out);
+    Py_DECREF(ops);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"journal_body", (PyCFunction)(void (*)(void))journal_body, METH_FASTCALL,
+     "journal_body(lsn, ops) -> bytes | None: a journal record's body (see "
+     "ipsecsa.store.journal.encode), or None (the Python path writes it)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef moddef = {
     PyModuleDef_HEAD_INIT, "ipsecsa._storejson",
-    "The durable store's JSON writer for WFP structures (see ipsecsa.store.codec).", -1, NULL,
+    "The durable store's JSON writer for WFP structures (see ipsecsa.store.codec), and its "
+    "journal's record writer (see ipsecsa.store.journal).", -1, module_methods, NULL, NULL, NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__storejson(void)

@@ -540,6 +540,8 @@ sys.modules["ipsecsa._storejson"] = None
 from ipsecsa import wfp
 from ipsecsa.store import codec
 assert not codec.native()
+from ipsecsa.store import journal
+assert journal._journal_body is None  # records written by journal.encode_py
 value = wfp.FWP_VALUE0(type=wfp.FWP_UINT8, uint8=7)
 assert codec.dumps(value) == codec.dumps_py(value) == '{"$":"FWP_VALUE0","type":1,"uint8":7}'
 db = os.path.join(tempfile.mkdtemp(), "s.db")

@@ -52,6 +52,14 @@ _pack_op = _OP.pack
 _pack_i64 = _I64.pack
 _pack_len = _LEN.pack
 
+_journal_body: Any
+try:  # optional speed-up: the package's C extension (setup.py), absent where it cannot build
+    from ipsecsa._storejson import journal_body as _journal_body
+except ImportError:  # pragma: no cover - exercised by the fallback test
+    _journal_body = None
+if os.environ.get("IPSECSA_PURE_PYTHON") == "1":  # as for the other extensions
+    _journal_body = None
+
 #: (statement code, parameters): one write of the store, as journaled and applied.
 Op = tuple[int, Sequence[Any]]
 
@@ -61,7 +69,19 @@ class JournalError(ValueError):
 
 
 def encode(lsn: int, ops: Sequence[Op]) -> bytes:
-    """One framed record."""
+    """One framed record: its body written by the C writer where it is built (a durable
+    engine writes a record per call; ``_storejson.journal_body`` writes the same bytes as
+    :func:`encode_py`, tests/store/test_journal.py compares them), else by :func:`encode_py`,
+    which also takes what the C writer hands back (anything it would refuse)."""
+    if _journal_body is not None:
+        body = _journal_body(lsn, ops)
+        if body is not None:
+            return _pack_head(len(body), zlib.crc32(body)) + body
+    return encode_py(lsn, ops)
+
+
+def encode_py(lsn: int, ops: Sequence[Op]) -> bytes:
+    """:func:`encode` in Python: the reference."""
     parts = [_pack_lsn(lsn, len(ops))]
     add = parts.append
     for code, params in ops:
