@@ -1,6 +1,6 @@
 """Build of the optional native ESP fast path (``ipsecsa._fastesp``, C over OpenSSL EVP) and of
 the capture tools' record loops (``ipsecsa._capio``) and of the durable store's JSON writer
-(``ipsecsa._storejson``).
+(``ipsecsa._storejson``) and of the WFP structures' copier (``ipsecsa._structcopy``).
 
 Everything else about the package is in ``pyproject.toml``. The extension is ``optional``: if it
 cannot be built (no compiler, no ``libssl-dev``), the package still installs and runs on the
@@ -46,6 +46,14 @@ setup(
         Extension(
             "ipsecsa._storejson",
             ["src/ipsecsa/_storejson.c"],
+            extra_compile_args=_cflags,
+            extra_link_args=_ldflags,
+            optional=True,
+        ),
+        # The WFP structures' copier (ipsecsa.wfp._structbase has the Python reference).
+        Extension(
+            "ipsecsa._structcopy",
+            ["src/ipsecsa/_structcopy.c"],
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
             optional=True,

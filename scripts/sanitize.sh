@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Memory safety of the C extensions: build ipsecsa._fastesp (the ESP fast path),
-# ipsecsa._capio (the capture tools' record loops) and ipsecsa._storejson (the store's JSON
-# writer) once more with AddressSanitizer +
+# ipsecsa._capio (the capture tools' record loops), ipsecsa._storejson (the store's JSON
+# writer) and ipsecsa._structcopy (the WFP structures' copier) once more with AddressSanitizer +
 # UndefinedBehaviorSanitizer (in a scratch copy of the tree), then run the data-path and
-# capture-batch tests, the store writer's differential tests (more random trees than the
-# suite's), a bounded fuzz of >= 1,000,000 mutated packets (scripts/fuzz_native.py)
+# capture-batch tests, the store writer's and the copier's differential tests (more random
+# trees than the suite's), a bounded fuzz of >= 1,000,000 mutated packets (scripts/fuzz_native.py)
 # and one of 300,000 damaged capture records (scripts/fuzz_capio.py) against those builds.
 # PYTHONMALLOC=malloc gives every bytes object its own ASan red zones, so a read past a packet
 # is caught even for small packets; any finding aborts with a non-zero exit.
@@ -43,10 +43,14 @@ cc -shared -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field
   -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
   -I"$inc" src/ipsecsa/_storejson.c -o "$work/src/ipsecsa/_storejson$suffix" \
   || { echo "sanitize: the ASan/UBSan build of _storejson failed" >&2; exit 1; }
+cc -shared -fPIC -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+  -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+  -I"$inc" src/ipsecsa/_structcopy.c -o "$work/src/ipsecsa/_structcopy$suffix" \
+  || { echo "sanitize: the ASan/UBSan build of _structcopy failed" >&2; exit 1; }
 export PYTHONPATH="$work/src" LD_PRELOAD="$asan" PYTHONMALLOC=malloc IPSECSA_REQUIRE_NATIVE=1
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:verify_asan_link_order=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for mod in _fastesp _capio _storejson; do
+for mod in _fastesp _capio _storejson _structcopy; do
   loaded=$("$py" -c "import ipsecsa.$mod as m; print(m.__file__)")
   case "$loaded" in
     "$work"/*) echo "sanitize: testing $loaded (ASan+UBSan)" ;;
@@ -61,5 +65,7 @@ done
 IPSECSA_CODEC_SEEDS=60 "$py" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/store/test_codec_native.py tests/store/test_codec.py tests/store/test_restart.py \
   tests/store/test_journal.py
+IPSECSA_CLONE_SEEDS=40 "$py" -m pytest -q -p no:cacheprovider -o addopts="" \
+  tests/wfp/test_clone_native.py tests/wfp/test_clone.py tests/wfp/test_filters.py tests/wfp/test_contexts.py
 "$py" scripts/fuzz_native.py --packets "$packets"
 "$py" scripts/fuzz_capio.py --records 300000

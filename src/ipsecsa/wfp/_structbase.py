@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
@@ -376,8 +378,83 @@ def clone(obj: _T) -> _T:
     The engine stores what callers hand it and returns copies of what it holds, so neither side
     can change the other's data afterwards, as with the separate address spaces of RPC to BFE.
     Structures use the fast :meth:`WfpStruct.__deepcopy__`; anything else ``copy.deepcopy``.
+    (Where ``ipsecsa._structcopy`` is built, the name is bound to its C copier, which makes the
+    same copies; this function stays the reference and the fallback.)
     """
     return _clone_value(obj)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- the C copier
+#
+# ``ipsecsa._structcopy`` walks the same trees by the same rules (those of :func:`_copied`,
+# which the generated copiers agree with) without a Python frame per structure, list and
+# field: about a tenth of a durable SA-context life cycle was spent in the copiers above.
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
+def _native_kind(t: type) -> Any:
+    """How ``ipsecsa._structcopy`` copies values of type ``t`` (asked once per type; the
+    decision is also recorded in ``_SHARED``/``_COPIERS`` as :func:`_clone_value` would):
+    0 shared; 1 a mutable structure the C copier copies itself; 2 an exact ``list``; else the
+    Python copy function to call (a class's own ``__deepcopy__``, ``copy.deepcopy``, a list
+    subclass's :func:`_copy_list`, a structure whose instances the C copier cannot treat as
+    ``object.__new__`` plus a plain instance dict)."""
+    if t in _SHARED:
+        return 0
+    fn = _COPIERS.get(t)
+    if fn is None:
+        fn = _copier_for(t)
+        if fn is None:
+            return 0
+    if fn is _copy_list:
+        return 2 if t is list else fn
+    if fn is _STRUCT_COPIERS.get(t) and _plain_instances(t):
+        return 1
+    return fn
+
+
+def _plain_instances(t: type) -> bool:
+    """Whether ``object.__new__(t)`` then ``new.__dict__ = state`` (what the Python copiers do)
+    is exactly what the C copier does: every class but ``object`` made by a class statement (no
+    built-in base with its own ``__new__``), the standard ``__dict__`` descriptor, and neither
+    ``__setattr__`` nor ``__getattribute__`` of the class's own."""
+    descriptor = next((vars(c)["__dict__"] for c in t.__mro__ if "__dict__" in vars(c)), None)
+    return (t.__mro__[-1] is object
+            and all(c.__flags__ & _HEAPTYPE for c in t.__mro__[:-1])
+            and isinstance(descriptor, types.GetSetDescriptorType)
+            and t.__setattr__ is object.__setattr__  # type: ignore[comparison-overlap]
+            and t.__getattribute__ is object.__getattribute__)  # type: ignore[comparison-overlap]
+
+
+def _load_native() -> _structcopy.Copier | None:
+    """The C copier, when it is built and the pure Python path was not asked for
+    (``IPSECSA_PURE_PYTHON=1``, as for the other extensions)."""
+    if os.environ.get("IPSECSA_PURE_PYTHON") == "1":
+        return None
+    if _structcopy is None:
+        return None
+    return _structcopy.Copier(_native_kind, _clone_value, clone_but)
+
+
+try:
+    from ipsecsa import _structcopy
+except ImportError:  # the extension is optional (no compiler): the Python copiers copy
+    _structcopy = None  # type: ignore[assignment]
+
+#: The Python copiers (the reference), whatever ``clone``/``clone_but`` are bound to.
+clone_py = clone
+clone_but_py = clone_but
+#: The C copier in use, or None.
+_native = _load_native()
+if _native is not None:
+    clone = _native.clone  # type: ignore[assignment]  # the same copies, made in C
+    clone_but = _native.clone_but  # type: ignore[assignment]
+
+
+def native() -> bool:
+    """Whether ``clone``/``clone_but`` are the C copier."""
+    return _native is not None
 
 
 @dataclasses.dataclass(repr=False)
