@@ -171,7 +171,14 @@ static PyObject *copy_struct(Copier *self, PyObject *obj, int depth, PyObject *f
         if (r < 0)
             goto fail;
     }
-    PyObject *new = PyBaseObject_Type.tp_new(Py_TYPE(obj), empty_tuple, NULL);
+    /* object.__new__(cls) then new.__dict__ = state: for a class that is not abstract (where
+     * object.__new__ raises), object.__new__ is the allocation plus an empty set of inline
+     * attribute values, which the assignment of __dict__ would turn into a dict only to drop
+     * it; the allocation alone, then the dict, leaves the same instance. */
+    PyTypeObject *t = Py_TYPE(obj);
+    PyObject *new = (t->tp_flags & Py_TPFLAGS_IS_ABSTRACT)
+                        ? PyBaseObject_Type.tp_new(t, empty_tuple, NULL)
+                        : t->tp_alloc(t, 0);
     if (new == NULL)
         goto fail;
     if (PyObject_GenericSetDict(new, state, NULL) < 0) {

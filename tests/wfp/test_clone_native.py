@@ -256,6 +256,31 @@ def test_no_init_and_no_setattr_runs_as_in_python() -> None:
     assert per_copy >= 1  # "new.__dict__ = state" ran its __setattr__, in both
 
 
+@needs_c
+def test_an_abstract_class_is_refused_as_object_new_refuses_it() -> None:
+    """The copy is made without object.__new__'s checks only where they cannot fail: an
+    instance of a class that became abstract afterwards is refused as in Python."""
+    native = _copier()
+
+    @dataclasses.dataclass(repr=False)
+    class Later(T.FWP_BYTE_BLOB):
+        pass
+
+    obj = Later(data=b"a")
+    Later.__abstractmethods__ = frozenset({"missing"})  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(TypeError) as want:
+            SB.clone_py(obj)
+        with pytest.raises(TypeError) as got:
+            native.clone(obj)
+        assert str(got.value) == str(want.value)
+        with pytest.raises(TypeError):
+            native.clone_but(obj, "data", b"b")
+    finally:
+        Later.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]
+    assert native.clone(obj) == obj
+
+
 # ------------------------------------------------------------------ hostile input
 @needs_c
 def test_reference_cycles_end_in_recursion_error_as_in_python() -> None:
