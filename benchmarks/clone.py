@@ -26,12 +26,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import control  # noqa: E402  (this checkout's benchmarks/control.py)
+import control
 
-from ipsecsa import wfp  # noqa: E402
-from ipsecsa.wfp import _structbase as SB  # noqa: E402
-from ipsecsa.wfp import filters as F  # noqa: E402
-from ipsecsa.wfp import types as T  # noqa: E402
+from ipsecsa import wfp
+from ipsecsa.wfp import _structbase as SB
+from ipsecsa.wfp import filters as F
+from ipsecsa.wfp import types as T
 
 
 def use(native: bool) -> None:
