@@ -87,3 +87,18 @@ def test_integers_orjson_refuses_fall_back_to_the_standard_library() -> None:
     plain value might) must still be written, by the standard library."""
     value = {"wide": 2**70, "negative": -(2**64), "list": [2**65, 1]}
     assert json.loads(codec.compact(value)) == value
+
+
+@pytest.mark.parametrize("module", ["ipsecsa.store.codec", "ipsecsa.store.sqlite",
+                                    "ipsecsa.store.journal", "ipsecsa.wfp.persist",
+                                    "ipsecsa.wfp.filterrows", "ipsecsa.wfp.stored"])
+def test_each_store_module_imports_first(module: str) -> None:
+    """A program may import the store's modules before ``ipsecsa.wfp`` (the codec once
+    looked the WFP structures up at import, which made ``from ipsecsa.store import codec``
+    first a circular import)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr

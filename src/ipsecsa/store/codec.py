@@ -19,22 +19,28 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ipsecsa.wfp import types as T
-from ipsecsa.wfp._structbase import WfpStruct
-
 try:  # optional speed-up, a runtime dependency in pyproject (see compact())
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised by the fallback test
     _orjson = None  # type: ignore[assignment]
 
-_CLASSES: dict[str, type] = {
-    name: obj for name, obj in vars(T).items()
-    if isinstance(obj, type) and dataclasses.is_dataclass(obj) and issubclass(obj, WfpStruct)
-}
-# Frozen transform-id types are dataclasses too, maybe not WfpStruct subclasses.
-_CLASSES.update({name: obj for name, obj in vars(T).items()
-                 if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-                 and name.startswith("IPSEC_") and name.endswith("_ID0")})
+@functools.cache
+def _classes() -> dict[str, type]:
+    """The structures a stored row may name, by name: every WFP structure class. Looked up
+    at the first decode, not at import: ``ipsecsa.wfp`` imports this module (through the
+    engine), so importing ``ipsecsa.wfp`` from here at import time would make importing this
+    module first a circular import."""
+    from ipsecsa.wfp import types as T
+    from ipsecsa.wfp._structbase import WfpStruct
+
+    found: dict[str, type] = {
+        name: obj for name, obj in vars(T).items()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and issubclass(obj, WfpStruct)}
+    # Frozen transform-id types are dataclasses too, maybe not WfpStruct subclasses.
+    found.update({name: obj for name, obj in vars(T).items()
+                  if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                  and name.startswith("IPSEC_") and name.endswith("_ID0")})
+    return found
 
 
 class CodecError(ValueError):
@@ -130,9 +136,9 @@ def _object(d: dict[str, Any]) -> Any:
         return d
     made = _DECODERS.get(name) if isinstance(name, str) else None
     if made is None:
-        if not isinstance(name, str) or name not in _CLASSES:
+        if not isinstance(name, str) or name not in _classes():
             raise CodecError(f"unknown structure {name!r} in the store")
-        made = _DECODERS[name] = _struct_decoder(_CLASSES[name])
+        made = _DECODERS[name] = _struct_decoder(_classes()[name])
     return made(d)
 
 
