@@ -7,7 +7,11 @@ Usage: ``python benchmarks/control.py [--seconds S] [--packets N] [--size BYTES]
   an inbound and an outbound IPsec filter, IPsecSaContextCreate1, GetSpi1, AddInbound1 and
   AddOutbound1 with an AES-128-GCM SA each, IPsecSaContextDeleteById0, both filters deleted.
   From one caller, and from 4 threads with a session each (the engine serialises calls through
-  its transaction lock; the threads show what that costs under contention).
+  its transaction lock; the threads show what that costs under contention). Each caller runs
+  its lives with one peer (the same filter conditions every time, as rekeys of one tunnel
+  would: the engine reuses the compilation of conditions it has seen), and the single caller
+  also with a new peer every life (4,096 peers in turn, more than the engine keeps compiled:
+  every filter is compiled anew, as for a gateway keying many peers).
 * **Packets**: ``bfe.outbound(packet)`` on an established context (with the native extension,
   the engine's route table: a cached flow is sent without Python) against the bare data path's
   ``SecurityAssociation.protect`` on an SA with the same algorithm and key, in the same run:
@@ -107,7 +111,12 @@ def life_cycle(bfe: wfp.Engine, h: int, remote: str, key: bytes) -> None:
     check(bfe.FwpmFilterDeleteById0(h, fin))
 
 
-def cycles(threads: int, seconds: float, database: Path | None = None) -> float:
+#: The remote addresses a caller cycles through when each life has a new peer.
+PEERS = [str(ipaddress.IPv4Address("10.128.0.1") + n) for n in range(4096)]
+
+
+def cycles(threads: int, seconds: float, database: Path | None = None,
+           new_peers: bool = False) -> float:
     bfe = wfp.Engine(database=database)
     key = os.urandom(20)
     done = [0] * threads
@@ -116,7 +125,11 @@ def cycles(threads: int, seconds: float, database: Path | None = None) -> float:
     def worker(i: int) -> None:
         _, h = bfe.FwpmEngineOpen0(None, wfp.RPC_C_AUTHN_WINNT, None, None)
         remote = f"198.51.{100 + i}.2"
+        n = 0
         while time.perf_counter() < stop:
+            if new_peers:
+                remote = PEERS[n % len(PEERS)]
+                n += 1
             life_cycle(bfe, h, remote, key)
             done[i] += 1
 
@@ -363,10 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print(f"{'callers':>8} {'in memory':>10} {'durable':>10}")
-        for threads in (1, 4):
-            mem = cycles(threads, args.seconds)
-            dur = cycles(threads, args.seconds, work / f"cycles{threads}.db")
-            print(f"{threads:>8} {mem:>10,.0f} {dur:>10,.0f}   (target durable, 1 caller: "
+        for threads, label, new_peers in ((1, "1", False), (1, "1 new", True),
+                                          (4, "4", False)):
+            mem = cycles(threads, args.seconds, new_peers=new_peers)
+            dur = cycles(threads, args.seconds, work / f"cycles{label}.db", new_peers)
+            what = "a new peer every life" if new_peers else "one peer"
+            print(f"{label:>8} {mem:>10,.0f} {dur:>10,.0f}   ({what}; target durable, 1 caller: "
                   f">= 2,000/s)")
         print(f"{'api':>8} {api_cycles(args.seconds):>10,.0f} "
               f"{api_cycles(args.seconds, work / 'api.db'):>10,.0f}   (ipsecsa.api: "
