@@ -249,13 +249,13 @@ class _Traffic(NamedTuple):
     stored: Any  # IPSEC_TRAFFIC1 (private copy)
 
 
-@dataclass(frozen=True, slots=True)
-class _Install:
+class _Install(NamedTuple):
     """What :meth:`Engine._install` puts into a context: its SAs as checked but not built
     (ESP first: complete descriptions, or validated configurations; see ``AddedSas``) with
     what ``bundle_problem`` reads of them, the bundle GetById reports, the limits the engine
     times (the data path enforces the rest), and the UDP ports its ESP-in-UDP SAs receive on
-    (inbound: known before they are built)."""
+    (inbound: known before they are built). A named tuple: one is made per Add, and a frozen
+    dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost ~2 µs more."""
 
     descriptions: tuple[dict[str, Any], ...] | None
     configs: tuple[Any, ...] | None
