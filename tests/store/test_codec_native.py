@@ -18,11 +18,11 @@ import os
 import random
 import subprocess
 import sys
-import tracemalloc
 import uuid
 from typing import Any
 
 import pytest
+from wfp.helpers import assert_memory_flat
 from wfp.test_clone import CLASSES, _random_struct
 
 from ipsecsa.store import codec
@@ -520,17 +520,7 @@ def test_memory_does_not_grow_over_repeated_runs() -> None:
         for tree in trees:
             _outcome(enc.dumps, tree)
 
-    run()
-    tracemalloc.start()
-    try:
-        run()
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(30):
-            run()
-        grown = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
-    assert grown < 64 * 1024, f"{grown} bytes more after 30 runs"
+    assert_memory_flat(run)
 
 
 # ------------------------------------------------------------------ without the extension

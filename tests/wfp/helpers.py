@@ -284,3 +284,21 @@ def icmp6(src: str, dst: str, icmp_type: int, code: int, payload: bytes = b"ping
     pseudo = s + d + struct.pack("!IxxxB", len(body), 58)
     body = body[:2] + struct.pack("!H", _csum(pseudo + body)) + body[4:]
     return struct.pack("!IHBB16s16s", 0x60000000, len(body), 58, 64, s, d) + body
+
+
+def assert_memory_flat(run: Any, rounds: int = 30, limit: int = 64 * 1024) -> None:
+    """``run()`` ``rounds`` times more after a warm-up must not grow Python's traced memory by
+    ``limit`` bytes or more: a C extension that leaks a reference per call fails this."""
+    import tracemalloc
+
+    run()
+    tracemalloc.start()
+    try:
+        run()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(rounds):
+            run()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < limit, f"{grown} bytes more after {rounds} runs"

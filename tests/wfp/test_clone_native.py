@@ -21,7 +21,6 @@ import os
 import random
 import subprocess
 import sys
-import tracemalloc
 import typing
 from typing import Any
 
@@ -31,6 +30,7 @@ from ipsecsa.wfp import _structbase as SB
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp import types as T
 from ipsecsa.wfp._structbase import WfpStruct
+from wfp.helpers import assert_memory_flat
 from wfp.test_clone import (
     CLASSES,
     _assert_copy_of,
@@ -460,17 +460,7 @@ def test_memory_does_not_grow_over_repeated_runs() -> None:
             native.clone(tree)
             _outcome(native.clone_but, tree, "notAField", 1)  # frozen ones refuse, as in Python
 
-    run()
-    tracemalloc.start()
-    try:
-        run()
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(30):
-            run()
-        grown = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
-    assert grown < 64 * 1024, f"{grown} bytes more after 30 runs"
+    assert_memory_flat(run)
 
 
 # ------------------------------------------------------------------ without the extension
