@@ -83,7 +83,8 @@ def _bundle(value: Any, name: str) -> list[dict[str, Any]]:
 
 def _parsed(value: Any, name: str) -> Any:
     """The first SA of a bundle, parsed by the shared parser (for its addresses, mode and
-    selectors); the engine validates the whole bundle again when it installs it."""
+    selectors); create_context hands it to the engine as parsed, which validates the rest of
+    the bundle and fits it all to the context when it installs it."""
     descriptions = _bundle(value, name)
     if not descriptions:
         raise InvalidArgument(wfp.FWP_E_INVALID_TRANSFORM_COMBINATION, "no SA", name)
@@ -188,8 +189,8 @@ class _Operations:
                              encapsulation=None if encap is None else
                              {"local_port": encap.dport, "remote_port": encap.sport},
                              _rename={"inboundSpi": "inbound.spi", "spi": "inbound.spi"})
-            self._add(ctx_id, inbound, True, "inbound")
-            self._add(ctx_id, outbound, False, "outbound")
+            self._add(ctx_id, inbound, True, "inbound", in_cfg)
+            self._add(ctx_id, outbound, False, "outbound", out_cfg)
         except BaseException:
             self._undo_create(ctx_id, made)
             raise
@@ -220,8 +221,14 @@ class _Operations:
             for fid in filters:
                 owner._drop_policy_filter(fid, self._handle)
 
-    def _add(self, ctx_id: int, descriptions: Any, inbound: bool, name: str) -> None:
+    def _add(self, ctx_id: int, descriptions: Any, inbound: bool, name: str,
+             first: Any = None) -> None:
+        """Install a bundle through the engine. ``first``: the bundle's first SA as
+        :func:`_parsed` made it, handed over so the engine does not parse it again (the rest
+        are parsed there, in the engine's order of checks)."""
         bundle = _bundle(descriptions, name)
+        if first is not None:
+            bundle[0] = first
         method = self._bfe.add_inbound_sas if inbound else self._bfe.add_outbound_sas
         _check(self._bfe, method(self._handle, ctx_id, bundle),
                _renamer({"id": "context_id"}, name, isinstance(descriptions, dict)))

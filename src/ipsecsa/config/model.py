@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ipsecsa.crypto.algorithms import EncryptionAlgorithm, IntegrityAlgorithm, check_key
@@ -216,6 +216,25 @@ class SaConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "warnings", tuple(_validate(self)))
 
+    def completed(self, *, direction: str,
+                  encapsulation: UdpEncapsulation | None = None) -> SaConfig:
+        """A copy with the ``direction`` (and, when given, the UDP ``encapsulation``) that an SA
+        context supplies, checked by the rules that read those two fields and no others: no
+        other rule of the format reads them, so re-running the whole validation (keys,
+        lifetimes, selectors...) on a configuration already validated could not change its
+        outcome, only cost time (an SA context installs every SA through here). A change of
+        ``mode`` is not offered: many rules read it, use ``dataclasses.replace``."""
+        new = object.__new__(SaConfig)
+        setattr_ = object.__setattr__
+        for name in _FIELDS:
+            setattr_(new, name, getattr(self, name))
+        setattr_(new, "direction", direction)
+        if encapsulation is not None:
+            setattr_(new, "encapsulation", encapsulation)
+        _check_direction(new)
+        _check_encapsulation(new)
+        return new
+
     def to_dict(self) -> dict[str, Any]:
         """The sa-format object (keys as lowercase hex): ``parse_sa(cfg.to_dict()) == cfg``."""
         from ipsecsa.config.parse import format_sa
@@ -248,6 +267,18 @@ def _choice(value: object, name: str, allowed: tuple[str, ...], *, optional: boo
         raise ConfigError(name, f"must be {shown}")
 
 
+def _check_direction(cfg: SaConfig) -> None:
+    _choice(cfg.direction, "direction", DIRECTIONS, optional=True)
+
+
+def _check_encapsulation(cfg: SaConfig) -> None:
+    if cfg.encapsulation is not None:
+        if not isinstance(cfg.encapsulation, UdpEncapsulation):
+            raise ConfigError("encapsulation", "must be a UdpEncapsulation")
+        if cfg.protocol != "esp":
+            raise ConfigError("encapsulation", "UDP encapsulation (RFC 3948) is for ESP only")
+
+
 def _validate(cfg: SaConfig) -> list[str]:
     """Check every rule of the format; return the warnings. Raises ConfigError on the first error."""
     warnings: list[str] = []
@@ -264,7 +295,7 @@ def _validate(cfg: SaConfig) -> list[str]:
         raise ConfigError("spi", "must fit in 32 bits (256..0xffffffff)")
     _choice(cfg.protocol, "protocol", PROTOCOLS)
     _choice(cfg.mode, "mode", MODES)
-    _choice(cfg.direction, "direction", DIRECTIONS, optional=True)
+    _check_direction(cfg)
     for name in ("src", "dst"):
         if not isinstance(getattr(cfg, name), (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             raise ConfigError(name, "must be an IPv4 or IPv6 address")
@@ -352,11 +383,7 @@ def _validate(cfg: SaConfig) -> list[str]:
                                  f"({'64' if cfg.esn else '32'}-bit sequence numbers)")
 
     # --- encapsulation, selectors, lifetimes ---------------------------------------------------
-    if cfg.encapsulation is not None:
-        if not isinstance(cfg.encapsulation, UdpEncapsulation):
-            raise ConfigError("encapsulation", "must be a UdpEncapsulation")
-        if not esp:
-            raise ConfigError("encapsulation", "UDP encapsulation (RFC 3948) is for ESP only")
+    _check_encapsulation(cfg)
 
     selectors = cfg.selectors
     if isinstance(selectors, list):
@@ -411,5 +438,7 @@ def _validate(cfg: SaConfig) -> list[str]:
                                 "tunnel")
     return warnings
 
+
+_FIELDS = tuple(f.name for f in fields(SaConfig))
 
 __all__ = ["Lifetime", "SaConfig", "SecretKey", "UdpEncapsulation"]

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ipsecsa.config import parse_sa
-from ipsecsa.config.model import UdpEncapsulation
+from ipsecsa.config.model import SaConfig, UdpEncapsulation
 from ipsecsa.errors import ConfigError
 from ipsecsa.wfp import constants as C
 from ipsecsa.wfp import types as T
@@ -40,7 +40,7 @@ _TRANSFORM = {"esp": C.IPSEC_TRANSFORM_ESP_AUTH_AND_CIPHER, "ah": C.IPSEC_TRANSF
 
 def parse_descriptions(descriptions: Any, direction: str) -> tuple[Any, ...]:
     """The validated configurations (``SaConfig``) of a bundle of descriptions: the checks that
-    need no context."""
+    need no context. An element may be an ``SaConfig`` already (validated when it was made)."""
     if descriptions is None:
         raise Fail(C.FWP_E_NULL_POINTER, "descriptions", "descriptions")
     if isinstance(descriptions, dict) or not isinstance(descriptions, Sequence) \
@@ -54,7 +54,10 @@ def parse_descriptions(descriptions: Any, direction: str) -> tuple[Any, ...]:
     for i, obj in enumerate(descriptions):
         where = f"descriptions[{i}]"
         try:
-            cfg = parse_sa(obj)
+            # A validated SaConfig (the Pythonic API parses the first SA of a bundle for its
+            # addresses before it calls here) is taken as it is: parsing it again could only
+            # repeat the same checks.
+            cfg = obj if type(obj) is SaConfig else parse_sa(obj)
         except ConfigError as exc:
             raise Fail(C.FWP_E_INVALID_PARAMETER, exc.reason,
                        f"{where}.{exc.field}" if exc.field else where) from exc
@@ -100,7 +103,11 @@ def fit_to_context(configs: tuple[Any, ...], direction: str, *, tunnel: bool, lo
             if encap is not None:
                 changes["encapsulation"] = encap
         try:
-            out.append(dataclasses.replace(cfg, **changes))
+            if "mode" in changes:  # many rules read the mode: the whole validation again
+                out.append(dataclasses.replace(cfg, **changes))
+            else:
+                out.append(cfg.completed(direction=direction,
+                                         encapsulation=changes.get("encapsulation")))
         except ConfigError as exc:  # a completed description the format refuses
             raise Fail(C.FWP_E_INVALID_PARAMETER, exc.reason, f"{where}.{exc.field}") from exc
     return tuple(out)
