@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 import pytest
-from wfp.helpers import assert_memory_flat
+from wfp.helpers import assert_memory_flat, run_without_pure_python_flag
 from wfp.test_clone import CLASSES, _random_struct
 
 from ipsecsa.store import codec
@@ -552,11 +552,7 @@ print("ok", codec.native())
 
 
 def test_the_package_works_without_the_extension() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "IPSECSA_PURE_PYTHON"}
-    r = subprocess.run([sys.executable, "-c", _WITHOUT], capture_output=True, text=True,
-                       env=env, timeout=120, check=False)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "ok False"
+    assert run_without_pure_python_flag(_WITHOUT) == "ok False"
 
 
 def test_pure_python_env_turns_the_c_writer_off() -> None:

@@ -302,3 +302,18 @@ def assert_memory_flat(run: Any, rounds: int = 30, limit: int = 64 * 1024) -> No
     finally:
         tracemalloc.stop()
     assert grown < limit, f"{grown} bytes more after {rounds} runs"
+
+
+def run_without_pure_python_flag(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (the environment without ``IPSECSA_PURE_PYTHON``,
+    so that only what ``code`` blocks is off) and return its standard output; a non-zero
+    exit fails the test with its standard error."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "IPSECSA_PURE_PYTHON"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()

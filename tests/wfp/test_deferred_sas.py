@@ -304,14 +304,20 @@ def test_every_configuration_the_format_accepts_builds() -> None:
 
 
 # ------------------------------------------------------------------------- the unbuilt SAs
-def established(bfe: wfp.Engine, h: int, seconds: int = 0) -> tuple[int, int]:
-    world_fin = add_filter(bfe, h, ipsec_filter("inbound", addr_conditions(A4, B4)))
-    world_fout = add_filter(bfe, h, ipsec_filter("outbound", addr_conditions(A4, B4)))
-    status, _, cid = bfe.IPsecSaContextCreate1(h, traffic(A4, B4, world_fout), None)
+def _context_with_spi(bfe: wfp.Engine, h: int, local: str, remote: str) -> tuple[int, int]:
+    """Its two IPsec filters, Create and GetSpi: (the context's id, its inbound SPI)."""
+    fin = add_filter(bfe, h, ipsec_filter("inbound", addr_conditions(local, remote)))
+    fout = add_filter(bfe, h, ipsec_filter("outbound", addr_conditions(local, remote)))
+    status, _, cid = bfe.IPsecSaContextCreate1(h, traffic(local, remote, fout), None)
     assert status == 0
     status, spi = bfe.IPsecSaContextGetSpi1(h, cid, wfp.IPSEC_GETSPI1(
-        inboundIpsecTraffic=traffic(A4, B4, world_fin), ipVersion=wfp.FWP_IP_VERSION_V4))
+        inboundIpsecTraffic=traffic(local, remote, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
     assert status == 0
+    return cid, spi
+
+
+def established(bfe: wfp.Engine, h: int, seconds: int = 0) -> tuple[int, int]:
+    cid, spi = _context_with_spi(bfe, h, A4, B4)
     life = wfp.IPSEC_SA_LIFETIME0(lifetimeSeconds=seconds) if seconds else None
     assert bfe.IPsecSaContextAddInbound1(h, cid, bundle(gcm_sa(spi, bytes(20)),
                                                         lifetime=life)) == 0
@@ -380,8 +386,8 @@ def test_packets_build_the_sas_with_lifetimes_from_the_add(
     b = wfp.Engine(clock=clock)
     ha, hb = open_engine(a), open_engine(b)
     life = {"soft": {"seconds": 10}}
-    ca = _described_context(a, ha, A4, B4)
-    cb = _described_context(b, hb, B4, A4)
+    ca, _ = _context_with_spi(a, ha, A4, B4)
+    cb, _ = _context_with_spi(b, hb, B4, A4)
     spi_a, spi_b = a._contexts[ca].spi, b._contexts[cb].spi
     key_ab, key_ba = os.urandom(20).hex(), os.urandom(20).hex()
 
@@ -416,17 +422,6 @@ def test_packets_build_the_sas_with_lifetimes_from_the_add(
         assert reserved[0][0] >= 3  # reserved (and synced) before the numbers went out
     a.close()
     b.close()
-
-
-def _described_context(bfe: wfp.Engine, h: int, local: str, remote: str) -> int:
-    fin = add_filter(bfe, h, ipsec_filter("inbound", addr_conditions(local, remote)))
-    fout = add_filter(bfe, h, ipsec_filter("outbound", addr_conditions(local, remote)))
-    status, _, cid = bfe.IPsecSaContextCreate1(h, traffic(local, remote, fout), None)
-    assert status == 0
-    status, _ = bfe.IPsecSaContextGetSpi1(h, cid, wfp.IPSEC_GETSPI1(
-        inboundIpsecTraffic=traffic(local, remote, fin), ipVersion=wfp.FWP_IP_VERSION_V4))
-    assert status == 0
-    return cid
 
 
 def test_a_build_that_fails_is_logged_and_its_packets_dropped_and_counted(
