@@ -174,6 +174,18 @@ def database_key(request: pytest.FixtureRequest) -> bytes | None:
     return None if request.param is None else os.urandom(32)
 
 
+def read_unbuilt_then_built(engine: api.Engine, h: int, sides: int
+                            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every reading of ``engine`` while ``sides`` SA sides are unbuilt (reading builds none of
+    them), then again once every context's SAs are built."""
+    before = readings(engine, h)
+    assert unbuilt_sides(engine) == sides  # nothing was built to read them
+    for ctx in engine.wfp._contexts.values():
+        ctx.inbound_bundle, ctx.outbound_bundle  # noqa: B018 - builds them
+    assert unbuilt_sides(engine) == 0
+    return before, readings(engine, h)
+
+
 @pytest.fixture
 def peer() -> Iterator[api.Engine]:
     with api.Engine() as p:
@@ -199,12 +211,7 @@ def test_views_and_statistics_of_unbuilt_sas_equal_the_built_ones(
         h = open_engine(engine.wfp)
         sides = unbuilt_sides(engine)
         assert sides >= 2 * len(CASES)
-        before = readings(engine, h)
-        assert unbuilt_sides(engine) == sides  # nothing was built to read them
-        for ctx in engine.wfp._contexts.values():
-            ctx.inbound_bundle, ctx.outbound_bundle  # noqa: B018 - builds them
-        assert unbuilt_sides(engine) == 0
-        after = readings(engine, h)
+        before, after = read_unbuilt_then_built(engine, h, sides)
         assert before["views"] == after["views"]
         assert before["alone"] == after["alone"] == after["views"]
         assert before["api"] == after["api"] and before["one"] == after["one"]
@@ -240,12 +247,7 @@ def test_views_and_statistics_of_sas_added_unbuilt_equal_the_built_ones(
     # idle both ways, the inbound of out-only-traffic, the exhausted outbound, the Windows
     # face's contexts (two SAs in each of 5, the expiring one's inbound):
     assert sides >= 2 + 1 + 1 + 5
-    before = readings(engine, h)
-    assert unbuilt_sides(engine) == sides  # nothing was built to read them
-    for ctx in engine.wfp._contexts.values():
-        ctx.inbound_bundle, ctx.outbound_bundle  # noqa: B018 - builds them
-    assert unbuilt_sides(engine) == 0
-    after = readings(engine, h)
+    before, after = read_unbuilt_then_built(engine, h, sides)
     assert before == after
     assert before["alone"] == before["views"]
     text = json.dumps(before["views"]) + json.dumps(before["api"])
